@@ -1,0 +1,259 @@
+//! Which permission an HTTP request needs: from the method and the path, or from the route
+//! table where a path does not fit the rule.
+//!
+//! Rule: the resource is the first path segment after an optional `api` and version
+//! (`/api/v1/invoices/42` → `invoices`); the action comes from the method (GET/HEAD → read,
+//! POST → create, PUT/PATCH → update, DELETE → delete). Paths are decoded and normalised
+//! first (`%2e%2e`, `..`, `//`, `\`) so that what we check is what an upstream would serve.
+//! A request the rule cannot map needs the full wildcard `*`: unknown means denied.
+
+use crate::permission::{canonical_resource, Permission, PermissionError};
+
+/// What a request needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Required {
+    /// One concrete permission.
+    Permission(Permission),
+    /// The request maps to no permission (no resource in the path, an unusual method):
+    /// only a key holding `*` may make it.
+    Unmapped,
+}
+
+/// One route table entry: `POST /api/v1/invoices/{id}/send` needs `invoices.send`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// `None` matches every method.
+    method: Option<String>,
+    segments: Vec<Segment>,
+    permission: Permission,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `{name}` or `*`: one segment.
+    Any,
+    /// `{*name}` or `**` at the end: the rest of the path.
+    Rest,
+}
+
+/// A route table entry that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadRoute {
+    #[error("route path {0:?} must start with '/' and may end with one rest pattern")]
+    Path(String),
+    #[error("route method {0:?} is not an HTTP method")]
+    Method(String),
+    #[error(transparent)]
+    Permission(#[from] PermissionError),
+}
+
+impl Route {
+    pub fn new(method: &str, path: &str, permission: &str) -> Result<Route, BadRoute> {
+        let method = match method.trim() {
+            "" | "*" => None,
+            m if m.bytes().all(|b| b.is_ascii_alphabetic()) => Some(m.to_ascii_uppercase()),
+            m => return Err(BadRoute::Method(m.to_owned())),
+        };
+        if !path.starts_with('/') {
+            return Err(BadRoute::Path(path.to_owned()));
+        }
+        let raw: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let mut segments = Vec::with_capacity(raw.len());
+        for (i, s) in raw.iter().enumerate() {
+            let last = i + 1 == raw.len();
+            let seg = if *s == "**" || (s.starts_with("{*") && s.ends_with('}')) {
+                if !last {
+                    return Err(BadRoute::Path(path.to_owned()));
+                }
+                Segment::Rest
+            } else if *s == "*" || (s.starts_with('{') && s.ends_with('}')) {
+                Segment::Any
+            } else {
+                Segment::Literal((*s).to_owned())
+            };
+            segments.push(seg);
+        }
+        Ok(Route {
+            method,
+            segments,
+            permission: Permission::parse_concrete(permission)?,
+        })
+    }
+
+    fn matches(&self, method: &str, segments: &[String]) -> bool {
+        if let Some(m) = &self.method {
+            if !m.eq_ignore_ascii_case(method) {
+                return false;
+            }
+        }
+        let mut i = 0;
+        for seg in &self.segments {
+            match seg {
+                Segment::Rest => return true,
+                Segment::Any if i < segments.len() => {}
+                Segment::Literal(l) if segments.get(i) == Some(l) => {}
+                _ => return false,
+            }
+            i += 1;
+        }
+        i == segments.len()
+    }
+}
+
+/// Routes checked in order; the first match wins, the rule applies when none matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteTable(Vec<Route>);
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        RouteTable(routes)
+    }
+
+    /// The permission `method path` needs. `path` may carry a query string.
+    pub fn required(&self, method: &str, path: &str) -> Required {
+        let segments = normalise_path(path);
+        if let Some(route) = self.0.iter().find(|r| r.matches(method, &segments)) {
+            return Required::Permission(route.permission.clone());
+        }
+        let action = match method.to_ascii_uppercase().as_str() {
+            "GET" | "HEAD" => "read",
+            "POST" => "create",
+            "PUT" | "PATCH" => "update",
+            "DELETE" => "delete",
+            _ => return Required::Unmapped,
+        };
+        let resource = segments
+            .iter()
+            .enumerate()
+            .find(|(i, s)| !(*i == 0 && s.as_str() == "api") && !is_version(s))
+            .map(|(_, s)| s);
+        match resource.map(|r| canonical_resource(r)) {
+            Some(Ok(resource)) => Permission::concrete(&resource, action)
+                .map(Required::Permission)
+                .unwrap_or(Required::Unmapped),
+            _ => Required::Unmapped,
+        }
+    }
+}
+
+fn is_version(segment: &str) -> bool {
+    let Some(rest) = segment.strip_prefix('v') else {
+        return false;
+    };
+    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// Decodes percent-escapes, then resolves `.` and `..` and drops empty segments, the way an
+/// upstream server would before routing. Undecodable input yields no segments (unmapped).
+pub fn normalise_path(path: &str) -> Vec<String> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let Some(decoded) = percent_decode(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for seg in decoded.split(['/', '\\']) {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s.to_owned()),
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn need(p: &str) -> Required {
+        Required::Permission(Permission::parse_concrete(p).unwrap())
+    }
+
+    #[test]
+    fn method_and_path_give_the_permission() {
+        let t = RouteTable::default();
+        assert_eq!(t.required("GET", "/api/v1/invoices/42"), need("invoice.read"));
+        assert_eq!(t.required("HEAD", "/api/v1/invoices"), need("invoice.read"));
+        assert_eq!(t.required("POST", "/api/v1/clients"), need("client.create"));
+        assert_eq!(t.required("PUT", "/v2/clients/1"), need("client.update"));
+        assert_eq!(t.required("PATCH", "/clients/1"), need("client.update"));
+        assert_eq!(t.required("DELETE", "/api/v1/products/9?x=1"), need("product.delete"));
+        assert_eq!(t.required("GET", "/api/v1/webhooks"), need("webhook.read"));
+    }
+
+    #[test]
+    fn unmappable_requests_need_everything() {
+        let t = RouteTable::default();
+        assert_eq!(t.required("GET", "/"), Required::Unmapped);
+        assert_eq!(t.required("GET", "/api/v1"), Required::Unmapped);
+        assert_eq!(t.required("OPTIONS", "/api/v1/invoices"), Required::Unmapped);
+        assert_eq!(t.required("GET", "/favicon.ico"), Required::Unmapped);
+        assert_eq!(t.required("GET", "/%ff"), Required::Unmapped);
+    }
+
+    #[test]
+    fn paths_are_normalised_before_mapping() {
+        let t = RouteTable::default();
+        assert_eq!(t.required("GET", "/api/v1/invoices/../webhooks"), need("webhook.read"));
+        assert_eq!(t.required("GET", "/api/v1/invoices/%2e%2e/webhooks"), need("webhook.read"));
+        assert_eq!(t.required("GET", "//api//v1//%69nvoices"), need("invoice.read"));
+        assert_eq!(t.required("GET", "/api/v1/x/..\\..\\webhooks"), need("webhook.read"));
+    }
+
+    #[test]
+    fn the_route_table_overrides_the_rule() {
+        let t = RouteTable::new(vec![
+            Route::new("POST", "/api/v1/invoices/{id}/send", "invoices.send").unwrap(),
+            Route::new("*", "/reports/**", "analytics.read").unwrap(),
+        ]);
+        assert_eq!(t.required("POST", "/api/v1/invoices/42/send"), need("invoice.send"));
+        assert_eq!(t.required("post", "/api/v1/invoices/42/send/"), need("invoice.send"));
+        assert_eq!(t.required("GET", "/api/v1/invoices/42/send"), need("invoice.read"));
+        assert_eq!(t.required("DELETE", "/reports/a/b"), need("analytics.read"));
+        assert_eq!(t.required("POST", "/api/v1/invoices/42/send/x"), need("invoice.create"));
+    }
+
+    #[test]
+    fn bad_routes_are_refused() {
+        assert!(Route::new("GET", "no-slash", "a.read").is_err());
+        assert!(Route::new("GET", "/a/**/b", "a.read").is_err());
+        assert!(Route::new("G T", "/a", "a.read").is_err());
+        assert!(Route::new("GET", "/a", "a.*").is_err());
+        assert!(Route::new("GET", "/a", "all").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn mapping_never_panics(method in "[A-Za-z]{0,8}", path in "\\PC{0,60}") {
+            let _ = RouteTable::default().required(&method, &path);
+        }
+
+        #[test]
+        fn no_dot_segment_survives(path in "(/(\\.|\\.\\.|%2e|%2E%2e|[a-z]{1,3})){0,8}") {
+            for seg in normalise_path(&path) {
+                prop_assert!(seg != "." && seg != "..");
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use keygate_core::{KeyFormat, Pepper, RouteTable};
+
+/// Plans and how many active keys each allows (`None`: unlimited).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plans {
+    caps: BTreeMap<String, Option<u64>>,
+    default_plan: String,
+}
+
+impl Plans {
+    /// `default_plan` must be one of `caps`.
+    pub fn new(caps: BTreeMap<String, Option<u64>>, default_plan: String) -> Option<Plans> {
+        caps.contains_key(&default_plan)
+            .then_some(Plans { caps, default_plan })
+    }
+
+    /// The reference plans: basic 2, pro 20, unlimited.
+    pub fn reference() -> Plans {
+        let caps = BTreeMap::from([
+            ("basic".to_owned(), Some(2)),
+            ("pro".to_owned(), Some(20)),
+            ("unlimited".to_owned(), None),
+        ]);
+        Plans {
+            caps,
+            default_plan: "basic".to_owned(),
+        }
+    }
+
+    pub fn default_plan(&self) -> &str {
+        &self.default_plan
+    }
+
+    pub fn exists(&self, plan: &str) -> bool {
+        self.caps.contains_key(plan)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.caps.keys().map(String::as_str)
+    }
+
+    /// The cap of `plan`; a plan no longer configured falls back to the default plan's.
+    pub fn max_keys(&self, plan: &str) -> Option<u64> {
+        match self.caps.get(plan) {
+            Some(cap) => *cap,
+            None => self.caps.get(&self.default_plan).copied().flatten(),
+        }
+    }
+}
+
+/// What the engine needs to run.
+pub struct EngineConfig {
+    pub key_format: KeyFormat,
+    pub pepper: Pepper,
+    pub routes: RouteTable,
+    pub plans: Plans,
+    /// Most keys kept in the cache.
+    pub cache_capacity: u64,
+    /// How long a cached key is trusted without asking the store (a backstop: changes made
+    /// through this node invalidate at once).
+    pub cache_ttl: Duration,
+    /// How long an unknown key is remembered as unknown.
+    pub negative_cache_ttl: Duration,
+}

@@ -1,0 +1,112 @@
+//! keygate's verification engine and management operations.
+//!
+//! Invariants:
+//! - The hot path (a cache hit) never writes the database: usage is counted in memory and
+//!   flushed in batches by [`Engine::flush_usage`].
+//! - Every change to a key goes through this crate, which invalidates the cache entry on
+//!   this node before the change call returns. The edges never call the store directly.
+//! - A cache fill that raced with an invalidation is dropped, never served (see `cache.rs`).
+
+mod admin;
+mod cache;
+mod clock;
+mod config;
+mod error;
+mod ids;
+pub mod manage;
+mod ratelimit;
+mod usage;
+mod verify;
+
+use std::sync::Arc;
+
+use keygate_core::{KeyFormat, Pepper, RouteTable};
+use keygate_store::Store;
+
+pub use admin::AdminToken;
+pub use cache::CachedKey;
+pub use clock::now_ms;
+pub use config::{EngineConfig, Plans};
+pub use error::{Error, Result};
+pub use ratelimit::RateLimitStatus;
+pub use verify::{Verdict, VerifyRequest};
+
+/// The engine: one per process, shared by every edge.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    format: KeyFormat,
+    pepper: Pepper,
+    routes: RouteTable,
+    plans: Plans,
+    cache: cache::KeyCache,
+    usage: usage::UsageRecorder,
+    started: std::time::Instant,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, config: EngineConfig) -> Arc<Engine> {
+        Arc::new(Engine {
+            store,
+            format: config.key_format,
+            pepper: config.pepper,
+            routes: config.routes,
+            plans: config.plans,
+            cache: cache::KeyCache::new(
+                config.cache_capacity,
+                config.cache_ttl,
+                config.negative_cache_ttl,
+            ),
+            usage: usage::UsageRecorder::default(),
+            started: std::time::Instant::now(),
+        })
+    }
+
+    pub fn key_format(&self) -> &KeyFormat {
+        &self.format
+    }
+
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    pub fn plans(&self) -> &Plans {
+        &self.plans
+    }
+
+    pub fn pepper(&self) -> &Pepper {
+        &self.pepper
+    }
+
+    /// Is the store reachable?
+    pub async fn ready(&self) -> Result<()> {
+        Ok(self.store.ping().await?)
+    }
+
+    /// Writes the usage counted since the last flush. Called every few seconds by the
+    /// background task and once at shutdown.
+    pub async fn flush_usage(&self) -> Result<usize> {
+        self.usage.flush(self.store.as_ref()).await
+    }
+
+    /// Starts the task that flushes usage every `interval`; it stops when the engine is
+    /// dropped.
+    pub fn spawn_usage_flusher(self: &Arc<Self>, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(engine) = weak.upgrade() else { return };
+                if let Err(e) = engine.flush_usage().await {
+                    tracing::warn!(error = %e, "usage flush failed; will retry");
+                }
+            }
+        })
+    }
+
+    fn monotonic_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+}

@@ -1,0 +1,423 @@
+use std::sync::atomic::Ordering;
+
+use keygate_core::ip::IpAllowlist;
+use keygate_core::policy::liveness;
+use keygate_core::{ApiKeySecret, Environment, InvalidReason, PermissionSet};
+use keygate_store::{KeyPatch, KeyRecord, Quota, RateLimit};
+use serde_json::{json, Value};
+
+use super::{validate, Actor, Caller};
+use crate::ids::new_id;
+use crate::{now_ms, Engine, Error, Result};
+
+/// Longest expiry and grace period accepted.
+const MAX_EXPIRES_IN_SECONDS: i64 = 100 * 365 * 24 * 3600;
+const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
+
+/// A key's state at a moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl KeyStatus {
+    pub fn of(record: &KeyRecord, now: i64) -> KeyStatus {
+        match liveness(record.revoked_at, record.expires_at, now) {
+            Ok(()) => KeyStatus::Active,
+            Err(InvalidReason::Expired) => KeyStatus::Expired,
+            Err(_) => KeyStatus::Revoked,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Expired => "expired",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyStatus> {
+        match s {
+            "active" => Some(KeyStatus::Active),
+            "expired" => Some(KeyStatus::Expired),
+            "revoked" => Some(KeyStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /v1/api-keys`, with JSON types already checked.
+#[derive(Clone, Debug, Default)]
+pub struct NewKey {
+    pub account_id: Option<String>,
+    pub name: String,
+    pub environment: Option<String>,
+    pub permissions: Option<Vec<String>>,
+    pub scope: Option<String>,
+    pub ip_allowlist: Option<Vec<String>>,
+    /// Unix milliseconds.
+    pub expires_at: Option<i64>,
+    pub expires_in: Option<i64>,
+    pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
+    pub meta: Option<Value>,
+}
+
+/// `PATCH /v1/api-keys/{id}`. `Some(None)` clears a field.
+#[derive(Clone, Debug, Default)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub permissions: Option<Vec<String>>,
+    pub scope: Option<String>,
+    pub ip_allowlist: Option<Vec<String>>,
+    pub expires_at: Option<Option<i64>>,
+    pub expires_in: Option<i64>,
+    pub rate_limit: Option<Option<RateLimit>>,
+    pub quota: Option<Option<Quota>>,
+    pub meta: Option<Value>,
+}
+
+/// The result of a rotation: the new key (secret shown once) and the old one.
+#[derive(Debug)]
+pub struct Rotated {
+    pub key: KeyRecord,
+    pub secret: ApiKeySecret,
+    pub previous: KeyRecord,
+}
+
+fn permissions_of(permissions: Option<&[String]>, scope: Option<&str>) -> Result<Option<PermissionSet>> {
+    match (permissions, scope) {
+        (Some(_), Some(_)) => Err(Error::validation(
+            "scope",
+            "give either permissions or scope, not both",
+        )),
+        (Some(list), None) => PermissionSet::parse(list)
+            .map(Some)
+            .map_err(|e| Error::validation("permissions", e.to_string())),
+        (None, Some(scope)) => PermissionSet::preset(scope).map(Some).ok_or_else(|| {
+            Error::validation("scope", "scope must be one of all, read, write, webhooks")
+        }),
+        (None, None) => Ok(None),
+    }
+}
+
+fn allowlist_of(list: &[String]) -> Result<Vec<String>> {
+    IpAllowlist::parse(list)
+        .map(|l| l.to_strings())
+        .map_err(|e| Error::validation("ip_allowlist", e.to_string()))
+}
+
+fn expiry_of(expires_at: Option<i64>, expires_in: Option<i64>, now: i64) -> Result<Option<i64>> {
+    match (expires_at, expires_in) {
+        (Some(_), Some(_)) => Err(Error::validation(
+            "expires_in",
+            "give either expires_at or expires_in, not both",
+        )),
+        (Some(at), None) if at <= now => Err(Error::validation(
+            "expires_at",
+            "expires_at must be in the future",
+        )),
+        (Some(at), None) => Ok(Some(at)),
+        (None, Some(secs)) if !(1..=MAX_EXPIRES_IN_SECONDS).contains(&secs) => Err(
+            Error::validation("expires_in", "expires_in must be between 1 second and 100 years"),
+        ),
+        (None, Some(secs)) => Ok(Some(now + secs * 1000)),
+        (None, None) => Ok(None),
+    }
+}
+
+fn check_rate_limit(limit: &RateLimit) -> Result<()> {
+    if limit.requests == 0 || limit.per_seconds == 0 || limit.per_seconds > 31_536_000 {
+        return Err(Error::validation(
+            "rate_limit",
+            "rate_limit needs requests >= 1 and per_seconds between 1 and 31536000",
+        ));
+    }
+    Ok(())
+}
+
+fn check_quota(quota: &Quota) -> Result<()> {
+    if quota.requests == 0 || quota.requests > i64::MAX as u64 {
+        return Err(Error::validation("quota", "quota.requests must be at least 1"));
+    }
+    Ok(())
+}
+
+impl Caller {
+    /// A self-service key may hand out only what it holds itself.
+    fn may_grant(&self, permissions: &PermissionSet) -> Result<()> {
+        match &self.actor {
+            Actor::Key(key) if !key.permissions.covers(permissions) => Err(Error::Forbidden(
+                "a key cannot grant a permission it does not hold itself".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A test key must not mint live keys.
+    fn may_use_environment(&self, env: Environment) -> Result<()> {
+        match &self.actor {
+            Actor::Key(key) if key.environment() == Environment::Test && env == Environment::Live => {
+                Err(Error::Forbidden("a test key cannot create live keys".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Engine {
+    pub async fn create_key(&self, caller: &Caller, new: NewKey) -> Result<(KeyRecord, ApiKeySecret)> {
+        caller.require("api_keys", "create")?;
+        let account_id = match (caller.own_account(), new.account_id) {
+            (Some(own), Some(asked)) if own != asked => return Err(Error::NotFound("account")),
+            (Some(own), _) => own.to_owned(),
+            (None, Some(asked)) => asked,
+            (None, None) => {
+                return Err(Error::validation("account_id", "account_id is required"))
+            }
+        };
+        let account = self
+            .store
+            .get_account(&account_id)
+            .await?
+            .ok_or(Error::NotFound("account"))?;
+        let now = now_ms();
+        let environment = match new.environment.as_deref() {
+            None => Environment::Live,
+            Some(e) => Environment::parse(e)
+                .ok_or_else(|| Error::validation("environment", "environment must be live or test"))?,
+        };
+        caller.may_use_environment(environment)?;
+        let permissions = permissions_of(new.permissions.as_deref(), new.scope.as_deref())?
+            .unwrap_or_default();
+        caller.may_grant(&permissions)?;
+        if let Some(l) = &new.rate_limit {
+            check_rate_limit(l)?;
+        }
+        if let Some(q) = &new.quota {
+            check_quota(q)?;
+        }
+        let meta = new.meta.unwrap_or_else(|| json!({}));
+        validate::meta(&meta)?;
+        let secret = self
+            .format
+            .generate(environment)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let record = KeyRecord {
+            id: new_id("key")?,
+            account_id: account.id.clone(),
+            name: validate::name("name", &new.name)?,
+            display_prefix: self.display_prefix(&secret)?,
+            digest: self.pepper.digest(secret.expose().as_bytes()),
+            environment,
+            permissions: permissions.to_strings(),
+            ip_allowlist: allowlist_of(new.ip_allowlist.as_deref().unwrap_or_default())?,
+            rate_limit: new.rate_limit,
+            quota: new.quota,
+            quota_used: 0,
+            meta,
+            created_at: now,
+            last_used_at: None,
+            expires_at: expiry_of(new.expires_at, new.expires_in, now)?,
+            revoked_at: None,
+            rotated_from: None,
+        };
+        let audit = caller.audit(
+            "key.create",
+            Some(&record.account_id),
+            Some(&record.id),
+            json!({"name": record.name, "environment": environment, "permissions": record.permissions}),
+        )?;
+        let cap = self.plans.max_keys(&account.plan);
+        self.store.create_key(&record, cap, now, &audit).await?;
+        self.invalidate(&record.digest);
+        Ok((record, secret))
+    }
+
+    fn display_prefix(&self, secret: &ApiKeySecret) -> Result<String> {
+        self.format
+            .display_prefix(secret.expose())
+            .ok_or_else(|| Error::Internal("generated key does not parse".into()))
+    }
+
+    /// A key visible to the caller, with usage not yet flushed merged in.
+    pub async fn get_key(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
+        caller.require("api_keys", "read")?;
+        self.visible_key(caller, id).await
+    }
+
+    async fn visible_key(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
+        let record = self.store.get_key(id).await?.ok_or(Error::NotFound("API key"))?;
+        caller.can_see(&record.account_id, "API key")?;
+        Ok(self.with_live_usage(record))
+    }
+
+    fn with_live_usage(&self, mut record: KeyRecord) -> KeyRecord {
+        let cell = self.usage.cell(&record.id, record.quota_used);
+        let last = cell.last_used();
+        if last > 0 {
+            record.last_used_at = Some(record.last_used_at.map_or(last, |t| t.max(last)));
+        }
+        record.quota_used = cell.quota_used.load(Ordering::Acquire);
+        record
+    }
+
+    pub async fn list_keys(
+        &self,
+        caller: &Caller,
+        account_id: Option<&str>,
+        status: Option<KeyStatus>,
+    ) -> Result<Vec<KeyRecord>> {
+        caller.require("api_keys", "read")?;
+        let account_id = match (caller.own_account(), account_id) {
+            (Some(own), Some(asked)) if own != asked => return Err(Error::NotFound("account")),
+            (Some(own), _) => Some(own),
+            (None, asked) => asked,
+        };
+        let now = now_ms();
+        Ok(self
+            .store
+            .list_keys(account_id)
+            .await?
+            .into_iter()
+            .filter(|k| status.is_none_or(|s| KeyStatus::of(k, now) == s))
+            .map(|k| self.with_live_usage(k))
+            .collect())
+    }
+
+    pub async fn update_key(&self, caller: &Caller, id: &str, update: KeyUpdate) -> Result<KeyRecord> {
+        caller.require("api_keys", "update")?;
+        let current = self.visible_key(caller, id).await?;
+        let now = now_ms();
+        let permissions = permissions_of(update.permissions.as_deref(), update.scope.as_deref())?;
+        if let Some(p) = &permissions {
+            caller.may_grant(p)?;
+        }
+        let expires_at = match (update.expires_at, update.expires_in) {
+            (Some(None), None) => Some(None),
+            (Some(Some(at)), inn) => Some(expiry_of(Some(at), inn, now)?),
+            (None, Some(secs)) => Some(expiry_of(None, Some(secs), now)?),
+            (Some(None), Some(_)) => {
+                return Err(Error::validation(
+                    "expires_in",
+                    "give either expires_at or expires_in, not both",
+                ))
+            }
+            (None, None) => None,
+        };
+        if let Some(Some(l)) = &update.rate_limit {
+            check_rate_limit(l)?;
+        }
+        if let Some(Some(q)) = &update.quota {
+            check_quota(q)?;
+        }
+        if let Some(m) = &update.meta {
+            validate::meta(m)?;
+        }
+        let patch = KeyPatch {
+            name: update.name.as_deref().map(|n| validate::name("name", n)).transpose()?,
+            permissions: permissions.map(|p| p.to_strings()),
+            ip_allowlist: update.ip_allowlist.as_deref().map(allowlist_of).transpose()?,
+            expires_at,
+            rate_limit: update.rate_limit,
+            quota: update.quota,
+            meta: update.meta,
+        };
+        let changed: Vec<&str> = [
+            ("name", patch.name.is_some()),
+            ("permissions", patch.permissions.is_some()),
+            ("ip_allowlist", patch.ip_allowlist.is_some()),
+            ("expires_at", patch.expires_at.is_some()),
+            ("rate_limit", patch.rate_limit.is_some()),
+            ("quota", patch.quota.is_some()),
+            ("meta", patch.meta.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(f, set)| set.then_some(f))
+        .collect();
+        let audit = caller.audit(
+            "key.update",
+            Some(&current.account_id),
+            Some(id),
+            json!({"changed": changed, "permissions": patch.permissions}),
+        )?;
+        let updated = self.store.update_key(id, &patch, now, &audit).await?;
+        self.invalidate(&updated.digest);
+        Ok(self.with_live_usage(updated))
+    }
+
+    pub async fn revoke_key(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
+        caller.require("api_keys", "delete")?;
+        let current = self.visible_key(caller, id).await?;
+        let audit = caller.audit("key.revoke", Some(&current.account_id), Some(id), json!({}))?;
+        let revoked = self.store.revoke_key(id, now_ms(), &audit).await?;
+        self.invalidate(&revoked.digest);
+        Ok(self.with_live_usage(revoked))
+    }
+
+    /// A new key with the same settings; the old one is revoked now, or when
+    /// `grace_seconds` have passed. Rotation does not count against the plan cap: it
+    /// replaces a key.
+    pub async fn rotate_key(&self, caller: &Caller, id: &str, grace_seconds: Option<u64>) -> Result<Rotated> {
+        caller.require("api_keys", "create")?;
+        caller.require("api_keys", "delete")?;
+        let grace = grace_seconds.unwrap_or(0);
+        if grace > MAX_GRACE_SECONDS {
+            return Err(Error::validation(
+                "grace_period_seconds",
+                format!("grace_period_seconds must be at most {MAX_GRACE_SECONDS} (30 days)"),
+            ));
+        }
+        let old = self.visible_key(caller, id).await?;
+        let now = now_ms();
+        if KeyStatus::of(&old, now) != KeyStatus::Active {
+            return Err(Error::Conflict("the key is revoked or expired and cannot be rotated".into()));
+        }
+        let secret = self
+            .format
+            .generate(old.environment)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let new = KeyRecord {
+            id: new_id("key")?,
+            display_prefix: self.display_prefix(&secret)?,
+            digest: self.pepper.digest(secret.expose().as_bytes()),
+            created_at: now,
+            last_used_at: None,
+            revoked_at: None,
+            rotated_from: Some(old.id.clone()),
+            // The quota spent carries over: rotating is not a way to refill it.
+            ..old.clone()
+        };
+        let revoke_old_at = now + (grace as i64) * 1000;
+        let audit = caller.audit(
+            "key.rotate",
+            Some(&old.account_id),
+            Some(id),
+            json!({"new_key_id": new.id, "grace_period_seconds": grace}),
+        )?;
+        let previous = self
+            .store
+            .rotate_key(id, &new, revoke_old_at, now, &audit)
+            .await?;
+        self.invalidate(&previous.digest);
+        self.invalidate(&new.digest);
+        Ok(Rotated {
+            key: new,
+            secret,
+            previous: self.with_live_usage(previous),
+        })
+    }
+
+    /// The record of the key that authenticated the request (`GET /v1/api-key-info`).
+    pub async fn key_info(&self, caller: &Caller) -> Result<KeyRecord> {
+        match &caller.actor {
+            Actor::Key(key) => self.visible_key(caller, key.id()).await,
+            Actor::Admin => Err(Error::Forbidden(
+                "key info describes the API key that makes the request; the admin token is not a key".into(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The verification hot path: parse → digest → cache (store on a miss) → policy → rate
+//! limit → quota → usage. On a cache hit nothing here waits on I/O.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use keygate_core::policy::{decide, KeyPolicy, RequestFacts};
+use keygate_core::{InvalidReason, KeyDigest, Outcome, Required};
+
+use crate::cache::{CachedKey, Lookup};
+use crate::ratelimit::RateLimitStatus;
+use crate::{now_ms, Engine, Error, Result};
+
+/// One verification question.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyRequest<'a> {
+    /// The credential as sent. May be anything: it is parsed before it is trusted.
+    pub key: &'a str,
+    /// `None`: only "is this key valid?".
+    pub required: Option<&'a Required>,
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The answer: an outcome, and the key when one was found.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub key: Option<Arc<CachedKey>>,
+    /// Set for keys with a rate limit, whatever the outcome.
+    pub rate_limit: Option<RateLimitStatus>,
+}
+
+impl Verdict {
+    fn refused(outcome: Outcome) -> Verdict {
+        Verdict {
+            outcome,
+            key: None,
+            rate_limit: None,
+        }
+    }
+}
+
+impl Engine {
+    /// Verifies a credential. `Err` only when the store is needed and cannot answer: the
+    /// caller must then not claim the key is invalid (answer 503).
+    pub async fn verify(&self, request: &VerifyRequest<'_>) -> Result<Verdict> {
+        if self.format.parse(request.key).is_err() {
+            return Ok(Verdict::refused(Outcome::MalformedKey));
+        }
+        let digest = self.pepper.digest(request.key.as_bytes());
+        let key = match self.lookup(digest).await? {
+            Some(key) => key,
+            None => return Ok(Verdict::refused(Outcome::InvalidKey(InvalidReason::Unknown))),
+        };
+        Ok(self.check(key, request))
+    }
+
+    /// The key behind a digest, from the cache or the store.
+    async fn lookup(&self, digest: KeyDigest) -> Result<Option<Arc<CachedKey>>> {
+        match self.cache.get(&digest) {
+            Lookup::Hit(key) => return Ok(Some(key)),
+            Lookup::Unknown => return Ok(None),
+            Lookup::Miss => {}
+        }
+        let ticket = self.cache.ticket();
+        let record = self
+            .store
+            .find_key_by_digest(&digest)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let key = record.map(|r| {
+            let usage = self.usage.cell(&r.id, r.quota_used);
+            Arc::new(CachedKey::from_record(r, usage))
+        });
+        self.cache.fill(ticket, digest, key.clone());
+        Ok(key)
+    }
+
+    fn check(&self, key: Arc<CachedKey>, request: &VerifyRequest<'_>) -> Verdict {
+        let now = now_ms();
+        let mut outcome = if key.corrupt {
+            Outcome::InvalidKey(InvalidReason::Unknown)
+        } else {
+            let policy = KeyPolicy {
+                permissions: &key.permissions,
+                ip_allowlist: &key.ip_allowlist,
+                revoked_at: key.record.revoked_at,
+                expires_at: key.record.expires_at,
+            };
+            let facts = RequestFacts {
+                required: request.required,
+                client_ip: request.client_ip,
+            };
+            decide(&policy, &facts, now)
+        };
+        let mut rate_limit = None;
+        if outcome == Outcome::Valid {
+            if let Some(limit) = key.rate_limit() {
+                let status = key.usage.limiter.check(limit, self.monotonic_ns());
+                if status.retry_after_seconds.is_some() {
+                    outcome = Outcome::RateLimited;
+                }
+                rate_limit = Some(status);
+            }
+        }
+        if outcome == Outcome::Valid {
+            if let Some(quota) = key.quota() {
+                if !key.usage.try_spend(quota.requests) {
+                    outcome = Outcome::UsageExceeded;
+                }
+            }
+        }
+        if outcome == Outcome::Valid {
+            self.usage.touch(&key.usage, now);
+        }
+        if matches!(outcome, Outcome::InvalidKey(_)) {
+            // Refused as invalid: say nothing more about the key to the caller.
+            return Verdict::refused(outcome);
+        }
+        Verdict {
+            outcome,
+            key: Some(key),
+            rate_limit,
+        }
+    }
+
+    /// Forgets a key on this node. Every change path calls this after committing.
+    pub(crate) fn invalidate(&self, digest: &KeyDigest) {
+        self.cache.invalidate(digest);
+    }
+
+    /// Keys in the cache now (for metrics).
+    pub fn cached_keys(&self) -> u64 {
+        self.cache.entry_count()
+    }
+}

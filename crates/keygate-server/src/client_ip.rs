@@ -1,0 +1,57 @@
+//! The client address a request comes from: the socket peer, or what a trusted proxy says.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::http::HeaderMap;
+use ipnet::IpNet;
+use keygate_core::ip::canonical_ip;
+
+/// The peer, unless the peer is a trusted proxy: then the nearest untrusted address in
+/// `X-Forwarded-For`, or `X-Real-IP`. A client cannot spoof its way past an allowlist by
+/// sending those headers itself.
+pub fn client_ip(peer: Option<SocketAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = canonical_ip(peer?.ip());
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .map(canonical_ip)
+        .collect();
+    if let Some(ip) = forwarded.iter().rev().find(|ip| !is_trusted(ip)) {
+        return Some(*ip);
+    }
+    headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        .map(canonical_ip)
+        .or(Some(peer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(xff: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert("x-forwarded-for", xff.parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_from_trusted_peers() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
+        let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let stranger: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+        assert_eq!(client_ip(Some(stranger), &h("10.0.0.1"), &trusted), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(client_ip(Some(proxy), &h("198.51.100.7, 127.0.0.2"), &trusted), Some("198.51.100.7".parse().unwrap()));
+        assert_eq!(client_ip(Some(proxy), &HeaderMap::new(), &trusted), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(client_ip(Some(proxy), &h("10.0.0.1"), &[]), Some("127.0.0.1".parse().unwrap()));
+    }
+}

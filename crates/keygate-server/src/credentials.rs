@@ -1,0 +1,147 @@
+//! Where a request carries its key: `Authorization: Bearer`, `X-API-Key` or `APIKEY`; and
+//! where it must not (the query string).
+
+use axum::http::HeaderMap;
+use keygate_core::{Environment, KeyFormat, Outcome};
+
+use crate::ApiError;
+
+/// Query parameters that name a credential, refused whatever their value.
+const CREDENTIAL_PARAMS: &[&str] = &["api_key", "apikey", "api-key", "x-api-key", "access_token"];
+
+/// The key a request carries, if any. Two different keys, a header that is not text, or
+/// an `Authorization` header that is not a bearer token are errors.
+pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut found: Option<String> = None;
+    let mut take = |value: &str| -> Result<(), ApiError> {
+        match &found {
+            Some(existing) if existing != value => Err(ApiError::AmbiguousCredentials),
+            _ => {
+                found = Some(value.to_owned());
+                Ok(())
+            }
+        }
+    };
+    for value in headers.get_all(axum::http::header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| Outcome::MalformedKey)?.trim();
+        let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(Outcome::MalformedKey.into());
+        }
+        take(token.trim())?;
+    }
+    for name in ["x-api-key", "apikey"] {
+        for value in headers.get_all(name) {
+            let value = value.to_str().map_err(|_| Outcome::MalformedKey)?.trim();
+            if value.is_empty() {
+                return Err(Outcome::MalformedKey.into());
+            }
+            take(value)?;
+        }
+    }
+    Ok(found)
+}
+
+/// Does a query string carry a key? A credential parameter with any value does, and so
+/// does any value that starts like a key of this deployment (`?key=kg_live_…`).
+pub fn query_carries_key(query: &str, format: &KeyFormat) -> bool {
+    let markers = [
+        format.type_prefix(Environment::Live),
+        format.type_prefix(Environment::Test),
+    ];
+    query.split('&').any(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(name).to_ascii_lowercase();
+        let value = decode(value);
+        (CREDENTIAL_PARAMS.contains(&name.as_str()) && !value.is_empty())
+            || markers.iter().any(|m| value.trim_start().starts_with(m.as_str()))
+    })
+}
+
+/// `application/x-www-form-urlencoded` decoding; undecodable bytes are kept as they are.
+pub fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_three_header_forms_are_read() {
+        for h in [
+            headers(&[("authorization", "Bearer k1")]),
+            headers(&[("authorization", "bearer   k1 ")]),
+            headers(&[("x-api-key", "k1")]),
+            headers(&[("APIKEY", "k1")]),
+            headers(&[("authorization", "Bearer k1"), ("x-api-key", "k1")]),
+        ] {
+            assert_eq!(key_from_headers(&h).unwrap().as_deref(), Some("k1"));
+        }
+        assert_eq!(key_from_headers(&HeaderMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn conflicting_or_odd_headers_are_errors() {
+        assert!(matches!(
+            key_from_headers(&headers(&[("authorization", "Bearer k1"), ("x-api-key", "k2")])),
+            Err(ApiError::AmbiguousCredentials)
+        ));
+        for h in [
+            headers(&[("authorization", "Basic dXNlcjpwYXNz")]),
+            headers(&[("authorization", "Bearer")]),
+            headers(&[("x-api-key", "")]),
+        ] {
+            assert!(matches!(
+                key_from_headers(&h),
+                Err(ApiError::Outcome(Outcome::MalformedKey, None))
+            ));
+        }
+    }
+
+    #[test]
+    fn keys_in_queries_are_found() {
+        let kg = KeyFormat::new("kg", true).unwrap();
+        assert!(query_carries_key("api_key=abc", &kg));
+        assert!(query_carries_key("x=1&ApiKey=abc", &kg));
+        assert!(query_carries_key("access_token=abc", &kg));
+        assert!(query_carries_key("key=kg_live_123", &kg));
+        assert!(query_carries_key("q=%6bg_test_1", &kg));
+        assert!(!query_carries_key("key=value&page=2", &kg));
+        assert!(!query_carries_key("sort=kg_weight", &kg));
+        assert!(!query_carries_key("api_key=", &kg));
+        assert!(!query_carries_key("", &kg));
+        let oim = KeyFormat::new("oim", false).unwrap();
+        assert!(query_carries_key("k=oim_abc", &oim));
+    }
+}

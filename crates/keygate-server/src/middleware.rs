@@ -1,0 +1,106 @@
+//! Request-wide concerns: a request id for every answer, limits checked before routing,
+//! keys in URLs refused, and an access log that cannot contain a secret.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use keygate_core::key::random_hex;
+use keygate_core::Outcome;
+
+use crate::credentials::query_carries_key;
+use crate::{ApiError, AppState};
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being answered (for error bodies).
+pub fn current_request_id() -> String {
+    REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| "req_unknown".to_owned())
+}
+
+fn new_request_id() -> String {
+    format!("req_{}", random_hex(12).unwrap_or_else(|_| "0".repeat(24)))
+}
+
+/// Replaces anything that looks like a key of this deployment, so a path can be logged.
+pub fn redact(text: &str, prefix: &str) -> String {
+    let marker = format!("{prefix}_");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find(&marker) {
+        out.push_str(&rest[..pos]);
+        out.push_str("[redacted]");
+        let tail = &rest[pos..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+pub async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let id = new_request_id();
+    REQUEST_ID
+        .scope(id.clone(), async move {
+            let started = Instant::now();
+            let method = request.method().clone();
+            let prefix = state.engine.key_format().prefix().to_owned();
+            let path = redact(request.uri().path(), &prefix);
+            let mut response = match precheck(&state, &request) {
+                Err(e) => e.into_response(),
+                Ok(()) => next.run(request).await,
+            };
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                response.headers_mut().insert("x-request-id", v);
+            }
+            tracing::info!(
+                request_id = %id,
+                %method,
+                %path,
+                status = response.status().as_u16(),
+                micros = started.elapsed().as_micros() as u64,
+                "request"
+            );
+            response
+        })
+        .await
+}
+
+fn precheck(state: &AppState, request: &Request) -> Result<(), ApiError> {
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > state.http.header_limit {
+        return Err(ApiError::HeadersTooLarge);
+    }
+    if let Some(query) = request.uri().query() {
+        if query_carries_key(query, state.engine.key_format()) {
+            return Err(Outcome::KeyInUrl.into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn keys_are_redacted_from_paths() {
+        assert_eq!(
+            redact("/v1/x/kg_live_abc123/y?kg_test_9", "kg"),
+            "/v1/x/[redacted]/y?[redacted]"
+        );
+        assert_eq!(redact("/v1/api-keys", "kg"), "/v1/api-keys");
+    }
+}

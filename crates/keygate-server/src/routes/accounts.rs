@@ -1,0 +1,71 @@
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json as JsonOut;
+use keygate_engine::manage::{AccountPatch, NewAccount};
+use serde::Deserialize;
+
+use super::Auth;
+use crate::json::Json;
+use crate::{views, ApiError, AppState};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    name: String,
+    plan: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAccount {
+    name: Option<String>,
+    plan: Option<String>,
+}
+
+async fn with_usage(state: &AppState, a: &keygate_store::Account) -> Result<serde_json::Value, ApiError> {
+    let (active, cap) = state.engine.account_key_usage(a).await?;
+    let mut v = views::account(a);
+    v["active_keys"] = active.into();
+    v["max_keys"] = cap.into();
+    Ok(v)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Json(body): Json<CreateAccount>,
+) -> Result<impl IntoResponse, ApiError> {
+    let account = state
+        .engine
+        .create_account(&caller, NewAccount { name: body.name, plan: body.plan })
+        .await?;
+    Ok((StatusCode::CREATED, JsonOut(with_usage(&state, &account).await?)))
+}
+
+pub async fn list(State(state): State<AppState>, Auth(caller): Auth) -> Result<impl IntoResponse, ApiError> {
+    let accounts = state.engine.list_accounts(&caller).await?;
+    Ok(JsonOut(views::list(accounts.iter().map(views::account).collect())))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let account = state.engine.get_account(&caller, &id).await?;
+    Ok(JsonOut(with_usage(&state, &account).await?))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateAccount>,
+) -> Result<impl IntoResponse, ApiError> {
+    let account = state
+        .engine
+        .update_account(&caller, &id, AccountPatch { name: body.name, plan: body.plan })
+        .await?;
+    Ok(JsonOut(with_usage(&state, &account).await?))
+}

@@ -1,0 +1,114 @@
+//! How records look on the wire: RFC 3339 UTC times, never a secret.
+
+use axum::http::{HeaderMap, HeaderValue};
+use chrono::{DateTime, SecondsFormat, Utc};
+use keygate_engine::manage::KeyStatus;
+use keygate_engine::{now_ms, RateLimitStatus};
+use keygate_store::{Account, AuditEvent, KeyRecord};
+use serde_json::{json, Value};
+
+pub fn time(ms: i64) -> Value {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::Millis, true)))
+        .unwrap_or(Value::Null)
+}
+
+pub fn opt_time(ms: Option<i64>) -> Value {
+    ms.map(time).unwrap_or(Value::Null)
+}
+
+/// Parses an RFC 3339 time into unix milliseconds.
+pub fn parse_time(field: &str, s: &str) -> Result<i64, keygate_engine::Error> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            keygate_engine::Error::validation(field, format!("{field} must be an RFC 3339 time such as 2030-01-31T00:00:00Z"))
+        })
+}
+
+pub fn account(a: &Account) -> Value {
+    json!({
+        "id": a.id,
+        "object": "account",
+        "name": a.name,
+        "plan": a.plan,
+        "created_at": time(a.created_at),
+    })
+}
+
+pub fn key(k: &KeyRecord) -> Value {
+    let quota = k.quota.map(|q| {
+        json!({
+            "requests": q.requests,
+            "used": k.quota_used,
+            "remaining": (q.requests as i64 - k.quota_used).max(0),
+        })
+    });
+    json!({
+        "id": k.id,
+        "object": "api_key",
+        "account_id": k.account_id,
+        "name": k.name,
+        "display_prefix": k.display_prefix,
+        "environment": k.environment,
+        "permissions": k.permissions,
+        "ip_allowlist": k.ip_allowlist,
+        "status": KeyStatus::of(k, now_ms()).as_str(),
+        "created_at": time(k.created_at),
+        "last_used_at": opt_time(k.last_used_at),
+        "expires_at": opt_time(k.expires_at),
+        "revoked_at": opt_time(k.revoked_at),
+        "rate_limit": k.rate_limit,
+        "quota": quota,
+        "meta": k.meta,
+        "rotated_from": k.rotated_from,
+    })
+}
+
+/// What a key may read of itself (`GET /v1/api-key-info`).
+pub fn key_info(k: &KeyRecord) -> Value {
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "display_prefix": k.display_prefix,
+        "environment": k.environment,
+        "permissions": k.permissions,
+        "status": KeyStatus::of(k, now_ms()).as_str(),
+        "created_at": time(k.created_at),
+        "last_used_at": opt_time(k.last_used_at),
+        "expires_at": opt_time(k.expires_at),
+    })
+}
+
+pub fn audit(e: &AuditEvent) -> Value {
+    json!({
+        "id": e.id,
+        "seq": e.seq,
+        "at": time(e.at),
+        "account_id": e.account_id,
+        "actor": e.actor,
+        "action": e.action,
+        "target_id": e.target_id,
+        "client_ip": e.client_ip,
+        "details": e.details,
+    })
+}
+
+pub fn list(items: Vec<Value>) -> Value {
+    json!({ "data": items })
+}
+
+/// `RateLimit-Policy` and `RateLimit` (IETF httpapi draft) and `Retry-After` when refused.
+pub fn rate_limit_headers(headers: &mut HeaderMap, rate: &RateLimitStatus) {
+    let policy = format!("\"default\";q={};w={}", rate.limit, rate.window_seconds);
+    let current = format!("\"default\";r={};t={}", rate.remaining, rate.reset_seconds);
+    if let Ok(v) = HeaderValue::from_str(&policy) {
+        headers.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&current) {
+        headers.insert("ratelimit", v);
+    }
+    if let Some(secs) = rate.retry_after_seconds {
+        headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+}

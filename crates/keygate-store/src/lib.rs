@@ -1,0 +1,87 @@
+//! keygate's storage layer: the [`Store`] trait every backend implements, the records it
+//! keeps, and the SQLite backend.
+//!
+//! Invariants: the store never sees a secret (only digests); every management write and
+//! its audit event commit in one transaction; plan caps are checked inside the transaction
+//! that inserts the key, so they are exact under concurrency.
+
+mod error;
+mod migrate;
+mod model;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use keygate_core::KeyDigest;
+
+pub use error::StoreError;
+pub use model::{Account, AuditEvent, KeyPatch, KeyRecord, Quota, RateLimit, UsageUpdate};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything keygate keeps. Times are unix milliseconds.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Is the database reachable? For `/readyz`.
+    async fn ping(&self) -> Result<()>;
+
+    async fn get_setting(&self, name: &str) -> Result<Option<String>>;
+    /// Stores `value` unless `name` is set already; returns whether it stored it.
+    async fn insert_setting_if_absent(&self, name: &str, value: &str) -> Result<bool>;
+
+    async fn create_account(&self, account: &Account, audit: &AuditEvent) -> Result<()>;
+    async fn get_account(&self, id: &str) -> Result<Option<Account>>;
+    async fn list_accounts(&self) -> Result<Vec<Account>>;
+    /// Changes name and/or plan. `NotFound` if there is no such account.
+    async fn update_account(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        plan: Option<&str>,
+        audit: &AuditEvent,
+    ) -> Result<Account>;
+
+    /// Inserts `key` if its account has fewer than `max_active` active keys at `now`
+    /// (`None`: no cap); `CapReached` otherwise. Exact under concurrency.
+    async fn create_key(
+        &self,
+        key: &KeyRecord,
+        max_active: Option<u64>,
+        now: i64,
+        audit: &AuditEvent,
+    ) -> Result<()>;
+    async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>>;
+    async fn find_key_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>>;
+    /// Keys of one account (or all), oldest first.
+    async fn list_keys(&self, account_id: Option<&str>) -> Result<Vec<KeyRecord>>;
+    /// Applies `patch` to a key that is neither revoked nor expired at `now`
+    /// (`NotActive` otherwise: a revoked key stays revoked).
+    async fn update_key(
+        &self,
+        id: &str,
+        patch: &KeyPatch,
+        now: i64,
+        audit: &AuditEvent,
+    ) -> Result<KeyRecord>;
+    /// Revokes at `at` (or keeps an earlier revocation). Idempotent.
+    async fn revoke_key(&self, id: &str, at: i64, audit: &AuditEvent) -> Result<KeyRecord>;
+    /// In one transaction: inserts `new_key` and schedules the revocation of `old_id` at
+    /// `revoke_old_at`. `NotActive` if the old key is already revoked or expired at `now`.
+    async fn rotate_key(
+        &self,
+        old_id: &str,
+        new_key: &KeyRecord,
+        revoke_old_at: i64,
+        now: i64,
+        audit: &AuditEvent,
+    ) -> Result<KeyRecord>;
+
+    /// Writes a batch of usage in one transaction.
+    async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<()>;
+    /// Audit events, newest first, at most `limit`, optionally before sequence `before`.
+    async fn list_audit(
+        &self,
+        account_id: Option<&str>,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>>;
+}

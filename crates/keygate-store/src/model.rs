@@ -1,0 +1,89 @@
+use keygate_core::{Environment, KeyDigest};
+use serde::{Deserialize, Serialize};
+
+/// A customer business: the tenant that owns keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    pub plan: String,
+    pub created_at: i64,
+}
+
+/// `requests` per `per_seconds`, per key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per_seconds: u32,
+}
+
+/// A usage budget: this many valid requests, in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    pub requests: u64,
+}
+
+/// A stored API key: everything but the secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub display_prefix: String,
+    pub digest: KeyDigest,
+    pub environment: Environment,
+    /// Canonical permission strings.
+    pub permissions: Vec<String>,
+    /// Canonical addresses and CIDR blocks.
+    pub ip_allowlist: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
+    /// Valid requests counted against the quota (flushed in batches).
+    pub quota_used: i64,
+    /// A JSON object the operator attaches.
+    pub meta: serde_json::Value,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    /// May lie in the future: a rotation's grace period.
+    pub revoked_at: Option<i64>,
+    /// The key this one replaced by rotation.
+    pub rotated_from: Option<String>,
+}
+
+/// Changes to a key; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub permissions: Option<Vec<String>>,
+    pub ip_allowlist: Option<Vec<String>>,
+    pub expires_at: Option<Option<i64>>,
+    pub rate_limit: Option<Option<RateLimit>>,
+    pub quota: Option<Option<Quota>>,
+    pub meta: Option<serde_json::Value>,
+}
+
+/// Usage of one key since the last flush.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageUpdate {
+    pub key_id: String,
+    pub last_used_at: i64,
+    pub quota_used_delta: i64,
+}
+
+/// One management action, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEvent {
+    pub id: String,
+    /// Order of insertion; set by the store.
+    pub seq: i64,
+    pub at: i64,
+    pub account_id: Option<String>,
+    /// `admin` or `key:<key id>`.
+    pub actor: String,
+    /// `account.create`, `key.create`, `key.update`, `key.revoke`, `key.rotate`, …
+    pub action: String,
+    pub target_id: Option<String>,
+    pub client_ip: Option<String>,
+    pub details: serde_json::Value,
+}

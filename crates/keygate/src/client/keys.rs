@@ -1,0 +1,488 @@
+//! `keygate keys create|list|get|revoke|rotate|verify`.
+
+use std::io::{BufRead, IsTerminal, Read};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use clap::{Args, Subcommand, ValueEnum};
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+
+use super::http::{Api, Failure};
+use super::output::{fields, short_time, text};
+use super::table::Table;
+use super::{Connection, Done, EXIT_CODES};
+
+/// Field order for one key object.
+const KEY_FIELDS: &[&str] = &[
+    "id",
+    "account_id",
+    "name",
+    "display_prefix",
+    "environment",
+    "status",
+    "permissions",
+    "ip_allowlist",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+    "revoked_at",
+    "rate_limit",
+    "quota",
+    "meta",
+];
+
+/// Field order for a verification answer.
+const VERIFY_FIELDS: &[&str] = &[
+    "valid",
+    "code",
+    "error",
+    "key_id",
+    "account_id",
+    "environment",
+    "permissions",
+];
+
+const VERIFY_HELP: &str = "\
+The key is read from standard input (first line), never from an argument, because
+arguments leak through `ps` and shell history:
+  keygate keys verify --permission invoices.read < key.txt
+
+Exit codes:
+  0  the key is valid
+  1  the key was refused (the code is printed, e.g. invalid_key)
+  2  usage error (e.g. nothing on standard input)
+  3  the server answered with a 4xx error
+  4  the server could not be reached, timed out (30 s) or answered 5xx";
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create a key; its secret is printed once and never again.
+    #[command(after_help = EXIT_CODES)]
+    Create(CreateArgs),
+    /// List keys (display prefixes only, never secrets).
+    #[command(after_help = EXIT_CODES)]
+    List {
+        /// Only this account's keys.
+        #[arg(long, value_name = "ACCOUNT_ID", value_parser = parse_id)]
+        account: Option<String>,
+        /// Only keys with this status.
+        #[arg(long, value_enum)]
+        status: Option<Status>,
+    },
+    /// Show one key.
+    #[command(after_help = EXIT_CODES)]
+    Get {
+        #[arg(value_parser = parse_id)]
+        id: String,
+    },
+    /// Revoke a key, immediately and permanently.
+    #[command(after_help = EXIT_CODES)]
+    Revoke {
+        #[arg(value_parser = parse_id)]
+        id: String,
+    },
+    /// Replace a key by a new one with the same settings; the new secret is printed once.
+    #[command(after_help = EXIT_CODES)]
+    Rotate {
+        #[arg(value_parser = parse_id)]
+        id: String,
+        /// Keep the old key working this many seconds (default: revoke it now).
+        #[arg(long, value_name = "SECONDS")]
+        grace_period: Option<u64>,
+    },
+    /// Check a key (read from standard input) as a protected API would.
+    #[command(after_help = VERIFY_HELP)]
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Account that owns the key.
+    #[arg(long, value_name = "ACCOUNT_ID", value_parser = parse_id)]
+    account: String,
+    /// Name of the key (what it is for).
+    #[arg(long)]
+    name: String,
+    /// Environment (server default: live).
+    #[arg(long, value_enum)]
+    env: Option<Env>,
+    /// Preset permission set.
+    #[arg(long, value_enum, conflicts_with = "permissions")]
+    scope: Option<Scope>,
+    /// A permission such as invoices.read or invoices.* (repeatable).
+    #[arg(long = "permission", value_name = "PERMISSION")]
+    permissions: Vec<String>,
+    /// Allowed client address or CIDR (repeatable; none = any address).
+    #[arg(long = "ip", value_name = "ADDR_OR_CIDR")]
+    ips: Vec<String>,
+    /// Expire the key this many seconds from now.
+    #[arg(long, value_name = "SECONDS", conflicts_with = "expires_at",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    expires_in: Option<u64>,
+    /// Expire the key at this time (RFC 3339, e.g. 2030-01-31T00:00:00Z).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    expires_at: Option<String>,
+    /// Rate limit as REQUESTS/SECONDS, e.g. 100/60.
+    #[arg(long, value_name = "REQUESTS/SECONDS", value_parser = parse_rate)]
+    rate_limit: Option<(u64, u64)>,
+    /// Usage quota: total requests the key may make.
+    #[arg(long, value_name = "N")]
+    quota: Option<u64>,
+    /// Metadata entry (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    meta: Vec<(String, String)>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Permission the request needs, e.g. invoices.read.
+    #[arg(long, conflicts_with_all = ["method", "path"])]
+    permission: Option<String>,
+    /// HTTP method of the request to check (with --path).
+    #[arg(long, requires = "path")]
+    method: Option<String>,
+    /// URL path of the request to check, e.g. /api/v1/invoices/42 (method default: GET).
+    #[arg(long)]
+    path: Option<String>,
+    /// Client IP address to check against the key's allowlist.
+    #[arg(long)]
+    ip: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Env {
+    Live,
+    Test,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Scope {
+    All,
+    Read,
+    Write,
+    Webhooks,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Status {
+    Active,
+    Revoked,
+    Expired,
+}
+
+/// The name clap shows for a value, which is also the name the API uses.
+fn wire<T: ValueEnum>(value: T) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+pub async fn run(conn: &Connection, cmd: KeysCommand) -> Result<Done, Failure> {
+    // Read the key before anything else, so a usage error needs no server.
+    let verify_key = match &cmd {
+        KeysCommand::Verify(_) => Some(read_key()?),
+        _ => None,
+    };
+    let api = Api::new(conn)?;
+    match cmd {
+        KeysCommand::Create(args) => {
+            let reply = api.post(&["v1", "api-keys"], &args.body()).await?;
+            reply.emit(conn, |key| with_secret(key, fields(key, KEY_FIELDS, &[])))
+        }
+        KeysCommand::List { account, status } => {
+            let status = status.map(wire);
+            let mut query = Vec::new();
+            if let Some(account) = &account {
+                query.push(("account_id", account.as_str()));
+            }
+            if let Some(status) = &status {
+                query.push(("status", status.as_str()));
+            }
+            let reply = api.get(&["v1", "api-keys"], &query).await?;
+            reply.emit(conn, |_| key_table(reply.data()?))
+        }
+        KeysCommand::Get { id } => {
+            let reply = api.get(&["v1", "api-keys", &id], &[]).await?;
+            reply.emit(conn, |key| Ok(fields(key, KEY_FIELDS, &[])))
+        }
+        KeysCommand::Revoke { id } => {
+            let reply = api
+                .post(&["v1", "api-keys", &id, "revoke"], &json!({}))
+                .await?;
+            reply.emit(conn, |key| Ok(fields(key, KEY_FIELDS, &[])))
+        }
+        KeysCommand::Rotate { id, grace_period } => {
+            let mut body = json!({});
+            if let Some(seconds) = grace_period {
+                body["grace_period_seconds"] = seconds.into();
+            }
+            let reply = api.post(&["v1", "api-keys", &id, "rotate"], &body).await?;
+            reply.emit(conn, |key| {
+                let mut out = fields(key, KEY_FIELDS, &["previous"]);
+                if let Some(previous) = key.get("previous").filter(|p| p.is_object()) {
+                    out.push_str(&format!("\nprevious key: {}\n", previous_summary(previous)));
+                }
+                with_secret(key, out)
+            })
+        }
+        KeysCommand::Verify(args) => {
+            let key = verify_key.unwrap_or_default();
+            verify(&api, conn, args.body(key)).await
+        }
+    }
+}
+
+impl CreateArgs {
+    /// The create body, with absent options left out.
+    fn body(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("account_id".into(), self.account.clone().into());
+        body.insert("name".into(), self.name.clone().into());
+        if let Some(env) = self.env {
+            body.insert("environment".into(), wire(env).into());
+        }
+        if let Some(scope) = self.scope {
+            body.insert("scope".into(), wire(scope).into());
+        }
+        if !self.permissions.is_empty() {
+            body.insert("permissions".into(), json!(self.permissions));
+        }
+        if !self.ips.is_empty() {
+            body.insert("ip_allowlist".into(), json!(self.ips));
+        }
+        if let Some(seconds) = self.expires_in {
+            body.insert("expires_in".into(), seconds.into());
+        }
+        if let Some(at) = &self.expires_at {
+            body.insert("expires_at".into(), at.clone().into());
+        }
+        if let Some((requests, per_seconds)) = self.rate_limit {
+            body.insert(
+                "rate_limit".into(),
+                json!({ "requests": requests, "per_seconds": per_seconds }),
+            );
+        }
+        if let Some(requests) = self.quota {
+            body.insert("quota".into(), json!({ "requests": requests }));
+        }
+        if !self.meta.is_empty() {
+            let meta: Map<String, Value> = self
+                .meta
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            body.insert("meta".into(), meta.into());
+        }
+        Value::Object(body)
+    }
+}
+
+impl VerifyArgs {
+    fn body(self, key: String) -> Value {
+        let mut body = Map::new();
+        body.insert("key".into(), key.into());
+        let optional = [
+            ("permission", self.permission),
+            ("method", self.method.map(|m| m.to_ascii_uppercase())),
+            ("path", self.path),
+            ("ip", self.ip),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                body.insert(name.into(), value.into());
+            }
+        }
+        Value::Object(body)
+    }
+}
+
+/// POST /v1/verify. A verdict ("valid": true/false) is a result, not an error; it is
+/// accepted from a 4xx answer too, in case the server mirrors the refusal in its status.
+async fn verify(api: &Api, conn: &Connection, body: Value) -> Result<Done, Failure> {
+    let reply = api
+        .call(Method::POST, &["v1", "verify"], &[], Some(&body))
+        .await?;
+    let verdict = reply.body.get("valid").and_then(Value::as_bool);
+    let answered = reply.status.is_success() || reply.status.is_client_error();
+    match verdict {
+        Some(valid) if answered => {
+            reply.emit(conn, |answer| Ok(fields(answer, VERIFY_FIELDS, &[])))?;
+            Ok(if valid && reply.status.is_success() {
+                Done::Success
+            } else {
+                Done::Refused
+            })
+        }
+        _ => {
+            let reply = api.expect_success(reply)?;
+            Err(Failure::bad_response(
+                reply.status,
+                "no \"valid\" in the verify answer",
+            ))
+        }
+    }
+}
+
+/// Appends the one-time secret on its own labelled line, with the warning above it.
+fn with_secret(key: &Value, mut out: String) -> Result<String, Failure> {
+    let secret = key.get("key").and_then(Value::as_str).ok_or_else(|| {
+        Failure::bad_response(
+            reqwest::StatusCode::CREATED,
+            "no \"key\" (secret) in the answer",
+        )
+    })?;
+    out.push_str("\nWARNING: store this secret now; it will not be shown again.\n");
+    out.push_str(&format!("API key secret: {secret}\n"));
+    Ok(out)
+}
+
+fn previous_summary(previous: &Value) -> String {
+    let mut summary = format!("{} ({}", text(&previous["id"]), text(&previous["status"]));
+    for field in ["revoked_at", "expires_at"] {
+        if let Some(at) = previous.get(field).filter(|v| !v.is_null()) {
+            summary.push_str(&format!(", {field} {}", text(at)));
+        }
+    }
+    summary.push(')');
+    summary
+}
+
+fn key_table(keys: &[Value]) -> Result<String, Failure> {
+    let mut table = Table::new(&[
+        "ID",
+        "NAME",
+        "PREFIX",
+        "ENV",
+        "STATUS",
+        "PERMISSIONS",
+        "CREATED",
+        "LAST USED",
+        "EXPIRES",
+    ]);
+    for key in keys {
+        let permissions = match &key["permissions"] {
+            Value::Array(list) if !list.is_empty() => {
+                list.iter().map(text).collect::<Vec<_>>().join(",")
+            }
+            Value::Array(_) => "(none)".to_owned(),
+            other => text(other),
+        };
+        table.push(vec![
+            text(&key["id"]),
+            text(&key["name"]),
+            text(&key["display_prefix"]),
+            text(&key["environment"]),
+            text(&key["status"]),
+            permissions,
+            short_time(&key["created_at"], "-"),
+            short_time(&key["last_used_at"], "never"),
+            short_time(&key["expires_at"], "never"),
+        ]);
+    }
+    Ok(table.render())
+}
+
+/// The key to verify: the first line of standard input, trimmed.
+fn read_key() -> Result<String, Failure> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("API key (input is echoed; prefer piping it in): ");
+    }
+    let mut line = String::new();
+    // A key is under 100 bytes; never slurp an unbounded stream.
+    stdin
+        .lock()
+        .take(8192)
+        .read_line(&mut line)
+        .map_err(|e| Failure::Usage(format!("cannot read the key from standard input: {e}")))?;
+    let key = line.trim();
+    if key.is_empty() {
+        return Err(Failure::Usage(
+            "no key on standard input (pipe it in: keygate keys verify < key.txt)".to_owned(),
+        ));
+    }
+    Ok(key.to_owned())
+}
+
+/// Ids go into URL paths: accept only the characters ids are made of.
+fn parse_id(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 128
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err("an id is 1-128 letters, digits, '_' or '-' (e.g. key_…, acct_…)".to_owned())
+    }
+}
+
+/// `REQUESTS/SECONDS`, both positive.
+fn parse_rate(raw: &str) -> Result<(u64, u64), String> {
+    let usage =
+        || format!("expected REQUESTS/SECONDS with positive integers, e.g. 100/60, not {raw:?}");
+    let (requests, seconds) = raw.split_once('/').ok_or_else(usage)?;
+    let requests: u64 = requests.trim().parse().map_err(|_| usage())?;
+    let seconds: u64 = seconds.trim().parse().map_err(|_| usage())?;
+    if requests == 0 || seconds == 0 {
+        return Err(usage());
+    }
+    Ok((requests, seconds))
+}
+
+/// RFC 3339, normalised to UTC.
+fn parse_time(raw: &str) -> Result<String, String> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| {
+            t.with_timezone(&Utc)
+                .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+        })
+        .map_err(|e| format!("expected an RFC 3339 time such as 2030-01-31T00:00:00Z ({e})"))
+}
+
+/// `key=value` with a non-empty key.
+fn parse_meta(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("expected KEY=VALUE, not {raw:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rate_limits() {
+        assert_eq!(parse_rate("100/60"), Ok((100, 60)));
+        assert!(parse_rate("100").is_err());
+        assert!(parse_rate("0/60").is_err());
+        assert!(parse_rate("a/b").is_err());
+    }
+
+    #[test]
+    fn ids_cannot_escape_the_path() {
+        assert!(parse_id("key_01HX-abc").is_ok());
+        for bad in ["", "..", "a/b", "key?x=1", "key%2f"] {
+            assert!(parse_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn meta_and_times() {
+        assert_eq!(
+            parse_meta("team=billing=x"),
+            Ok(("team".into(), "billing=x".into()))
+        );
+        assert!(parse_meta("=x").is_err());
+        assert_eq!(
+            parse_time("2030-01-31T01:00:00+01:00"),
+            Ok("2030-01-31T00:00:00Z".into())
+        );
+        assert!(parse_time("tomorrow").is_err());
+    }
+}

@@ -1,0 +1,60 @@
+//! `keygate`: the server (`keygate serve`) and the operator's CLI.
+
+mod client;
+mod config;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "keygate", version, about = "Self-hosted API keys for HTTP APIs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (embedded SQLite unless a postgres:// URL is configured).
+    Serve(config::ServeArgs),
+    /// Manage accounts on a running server.
+    Accounts {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::AccountsCommand,
+    },
+    /// Manage API keys on a running server.
+    Keys {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::KeysCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => match serve::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Accounts { conn, command } => client::run_accounts(&conn, command).await,
+            Command::Keys { conn, command } => client::run_keys(&conn, command).await,
+        }
+    })
+}

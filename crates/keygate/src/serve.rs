@@ -1,0 +1,243 @@
+//! `keygate serve`: open the store, settle the secrets, start the engine and the HTTP
+//! listener, and on SIGTERM or Ctrl-C stop accepting, finish requests and flush usage.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use keygate_core::{KeyFormat, Pepper};
+use keygate_engine::{AdminToken, Engine, EngineConfig};
+use keygate_server::{AppState, HttpConfig};
+use keygate_store::sqlite::SqliteStore;
+use keygate_store::Store;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, ServeArgs};
+
+const ADMIN_DIGEST_SETTING: &str = "admin_token_digest";
+const PEPPER_CHECK_SETTING: &str = "pepper_check";
+/// A fixed message whose digest tells whether the pepper is the one the keys were made with.
+const PEPPER_CHECK_MESSAGE: &[u8] = b"keygate pepper check v1";
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args, &|name| std::env::var(name).ok())?;
+    init_logging(&config)?;
+    let store: Arc<dyn Store> = Arc::new(open_store(&config.database_url).await?);
+    let pepper = settle_pepper(&config, store.as_ref()).await?;
+    let admin = settle_admin_token(&config, store.as_ref(), &pepper).await?;
+    let engine = Engine::new(
+        store,
+        EngineConfig {
+            key_format: KeyFormat::new(&config.key_prefix, config.env_in_key)
+                .context("invalid key_prefix")?,
+            pepper: pepper.clone(),
+            routes: config.route_table()?,
+            plans: config.plans()?,
+            cache_capacity: config.cache_capacity,
+            cache_ttl: Duration::from_secs(config.cache_ttl_seconds.max(1)),
+            negative_cache_ttl: Duration::from_secs(config.negative_cache_ttl_seconds),
+        },
+    );
+    let flusher = engine.spawn_usage_flusher(Duration::from_secs(config.usage_flush_seconds.max(1)));
+    let state = AppState {
+        engine: engine.clone(),
+        admin,
+        verify_token: config.verify_token.as_deref().map(|t| AdminToken::from_secret(&pepper, t)),
+        http: Arc::new(HttpConfig {
+            body_limit: config.body_limit_bytes,
+            trusted_proxies: config.trusted_proxies()?,
+            ..HttpConfig::default()
+        }),
+    };
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, database = %redact_url(&config.database_url), "keygate listening");
+    keygate_server::serve(listener, state, shutdown_signal()).await?;
+    flusher.abort();
+    match engine.flush_usage().await {
+        Ok(n) => tracing::info!(keys = n, "flushed usage; bye"),
+        Err(e) => tracing::error!(error = %e, "could not flush usage at shutdown"),
+    }
+    Ok(())
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{},sqlx=warn", config.log))
+        .context("invalid log filter (KEYGATE_LOG)")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match config.log_format.as_str() {
+        "json" => builder.json().try_init(),
+        "text" => builder.try_init(),
+        other => bail!("log_format must be text or json, not {other:?}"),
+    };
+    result.map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+}
+
+fn redact_url(url: &str) -> String {
+    // postgres://user:password@host/db → postgres://user:***@host/db
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn open_store(url: &str) -> anyhow::Result<SqliteStore> {
+    if !url.starts_with("sqlite:") {
+        bail!("unsupported database URL {:?}: use sqlite://PATH", redact_url(url));
+    }
+    SqliteStore::open(url)
+        .await
+        .with_context(|| format!("cannot open the database {url}"))
+}
+
+/// `sqlite://data/keygate.db` → `data/keygate.pepper`.
+fn pepper_path(database_url: &str) -> Option<PathBuf> {
+    let path = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next()?;
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    Some(Path::new(path).with_extension("pepper"))
+}
+
+/// The configured pepper, or the one in the file beside the database (created 0600 on the
+/// first start). Refuses to start with a pepper other than the one the keys were made with.
+async fn settle_pepper(config: &Config, store: &dyn Store) -> anyhow::Result<Pepper> {
+    let pepper = match &config.pepper {
+        Some(p) if p.len() < 32 => bail!("the pepper must be at least 32 characters"),
+        Some(p) => Pepper::new(p.as_bytes().to_vec()),
+        None => {
+            let path = pepper_path(&config.database_url)
+                .context("no pepper configured: set KEYGATE_PEPPER")?;
+            read_or_create_pepper(&path)?
+        }
+    };
+    let check = pepper.digest(PEPPER_CHECK_MESSAGE).to_hex();
+    store.insert_setting_if_absent(PEPPER_CHECK_SETTING, &check).await?;
+    if store.get_setting(PEPPER_CHECK_SETTING).await?.as_deref() != Some(check.as_str()) {
+        bail!("the pepper is not the one this database's keys were made with; every key would be refused. Restore the original pepper (KEYGATE_PEPPER or the .pepper file beside the database)");
+    }
+    Ok(pepper)
+}
+
+fn read_or_create_pepper(path: &Path) -> anyhow::Result<Pepper> {
+    match std::fs::read_to_string(path) {
+        Ok(hex) => {
+            let bytes = keygate_core::key::from_hex(hex.trim())
+                .filter(|b| b.len() >= 32)
+                .with_context(|| format!("{} does not hold a pepper", path.display()))?;
+            Ok(Pepper::new(bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (pepper, bytes) = Pepper::generate().context("cannot generate a pepper")?;
+            write_private(path, &keygate_core::key::to_hex(&bytes))?;
+            tracing::info!(path = %path.display(), "generated a new pepper");
+            Ok(pepper)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes a new file readable by its owner only.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// The configured admin token, or the stored digest, or a new token printed once.
+async fn settle_admin_token(config: &Config, store: &dyn Store, pepper: &Pepper) -> anyhow::Result<AdminToken> {
+    if let Some(token) = &config.admin_token {
+        if token.len() < 16 {
+            bail!("the admin token must be at least 16 characters");
+        }
+        return Ok(AdminToken::from_secret(pepper, token));
+    }
+    if let Some(hex) = store.get_setting(ADMIN_DIGEST_SETTING).await? {
+        let digest = keygate_core::KeyDigest::from_hex(&hex).context("stored admin token digest is corrupt")?;
+        return Ok(AdminToken::from_digest(digest));
+    }
+    let (token, admin) = AdminToken::generate(pepper)?;
+    if store
+        .insert_setting_if_absent(ADMIN_DIGEST_SETTING, &admin.digest().to_hex())
+        .await?
+    {
+        // Printed once, on the terminal, never through the log.
+        eprintln!(
+            "\nkeygate admin token (shown only this once; keygate keeps only its digest):\n\n    {token}\n\nUse it as `Authorization: Bearer <token>` or KEYGATE_ADMIN_TOKEN for the CLI.\n"
+        );
+        Ok(admin)
+    } else {
+        let hex = store.get_setting(ADMIN_DIGEST_SETTING).await?.unwrap_or_default();
+        let digest = keygate_core::KeyDigest::from_hex(&hex).context("stored admin token digest is corrupt")?;
+        Ok(AdminToken::from_digest(digest))
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pepper_file_sits_beside_the_database() {
+        assert_eq!(pepper_path("sqlite://data/k.db"), Some(PathBuf::from("data/k.pepper")));
+        assert_eq!(pepper_path("sqlite:keygate.db?mode=rwc"), Some(PathBuf::from("keygate.pepper")));
+        assert_eq!(pepper_path("sqlite::memory:"), None);
+    }
+
+    #[test]
+    fn database_passwords_are_not_logged() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("sqlite://k.db"), "sqlite://k.db");
+    }
+}
