@@ -108,8 +108,8 @@ pub struct Pepper {
 
 impl Pepper {
     pub fn new(bytes: Vec<u8>) -> Self {
-        let keyed = <Hmac<Sha256> as Mac>::new_from_slice(&bytes)
-            .expect("HMAC accepts keys of any length");
+        let keyed =
+            <Hmac<Sha256> as Mac>::new_from_slice(&bytes).expect("HMAC accepts keys of any length");
         Pepper { keyed }
     }
 
@@ -302,7 +302,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 pub fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

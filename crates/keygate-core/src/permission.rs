@@ -470,7 +470,10 @@ mod tests {
     }
 
     fn arb_required() -> impl Strategy<Value = Permission> {
-        ("[a-z]{1,6}|invoices|webhooks|api_keys", "read|create|update|delete|[a-z]{1,5}")
+        (
+            "[a-z]{1,6}|invoices|webhooks|api_keys",
+            "read|create|update|delete|[a-z]{1,5}",
+        )
             .prop_map(|(r, a)| Permission::concrete(&r, &a).unwrap())
     }
 

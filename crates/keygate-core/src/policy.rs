@@ -28,7 +28,11 @@ pub struct RequestFacts<'a> {
 }
 
 /// Is the key live at `now` (unix milliseconds)? Revocation wins over expiry.
-pub fn liveness(revoked_at: Option<i64>, expires_at: Option<i64>, now: i64) -> Result<(), InvalidReason> {
+pub fn liveness(
+    revoked_at: Option<i64>,
+    expires_at: Option<i64>,
+    now: i64,
+) -> Result<(), InvalidReason> {
     if revoked_at.is_some_and(|t| t <= now) {
         return Err(InvalidReason::Revoked);
     }
@@ -85,14 +89,42 @@ mod tests {
             expires_at,
         };
         let now = 1_000;
-        assert_eq!(decide(&key(None, None), &facts(Some(&read), "10.1.1.1"), now), Outcome::Valid);
-        assert_eq!(decide(&key(None, None), &facts(Some(&create), "10.1.1.1"), now), Outcome::InsufficientPermissions);
-        assert_eq!(decide(&key(None, None), &facts(Some(&create), "192.0.2.1"), now), Outcome::IpNotAllowed);
-        assert_eq!(decide(&key(None, Some(now)), &facts(Some(&read), "192.0.2.1"), now), Outcome::InvalidKey(InvalidReason::Expired));
-        assert_eq!(decide(&key(Some(now), Some(now)), &facts(None, "10.1.1.1"), now), Outcome::InvalidKey(InvalidReason::Revoked));
+        assert_eq!(
+            decide(&key(None, None), &facts(Some(&read), "10.1.1.1"), now),
+            Outcome::Valid
+        );
+        assert_eq!(
+            decide(&key(None, None), &facts(Some(&create), "10.1.1.1"), now),
+            Outcome::InsufficientPermissions
+        );
+        assert_eq!(
+            decide(&key(None, None), &facts(Some(&create), "192.0.2.1"), now),
+            Outcome::IpNotAllowed
+        );
+        assert_eq!(
+            decide(&key(None, Some(now)), &facts(Some(&read), "192.0.2.1"), now),
+            Outcome::InvalidKey(InvalidReason::Expired)
+        );
+        assert_eq!(
+            decide(&key(Some(now), Some(now)), &facts(None, "10.1.1.1"), now),
+            Outcome::InvalidKey(InvalidReason::Revoked)
+        );
         // A revocation scheduled for later (rotation grace) leaves the key working until then.
-        assert_eq!(decide(&key(Some(now + 1), None), &facts(None, "10.1.1.1"), now), Outcome::Valid);
-        assert_eq!(decide(&key(None, None), &RequestFacts::default(), now), Outcome::IpNotAllowed);
-        assert_eq!(decide(&key(None, None), &facts(Some(&Required::Unmapped), "10.0.0.1"), now), Outcome::InsufficientPermissions);
+        assert_eq!(
+            decide(&key(Some(now + 1), None), &facts(None, "10.1.1.1"), now),
+            Outcome::Valid
+        );
+        assert_eq!(
+            decide(&key(None, None), &RequestFacts::default(), now),
+            Outcome::IpNotAllowed
+        );
+        assert_eq!(
+            decide(
+                &key(None, None),
+                &facts(Some(&Required::Unmapped), "10.0.0.1"),
+                now
+            ),
+            Outcome::InsufficientPermissions
+        );
     }
 }

@@ -48,7 +48,9 @@ impl From<StoreError> for Error {
         match e {
             StoreError::NotFound => Error::NotFound("record"),
             StoreError::CapReached => Error::PlanLimit,
-            StoreError::NotActive => Error::Conflict("the key is revoked or expired and cannot change".into()),
+            StoreError::NotActive => {
+                Error::Conflict("the key is revoked or expired and cannot change".into())
+            }
             StoreError::Duplicate => Error::Conflict("a record with that id already exists".into()),
             StoreError::Unavailable(m) => Error::Unavailable(m),
             StoreError::Backend(m) | StoreError::Corrupt(m) => Error::Internal(m),

@@ -90,7 +90,10 @@ impl Engine {
 
     /// Starts the task that flushes usage every `interval`; it stops when the engine is
     /// dropped.
-    pub fn spawn_usage_flusher(self: &Arc<Self>, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_usage_flusher(
+        self: &Arc<Self>,
+        interval: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);

@@ -77,7 +77,10 @@ mod tests {
     #[test]
     fn allows_the_burst_then_refuses_then_recovers() {
         let g = Gcra::default();
-        let limit = RateLimit { requests: 3, per_seconds: 60 };
+        let limit = RateLimit {
+            requests: 3,
+            per_seconds: 60,
+        };
         let now = 100 * SEC;
         let remaining: Vec<u32> = (0..3).map(|_| g.check(limit, now).remaining).collect();
         assert_eq!(remaining, [2, 1, 0]);
@@ -92,7 +95,10 @@ mod tests {
     #[test]
     fn refusals_do_not_consume() {
         let g = Gcra::default();
-        let limit = RateLimit { requests: 1, per_seconds: 1 };
+        let limit = RateLimit {
+            requests: 1,
+            per_seconds: 1,
+        };
         assert!(g.check(limit, SEC).retry_after_seconds.is_none());
         for _ in 0..10 {
             assert!(g.check(limit, SEC).retry_after_seconds.is_some());

@@ -109,7 +109,10 @@ impl UsageRecorder {
                 // Put them back: the next flush retries with the counts it then sees.
                 for u in &pending {
                     if !u.dirty.swap(true, Ordering::AcqRel) {
-                        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).push(u.clone());
+                        self.dirty
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(u.clone());
                     }
                 }
                 Err(e.into())

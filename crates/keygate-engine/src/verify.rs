@@ -50,7 +50,11 @@ impl Engine {
         let digest = self.pepper.digest(request.key.as_bytes());
         let key = match self.lookup(digest).await? {
             Some(key) => key,
-            None => return Ok(Verdict::refused(Outcome::InvalidKey(InvalidReason::Unknown))),
+            None => {
+                return Ok(Verdict::refused(Outcome::InvalidKey(
+                    InvalidReason::Unknown,
+                )))
+            }
         };
         Ok(self.check(key, request))
     }

@@ -9,7 +9,11 @@ use keygate_core::ip::canonical_ip;
 /// The peer, unless the peer is a trusted proxy: then the nearest untrusted address in
 /// `X-Forwarded-For`, or `X-Real-IP`. A client cannot spoof its way past an allowlist by
 /// sending those headers itself.
-pub fn client_ip(peer: Option<SocketAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+pub fn client_ip(
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
     let peer = canonical_ip(peer?.ip());
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
@@ -49,9 +53,21 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
         let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let stranger: SocketAddr = "203.0.113.9:5000".parse().unwrap();
-        assert_eq!(client_ip(Some(stranger), &h("10.0.0.1"), &trusted), Some("203.0.113.9".parse().unwrap()));
-        assert_eq!(client_ip(Some(proxy), &h("198.51.100.7, 127.0.0.2"), &trusted), Some("198.51.100.7".parse().unwrap()));
-        assert_eq!(client_ip(Some(proxy), &HeaderMap::new(), &trusted), Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(client_ip(Some(proxy), &h("10.0.0.1"), &[]), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            client_ip(Some(stranger), &h("10.0.0.1"), &trusted),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(Some(proxy), &h("198.51.100.7, 127.0.0.2"), &trusted),
+            Some("198.51.100.7".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(Some(proxy), &HeaderMap::new(), &trusted),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(Some(proxy), &h("10.0.0.1"), &[]),
+            Some("127.0.0.1".parse().unwrap())
+        );
     }
 }

@@ -54,7 +54,9 @@ pub fn query_carries_key(query: &str, format: &KeyFormat) -> bool {
         let name = decode(name).to_ascii_lowercase();
         let value = decode(value);
         (CREDENTIAL_PARAMS.contains(&name.as_str()) && !value.is_empty())
-            || markers.iter().any(|m| value.trim_start().starts_with(m.as_str()))
+            || markers
+                .iter()
+                .any(|m| value.trim_start().starts_with(m.as_str()))
     })
 }
 
@@ -67,7 +69,10 @@ pub fn decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                if let Some(b) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                if let Some(b) = s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     out.push(b);
                     i += 3;
                     continue;
@@ -114,7 +119,10 @@ mod tests {
     #[test]
     fn conflicting_or_odd_headers_are_errors() {
         assert!(matches!(
-            key_from_headers(&headers(&[("authorization", "Bearer k1"), ("x-api-key", "k2")])),
+            key_from_headers(&headers(&[
+                ("authorization", "Bearer k1"),
+                ("x-api-key", "k2")
+            ])),
             Err(ApiError::AmbiguousCredentials)
         ));
         for h in [

@@ -39,7 +39,12 @@ impl From<Outcome> for ApiError {
 }
 
 /// The JSON error body every failure shares.
-pub fn error_response(status: StatusCode, code: &str, message: &str, field: Option<&str>) -> Response {
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    field: Option<&str>,
+) -> Response {
     let mut body = json!({
         "error": message,
         "code": code,
@@ -58,7 +63,10 @@ pub fn error_response(status: StatusCode, code: &str, message: &str, field: Opti
     response
 }
 
-pub fn outcome_response(outcome: Outcome, rate: Option<keygate_engine::RateLimitStatus>) -> Response {
+pub fn outcome_response(
+    outcome: Outcome,
+    rate: Option<keygate_engine::RateLimitStatus>,
+) -> Response {
     let status = StatusCode::from_u16(outcome.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
     let mut response = error_response(status, outcome.code(), outcome.message(), None);
     if let Some(rate) = rate {
@@ -76,9 +84,12 @@ impl IntoResponse for ApiError {
                 Error::Validation { field, message } => {
                     error_response(S::BAD_REQUEST, "validation_error", &message, Some(&field))
                 }
-                Error::NotFound(what) => {
-                    error_response(S::NOT_FOUND, "not_found", &format!("{what} not found"), None)
-                }
+                Error::NotFound(what) => error_response(
+                    S::NOT_FOUND,
+                    "not_found",
+                    &format!("{what} not found"),
+                    None,
+                ),
                 Error::Unauthenticated(o) | Error::Refused(o) => outcome_response(o, None),
                 Error::Forbidden(m) => error_response(S::FORBIDDEN, "forbidden", &m, None),
                 Error::PlanLimit => error_response(

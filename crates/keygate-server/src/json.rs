@@ -21,7 +21,12 @@ fn is_json(request: &Request) -> bool {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| {
-            let essence = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let essence = v
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             essence == "application/json" || essence.ends_with("+json")
         })
         .unwrap_or(false)

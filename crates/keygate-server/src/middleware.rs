@@ -46,7 +46,11 @@ pub fn redact(text: &str, prefix: &str) -> String {
     out
 }
 
-pub async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn request_context(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let id = new_request_id();
     REQUEST_ID
         .scope(id.clone(), async move {

@@ -22,7 +22,10 @@ pub fn parse_time(field: &str, s: &str) -> Result<i64, keygate_engine::Error> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
         .map_err(|_| {
-            keygate_engine::Error::validation(field, format!("{field} must be an RFC 3339 time such as 2030-01-31T00:00:00Z"))
+            keygate_engine::Error::validation(
+                field,
+                format!("{field} must be an RFC 3339 time such as 2030-01-31T00:00:00Z"),
+            )
         })
 }
 

@@ -14,9 +14,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::migrate::SQLITE as MIGRATIONS;
-use crate::{
-    Account, AuditEvent, KeyPatch, KeyRecord, Result, Store, StoreError, UsageUpdate,
-};
+use crate::{Account, AuditEvent, KeyPatch, KeyRecord, Result, Store, StoreError, UsageUpdate};
 
 const KEY_COLUMNS: &str = "id, account_id, name, display_prefix, digest, environment, \
     permissions, ip_allowlist, rate_limit, quota, quota_used, meta, created_at, last_used_at, \
@@ -39,12 +37,23 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(db_error)?;
+        // Several processes opening a new file at once race to switch it to WAL; SQLite
+        // answers "database is locked" at once instead of waiting. Retry briefly.
+        let mut attempt = 0;
+        let pool = loop {
+            let result = SqlitePoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options.clone())
+                .await;
+            match result {
+                Err(sqlx::Error::Database(e)) if attempt < 50 && e.message().contains("locked") => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * attempt.min(10))).await;
+                }
+                other => break other.map_err(db_error)?,
+            }
+        };
         let store = SqliteStore { pool };
         store.migrate().await?;
         Ok(store)
@@ -95,10 +104,7 @@ impl SqliteStore {
             .map_err(db_error)
     }
 
-    async fn fetch_key(
-        tx: &mut Transaction<'static, Sqlite>,
-        id: &str,
-    ) -> Result<KeyRecord> {
+    async fn fetch_key(tx: &mut Transaction<'static, Sqlite>, id: &str) -> Result<KeyRecord> {
         let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?"))
             .bind(id)
             .fetch_optional(&mut **tx)
@@ -253,12 +259,14 @@ impl Store for SqliteStore {
     }
 
     async fn insert_setting_if_absent(&self, name: &str, value: &str) -> Result<bool> {
-        let done = sqlx::query("INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .bind(value)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let done = sqlx::query(
+            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -368,14 +376,16 @@ impl Store for SqliteStore {
     }
 
     async fn find_key_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>> {
-        sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE digest = ?"))
-            .bind(&digest.0[..])
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?
-            .as_ref()
-            .map(key_from_row)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE digest = ?"
+        ))
+        .bind(&digest.0[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?
+        .as_ref()
+        .map(key_from_row)
+        .transpose()
     }
 
     async fn list_keys(&self, account_id: Option<&str>) -> Result<Vec<KeyRecord>> {
@@ -475,7 +485,9 @@ impl Store for SqliteStore {
         if !is_active(&old, now) {
             return Err(StoreError::NotActive);
         }
-        let revoked_at = old.revoked_at.map_or(revoke_old_at, |t| t.min(revoke_old_at));
+        let revoked_at = old
+            .revoked_at
+            .map_or(revoke_old_at, |t| t.min(revoke_old_at));
         sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE id = ?")
             .bind(revoked_at)
             .bind(old_id)

@@ -122,7 +122,8 @@ impl Config {
     fn from_file(path: &PathBuf) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+        toml::from_str(&text)
+            .with_context(|| format!("invalid configuration in {}", path.display()))
     }
 
     fn apply_env(&mut self, env: Env<'_>) -> anyhow::Result<()> {
@@ -150,15 +151,24 @@ impl Config {
             self.env_in_key = parse_bool(&v).context("KEYGATE_ENV_IN_KEY must be true or false")?;
         }
         if let Some(v) = env("KEYGATE_TRUSTED_PROXIES") {
-            self.trusted_proxies = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+            self.trusted_proxies = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
         }
         for (target, name) in [
             (&mut self.cache_ttl_seconds, "KEYGATE_CACHE_TTL_SECONDS"),
             (&mut self.usage_flush_seconds, "KEYGATE_USAGE_FLUSH_SECONDS"),
-            (&mut self.negative_cache_ttl_seconds, "KEYGATE_NEGATIVE_CACHE_TTL_SECONDS"),
+            (
+                &mut self.negative_cache_ttl_seconds,
+                "KEYGATE_NEGATIVE_CACHE_TTL_SECONDS",
+            ),
         ] {
             if let Some(v) = env(name) {
-                *target = v.parse().with_context(|| format!("{name} must be a whole number of seconds"))?;
+                *target = v
+                    .parse()
+                    .with_context(|| format!("{name} must be a whole number of seconds"))?;
             }
         }
         Ok(())
@@ -194,7 +204,10 @@ impl Config {
         }
         match keygate_engine::Plans::new(caps, self.default_plan.clone()) {
             Some(p) => Ok(p),
-            None => bail!("default plan {:?} is not a configured plan", self.default_plan),
+            None => bail!(
+                "default plan {:?} is not a configured plan",
+                self.default_plan
+            ),
         }
     }
 
@@ -216,7 +229,9 @@ impl Config {
             .map(|s| {
                 s.parse::<ipnet::IpNet>()
                     .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .with_context(|| format!("trusted_proxies: {s:?} is not an address or CIDR block"))
+                    .with_context(|| {
+                        format!("trusted_proxies: {s:?} is not an address or CIDR block")
+                    })
             })
             .collect()
     }
@@ -243,10 +258,16 @@ mod tests {
             "listen = \"127.0.0.1:1\"\nkey_prefix = \"oim\"\nenv_in_key = false\ndefault_plan = \"pro\"\n[plans.team]\nmax_keys = 50\n[[routes]]\nmethod = \"POST\"\npath = \"/api/v1/invoices/{id}/send\"\npermission = \"invoices.send\"\n",
         )
         .unwrap();
-        let args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
         let none = |_: &str| None;
         let c = Config::load(&args, &none).unwrap();
-        assert_eq!((c.listen.as_str(), c.key_prefix.as_str(), c.env_in_key), ("127.0.0.1:1", "oim", false));
+        assert_eq!(
+            (c.listen.as_str(), c.key_prefix.as_str(), c.env_in_key),
+            ("127.0.0.1:1", "oim", false)
+        );
         assert_eq!(c.plans().unwrap().max_keys("team"), Some(50));
         assert_eq!(c.plans().unwrap().max_keys("basic"), Some(2));
         assert_eq!(c.plans().unwrap().max_keys("unlimited"), None);
@@ -260,7 +281,10 @@ mod tests {
         let c = Config::load(&args, &env).unwrap();
         assert_eq!((c.listen.as_str(), c.env_in_key), ("127.0.0.1:2", true));
 
-        let args = ServeArgs { listen: Some("127.0.0.1:3".into()), ..args };
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:3".into()),
+            ..args
+        };
         assert_eq!(Config::load(&args, &env).unwrap().listen, "127.0.0.1:3");
     }
 
@@ -269,11 +293,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.toml");
         std::fs::write(&path, "lisen = \"x\"\n").unwrap();
-        let args = ServeArgs { config: Some(path), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
         assert!(Config::load(&args, &|_| None).is_err());
         let bad_bool = |n: &str| (n == "KEYGATE_ENV_IN_KEY").then(|| "maybe".to_owned());
         assert!(Config::load(&ServeArgs::default(), &bad_bool).is_err());
-        let c = Config { default_plan: "gold".into(), ..Config::default() };
+        let c = Config {
+            default_plan: "gold".into(),
+            ..Config::default()
+        };
         assert!(c.plans().is_err());
     }
 }

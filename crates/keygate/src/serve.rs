@@ -39,11 +39,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             negative_cache_ttl: Duration::from_secs(config.negative_cache_ttl_seconds),
         },
     );
-    let flusher = engine.spawn_usage_flusher(Duration::from_secs(config.usage_flush_seconds.max(1)));
+    let flusher =
+        engine.spawn_usage_flusher(Duration::from_secs(config.usage_flush_seconds.max(1)));
     let state = AppState {
         engine: engine.clone(),
         admin,
-        verify_token: config.verify_token.as_deref().map(|t| AdminToken::from_secret(&pepper, t)),
+        verify_token: config
+            .verify_token
+            .as_deref()
+            .map(|t| AdminToken::from_secret(&pepper, t)),
         http: Arc::new(HttpConfig {
             body_limit: config.body_limit_bytes,
             trusted_proxies: config.trusted_proxies()?,
@@ -67,7 +71,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 fn init_logging(config: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(format!("{},sqlx=warn", config.log))
         .context("invalid log filter (KEYGATE_LOG)")?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match config.log_format.as_str() {
         "json" => builder.json().try_init(),
         "text" => builder.try_init(),
@@ -92,7 +98,10 @@ fn redact_url(url: &str) -> String {
 
 async fn open_store(url: &str) -> anyhow::Result<SqliteStore> {
     if !url.starts_with("sqlite:") {
-        bail!("unsupported database URL {:?}: use sqlite://PATH", redact_url(url));
+        bail!(
+            "unsupported database URL {:?}: use sqlite://PATH",
+            redact_url(url)
+        );
     }
     SqliteStore::open(url)
         .await
@@ -124,7 +133,9 @@ async fn settle_pepper(config: &Config, store: &dyn Store) -> anyhow::Result<Pep
         }
     };
     let check = pepper.digest(PEPPER_CHECK_MESSAGE).to_hex();
-    store.insert_setting_if_absent(PEPPER_CHECK_SETTING, &check).await?;
+    store
+        .insert_setting_if_absent(PEPPER_CHECK_SETTING, &check)
+        .await?;
     if store.get_setting(PEPPER_CHECK_SETTING).await?.as_deref() != Some(check.as_str()) {
         bail!("the pepper is not the one this database's keys were made with; every key would be refused. Restore the original pepper (KEYGATE_PEPPER or the .pepper file beside the database)");
     }
@@ -168,7 +179,11 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 /// The configured admin token, or the stored digest, or a new token printed once.
-async fn settle_admin_token(config: &Config, store: &dyn Store, pepper: &Pepper) -> anyhow::Result<AdminToken> {
+async fn settle_admin_token(
+    config: &Config,
+    store: &dyn Store,
+    pepper: &Pepper,
+) -> anyhow::Result<AdminToken> {
     if let Some(token) = &config.admin_token {
         if token.len() < 16 {
             bail!("the admin token must be at least 16 characters");
@@ -176,7 +191,8 @@ async fn settle_admin_token(config: &Config, store: &dyn Store, pepper: &Pepper)
         return Ok(AdminToken::from_secret(pepper, token));
     }
     if let Some(hex) = store.get_setting(ADMIN_DIGEST_SETTING).await? {
-        let digest = keygate_core::KeyDigest::from_hex(&hex).context("stored admin token digest is corrupt")?;
+        let digest = keygate_core::KeyDigest::from_hex(&hex)
+            .context("stored admin token digest is corrupt")?;
         return Ok(AdminToken::from_digest(digest));
     }
     let (token, admin) = AdminToken::generate(pepper)?;
@@ -190,8 +206,12 @@ async fn settle_admin_token(config: &Config, store: &dyn Store, pepper: &Pepper)
         );
         Ok(admin)
     } else {
-        let hex = store.get_setting(ADMIN_DIGEST_SETTING).await?.unwrap_or_default();
-        let digest = keygate_core::KeyDigest::from_hex(&hex).context("stored admin token digest is corrupt")?;
+        let hex = store
+            .get_setting(ADMIN_DIGEST_SETTING)
+            .await?
+            .unwrap_or_default();
+        let digest = keygate_core::KeyDigest::from_hex(&hex)
+            .context("stored admin token digest is corrupt")?;
         Ok(AdminToken::from_digest(digest))
     }
 }
@@ -230,14 +250,23 @@ mod tests {
 
     #[test]
     fn the_pepper_file_sits_beside_the_database() {
-        assert_eq!(pepper_path("sqlite://data/k.db"), Some(PathBuf::from("data/k.pepper")));
-        assert_eq!(pepper_path("sqlite:keygate.db?mode=rwc"), Some(PathBuf::from("keygate.pepper")));
+        assert_eq!(
+            pepper_path("sqlite://data/k.db"),
+            Some(PathBuf::from("data/k.pepper"))
+        );
+        assert_eq!(
+            pepper_path("sqlite:keygate.db?mode=rwc"),
+            Some(PathBuf::from("keygate.pepper"))
+        );
         assert_eq!(pepper_path("sqlite::memory:"), None);
     }
 
     #[test]
     fn database_passwords_are_not_logged() {
-        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
         assert_eq!(redact_url("sqlite://k.db"), "sqlite://k.db");
     }
 }

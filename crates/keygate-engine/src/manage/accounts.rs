@@ -27,14 +27,19 @@ impl Engine {
             let known: Vec<&str> = self.plans.names().collect();
             Err(Error::validation(
                 "plan",
-                format!("unknown plan {plan:?}; configured plans: {}", known.join(", ")),
+                format!(
+                    "unknown plan {plan:?}; configured plans: {}",
+                    known.join(", ")
+                ),
             ))
         }
     }
 
     pub async fn create_account(&self, caller: &Caller, new: NewAccount) -> Result<Account> {
         if caller.own_account().is_some() {
-            return Err(Error::Forbidden("only the operator can create accounts".into()));
+            return Err(Error::Forbidden(
+                "only the operator can create accounts".into(),
+            ));
         }
         let account = Account {
             id: new_id("acct")?,
@@ -77,10 +82,20 @@ impl Engine {
     ) -> Result<Account> {
         caller.can_see(id, "account")?;
         if caller.own_account().is_some() {
-            return Err(Error::Forbidden("only the operator can change accounts".into()));
+            return Err(Error::Forbidden(
+                "only the operator can change accounts".into(),
+            ));
         }
-        let name = patch.name.as_deref().map(|n| validate::name("name", n)).transpose()?;
-        let plan = patch.plan.as_deref().map(|p| self.checked_plan(p)).transpose()?;
+        let name = patch
+            .name
+            .as_deref()
+            .map(|n| validate::name("name", n))
+            .transpose()?;
+        let plan = patch
+            .plan
+            .as_deref()
+            .map(|p| self.checked_plan(p))
+            .transpose()?;
         let audit = caller.audit(
             "account.update",
             Some(id),

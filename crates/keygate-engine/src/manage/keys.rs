@@ -88,7 +88,10 @@ pub struct Rotated {
     pub previous: KeyRecord,
 }
 
-fn permissions_of(permissions: Option<&[String]>, scope: Option<&str>) -> Result<Option<PermissionSet>> {
+fn permissions_of(
+    permissions: Option<&[String]>,
+    scope: Option<&str>,
+) -> Result<Option<PermissionSet>> {
     match (permissions, scope) {
         (Some(_), Some(_)) => Err(Error::validation(
             "scope",
@@ -121,9 +124,12 @@ fn expiry_of(expires_at: Option<i64>, expires_in: Option<i64>, now: i64) -> Resu
             "expires_at must be in the future",
         )),
         (Some(at), None) => Ok(Some(at)),
-        (None, Some(secs)) if !(1..=MAX_EXPIRES_IN_SECONDS).contains(&secs) => Err(
-            Error::validation("expires_in", "expires_in must be between 1 second and 100 years"),
-        ),
+        (None, Some(secs)) if !(1..=MAX_EXPIRES_IN_SECONDS).contains(&secs) => {
+            Err(Error::validation(
+                "expires_in",
+                "expires_in must be between 1 second and 100 years",
+            ))
+        }
         (None, Some(secs)) => Ok(Some(now + secs * 1000)),
         (None, None) => Ok(None),
     }
@@ -141,7 +147,10 @@ fn check_rate_limit(limit: &RateLimit) -> Result<()> {
 
 fn check_quota(quota: &Quota) -> Result<()> {
     if quota.requests == 0 || quota.requests > i64::MAX as u64 {
-        return Err(Error::validation("quota", "quota.requests must be at least 1"));
+        return Err(Error::validation(
+            "quota",
+            "quota.requests must be at least 1",
+        ));
     }
     Ok(())
 }
@@ -160,8 +169,12 @@ impl Caller {
     /// A test key must not mint live keys.
     fn may_use_environment(&self, env: Environment) -> Result<()> {
         match &self.actor {
-            Actor::Key(key) if key.environment() == Environment::Test && env == Environment::Live => {
-                Err(Error::Forbidden("a test key cannot create live keys".into()))
+            Actor::Key(key)
+                if key.environment() == Environment::Test && env == Environment::Live =>
+            {
+                Err(Error::Forbidden(
+                    "a test key cannot create live keys".into(),
+                ))
             }
             _ => Ok(()),
         }
@@ -169,15 +182,17 @@ impl Caller {
 }
 
 impl Engine {
-    pub async fn create_key(&self, caller: &Caller, new: NewKey) -> Result<(KeyRecord, ApiKeySecret)> {
+    pub async fn create_key(
+        &self,
+        caller: &Caller,
+        new: NewKey,
+    ) -> Result<(KeyRecord, ApiKeySecret)> {
         caller.require("api_keys", "create")?;
         let account_id = match (caller.own_account(), new.account_id) {
             (Some(own), Some(asked)) if own != asked => return Err(Error::NotFound("account")),
             (Some(own), _) => own.to_owned(),
             (None, Some(asked)) => asked,
-            (None, None) => {
-                return Err(Error::validation("account_id", "account_id is required"))
-            }
+            (None, None) => return Err(Error::validation("account_id", "account_id is required")),
         };
         let account = self
             .store
@@ -187,12 +202,13 @@ impl Engine {
         let now = now_ms();
         let environment = match new.environment.as_deref() {
             None => Environment::Live,
-            Some(e) => Environment::parse(e)
-                .ok_or_else(|| Error::validation("environment", "environment must be live or test"))?,
+            Some(e) => Environment::parse(e).ok_or_else(|| {
+                Error::validation("environment", "environment must be live or test")
+            })?,
         };
         caller.may_use_environment(environment)?;
-        let permissions = permissions_of(new.permissions.as_deref(), new.scope.as_deref())?
-            .unwrap_or_default();
+        let permissions =
+            permissions_of(new.permissions.as_deref(), new.scope.as_deref())?.unwrap_or_default();
         caller.may_grant(&permissions)?;
         if let Some(l) = &new.rate_limit {
             check_rate_limit(l)?;
@@ -250,7 +266,11 @@ impl Engine {
     }
 
     async fn visible_key(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
-        let record = self.store.get_key(id).await?.ok_or(Error::NotFound("API key"))?;
+        let record = self
+            .store
+            .get_key(id)
+            .await?
+            .ok_or(Error::NotFound("API key"))?;
         caller.can_see(&record.account_id, "API key")?;
         Ok(self.with_live_usage(record))
     }
@@ -288,7 +308,12 @@ impl Engine {
             .collect())
     }
 
-    pub async fn update_key(&self, caller: &Caller, id: &str, update: KeyUpdate) -> Result<KeyRecord> {
+    pub async fn update_key(
+        &self,
+        caller: &Caller,
+        id: &str,
+        update: KeyUpdate,
+    ) -> Result<KeyRecord> {
         caller.require("api_keys", "update")?;
         let current = self.visible_key(caller, id).await?;
         let now = now_ms();
@@ -318,9 +343,17 @@ impl Engine {
             validate::meta(m)?;
         }
         let patch = KeyPatch {
-            name: update.name.as_deref().map(|n| validate::name("name", n)).transpose()?,
+            name: update
+                .name
+                .as_deref()
+                .map(|n| validate::name("name", n))
+                .transpose()?,
             permissions: permissions.map(|p| p.to_strings()),
-            ip_allowlist: update.ip_allowlist.as_deref().map(allowlist_of).transpose()?,
+            ip_allowlist: update
+                .ip_allowlist
+                .as_deref()
+                .map(allowlist_of)
+                .transpose()?,
             expires_at,
             rate_limit: update.rate_limit,
             quota: update.quota,
@@ -361,7 +394,12 @@ impl Engine {
     /// A new key with the same settings; the old one is revoked now, or when
     /// `grace_seconds` have passed. Rotation does not count against the plan cap: it
     /// replaces a key.
-    pub async fn rotate_key(&self, caller: &Caller, id: &str, grace_seconds: Option<u64>) -> Result<Rotated> {
+    pub async fn rotate_key(
+        &self,
+        caller: &Caller,
+        id: &str,
+        grace_seconds: Option<u64>,
+    ) -> Result<Rotated> {
         caller.require("api_keys", "create")?;
         caller.require("api_keys", "delete")?;
         let grace = grace_seconds.unwrap_or(0);
@@ -374,7 +412,9 @@ impl Engine {
         let old = self.visible_key(caller, id).await?;
         let now = now_ms();
         if KeyStatus::of(&old, now) != KeyStatus::Active {
-            return Err(Error::Conflict("the key is revoked or expired and cannot be rotated".into()));
+            return Err(Error::Conflict(
+                "the key is revoked or expired and cannot be rotated".into(),
+            ));
         }
         let secret = self
             .format

@@ -64,8 +64,8 @@ impl Caller {
         let Actor::Key(key) = &self.actor else {
             return Ok(());
         };
-        let needed = Permission::concrete(resource, action)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        let needed =
+            Permission::concrete(resource, action).map_err(|e| Error::Internal(e.to_string()))?;
         if key.permissions.allows(&needed) {
             Ok(())
         } else {

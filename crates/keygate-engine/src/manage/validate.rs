@@ -9,7 +9,10 @@ pub const MAX_META_BYTES: usize = 8 * 1024;
 pub fn name(field: &str, raw: &str) -> Result<String> {
     let name = raw.trim();
     if name.is_empty() {
-        return Err(Error::validation(field, format!("{field} must not be empty")));
+        return Err(Error::validation(
+            field,
+            format!("{field} must not be empty"),
+        ));
     }
     if name.chars().count() > MAX_NAME_CHARS {
         return Err(Error::validation(

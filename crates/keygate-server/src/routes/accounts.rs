@@ -23,7 +23,10 @@ pub struct UpdateAccount {
     plan: Option<String>,
 }
 
-async fn with_usage(state: &AppState, a: &keygate_store::Account) -> Result<serde_json::Value, ApiError> {
+async fn with_usage(
+    state: &AppState,
+    a: &keygate_store::Account,
+) -> Result<serde_json::Value, ApiError> {
     let (active, cap) = state.engine.account_key_usage(a).await?;
     let mut v = views::account(a);
     v["active_keys"] = active.into();
@@ -38,14 +41,28 @@ pub async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     let account = state
         .engine
-        .create_account(&caller, NewAccount { name: body.name, plan: body.plan })
+        .create_account(
+            &caller,
+            NewAccount {
+                name: body.name,
+                plan: body.plan,
+            },
+        )
         .await?;
-    Ok((StatusCode::CREATED, JsonOut(with_usage(&state, &account).await?)))
+    Ok((
+        StatusCode::CREATED,
+        JsonOut(with_usage(&state, &account).await?),
+    ))
 }
 
-pub async fn list(State(state): State<AppState>, Auth(caller): Auth) -> Result<impl IntoResponse, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+) -> Result<impl IntoResponse, ApiError> {
     let accounts = state.engine.list_accounts(&caller).await?;
-    Ok(JsonOut(views::list(accounts.iter().map(views::account).collect())))
+    Ok(JsonOut(views::list(
+        accounts.iter().map(views::account).collect(),
+    )))
 }
 
 pub async fn get(
@@ -65,7 +82,14 @@ pub async fn update(
 ) -> Result<impl IntoResponse, ApiError> {
     let account = state
         .engine
-        .update_account(&caller, &id, AccountPatch { name: body.name, plan: body.plan })
+        .update_account(
+            &caller,
+            &id,
+            AccountPatch {
+                name: body.name,
+                plan: body.plan,
+            },
+        )
         .await?;
     Ok(JsonOut(with_usage(&state, &account).await?))
 }

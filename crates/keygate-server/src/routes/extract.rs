@@ -28,19 +28,32 @@ pub struct Query(HashMap<String, String>);
 
 impl Query {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     pub fn only(self, allowed: &[&str]) -> Result<Self, ApiError> {
         match self.0.keys().find(|k| !allowed.contains(&k.as_str())) {
-            Some(k) => Err(Error::validation(k, format!("unknown query parameter {k:?}; allowed: {}", allowed.join(", "))).into()),
+            Some(k) => Err(Error::validation(
+                k,
+                format!(
+                    "unknown query parameter {k:?}; allowed: {}",
+                    allowed.join(", ")
+                ),
+            )
+            .into()),
             None => Ok(self),
         }
     }
 
     pub fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
         self.get(name)
-            .map(|v| v.parse::<T>().map_err(|_| Error::validation(name, format!("{name} must be a number")).into()))
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|_| Error::validation(name, format!("{name} must be a number")).into())
+            })
             .transpose()
     }
 }

@@ -71,7 +71,11 @@ pub async fn create(
         permissions: body.permissions,
         scope: body.scope,
         ip_allowlist: body.ip_allowlist,
-        expires_at: body.expires_at.as_deref().map(|s| parse_time("expires_at", s)).transpose()?,
+        expires_at: body
+            .expires_at
+            .as_deref()
+            .map(|s| parse_time("expires_at", s))
+            .transpose()?,
         expires_in: body.expires_in,
         rate_limit: body.rate_limit,
         quota: body.quota,
@@ -89,13 +93,24 @@ pub async fn list(
     let query = query.only(&["account_id", "status"])?;
     let status = query
         .get("status")
-        .map(|s| KeyStatus::parse(s).ok_or_else(|| Error::validation("status", "status must be active, expired or revoked")))
+        .map(|s| {
+            KeyStatus::parse(s).ok_or_else(|| {
+                Error::validation("status", "status must be active, expired or revoked")
+            })
+        })
         .transpose()?;
-    let keys = state.engine.list_keys(&caller, query.get("account_id"), status).await?;
+    let keys = state
+        .engine
+        .list_keys(&caller, query.get("account_id"), status)
+        .await?;
     Ok(JsonOut(views::list(keys.iter().map(views::key).collect())))
 }
 
-pub async fn get(State(state): State<AppState>, Auth(caller): Auth, Id(id): Id) -> Result<impl IntoResponse, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Id(id): Id,
+) -> Result<impl IntoResponse, ApiError> {
     let key = state.engine.get_key(&caller, &id).await?;
     Ok(JsonOut(views::key(&key)))
 }
@@ -126,7 +141,11 @@ pub async fn update(
     Ok(JsonOut(views::key(&key)))
 }
 
-pub async fn revoke(State(state): State<AppState>, Auth(caller): Auth, Id(id): Id) -> Result<impl IntoResponse, ApiError> {
+pub async fn revoke(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Id(id): Id,
+) -> Result<impl IntoResponse, ApiError> {
     let key = state.engine.revoke_key(&caller, &id).await?;
     Ok(JsonOut(views::key(&key)))
 }
@@ -137,7 +156,10 @@ pub async fn rotate(
     Id(id): Id,
     OptionalJson(body): OptionalJson<Rotate>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let rotated = state.engine.rotate_key(&caller, &id, body.grace_period_seconds).await?;
+    let rotated = state
+        .engine
+        .rotate_key(&caller, &id, body.grace_period_seconds)
+        .await?;
     let mut v = with_secret(&rotated.key, &rotated.secret);
     v["previous"] = views::key(&rotated.previous);
     Ok((StatusCode::CREATED, JsonOut(v)))
@@ -145,7 +167,11 @@ pub async fn rotate(
 
 /// Usage of one key. For now `last_used_at` and the quota; per-outcome counts come with
 /// usage analytics.
-pub async fn usage(State(state): State<AppState>, Auth(caller): Auth, Id(id): Id) -> Result<impl IntoResponse, ApiError> {
+pub async fn usage(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+    Id(id): Id,
+) -> Result<impl IntoResponse, ApiError> {
     let key = state.engine.get_key(&caller, &id).await?;
     let v = views::key(&key);
     Ok(JsonOut(json!({
@@ -163,8 +189,14 @@ pub async fn audit_log(
     let query = query.only(&["account_id", "before", "limit"])?;
     let before = query.number::<i64>("before")?;
     let limit = query.number::<u32>("limit")?.unwrap_or(100);
-    let events = state.engine.audit_log(&caller, query.get("account_id"), before, limit).await?;
-    let next = events.last().filter(|_| events.len() as u32 >= limit.clamp(1, 1000)).map(|e| e.seq);
+    let events = state
+        .engine
+        .audit_log(&caller, query.get("account_id"), before, limit)
+        .await?;
+    let next = events
+        .last()
+        .filter(|_| events.len() as u32 >= limit.clamp(1, 1000))
+        .map(|e| e.seq);
     let mut v = views::list(events.iter().map(views::audit).collect());
     v["next_before"] = json!(next);
     Ok(JsonOut(v))

@@ -22,7 +22,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(crate::openapi::document))
         .route("/v1/accounts", get(accounts::list).post(accounts::create))
-        .route("/v1/accounts/{id}", get(accounts::get).patch(accounts::update))
+        .route(
+            "/v1/accounts/{id}",
+            get(accounts::get).patch(accounts::update),
+        )
         .route("/v1/api-keys", get(keys::list).post(keys::create))
         .route("/v1/api-keys/{id}", get(keys::get).patch(keys::update))
         .route("/v1/api-keys/{id}/revoke", post(keys::revoke))
@@ -36,7 +39,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(CatchPanicLayer::custom(|_| ApiError::Internal.into_response()))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal.into_response()
+        }))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::request_context,

@@ -42,7 +42,10 @@ impl FromRequestParts<AppState> for VerifyCaller {
         let token = key_from_headers(&parts.headers)?.ok_or(Outcome::MissingCredentials)?;
         let pepper = state.engine.pepper();
         let ok = state.admin.matches(pepper, &token)
-            || state.verify_token.as_ref().is_some_and(|t| t.matches(pepper, &token));
+            || state
+                .verify_token
+                .as_ref()
+                .is_some_and(|t| t.matches(pepper, &token));
         if ok {
             Ok(VerifyCaller)
         } else {
@@ -90,7 +93,8 @@ fn verdict_json(verdict: &Verdict) -> serde_json::Value {
         v["error"] = json!(verdict.outcome.message());
     }
     if let Some(r) = verdict.rate_limit {
-        v["rate_limit"] = json!({"limit": r.limit, "remaining": r.remaining, "reset_seconds": r.reset_seconds});
+        v["rate_limit"] =
+            json!({"limit": r.limit, "remaining": r.remaining, "reset_seconds": r.reset_seconds});
     }
     v
 }
@@ -104,19 +108,33 @@ pub async fn verify(
     let client_ip = body
         .ip
         .as_deref()
-        .map(|s| s.trim().parse::<IpAddr>().map_err(|_| Error::validation("ip", "ip must be an IPv4 or IPv6 address")))
+        .map(|s| {
+            s.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| Error::validation("ip", "ip must be an IPv4 or IPv6 address"))
+        })
         .transpose()?;
-    let outcome_only = |o: Outcome| Verdict { outcome: o, key: None, rate_limit: None };
-    let in_url = body.path.as_deref().and_then(|p| p.split_once('?')).is_some_and(|(_, q)| {
-        query_carries_key(q, state.engine.key_format())
-    });
+    let outcome_only = |o: Outcome| Verdict {
+        outcome: o,
+        key: None,
+        rate_limit: None,
+    };
+    let in_url = body
+        .path
+        .as_deref()
+        .and_then(|p| p.split_once('?'))
+        .is_some_and(|(_, q)| query_carries_key(q, state.engine.key_format()));
     let verdict = match body.key.as_deref().map(str::trim) {
         _ if in_url => outcome_only(Outcome::KeyInUrl),
         None | Some("") => outcome_only(Outcome::MissingCredentials),
         Some(key) => {
             state
                 .engine
-                .verify(&VerifyRequest { key, required: required.as_ref(), client_ip })
+                .verify(&VerifyRequest {
+                    key,
+                    required: required.as_ref(),
+                    client_ip,
+                })
                 .await?
         }
     };
@@ -131,9 +149,13 @@ pub async fn verify(
 /// `X-Forwarded-*`, or, for Envoy, this request's own method and the path after `/v1/auth`.
 fn original_request(parts: &Parts) -> (Option<String>, Option<String>) {
     let header = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| parts.headers.get(*n).and_then(|v| v.to_str().ok()).map(str::to_owned))
+        names.iter().find_map(|n| {
+            parts
+                .headers
+                .get(*n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
     };
     let uri = header(&["x-original-uri", "x-forwarded-uri"]).or_else(|| {
         parts
@@ -155,7 +177,10 @@ fn identity_headers(headers: &mut HeaderMap, verdict: &Verdict) {
     let pairs = [
         ("x-keygate-key-id", key.id().to_owned()),
         ("x-keygate-account-id", key.account_id().to_owned()),
-        ("x-keygate-environment", key.environment().as_str().to_owned()),
+        (
+            "x-keygate-environment",
+            key.environment().as_str().to_owned(),
+        ),
         ("x-keygate-permissions", key.record.permissions.join(",")),
     ];
     for (name, value) in pairs {
@@ -165,7 +190,10 @@ fn identity_headers(headers: &mut HeaderMap, verdict: &Verdict) {
     }
 }
 
-pub async fn forward_auth(State(state): State<AppState>, request: axum::extract::Request) -> Result<Response, ApiError> {
+pub async fn forward_auth(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
     let (method, uri) = original_request(&parts);
     if let Some((_, query)) = uri.as_deref().and_then(|u| u.split_once('?')) {
@@ -199,7 +227,10 @@ pub async fn forward_auth(State(state): State<AppState>, request: axum::extract:
     Ok(response)
 }
 
-pub async fn key_info(State(state): State<AppState>, Auth(caller): Auth) -> Result<impl IntoResponse, ApiError> {
+pub async fn key_info(
+    State(state): State<AppState>,
+    Auth(caller): Auth,
+) -> Result<impl IntoResponse, ApiError> {
     let record = state.engine.key_info(&caller).await?;
     Ok(JsonOut(json!({"data": views::key_info(&record)})))
 }

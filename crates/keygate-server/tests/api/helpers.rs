@@ -1,0 +1,220 @@
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate_core::{KeyFormat, Pepper, Route, RouteTable};
+use keygate_engine::{AdminToken, Engine, EngineConfig, Plans};
+use keygate_server::{AppState, HttpConfig};
+use keygate_store::sqlite::SqliteStore;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// A running keygate on a random port with its own database.
+pub struct TestApp {
+    pub base: String,
+    pub admin_token: String,
+    pub client: reqwest::Client,
+    pub engine: Arc<Engine>,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// Knobs for [`spawn_with`].
+pub struct Options {
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub routes: Vec<Route>,
+    pub verify_token: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            trusted_proxies: Vec::new(),
+            routes: vec![
+                Route::new("POST", "/api/v1/invoices/{id}/send", "invoices.send").unwrap(),
+            ],
+            verify_token: Some("verify-token-for-tests-0123456789".into()),
+        }
+    }
+}
+
+pub async fn spawn() -> TestApp {
+    spawn_with(Options::default()).await
+}
+
+pub async fn spawn_with(options: Options) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/keygate.db", dir.path().display());
+    let store = Arc::new(SqliteStore::open(&url).await.unwrap());
+    let (pepper, _) = Pepper::generate().unwrap();
+    let (admin_token, admin) = AdminToken::generate(&pepper).unwrap();
+    let engine = Engine::new(
+        store,
+        EngineConfig {
+            key_format: KeyFormat::new("kg", true).unwrap(),
+            pepper: pepper.clone(),
+            routes: RouteTable::new(options.routes),
+            plans: Plans::reference(),
+            cache_capacity: 10_000,
+            cache_ttl: Duration::from_secs(300),
+            negative_cache_ttl: Duration::from_secs(10),
+        },
+    );
+    let state = AppState {
+        engine: engine.clone(),
+        admin,
+        verify_token: options
+            .verify_token
+            .map(|t| AdminToken::from_secret(&pepper, &t)),
+        http: Arc::new(HttpConfig {
+            trusted_proxies: options.trusted_proxies,
+            ..HttpConfig::default()
+        }),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(keygate_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    TestApp {
+        base: format!("http://{addr}"),
+        admin_token,
+        client: reqwest::Client::new(),
+        engine,
+        addr,
+        _dir: dir,
+    }
+}
+
+/// An answer: status, headers and the JSON body (Null when there is none).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the shape every error answer shares.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert_eq!(self.code(), code, "body: {}", self.body);
+        assert!(self.body["error"].is_string(), "body: {}", self.body);
+        assert!(self.body["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("req_")));
+        if status == 401 {
+            assert_eq!(
+                self.header("www-authenticate"),
+                Some(r#"Bearer error="invalid_token""#)
+            );
+        }
+    }
+}
+
+pub async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes)))
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request with `credential` as a bearer token (or none).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        credential: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(c) = credential {
+            req = req.bearer_auth(c);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        answer(req.send().await.unwrap()).await
+    }
+
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Answer {
+        self.call(method, path, Some(&self.admin_token.clone()), body)
+            .await
+    }
+
+    pub async fn create_account(&self, name: &str, plan: &str) -> String {
+        let a = self
+            .admin(
+                Method::POST,
+                "/v1/accounts",
+                Some(json!({"name": name, "plan": plan})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        a.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a key with `extra` fields merged into the body; returns (id, secret).
+    pub async fn create_key(&self, account_id: &str, extra: Value) -> (String, String) {
+        let a = self.create_key_answer(account_id, extra).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        (
+            a.body["id"].as_str().unwrap().to_owned(),
+            a.body["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn create_key_answer(&self, account_id: &str, extra: Value) -> Answer {
+        let mut body = json!({"account_id": account_id, "name": "test key"});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        self.admin(Method::POST, "/v1/api-keys", Some(body)).await
+    }
+
+    /// Forward-auth as nginx would ask it.
+    pub async fn forward_auth(&self, key: Option<&str>, method: &str, uri: &str) -> Answer {
+        let mut req = self
+            .client
+            .get(self.url("/v1/auth"))
+            .header("X-Original-Method", method)
+            .header("X-Original-URI", uri);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        answer(req.send().await.unwrap()).await
+    }
+
+    /// `POST /v1/verify` with the admin token.
+    pub async fn verify(&self, body: Value) -> Answer {
+        self.admin(Method::POST, "/v1/verify", Some(body)).await
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: each starts the real HTTP server on a random port over a temporary
+//! SQLite file and talks to it with a real HTTP client.
+
+mod helpers;
+
+mod lifecycle;
+mod malformed;
+mod outcomes;
+mod scopes;
+mod self_service;
