@@ -2,13 +2,13 @@
 
 use std::io::{BufRead, IsTerminal, Read};
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::http::{Api, Failure};
 use super::output::{fields, short_time, text};
+use super::parse::{parse_id, parse_meta, parse_rate, parse_time};
 use super::table::Table;
 use super::{Connection, Done, EXIT_CODES};
 
@@ -338,11 +338,19 @@ fn with_secret(key: &Value, mut out: String) -> Result<String, Failure> {
 }
 
 fn previous_summary(previous: &Value) -> String {
-    let mut summary = format!("{} ({}", text(&previous["id"]), text(&previous["status"]));
-    for field in ["revoked_at", "expires_at"] {
-        if let Some(at) = previous.get(field).filter(|v| !v.is_null()) {
-            summary.push_str(&format!(", {field} {}", text(at)));
-        }
+    let status = text(&previous["status"]);
+    let revoked_at = &previous["revoked_at"];
+    // With a grace period the old key stays active and `revoked_at` is in the future.
+    if status == "active" && !revoked_at.is_null() {
+        return format!(
+            "{} (active until {})",
+            text(&previous["id"]),
+            text(revoked_at)
+        );
+    }
+    let mut summary = format!("{} ({status}", text(&previous["id"]));
+    if !revoked_at.is_null() {
+        summary.push_str(&format!(", revoked_at {}", text(revoked_at)));
     }
     summary.push(')');
     summary
@@ -403,86 +411,4 @@ fn read_key() -> Result<String, Failure> {
         ));
     }
     Ok(key.to_owned())
-}
-
-/// Ids go into URL paths: accept only the characters ids are made of.
-fn parse_id(raw: &str) -> Result<String, String> {
-    let ok = !raw.is_empty()
-        && raw.len() <= 128
-        && raw
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err("an id is 1-128 letters, digits, '_' or '-' (e.g. key_…, acct_…)".to_owned())
-    }
-}
-
-/// `REQUESTS/SECONDS`, both positive.
-fn parse_rate(raw: &str) -> Result<(u64, u64), String> {
-    let usage =
-        || format!("expected REQUESTS/SECONDS with positive integers, e.g. 100/60, not {raw:?}");
-    let (requests, seconds) = raw.split_once('/').ok_or_else(usage)?;
-    let requests: u64 = requests.trim().parse().map_err(|_| usage())?;
-    let seconds: u64 = seconds.trim().parse().map_err(|_| usage())?;
-    if requests == 0 || seconds == 0 {
-        return Err(usage());
-    }
-    Ok((requests, seconds))
-}
-
-/// RFC 3339, normalised to UTC.
-fn parse_time(raw: &str) -> Result<String, String> {
-    DateTime::parse_from_rfc3339(raw)
-        .map(|t| {
-            t.with_timezone(&Utc)
-                .to_rfc3339_opts(SecondsFormat::AutoSi, true)
-        })
-        .map_err(|e| format!("expected an RFC 3339 time such as 2030-01-31T00:00:00Z ({e})"))
-}
-
-/// `key=value` with a non-empty key.
-fn parse_meta(raw: &str) -> Result<(String, String), String> {
-    match raw.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_owned(), value.to_owned()))
-        }
-        _ => Err(format!("expected KEY=VALUE, not {raw:?}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_rate_limits() {
-        assert_eq!(parse_rate("100/60"), Ok((100, 60)));
-        assert!(parse_rate("100").is_err());
-        assert!(parse_rate("0/60").is_err());
-        assert!(parse_rate("a/b").is_err());
-    }
-
-    #[test]
-    fn ids_cannot_escape_the_path() {
-        assert!(parse_id("key_01HX-abc").is_ok());
-        for bad in ["", "..", "a/b", "key?x=1", "key%2f"] {
-            assert!(parse_id(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn meta_and_times() {
-        assert_eq!(
-            parse_meta("team=billing=x"),
-            Ok(("team".into(), "billing=x".into()))
-        );
-        assert!(parse_meta("=x").is_err());
-        assert_eq!(
-            parse_time("2030-01-31T01:00:00+01:00"),
-            Ok("2030-01-31T00:00:00Z".into())
-        );
-        assert!(parse_time("tomorrow").is_err());
-    }
 }

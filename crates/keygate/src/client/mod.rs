@@ -21,12 +21,14 @@
 //! | 4 | the server could not be reached, timed out (30 s) or answered 5xx |
 //!
 //! Layout: [`http`] holds the one request/response/error path every verb uses, [`output`]
-//! and [`table`] the rendering, [`accounts`] and [`keys`] the verbs themselves.
+//! and [`table`] the rendering, [`parse`] the argument checks, [`accounts`] and [`keys`]
+//! the verbs themselves.
 
 mod accounts;
 mod http;
 mod keys;
 mod output;
+mod parse;
 mod table;
 
 use std::fmt;
