@@ -52,6 +52,19 @@ impl IpAllowlist {
         self.0.iter().any(|net| net.contains(&ip))
     }
 
+    /// Does this list allow every address `other` allows? An empty list allows all, so it
+    /// covers anything, and only an empty list covers an empty one.
+    pub fn covers(&self, other: &IpAllowlist) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        !other.0.is_empty()
+            && other
+                .0
+                .iter()
+                .all(|o| self.0.iter().any(|mine| mine.contains(o)))
+    }
+
     /// Canonical text: single addresses without `/32` or `/128`.
     pub fn to_strings(&self) -> Vec<String> {
         self.0
@@ -104,6 +117,18 @@ mod tests {
         assert!(list.allows(ip("::ffff:10.0.0.1")));
         assert!(list.allows(ip("2001:db8::42")));
         assert!(!list.allows(ip("2001:db9::1")));
+    }
+
+    #[test]
+    fn coverage() {
+        let wide = IpAllowlist::parse(&["10.0.0.0/8"]).unwrap();
+        let narrow = IpAllowlist::parse(&["10.1.0.0/16", "10.2.3.4"]).unwrap();
+        let other = IpAllowlist::parse(&["192.0.2.0/24"]).unwrap();
+        assert!(wide.covers(&narrow));
+        assert!(!narrow.covers(&wide));
+        assert!(!wide.covers(&other));
+        assert!(!wide.covers(&IpAllowlist::default()));
+        assert!(IpAllowlist::default().covers(&wide));
     }
 
     #[test]

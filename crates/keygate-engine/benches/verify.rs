@@ -28,10 +28,15 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&format!("sqlite://{}/b.db", dir.path().display())).await.unwrap();
+        let store = SqliteStore::open(&format!("sqlite://{}/b.db", dir.path().display()))
+            .await
+            .unwrap();
         let engine = Engine::new(
             Arc::new(store),
             EngineConfig {
@@ -46,7 +51,13 @@ fn fixture() -> Fixture {
         );
         let admin = Caller::admin(None);
         let account = engine
-            .create_account(&admin, NewAccount { name: "bench".into(), plan: Some("unlimited".into()) })
+            .create_account(
+                &admin,
+                NewAccount {
+                    name: "bench".into(),
+                    plan: Some("unlimited".into()),
+                },
+            )
             .await
             .unwrap();
         let (_, secret) = engine
@@ -63,9 +74,19 @@ fn fixture() -> Fixture {
             .unwrap();
         let key = secret.expose().to_owned();
         // Warm the cache: the benchmark measures hits.
-        let warm = engine.verify(&VerifyRequest { key: &key, ..Default::default() }).await.unwrap();
+        let warm = engine
+            .verify(&VerifyRequest {
+                key: &key,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert!(warm.outcome.is_valid());
-        Fixture { engine, key, _dir: dir }
+        Fixture {
+            engine,
+            key,
+            _dir: dir,
+        }
     })
 }
 
@@ -92,18 +113,37 @@ fn benches(c: &mut Criterion) {
         b.iter(|| black_box(map.get(&pepper.digest(black_box(key).as_bytes()))))
     });
     let format = KeyFormat::new("kg", true).unwrap();
-    group.bench_function("parse + checksum", |b| b.iter(|| black_box(format.parse(black_box(key)))));
+    group.bench_function("parse + checksum", |b| {
+        b.iter(|| black_box(format.parse(black_box(key))))
+    });
     group.bench_function("keygate verify, cache hit, no permission", |b| {
-        let request = VerifyRequest { key, ..Default::default() };
+        let request = VerifyRequest {
+            key,
+            ..Default::default()
+        };
         b.iter(|| {
-            let verdict = f.engine.verify(black_box(&request)).now_or_never().unwrap().unwrap();
+            let verdict = f
+                .engine
+                .verify(black_box(&request))
+                .now_or_never()
+                .unwrap()
+                .unwrap();
             black_box(verdict.outcome)
         })
     });
     group.bench_function("keygate verify, cache hit, with permission", |b| {
-        let request = VerifyRequest { key, required: Some(&required), client_ip: None };
+        let request = VerifyRequest {
+            key,
+            required: Some(&required),
+            client_ip: None,
+        };
         b.iter(|| {
-            let verdict = f.engine.verify(black_box(&request)).now_or_never().unwrap().unwrap();
+            let verdict = f
+                .engine
+                .verify(black_box(&request))
+                .now_or_never()
+                .unwrap()
+                .unwrap();
             black_box(verdict.outcome)
         })
     });

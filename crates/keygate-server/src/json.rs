@@ -40,17 +40,27 @@ async fn body_bytes(request: Request, state: &AppState) -> Result<Bytes, ApiErro
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = if path == "." { "body".to_owned() } else { path };
+        let field = if path == "." || path == "?" {
+            "body".to_owned()
+        } else {
+            path
+        };
         let message = if inner.is_syntax() || inner.is_eof() {
             format!("the body is not valid JSON: {inner}")
         } else {
             format!("invalid value: {inner}")
         };
-        keygate_engine::Error::Validation { field, message }.into()
-    })
+        ApiError::from(keygate_engine::Error::Validation { field, message })
+    })?;
+    // Trailing bytes after the JSON value are an error, not something to ignore.
+    de.end().map_err(|e| keygate_engine::Error::Validation {
+        field: "body".to_owned(),
+        message: format!("the body is not valid JSON: {e}"),
+    })?;
+    Ok(value)
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {

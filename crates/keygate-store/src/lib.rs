@@ -8,6 +8,7 @@
 mod error;
 mod migrate;
 mod model;
+mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -166,6 +166,45 @@ impl Caller {
         }
     }
 
+    /// A self-service key with an IP allowlist or an expiry cannot hand out a key that
+    /// escapes them: new keys inherit them, and explicit values must stay within them.
+    fn bound_allowlist(&self, requested: Option<Vec<String>>) -> Result<Vec<String>> {
+        let requested = requested.as_deref().map(allowlist_of).transpose()?;
+        let Actor::Key(key) = &self.actor else {
+            return Ok(requested.unwrap_or_default());
+        };
+        let Some(list) = requested else {
+            return Ok(key.ip_allowlist.to_strings());
+        };
+        let parsed = IpAllowlist::parse(&list)
+            .map_err(|e| Error::validation("ip_allowlist", e.to_string()))?;
+        if key.ip_allowlist.covers(&parsed) {
+            Ok(list)
+        } else {
+            Err(Error::Forbidden(
+                "a key cannot grant access from addresses outside its own IP allowlist".into(),
+            ))
+        }
+    }
+
+    /// `inherit`: a missing expiry takes the caller's own (create); otherwise asking for
+    /// no expiry is refused (update).
+    fn bound_expiry(&self, requested: Option<i64>, inherit: bool) -> Result<Option<i64>> {
+        let Actor::Key(key) = &self.actor else {
+            return Ok(requested);
+        };
+        match (key.record.expires_at, requested) {
+            (Some(own), None) if inherit => Ok(Some(own)),
+            (Some(_), None) => Err(Error::Forbidden(
+                "a key that expires cannot hand out a key that never does".into(),
+            )),
+            (Some(own), Some(asked)) if asked > own => Err(Error::Forbidden(
+                "a key cannot hand out a key that outlives itself".into(),
+            )),
+            (_, asked) => Ok(asked),
+        }
+    }
+
     /// A test key must not mint live keys.
     fn may_use_environment(&self, env: Environment) -> Result<()> {
         match &self.actor {
@@ -230,14 +269,15 @@ impl Engine {
             digest: self.pepper.digest(secret.expose().as_bytes()),
             environment,
             permissions: permissions.to_strings(),
-            ip_allowlist: allowlist_of(new.ip_allowlist.as_deref().unwrap_or_default())?,
+            ip_allowlist: caller.bound_allowlist(new.ip_allowlist)?,
             rate_limit: new.rate_limit,
             quota: new.quota,
             quota_used: 0,
             meta,
             created_at: now,
             last_used_at: None,
-            expires_at: expiry_of(new.expires_at, new.expires_in, now)?,
+            expires_at: caller
+                .bound_expiry(expiry_of(new.expires_at, new.expires_in, now)?, true)?,
             revoked_at: None,
             rotated_from: None,
         };
@@ -322,14 +362,21 @@ impl Engine {
             caller.may_grant(p)?;
         }
         let expires_at = match (update.expires_at, update.expires_in) {
-            (Some(None), None) => Some(None),
-            (Some(Some(at)), inn) => Some(expiry_of(Some(at), inn, now)?),
-            (None, Some(secs)) => Some(expiry_of(None, Some(secs), now)?),
-            (Some(None), Some(_)) => {
+            (Some(_), Some(_)) => {
                 return Err(Error::validation(
                     "expires_in",
                     "give either expires_at or expires_in, not both",
                 ))
+            }
+            (Some(at), None) => {
+                let at = at
+                    .map(|at| expiry_of(Some(at), None, now))
+                    .transpose()?
+                    .flatten();
+                Some(caller.bound_expiry(at, false)?)
+            }
+            (None, Some(secs)) => {
+                Some(caller.bound_expiry(expiry_of(None, Some(secs), now)?, false)?)
             }
             (None, None) => None,
         };
@@ -351,8 +398,7 @@ impl Engine {
             permissions: permissions.map(|p| p.to_strings()),
             ip_allowlist: update
                 .ip_allowlist
-                .as_deref()
-                .map(allowlist_of)
+                .map(|l| caller.bound_allowlist(Some(l)))
                 .transpose()?,
             expires_at,
             rate_limit: update.rate_limit,
@@ -410,6 +456,11 @@ impl Engine {
             ));
         }
         let old = self.visible_key(caller, id).await?;
+        // The new secret carries the old key's grants: the caller must hold them all.
+        let granted =
+            PermissionSet::parse(&old.permissions).map_err(|e| Error::Internal(e.to_string()))?;
+        caller.may_grant(&granted)?;
+        caller.may_use_environment(old.environment)?;
         let now = now_ms();
         if KeyStatus::of(&old, now) != KeyStatus::Active {
             return Err(Error::Conflict(

@@ -1,10 +1,11 @@
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json as JsonOut;
 use keygate_engine::manage::{AccountPatch, NewAccount};
 use serde::Deserialize;
 
+use super::extract::Id;
 use super::Auth;
 use crate::json::Json;
 use crate::{views, ApiError, AppState};
@@ -68,7 +69,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     Auth(caller): Auth,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<impl IntoResponse, ApiError> {
     let account = state.engine.get_account(&caller, &id).await?;
     Ok(JsonOut(with_usage(&state, &account).await?))
@@ -77,7 +78,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     Auth(caller): Auth,
-    Path(id): Path<String>,
+    Id(id): Id,
     Json(body): Json<UpdateAccount>,
 ) -> Result<impl IntoResponse, ApiError> {
     let account = state

@@ -607,7 +607,7 @@ async fn a_read_only_self_service_key_can_list_but_not_change() {
 async fn a_test_key_cannot_mint_live_keys() {
     let w = world().await;
     let (app, a) = (&w.app, w.a.as_str());
-    let (test_id, test_key) = app
+    let (_, test_key) = app
         .create_key(
             a,
             json!({"environment": "test", "permissions": ["api_keys.*"]}),
@@ -658,7 +658,6 @@ async fn a_test_key_cannot_mint_live_keys() {
         !live_names.iter().any(|n| n.starts_with("live")),
         "{live_names:?}"
     );
-    let _ = test_id;
 }
 
 #[tokio::test]
@@ -1145,4 +1144,143 @@ async fn the_audit_log_of_a_self_service_key_shows_only_its_own_account() {
         .filter_map(|e| e["account_id"].as_str())
         .collect();
     assert!(accounts.contains(a) && accounts.contains(b), "{accounts:?}");
+}
+
+#[tokio::test]
+async fn rotating_a_more_powerful_key_does_not_hand_out_its_permissions() {
+    let w = world().await;
+    let (app, a) = (&w.app, w.a.as_str());
+    let (root_id, _) = app
+        .create_key(a, json!({"name": "root", "permissions": ["*"]}))
+        .await;
+    let (inv_id, _) = app
+        .create_key(
+            a,
+            json!({"name": "invoices", "permissions": ["invoices.*"]}),
+        )
+        .await;
+    for target in [&root_id, &inv_id] {
+        let r = as_key(
+            app,
+            &w.manager,
+            Method::POST,
+            &format!("/v1/api-keys/{target}/rotate"),
+            None,
+        )
+        .await;
+        if let Some(secret) = r.body["key"].as_str() {
+            let escalated = app
+                .forward_auth(Some(secret), "DELETE", "/api/v1/invoices/1")
+                .await;
+            eprintln!(
+                "rotation handed out a secret with {}; forward-auth DELETE /api/v1/invoices/1 -> {}",
+                r.body["permissions"], escalated.status
+            );
+        }
+        r.assert_error(403, "forbidden");
+        let t = app
+            .admin(Method::GET, &format!("/v1/api-keys/{target}"), None)
+            .await;
+        assert_eq!(t.body["status"], "active");
+    }
+}
+
+#[tokio::test]
+async fn a_test_key_cannot_mint_a_live_key_by_rotation() {
+    let w = world().await;
+    let (app, a) = (&w.app, w.a.as_str());
+    let (_, test_key) = app
+        .create_key(
+            a,
+            json!({"environment": "test", "permissions": ["api_keys.*"]}),
+        )
+        .await;
+    let (live_id, _) = app.create_key(a, json!({"name": "live target"})).await;
+    let r = as_key(
+        app,
+        &test_key,
+        Method::POST,
+        &format!("/v1/api-keys/{live_id}/rotate"),
+        None,
+    )
+    .await;
+    if let Some(secret) = r.body["key"].as_str() {
+        eprintln!(
+            "a test key obtained a live secret starting {}",
+            &secret[..8]
+        );
+    }
+    r.assert_error(403, "forbidden");
+}
+
+#[tokio::test]
+async fn a_restricted_key_cannot_hand_out_an_unrestricted_one() {
+    let app = spawn().await;
+    let account = app.create_account("Acme", "unlimited").await;
+    let (_, manager) = app
+        .create_key(
+            &account,
+            json!({"permissions": ["api_keys.*", "invoices.read"], "ip_allowlist": ["127.0.0.0/8"], "expires_in": 3600}),
+        )
+        .await;
+    let manager_record = as_key(&app, &manager, Method::GET, "/v1/api-key-info", None).await;
+    let own_expiry = manager_record.body["data"]["expires_at"].clone();
+    // Without explicit values, the new key inherits the allowlist and the expiry.
+    let created = as_key(
+        &app,
+        &manager,
+        Method::POST,
+        "/v1/api-keys",
+        Some(json!({"name": "child", "permissions": ["invoices.read"]})),
+    )
+    .await;
+    assert_eq!(created.status.as_u16(), 201, "{}", created.body);
+    assert_eq!(created.body["ip_allowlist"], json!(["127.0.0.0/8"]));
+    assert_eq!(created.body["expires_at"], own_expiry);
+    let child_id = created.body["id"].as_str().unwrap().to_owned();
+    // Narrower is fine; wider, cleared or longer-lived is not.
+    let narrower = json!({"name": "c", "ip_allowlist": ["127.0.0.1"], "expires_in": 60});
+    assert_eq!(
+        as_key(&app, &manager, Method::POST, "/v1/api-keys", Some(narrower))
+            .await
+            .status
+            .as_u16(),
+        201
+    );
+    for body in [
+        json!({"name": "c", "ip_allowlist": ["0.0.0.0/0"]}),
+        json!({"name": "c", "ip_allowlist": []}),
+        json!({"name": "c", "expires_in": 7200}),
+    ] {
+        as_key(&app, &manager, Method::POST, "/v1/api-keys", Some(body))
+            .await
+            .assert_error(403, "forbidden");
+    }
+    for body in [
+        json!({"ip_allowlist": []}),
+        json!({"expires_at": null}),
+        json!({"expires_in": 86400}),
+    ] {
+        as_key(
+            &app,
+            &manager,
+            Method::PATCH,
+            &format!("/v1/api-keys/{child_id}"),
+            Some(body),
+        )
+        .await
+        .assert_error(403, "forbidden");
+    }
+    // The admin is not bound by any of this.
+    let p = app
+        .admin(
+            Method::PATCH,
+            &format!("/v1/api-keys/{child_id}"),
+            Some(json!({"ip_allowlist": [], "expires_at": null})),
+        )
+        .await;
+    assert_eq!(
+        (p.body["ip_allowlist"].clone(), p.body["expires_at"].clone()),
+        (json!([]), json!(null))
+    );
 }
