@@ -47,6 +47,7 @@ fn fixture() -> Fixture {
                 cache_capacity: 100_000,
                 cache_ttl: Duration::from_secs(3600),
                 negative_cache_ttl: Duration::from_secs(10),
+                stale_if_error: Duration::from_secs(300),
             },
         );
         let admin = Caller::admin(None);

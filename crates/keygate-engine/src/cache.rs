@@ -27,6 +27,8 @@ pub struct CachedKey {
     pub(crate) usage: Arc<KeyUsage>,
     /// Stored data that no longer parses: the key is refused rather than trusted.
     pub(crate) corrupt: bool,
+    /// When this copy was read from the store.
+    pub(crate) fetched_at: std::time::Instant,
 }
 
 impl CachedKey {
@@ -94,11 +96,13 @@ pub(crate) enum Lookup {
 }
 
 impl KeyCache {
-    pub fn new(capacity: u64, ttl: Duration, negative_ttl: Duration) -> KeyCache {
+    /// Entries live `keep` (refresh age plus the stale-if-error bound); the engine decides
+    /// when one is due for a refresh.
+    pub fn new(capacity: u64, keep: Duration, negative_ttl: Duration) -> KeyCache {
         KeyCache {
             keys: Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(ttl)
+                .time_to_live(keep)
                 .build_with_hasher(DigestHash),
             unknown: Cache::builder()
                 .max_capacity(capacity.clamp(1, 100_000))
@@ -140,6 +144,13 @@ impl KeyCache {
         self.unknown.invalidate(digest);
     }
 
+    /// Forgets everything (changes may have been missed).
+    pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.keys.invalidate_all();
+        self.unknown.invalidate_all();
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.keys.entry_count()
     }
@@ -159,6 +170,7 @@ impl CachedKey {
             ip_allowlist: ip_allowlist.unwrap_or_default(),
             usage,
             corrupt,
+            fetched_at: std::time::Instant::now(),
         }
     }
 }

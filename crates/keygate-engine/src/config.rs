@@ -59,9 +59,11 @@ pub struct EngineConfig {
     pub plans: Plans,
     /// Most keys kept in the cache.
     pub cache_capacity: u64,
-    /// How long a cached key is trusted without asking the store (a backstop: changes made
-    /// through this node invalidate at once).
+    /// How long a cached key is trusted without asking the store again (a backstop: changes
+    /// made through this node invalidate at once, other nodes' arrive by notification).
     pub cache_ttl: Duration,
+    /// How much longer a cached key may still be served while the store cannot be reached.
+    pub stale_if_error: Duration,
     /// How long an unknown key is remembered as unknown.
     pub negative_cache_ttl: Duration,
 }

@@ -39,6 +39,8 @@ pub struct Engine {
     routes: RouteTable,
     plans: Plans,
     cache: cache::KeyCache,
+    cache_ttl: std::time::Duration,
+    stale_if_error: std::time::Duration,
     usage: usage::UsageRecorder,
     started: std::time::Instant,
 }
@@ -53,9 +55,11 @@ impl Engine {
             plans: config.plans,
             cache: cache::KeyCache::new(
                 config.cache_capacity,
-                config.cache_ttl,
+                config.cache_ttl + config.stale_if_error,
                 config.negative_cache_ttl,
             ),
+            cache_ttl: config.cache_ttl,
+            stale_if_error: config.stale_if_error,
             usage: usage::UsageRecorder::default(),
             started: std::time::Instant::now(),
         })
@@ -107,6 +111,26 @@ impl Engine {
                 }
             }
         })
+    }
+
+    /// Listens for key changes committed by other nodes (PostgreSQL) and drops them from
+    /// this node's cache. `None` when the store has no other writers.
+    pub async fn spawn_change_listener(
+        self: &Arc<Self>,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>> {
+        let Some(mut feed) = self.store.change_feed().await? else {
+            return Ok(None);
+        };
+        let weak = Arc::downgrade(self);
+        Ok(Some(tokio::spawn(async move {
+            while let Some(change) = feed.recv().await {
+                let Some(engine) = weak.upgrade() else { return };
+                match change {
+                    keygate_store::Change::Key(digest) => engine.cache.invalidate(&digest),
+                    keygate_store::Change::Resync => engine.cache.invalidate_all(),
+                }
+            }
+        })))
     }
 
     fn monotonic_ns(&self) -> u64 {

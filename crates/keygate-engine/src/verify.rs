@@ -59,19 +59,31 @@ impl Engine {
         Ok(self.check(key, request))
     }
 
-    /// The key behind a digest, from the cache or the store.
+    /// The key behind a digest, from the cache or the store. A cached copy older than the
+    /// cache TTL is read again; if the store cannot answer, the copy is served while it is
+    /// younger than TTL + stale-if-error, and after that the answer is "unavailable".
     async fn lookup(&self, digest: KeyDigest) -> Result<Option<Arc<CachedKey>>> {
-        match self.cache.get(&digest) {
-            Lookup::Hit(key) => return Ok(Some(key)),
+        let stale = match self.cache.get(&digest) {
+            Lookup::Hit(key) if key.fetched_at.elapsed() <= self.cache_ttl => return Ok(Some(key)),
+            Lookup::Hit(key) => Some(key),
             Lookup::Unknown => return Ok(None),
-            Lookup::Miss => {}
-        }
+            Lookup::Miss => None,
+        };
         let ticket = self.cache.ticket();
-        let record = self
-            .store
-            .find_key_by_digest(&digest)
-            .await
-            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        let record = match self.store.find_key_by_digest(&digest).await {
+            Ok(record) => record,
+            Err(e) => {
+                return match stale {
+                    Some(key)
+                        if key.fetched_at.elapsed() <= self.cache_ttl + self.stale_if_error =>
+                    {
+                        tracing::warn!(error = %e, "store unavailable; serving a cached key");
+                        Ok(Some(key))
+                    }
+                    _ => Err(Error::Unavailable(e.to_string())),
+                };
+            }
+        };
         let key = record.map(|r| {
             let usage = self.usage.cell(&r.id, r.quota_used);
             Arc::new(CachedKey::from_record(r, usage))

@@ -8,6 +8,7 @@
 mod error;
 mod migrate;
 mod model;
+pub mod postgres;
 mod sql;
 pub mod sqlite;
 
@@ -19,9 +20,22 @@ pub use model::{Account, AuditEvent, KeyPatch, KeyRecord, Quota, RateLimit, Usag
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A change another node (or this one) committed, heard through the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The key with this digest changed: drop it from the cache.
+    Key(KeyDigest),
+    /// Changes may have been missed (the feed reconnected): drop everything.
+    Resync,
+}
+
 /// Everything keygate keeps. Times are unix milliseconds.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Key changes committed by every node, for backends shared by several nodes; `None`
+    /// where this process is the only writer.
+    async fn change_feed(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>>;
+
     /// Is the database reachable? For `/readyz`.
     async fn ping(&self) -> Result<()>;
 

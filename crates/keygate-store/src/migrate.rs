@@ -1,5 +1,5 @@
-//! A small, explicit migration runner: numbered SQL scripts embedded in the binary, applied
-//! in order, each in its own transaction, recorded in `schema_migrations`.
+//! Numbered SQL scripts embedded in the binary, one list per backend, applied in order by
+//! `migrate()` (see `sql.rs`) and recorded in `schema_migrations`.
 
 /// One schema step.
 pub struct Migration {
@@ -12,4 +12,10 @@ pub const SQLITE: &[Migration] = &[Migration {
     version: 1,
     name: "init",
     sql: include_str!("../migrations/sqlite/0001_init.sql"),
+}];
+
+pub const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../migrations/postgres/0001_init.sql"),
 }];

@@ -276,6 +276,10 @@ macro_rules! sql_store {
 
             #[async_trait]
             impl Store for $store {
+                async fn change_feed(&self) -> Result<Option<tokio::sync::mpsc::Receiver<crate::Change>>> {
+                    $store::change_feed(self).await
+                }
+
                 async fn ping(&self) -> Result<()> {
                     sqlx::query("SELECT 1").execute(self.pool()).await.map_err(db_error)?;
                     Ok(())

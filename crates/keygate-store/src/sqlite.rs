@@ -62,6 +62,11 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// One process owns an SQLite file: there are no other nodes to hear from.
+    pub async fn change_feed(&self) -> Result<Option<tokio::sync::mpsc::Receiver<crate::Change>>> {
+        Ok(None)
+    }
+
     fn pool(&self) -> &SqlitePool {
         &self.pool
     }

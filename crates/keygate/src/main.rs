@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the server (embedded SQLite unless a postgres:// URL is configured).
     Serve(config::ServeArgs),
+    /// Apply database schema migrations and exit (`serve` also applies them on start).
+    Migrate(config::ServeArgs),
     /// Manage accounts on a running server.
     Accounts {
         #[command(flatten)]
@@ -54,6 +56,13 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => match serve::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Migrate(args) => match serve::migrate(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

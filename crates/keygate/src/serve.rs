@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use keygate_core::{KeyFormat, Pepper};
 use keygate_engine::{AdminToken, Engine, EngineConfig};
 use keygate_server::{AppState, HttpConfig};
+use keygate_store::postgres::PostgresStore;
 use keygate_store::sqlite::SqliteStore;
 use keygate_store::Store;
 use tokio::net::TcpListener;
@@ -23,7 +24,7 @@ const PEPPER_CHECK_MESSAGE: &[u8] = b"keygate pepper check v1";
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args, &|name| std::env::var(name).ok())?;
     init_logging(&config)?;
-    let store: Arc<dyn Store> = Arc::new(open_store(&config.database_url).await?);
+    let store = open_store(&config.database_url, true).await?;
     let pepper = settle_pepper(&config, store.as_ref()).await?;
     let admin = settle_admin_token(&config, store.as_ref(), &pepper).await?;
     let engine = Engine::new(
@@ -37,10 +38,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             cache_capacity: config.cache_capacity,
             cache_ttl: Duration::from_secs(config.cache_ttl_seconds.max(1)),
             negative_cache_ttl: Duration::from_secs(config.negative_cache_ttl_seconds),
+            stale_if_error: Duration::from_secs(config.stale_if_error_seconds),
         },
     );
     let flusher =
         engine.spawn_usage_flusher(Duration::from_secs(config.usage_flush_seconds.max(1)));
+    let listener_task = engine
+        .spawn_change_listener()
+        .await
+        .context("cannot subscribe to key changes")?;
     let state = AppState {
         engine: engine.clone(),
         admin,
@@ -61,6 +67,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, database = %redact_url(&config.database_url), "keygate listening");
     keygate_server::serve(listener, state, shutdown_signal()).await?;
     flusher.abort();
+    if let Some(task) = listener_task {
+        task.abort();
+    }
     match engine.flush_usage().await {
         Ok(n) => tracing::info!(keys = n, "flushed usage; bye"),
         Err(e) => tracing::error!(error = %e, "could not flush usage at shutdown"),
@@ -96,16 +105,32 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-async fn open_store(url: &str) -> anyhow::Result<SqliteStore> {
-    if !url.starts_with("sqlite:") {
-        bail!(
-            "unsupported database URL {:?}: use sqlite://PATH",
-            redact_url(url)
-        );
+/// The store for `url`: `sqlite://PATH` (always migrated: one process owns the file) or
+/// `postgres://…` (migrated when `migrate`).
+pub async fn open_store(url: &str, migrate: bool) -> anyhow::Result<Arc<dyn Store>> {
+    let shown = redact_url(url);
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::open(url)
+            .await
+            .with_context(|| format!("cannot open the database {shown}"))?;
+        Ok(Arc::new(store))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PostgresStore::open(url, migrate)
+            .await
+            .with_context(|| format!("cannot open the database {shown}"))?;
+        Ok(Arc::new(store))
+    } else {
+        bail!("unsupported database URL {shown:?}: use sqlite://PATH or postgres://…")
     }
-    SqliteStore::open(url)
-        .await
-        .with_context(|| format!("cannot open the database {url}"))
+}
+
+/// `keygate migrate`: apply the schema migrations and exit.
+pub async fn migrate(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args, &|name| std::env::var(name).ok())?;
+    init_logging(&config)?;
+    open_store(&config.database_url, true).await?;
+    eprintln!("migrations applied to {}", redact_url(&config.database_url));
+    Ok(())
 }
 
 /// `sqlite://data/keygate.db` → `data/keygate.pepper`.
@@ -124,8 +149,11 @@ fn pepper_path(database_url: &str) -> Option<PathBuf> {
 /// first start). Refuses to start with a pepper other than the one the keys were made with.
 async fn settle_pepper(config: &Config, store: &dyn Store) -> anyhow::Result<Pepper> {
     let pepper = match &config.pepper {
-        Some(p) if p.len() < 32 => bail!("the pepper must be at least 32 characters"),
-        Some(p) => Pepper::new(p.as_bytes().to_vec()),
+        Some(p) => Pepper::new(
+            keygate_core::key::from_hex(p.trim())
+                .filter(|b| b.len() >= 32)
+                .context("the pepper must be at least 64 hex characters (32 bytes), e.g. from `openssl rand -hex 32`")?,
+        ),
         None => {
             let path = pepper_path(&config.database_url)
                 .context("no pepper configured: set KEYGATE_PEPPER")?;

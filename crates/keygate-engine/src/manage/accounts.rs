@@ -67,6 +67,7 @@ impl Engine {
 
     pub async fn get_account(&self, caller: &Caller, id: &str) -> Result<Account> {
         caller.require("accounts", "read")?;
+        super::known_shape(id, "account")?;
         caller.can_see(id, "account")?;
         self.store
             .get_account(id)
@@ -80,6 +81,7 @@ impl Engine {
         id: &str,
         patch: AccountPatch,
     ) -> Result<Account> {
+        super::known_shape(id, "account")?;
         caller.can_see(id, "account")?;
         if caller.own_account().is_some() {
             return Err(Error::Forbidden(

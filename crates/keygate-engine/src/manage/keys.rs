@@ -6,7 +6,7 @@ use keygate_core::{ApiKeySecret, Environment, InvalidReason, PermissionSet};
 use keygate_store::{KeyPatch, KeyRecord, Quota, RateLimit};
 use serde_json::{json, Value};
 
-use super::{validate, Actor, Caller};
+use super::{known_shape, validate, Actor, Caller};
 use crate::ids::new_id;
 use crate::{now_ms, Engine, Error, Result};
 
@@ -233,6 +233,7 @@ impl Engine {
             (None, Some(asked)) => asked,
             (None, None) => return Err(Error::validation("account_id", "account_id is required")),
         };
+        known_shape(&account_id, "account")?;
         let account = self
             .store
             .get_account(&account_id)
@@ -306,6 +307,7 @@ impl Engine {
     }
 
     async fn visible_key(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
+        known_shape(id, "API key")?;
         let record = self
             .store
             .get_key(id)
@@ -332,6 +334,9 @@ impl Engine {
         status: Option<KeyStatus>,
     ) -> Result<Vec<KeyRecord>> {
         caller.require("api_keys", "read")?;
+        if let Some(id) = account_id {
+            known_shape(id, "account")?;
+        }
         let account_id = match (caller.own_account(), account_id) {
             (Some(own), Some(asked)) if own != asked => return Err(Error::NotFound("account")),
             (Some(own), _) => Some(own),

@@ -36,6 +36,19 @@ pub struct Caller {
     pub client_ip: Option<IpAddr>,
 }
 
+/// Ids are ours: `acct_`/`key_` and hex. Anything else cannot name a record, so it is
+/// answered as unknown without asking the store (which may reject odd bytes loudly).
+pub(crate) fn known_shape(id: &str, what: &'static str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::NotFound(what))
+    }
+}
+
 impl Caller {
     pub fn admin(client_ip: Option<IpAddr>) -> Caller {
         Caller {
@@ -112,6 +125,9 @@ impl Engine {
         limit: u32,
     ) -> Result<Vec<AuditEvent>> {
         caller.require("api_keys", "read")?;
+        if let Some(id) = account_id {
+            known_shape(id, "account")?;
+        }
         let account_id = match (caller.own_account(), account_id) {
             (Some(own), Some(asked)) if own != asked => return Err(Error::NotFound("account")),
             (Some(own), _) => Some(own),

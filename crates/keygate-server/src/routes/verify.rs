@@ -202,15 +202,20 @@ pub async fn forward_auth(
         }
     }
     let key = key_from_headers(&parts.headers)?.ok_or(Outcome::MissingCredentials)?;
-    let required = uri.as_deref().map(|u| {
-        let method = method.as_deref().unwrap_or(parts.method.as_str());
-        state.engine.routes().required(method, u)
-    });
+    // Without the original request there is nothing to judge a permission against: only
+    // a key holding `*` passes (a proxy that forgot X-Original-URI must not open everything).
+    let required = match uri.as_deref() {
+        Some(u) => {
+            let method = method.as_deref().unwrap_or(parts.method.as_str());
+            state.engine.routes().required(method, u)
+        }
+        None => Required::Unmapped,
+    };
     let verdict = state
         .engine
         .verify(&VerifyRequest {
             key: &key,
-            required: required.as_ref(),
+            required: Some(&required),
             client_ip: request_ip(&parts, &state),
         })
         .await?;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use keygate_core::{KeyFormat, Pepper, Route, RouteTable};
 use keygate_engine::{AdminToken, Engine, EngineConfig, Plans};
 use keygate_server::{AppState, HttpConfig};
+use keygate_store::postgres::PostgresStore;
 use keygate_store::sqlite::SqliteStore;
+use keygate_store::Store;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -44,10 +46,40 @@ pub async fn spawn() -> TestApp {
     spawn_with(Options::default()).await
 }
 
+/// The backend under test: SQLite in `dir`, or, with `KEYGATE_TEST_BACKEND=postgres`, a
+/// fresh database on the server at `KEYGATE_TEST_POSTGRES`.
+pub async fn test_store(dir: &std::path::Path) -> Arc<dyn Store> {
+    match std::env::var("KEYGATE_TEST_BACKEND").as_deref() {
+        Ok("postgres") => {
+            let url = fresh_postgres_database().await;
+            Arc::new(PostgresStore::open(&url, true).await.unwrap())
+        }
+        Ok("sqlite") | Err(_) => {
+            let url = format!("sqlite://{}/keygate.db", dir.display());
+            Arc::new(SqliteStore::open(&url).await.unwrap())
+        }
+        Ok(other) => panic!("unknown KEYGATE_TEST_BACKEND {other:?}"),
+    }
+}
+
+/// Creates an empty database on the `KEYGATE_TEST_POSTGRES` server; returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let base = std::env::var("KEYGATE_TEST_POSTGRES")
+        .expect("KEYGATE_TEST_POSTGRES must name a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/postgres");
+    let name = format!("kg_test_{}", keygate_core::key::random_hex(8).unwrap());
+    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    format!("{server}/{name}")
+}
+
 pub async fn spawn_with(options: Options) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/keygate.db", dir.path().display());
-    let store = Arc::new(SqliteStore::open(&url).await.unwrap());
+    let store = test_store(dir.path()).await;
     let (pepper, _) = Pepper::generate().unwrap();
     let (admin_token, admin) = AdminToken::generate(&pepper).unwrap();
     let engine = Engine::new(
@@ -60,8 +92,10 @@ pub async fn spawn_with(options: Options) -> TestApp {
             cache_capacity: 10_000,
             cache_ttl: Duration::from_secs(300),
             negative_cache_ttl: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(300),
         },
     );
+    engine.spawn_change_listener().await.unwrap();
     let state = AppState {
         engine: engine.clone(),
         admin,

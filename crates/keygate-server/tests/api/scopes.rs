@@ -182,15 +182,18 @@ async fn route_table_overrides_and_no_permissions() {
         &[("GET", "/api/v1/invoices", false), ("GET", "/", false)],
     )
     .await;
-    // Without a request to judge, forward-auth only authenticates.
-    let only_key = app
-        .client
-        .get(app.url("/v1/auth"))
-        .bearer_auth(&none)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(only_key.status().as_u16(), 204);
+    // Without the original request, forward-auth lets only a `*` key through.
+    let star = key_with(&app, &acct, json!({"scope": "all"})).await;
+    for (key, status) in [(&none, 403), (&creator, 403), (&star, 204)] {
+        let r = app
+            .client
+            .get(app.url("/v1/auth"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status);
+    }
 }
 
 #[tokio::test]
