@@ -43,6 +43,8 @@ pub struct Engine {
     stale_if_error: std::time::Duration,
     usage: usage::UsageRecorder,
     started: std::time::Instant,
+    /// Tells background tasks to finish what they are doing and stop.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Engine {
@@ -62,6 +64,7 @@ impl Engine {
             stale_if_error: config.stale_if_error,
             usage: usage::UsageRecorder::default(),
             started: std::time::Instant::now(),
+            stopping: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -92,25 +95,35 @@ impl Engine {
         self.usage.flush(self.store.as_ref()).await
     }
 
-    /// Starts the task that flushes usage every `interval`; it stops when the engine is
+    /// Starts the task that flushes usage every `interval`. It ends after
+    /// [`Engine::stop_background`] (finishing a flush in progress) or when the engine is
     /// dropped.
     pub fn spawn_usage_flusher(
         self: &Arc<Self>,
         interval: std::time::Duration,
     ) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
+        let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopping.wait_for(|stop| *stop) => return,
+                }
                 let Some(engine) = weak.upgrade() else { return };
                 if let Err(e) = engine.flush_usage().await {
                     tracing::warn!(error = %e, "usage flush failed; will retry");
                 }
             }
         })
+    }
+
+    /// Asks the background tasks to stop at their next pause.
+    pub fn stop_background(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Listens for key changes committed by other nodes (PostgreSQL) and drops them from

@@ -28,11 +28,14 @@ fn new_request_id() -> String {
     format!("req_{}", random_hex(12).unwrap_or_else(|_| "0".repeat(24)))
 }
 
-/// Replaces anything that looks like a key of this deployment, so a path can be logged.
+/// Makes a path safe to log: percent-escapes decoded first (so `kg%5Flive%5F…` is seen),
+/// then anything that starts like a key of this deployment, and any long run of hex (a
+/// key body without its prefix), replaced.
 pub fn redact(text: &str, prefix: &str) -> String {
+    let decoded = crate::credentials::decode(text);
     let marker = format!("{prefix}_");
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    let mut out = String::with_capacity(decoded.len());
+    let mut rest = decoded.as_str();
     while let Some(pos) = rest.find(&marker) {
         out.push_str(&rest[..pos]);
         out.push_str("[redacted]");
@@ -43,7 +46,32 @@ pub fn redact(text: &str, prefix: &str) -> String {
         rest = &tail[end..];
     }
     out.push_str(rest);
+    redact_hex_runs(&out)
+}
+
+/// Replaces runs of 32 or more hex digits.
+fn redact_hex_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        flush_run(&mut out, &mut run);
+        out.push(c);
+    }
+    flush_run(&mut out, &mut run);
     out
+}
+
+fn flush_run(out: &mut String, run: &mut String) {
+    if run.len() >= 32 {
+        out.push_str("[redacted]");
+    } else {
+        out.push_str(run);
+    }
+    run.clear();
 }
 
 pub async fn request_context(
@@ -106,5 +134,15 @@ mod tests {
             "/v1/x/[redacted]/y?[redacted]"
         );
         assert_eq!(redact("/v1/api-keys", "kg"), "/v1/api-keys");
+        assert_eq!(redact("/v1/x/kg%5Flive%5Fabc", "kg"), "/v1/x/[redacted]");
+        let body = "ab".repeat(32);
+        assert_eq!(
+            redact(&format!("/v1/x/{body}/y"), "kg"),
+            "/v1/x/[redacted]/y"
+        );
+        assert_eq!(
+            redact("/v1/api-keys/key_0123456789abcdef01234567", "kg"),
+            "/v1/api-keys/key_0123456789abcdef01234567"
+        );
     }
 }

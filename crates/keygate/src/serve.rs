@@ -24,17 +24,28 @@ const PEPPER_CHECK_MESSAGE: &[u8] = b"keygate pepper check v1";
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args, &|name| std::env::var(name).ok())?;
     init_logging(&config)?;
+    // Everything that can be wrong in the configuration is checked, and the port taken,
+    // before anything is created: a failed first start must not use up the one-time print
+    // of the admin token.
+    let key_format =
+        KeyFormat::new(&config.key_prefix, config.env_in_key).context("invalid key_prefix")?;
+    let routes = config.route_table()?;
+    let plans = config.plans()?;
+    let trusted_proxies = config.trusted_proxies()?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+
     let store = open_store(&config.database_url, true).await?;
     let pepper = settle_pepper(&config, store.as_ref()).await?;
     let admin = settle_admin_token(&config, store.as_ref(), &pepper).await?;
     let engine = Engine::new(
         store,
         EngineConfig {
-            key_format: KeyFormat::new(&config.key_prefix, config.env_in_key)
-                .context("invalid key_prefix")?,
+            key_format,
             pepper: pepper.clone(),
-            routes: config.route_table()?,
-            plans: config.plans()?,
+            routes,
+            plans,
             cache_capacity: config.cache_capacity,
             cache_ttl: Duration::from_secs(config.cache_ttl_seconds.max(1)),
             negative_cache_ttl: Duration::from_secs(config.negative_cache_ttl_seconds),
@@ -43,7 +54,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let flusher =
         engine.spawn_usage_flusher(Duration::from_secs(config.usage_flush_seconds.max(1)));
-    let listener_task = engine
+    let change_listener = engine
         .spawn_change_listener()
         .await
         .context("cannot subscribe to key changes")?;
@@ -56,18 +67,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .map(|t| AdminToken::from_secret(&pepper, t)),
         http: Arc::new(HttpConfig {
             body_limit: config.body_limit_bytes,
-            trusted_proxies: config.trusted_proxies()?,
+            trusted_proxies,
             ..HttpConfig::default()
         }),
     };
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, database = %redact_url(&config.database_url), "keygate listening");
     keygate_server::serve(listener, state, shutdown_signal()).await?;
-    flusher.abort();
-    if let Some(task) = listener_task {
+    // Let a flush in progress finish (aborting it could drop its batch), then flush the rest.
+    engine.stop_background();
+    if let Err(e) = flusher.await {
+        tracing::error!(error = %e, "usage flusher ended abnormally");
+    }
+    if let Some(task) = change_listener {
         task.abort();
     }
     match engine.flush_usage().await {
@@ -80,8 +92,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 fn init_logging(config: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(format!("{},sqlx=warn", config.log))
         .context("invalid log filter (KEYGATE_LOG)")?;
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match config.log_format.as_str() {
         "json" => builder.json().try_init(),
