@@ -48,6 +48,7 @@ fn fixture() -> Fixture {
                 cache_ttl: Duration::from_secs(3600),
                 negative_cache_ttl: Duration::from_secs(10),
                 stale_if_error: Duration::from_secs(300),
+                usage_retention: Duration::from_secs(90 * 86_400),
             },
         );
         let admin = Caller::admin(None);

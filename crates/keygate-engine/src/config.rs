@@ -64,6 +64,8 @@ pub struct EngineConfig {
     pub cache_ttl: Duration,
     /// How much longer a cached key may still be served while the store cannot be reached.
     pub stale_if_error: Duration,
+    /// How long hourly usage counts are kept.
+    pub usage_retention: Duration,
     /// How long an unknown key is remembered as unknown.
     pub negative_cache_ttl: Duration,
 }

@@ -41,6 +41,9 @@ pub struct Engine {
     cache: cache::KeyCache,
     cache_ttl: std::time::Duration,
     stale_if_error: std::time::Duration,
+    usage_retention: std::time::Duration,
+    /// When usage older than the retention was last deleted (unix ms).
+    last_prune: std::sync::atomic::AtomicI64,
     usage: usage::UsageRecorder,
     started: std::time::Instant,
     /// Tells background tasks to finish what they are doing and stop.
@@ -62,6 +65,8 @@ impl Engine {
             ),
             cache_ttl: config.cache_ttl,
             stale_if_error: config.stale_if_error,
+            usage_retention: config.usage_retention,
+            last_prune: std::sync::atomic::AtomicI64::new(0),
             usage: usage::UsageRecorder::default(),
             started: std::time::Instant::now(),
             stopping: tokio::sync::watch::channel(false).0,
@@ -90,9 +95,22 @@ impl Engine {
     }
 
     /// Writes the usage counted since the last flush. Called every few seconds by the
-    /// background task and once at shutdown.
+    /// background task and once at shutdown. Once an hour it also deletes counts older
+    /// than the retention.
     pub async fn flush_usage(&self) -> Result<usize> {
-        self.usage.flush(self.store.as_ref()).await
+        let written = self.usage.flush(self.store.as_ref()).await?;
+        let now = now_ms();
+        let last = self.last_prune.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last >= usage::HOUR_MS {
+            self.last_prune
+                .store(now, std::sync::atomic::Ordering::Relaxed);
+            let cutoff = now - self.usage_retention.as_millis() as i64;
+            let pruned = self.store.prune_usage(cutoff).await?;
+            if pruned > 0 {
+                tracing::info!(rows = pruned, "deleted usage counts past the retention");
+            }
+        }
+        Ok(written)
     }
 
     /// Starts the task that flushes usage every `interval`. It ends after

@@ -1,13 +1,36 @@
-//! Usage counted in memory on the hot path and written in batches: `last_used_at` and the
-//! quota counter. A crash loses at most one flush interval of usage, never a key.
+//! Usage counted in memory on the hot path and written in batches: `last_used_at`, the
+//! quota spent, verifications per hour and outcome, and the latest client addresses. A
+//! crash loses at most one flush interval of usage, never a key.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use keygate_store::{Store, UsageUpdate};
+use keygate_core::Outcome;
+use keygate_store::{SeenIp, Store, UsageCount, UsageUpdate};
 
 use crate::ratelimit::Gcra;
 use crate::Result;
+
+/// Milliseconds in one usage bucket.
+pub const HOUR_MS: i64 = 3_600_000;
+/// Client addresses remembered per key.
+pub const RECENT_IPS: usize = 10;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What was counted for one key since the last flush.
+#[derive(Debug, Default)]
+struct Pending {
+    /// (hour bucket, outcome detail) → count.
+    counts: Vec<(i64, &'static str, i64)>,
+    /// Newest first; `changed` says whether it differs from what was flushed.
+    recent_ips: Vec<SeenIp>,
+    ips_changed: bool,
+}
 
 /// Per-key counters and limiter state.
 #[derive(Debug)]
@@ -19,22 +42,27 @@ pub struct KeyUsage {
     /// What the store already has of `quota_used`.
     flushed_quota: AtomicI64,
     dirty: AtomicBool,
+    pending: Mutex<Pending>,
     pub(crate) limiter: Gcra,
 }
 
 impl KeyUsage {
-    pub fn new(key_id: String, stored_quota_used: i64) -> KeyUsage {
+    pub fn new(key_id: String, stored_quota_used: i64, stored_ips: Vec<SeenIp>) -> KeyUsage {
         KeyUsage {
             key_id,
             last_used: AtomicI64::new(0),
             quota_used: AtomicI64::new(stored_quota_used),
             flushed_quota: AtomicI64::new(stored_quota_used),
             dirty: AtomicBool::new(false),
+            pending: Mutex::new(Pending {
+                recent_ips: stored_ips,
+                ..Pending::default()
+            }),
             limiter: Gcra::default(),
         }
     }
 
-    /// When the key was last used on this node (unix ms; 0: not since start).
+    /// When the key was last used successfully on this node (unix ms; 0: not since start).
     pub fn last_used(&self) -> i64 {
         self.last_used.load(Ordering::Relaxed)
     }
@@ -48,71 +76,148 @@ impl KeyUsage {
             })
             .is_ok()
     }
+
+    /// Counts not yet flushed with `from <= bucket < to`.
+    pub(crate) fn unflushed_counts(&self, from: i64, to: i64) -> Vec<UsageCount> {
+        lock(&self.pending)
+            .counts
+            .iter()
+            .filter(|(b, _, _)| (from..to).contains(b))
+            .map(|(bucket, outcome, count)| UsageCount {
+                bucket: *bucket,
+                outcome: (*outcome).to_owned(),
+                count: *count,
+            })
+            .collect()
+    }
+
+    pub(crate) fn recent_ips(&self) -> Vec<SeenIp> {
+        lock(&self.pending).recent_ips.clone()
+    }
+
+    fn record(&self, outcome: Outcome, ip: Option<IpAddr>, now: i64) {
+        let bucket = now - now.rem_euclid(HOUR_MS);
+        let detail = outcome.detail();
+        let mut p = lock(&self.pending);
+        match p
+            .counts
+            .iter_mut()
+            .find(|(b, o, _)| *b == bucket && *o == detail)
+        {
+            Some(entry) => entry.2 += 1,
+            None => p.counts.push((bucket, detail, 1)),
+        }
+        if let Some(ip) = ip {
+            let ip = ip.to_string();
+            match p.recent_ips.iter().position(|s| s.ip == ip) {
+                // Already the newest: only the time moves; written with the next change.
+                Some(0) => p.recent_ips[0].last_seen = now,
+                found => {
+                    if let Some(i) = found {
+                        p.recent_ips.remove(i);
+                    }
+                    p.recent_ips.insert(0, SeenIp { ip, last_seen: now });
+                    p.recent_ips.truncate(RECENT_IPS);
+                    p.ips_changed = true;
+                }
+            }
+        }
+    }
 }
 
 /// Keys used since the last flush, and the usage state of every key seen.
 #[derive(Default)]
 pub(crate) struct UsageRecorder {
     dirty: Mutex<Vec<Arc<KeyUsage>>>,
-    cells: Mutex<std::collections::HashMap<String, Arc<KeyUsage>>>,
+    cells: Mutex<HashMap<String, Arc<KeyUsage>>>,
 }
 
 impl UsageRecorder {
-    /// The usage cell of a key, created from the stored count on first sight. Called on
-    /// cache fills only, not per request.
-    pub fn cell(&self, key_id: &str, stored_quota_used: i64) -> Arc<KeyUsage> {
-        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-        cells
+    /// The usage cell of a key, created from the stored state on first sight. Called on
+    /// cache fills and management reads, not per request.
+    pub fn cell(
+        &self,
+        key_id: &str,
+        stored_quota_used: i64,
+        stored_ips: &[SeenIp],
+    ) -> Arc<KeyUsage> {
+        lock(&self.cells)
             .entry(key_id.to_owned())
-            .or_insert_with(|| Arc::new(KeyUsage::new(key_id.to_owned(), stored_quota_used)))
+            .or_insert_with(|| {
+                Arc::new(KeyUsage::new(
+                    key_id.to_owned(),
+                    stored_quota_used,
+                    stored_ips.to_vec(),
+                ))
+            })
             .clone()
     }
 
-    /// Notes a use at `now`. Takes the lock only when the key was clean.
-    pub fn touch(&self, usage: &Arc<KeyUsage>, now: i64) {
-        usage.last_used.fetch_max(now, Ordering::Relaxed);
+    /// Counts one verification of a known key; a valid one also moves `last_used_at`.
+    pub fn record(&self, usage: &Arc<KeyUsage>, outcome: Outcome, ip: Option<IpAddr>, now: i64) {
+        if outcome.is_valid() {
+            usage.last_used.fetch_max(now, Ordering::Relaxed);
+        }
+        usage.record(outcome, ip, now);
         if !usage.dirty.swap(true, Ordering::AcqRel) {
-            self.dirty
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(usage.clone());
+            lock(&self.dirty).push(usage.clone());
         }
     }
 
     pub async fn flush(&self, store: &dyn Store) -> Result<usize> {
-        let pending = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        let pending = std::mem::take(&mut *lock(&self.dirty));
         if pending.is_empty() {
             return Ok(0);
         }
-        let batch: Vec<(UsageUpdate, i64)> = pending
-            .iter()
-            .map(|u| {
-                u.dirty.store(false, Ordering::Release);
-                let used = u.quota_used.load(Ordering::Acquire);
-                let update = UsageUpdate {
-                    key_id: u.key_id.clone(),
-                    last_used_at: u.last_used.load(Ordering::Relaxed),
-                    quota_used_delta: used - u.flushed_quota.load(Ordering::Acquire),
-                };
-                (update, used)
-            })
-            .collect();
-        let updates: Vec<UsageUpdate> = batch.iter().map(|(u, _)| u.clone()).collect();
+        let mut taken = Vec::with_capacity(pending.len());
+        let mut updates = Vec::with_capacity(pending.len());
+        for u in &pending {
+            u.dirty.store(false, Ordering::Release);
+            let used = u.quota_used.load(Ordering::Acquire);
+            let mut p = lock(&u.pending);
+            let counts = std::mem::take(&mut p.counts);
+            let ips_changed = std::mem::take(&mut p.ips_changed);
+            updates.push(UsageUpdate {
+                key_id: u.key_id.clone(),
+                last_used_at: u.last_used.load(Ordering::Relaxed),
+                quota_used_delta: used - u.flushed_quota.load(Ordering::Acquire),
+                counts: counts
+                    .iter()
+                    .map(|(bucket, outcome, count)| UsageCount {
+                        bucket: *bucket,
+                        outcome: (*outcome).to_owned(),
+                        count: *count,
+                    })
+                    .collect(),
+                recent_ips: ips_changed.then(|| p.recent_ips.clone()),
+            });
+            taken.push((used, counts, ips_changed));
+        }
         match store.record_usage(&updates).await {
             Ok(()) => {
-                for (u, (_, used)) in pending.iter().zip(&batch) {
+                for (u, (used, _, _)) in pending.iter().zip(&taken) {
                     u.flushed_quota.store(*used, Ordering::Release);
                 }
                 Ok(updates.len())
             }
             Err(e) => {
-                // Put them back: the next flush retries with the counts it then sees.
-                for u in &pending {
+                // Put the counts back: the next flush retries with them.
+                for (u, (_, counts, ips_changed)) in pending.iter().zip(taken) {
+                    let mut p = lock(&u.pending);
+                    for (bucket, outcome, count) in counts {
+                        match p
+                            .counts
+                            .iter_mut()
+                            .find(|(b, o, _)| *b == bucket && *o == outcome)
+                        {
+                            Some(entry) => entry.2 += count,
+                            None => p.counts.push((bucket, outcome, count)),
+                        }
+                    }
+                    p.ips_changed |= ips_changed;
+                    drop(p);
                     if !u.dirty.swap(true, Ordering::AcqRel) {
-                        self.dirty
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(u.clone());
+                        lock(&self.dirty).push(u.clone());
                     }
                 }
                 Err(e.into())

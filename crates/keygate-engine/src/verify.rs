@@ -85,7 +85,7 @@ impl Engine {
             }
         };
         let key = record.map(|r| {
-            let usage = self.usage.cell(&r.id, r.quota_used);
+            let usage = self.usage.cell(&r.id, r.quota_used, &r.recent_ips);
             Arc::new(CachedKey::from_record(r, usage))
         });
         self.cache.fill(ticket, digest, key.clone());
@@ -126,9 +126,8 @@ impl Engine {
                 }
             }
         }
-        if outcome == Outcome::Valid {
-            self.usage.touch(&key.usage, now);
-        }
+        self.usage
+            .record(&key.usage, outcome, request.client_ip, now);
         if matches!(outcome, Outcome::InvalidKey(_)) {
             // Refused as invalid: say nothing more about the key to the caller.
             return Verdict::refused(outcome);

@@ -23,6 +23,12 @@ pub enum ApiError {
     UnsupportedMediaType,
     RouteNotFound,
     MethodNotAllowed,
+    /// Gateway: the upstream API cannot be reached or broke off before answering.
+    UpstreamUnavailable,
+    /// Gateway: the upstream API did not answer within the configured timeout.
+    UpstreamTimeout,
+    /// Gateway: the client stopped sending its request body for longer than the timeout.
+    RequestTimeout,
     Internal,
 }
 
@@ -150,6 +156,24 @@ impl IntoResponse for ApiError {
                 S::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "This endpoint does not accept that method",
+                None,
+            ),
+            ApiError::UpstreamUnavailable => error_response(
+                S::BAD_GATEWAY,
+                "upstream_unavailable",
+                "The upstream API cannot be reached; try again shortly",
+                None,
+            ),
+            ApiError::UpstreamTimeout => error_response(
+                S::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "The upstream API did not answer in time",
+                None,
+            ),
+            ApiError::RequestTimeout => error_response(
+                S::REQUEST_TIMEOUT,
+                "request_timeout",
+                "The request body was not received in time",
                 None,
             ),
             ApiError::Internal => error_response(

@@ -2,7 +2,7 @@
 
 use axum::http::{HeaderMap, HeaderValue};
 use chrono::{DateTime, SecondsFormat, Utc};
-use keygate_engine::manage::KeyStatus;
+use keygate_engine::manage::{KeyStatus, UsageReport};
 use keygate_engine::{now_ms, RateLimitStatus};
 use keygate_store::{Account, AuditEvent, KeyRecord};
 use serde_json::{json, Value};
@@ -80,6 +80,33 @@ pub fn key_info(k: &KeyRecord) -> Value {
         "created_at": time(k.created_at),
         "last_used_at": opt_time(k.last_used_at),
         "expires_at": opt_time(k.expires_at),
+    })
+}
+
+pub fn usage(r: &UsageReport) -> Value {
+    let k = key(&r.key);
+    let data: Vec<Value> = r
+        .buckets
+        .iter()
+        .map(|b| {
+            json!({
+                "start": time(b.start),
+                "valid": b.valid(),
+                "refused": b.refused(),
+                "outcomes": b.counts,
+            })
+        })
+        .collect();
+    json!({
+        "key_id": r.key.id,
+        "granularity": r.granularity.as_str(),
+        "from": time(r.from),
+        "to": time(r.to),
+        "last_used_at": k["last_used_at"],
+        "recent_ips": r.key.recent_ips.iter().map(|s| json!({"ip": s.ip, "last_seen": time(s.last_seen)})).collect::<Vec<_>>(),
+        "quota": k["quota"],
+        "totals": r.totals,
+        "data": data,
     })
 }
 

@@ -16,7 +16,9 @@ use async_trait::async_trait;
 use keygate_core::KeyDigest;
 
 pub use error::StoreError;
-pub use model::{Account, AuditEvent, KeyPatch, KeyRecord, Quota, RateLimit, UsageUpdate};
+pub use model::{
+    Account, AuditEvent, KeyPatch, KeyRecord, Quota, RateLimit, SeenIp, UsageCount, UsageUpdate,
+};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -92,6 +94,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a batch of usage in one transaction.
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<()>;
+    /// Counts of one key with `from <= bucket < to`, oldest first.
+    async fn usage_counts(&self, key_id: &str, from: i64, to: i64) -> Result<Vec<UsageCount>>;
+    /// Deletes counts older than `before`; returns how many rows went.
+    async fn prune_usage(&self, before: i64) -> Result<u64>;
+    /// Appends an audit event that goes with no other change (e.g. a failed sign-in).
+    async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
     /// Audit events, newest first, at most `limit`, optionally before sequence `before`.
     async fn list_audit(
         &self,

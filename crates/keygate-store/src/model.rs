@@ -49,6 +49,8 @@ pub struct KeyRecord {
     pub revoked_at: Option<i64>,
     /// The key this one replaced by rotation.
     pub rotated_from: Option<String>,
+    /// The latest client addresses, newest first.
+    pub recent_ips: Vec<SeenIp>,
 }
 
 /// Changes to a key; `None` leaves a field as it is.
@@ -64,11 +66,33 @@ pub struct KeyPatch {
 }
 
 /// Usage of one key since the last flush.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UsageUpdate {
     pub key_id: String,
+    /// 0 when the key was not used successfully since the last flush.
     pub last_used_at: i64,
     pub quota_used_delta: i64,
+    /// Verifications to add, per hour bucket and outcome.
+    pub counts: Vec<UsageCount>,
+    /// The latest client addresses, newest first, when they changed.
+    pub recent_ips: Option<Vec<SeenIp>>,
+}
+
+/// Verifications of one key in one hour with one outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageCount {
+    /// Start of the hour, unix milliseconds.
+    pub bucket: i64,
+    /// The outcome detail (`valid`, `rate_limited`, `invalid_key_revoked`, …).
+    pub outcome: String,
+    pub count: i64,
+}
+
+/// A client address a key was used from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenIp {
+    pub ip: String,
+    pub last_seen: i64,
 }
 
 /// One management action, as the audit log keeps it.

@@ -74,7 +74,7 @@ pub fn is_active(k: &KeyRecord, now: i64) -> bool {
 
 pub const KEY_COLUMNS: &str = "id, account_id, name, display_prefix, digest, environment, \
     permissions, ip_allowlist, rate_limit, quota, quota_used, meta, created_at, last_used_at, \
-    expires_at, revoked_at, rotated_from";
+    expires_at, revoked_at, rotated_from, recent_ips";
 
 /// Implements [`crate::Store`] for `$store`, which must have `pool()`, `write()` (a write
 /// transaction) and a `DIALECT` constant.
@@ -163,6 +163,10 @@ macro_rules! sql_store {
                     expires_at: row.try_get("expires_at").map_err(corrupt)?,
                     revoked_at: row.try_get("revoked_at").map_err(corrupt)?,
                     rotated_from: opt_text("rotated_from")?,
+                    recent_ips: opt_text("recent_ips")?
+                        .map(|s| from_json(&s))
+                        .transpose()?
+                        .unwrap_or_default(),
                 })
             }
 
@@ -211,7 +215,7 @@ macro_rules! sql_store {
             async fn insert_key(tx: &mut Tx, k: &KeyRecord) -> Result<()> {
                 sqlx::query(&format!(
                     "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
                 ))
                 .bind(&k.id)
                 .bind(&k.account_id)
@@ -230,6 +234,7 @@ macro_rules! sql_store {
                 .bind(k.expires_at)
                 .bind(k.revoked_at)
                 .bind(&k.rotated_from)
+                .bind(if k.recent_ips.is_empty() { None } else { Some(to_json(&k.recent_ips)?) })
                 .execute(&mut **tx)
                 .await
                 .map_err(db_error)?;
@@ -527,21 +532,73 @@ macro_rules! sql_store {
                     if batch.is_empty() {
                         return Ok(());
                     }
-                    let sql = format!(
-                        "UPDATE api_keys SET last_used_at = {}(COALESCE(last_used_at, 0), $1), \
-                         quota_used = quota_used + $2 WHERE id = $3",
+                    let key_sql = format!(
+                        "UPDATE api_keys SET last_used_at = NULLIF({}(COALESCE(last_used_at, 0), $1), 0), \
+                         quota_used = quota_used + $2, recent_ips = COALESCE($3, recent_ips) WHERE id = $4",
                         $store::DIALECT.greatest
                     );
                     let mut tx = self.write().await?;
                     for u in batch {
-                        sqlx::query(&sql)
+                        let ips = u.recent_ips.as_ref().map(to_json).transpose()?;
+                        sqlx::query(&key_sql)
                             .bind(u.last_used_at)
                             .bind(u.quota_used_delta)
+                            .bind(ips)
                             .bind(&u.key_id)
                             .execute(&mut *tx)
                             .await
                             .map_err(db_error)?;
+                        for c in &u.counts {
+                            sqlx::query(
+                                "INSERT INTO usage_counts (key_id, bucket, outcome, count) VALUES ($1, $2, $3, $4) \
+                                 ON CONFLICT (key_id, bucket, outcome) DO UPDATE SET count = usage_counts.count + excluded.count",
+                            )
+                            .bind(&u.key_id)
+                            .bind(c.bucket)
+                            .bind(&c.outcome)
+                            .bind(c.count)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db_error)?;
+                        }
                     }
+                    tx.commit().await.map_err(db_error)
+                }
+
+                async fn usage_counts(&self, key_id: &str, from: i64, to: i64) -> Result<Vec<crate::UsageCount>> {
+                    let rows = sqlx::query(
+                        "SELECT bucket, outcome, count FROM usage_counts \
+                         WHERE key_id = $1 AND bucket >= $2 AND bucket < $3 ORDER BY bucket, outcome",
+                    )
+                    .bind(key_id)
+                    .bind(from)
+                    .bind(to)
+                    .fetch_all(self.pool())
+                    .await
+                    .map_err(db_error)?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(crate::UsageCount {
+                                bucket: row.try_get("bucket").map_err(corrupt)?,
+                                outcome: row.try_get("outcome").map_err(corrupt)?,
+                                count: row.try_get("count").map_err(corrupt)?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn prune_usage(&self, before: i64) -> Result<u64> {
+                    let done = sqlx::query("DELETE FROM usage_counts WHERE bucket < $1")
+                        .bind(before)
+                        .execute(self.pool())
+                        .await
+                        .map_err(db_error)?;
+                    Ok(done.rows_affected())
+                }
+
+                async fn append_audit(&self, event: &AuditEvent) -> Result<()> {
+                    let mut tx = self.write().await?;
+                    insert_audit(&mut tx, event).await?;
                     tx.commit().await.map_err(db_error)
                 }
 

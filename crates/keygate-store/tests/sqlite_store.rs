@@ -82,6 +82,7 @@ fn key(account_id: &str) -> KeyRecord {
         expires_at: None,
         revoked_at: None,
         rotated_from: None,
+        recent_ips: Vec::new(),
     }
 }
 
@@ -1164,6 +1165,8 @@ async fn rotate_is_one_transaction() {
 
 fn usage(key_id: &str, last_used_at: i64, quota_used_delta: i64) -> UsageUpdate {
     UsageUpdate {
+        counts: Vec::new(),
+        recent_ips: None,
         key_id: key_id.to_owned(),
         last_used_at,
         quota_used_delta,

@@ -69,6 +69,7 @@ pub struct Config {
     pub negative_cache_ttl_seconds: u64,
     pub stale_if_error_seconds: u64,
     pub usage_flush_seconds: u64,
+    pub usage_retention_days: u64,
     pub log: String,
     pub log_format: String,
 }
@@ -93,6 +94,7 @@ impl Default for Config {
             negative_cache_ttl_seconds: 10,
             stale_if_error_seconds: 300,
             usage_flush_seconds: 5,
+            usage_retention_days: 90,
             log: "info".into(),
             log_format: "text".into(),
         }

@@ -50,6 +50,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             cache_ttl: Duration::from_secs(config.cache_ttl_seconds.max(1)),
             negative_cache_ttl: Duration::from_secs(config.negative_cache_ttl_seconds),
             stale_if_error: Duration::from_secs(config.stale_if_error_seconds),
+            usage_retention: Duration::from_secs(config.usage_retention_days.max(1) * 86_400),
         },
     );
     let flusher =

@@ -281,6 +281,7 @@ impl Engine {
                 .bound_expiry(expiry_of(new.expires_at, new.expires_in, now)?, true)?,
             revoked_at: None,
             rotated_from: None,
+            recent_ips: Vec::new(),
         };
         let audit = caller.audit(
             "key.create",
@@ -318,12 +319,15 @@ impl Engine {
     }
 
     fn with_live_usage(&self, mut record: KeyRecord) -> KeyRecord {
-        let cell = self.usage.cell(&record.id, record.quota_used);
+        let cell = self
+            .usage
+            .cell(&record.id, record.quota_used, &record.recent_ips);
         let last = cell.last_used();
         if last > 0 {
             record.last_used_at = Some(record.last_used_at.map_or(last, |t| t.max(last)));
         }
         record.quota_used = cell.quota_used.load(Ordering::Acquire);
+        record.recent_ips = cell.recent_ips();
         record
     }
 
@@ -484,6 +488,7 @@ impl Engine {
             last_used_at: None,
             revoked_at: None,
             rotated_from: Some(old.id.clone()),
+            recent_ips: Vec::new(),
             // The quota spent carries over: rotating is not a way to refill it.
             ..old.clone()
         };

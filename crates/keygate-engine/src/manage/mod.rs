@@ -4,6 +4,7 @@
 
 mod accounts;
 mod keys;
+mod usage;
 mod validate;
 
 use std::net::IpAddr;
@@ -19,6 +20,7 @@ use crate::{now_ms, Engine, Error, Result};
 
 pub use accounts::{AccountPatch, NewAccount};
 pub use keys::{KeyStatus, KeyUpdate, NewKey, Rotated};
+pub use usage::{Granularity, UsageBucket, UsageReport};
 
 /// Who is asking.
 #[derive(Clone, Debug)]

@@ -2,7 +2,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json as JsonOut;
-use keygate_engine::manage::{KeyStatus, KeyUpdate, NewKey};
+use keygate_engine::manage::{Granularity, KeyStatus, KeyUpdate, NewKey};
 use keygate_engine::Error;
 use keygate_store::{Quota, RateLimit};
 use serde::Deserialize;
@@ -165,20 +165,30 @@ pub async fn rotate(
     Ok((StatusCode::CREATED, JsonOut(v)))
 }
 
-/// Usage of one key. For now `last_used_at` and the quota; per-outcome counts come with
-/// usage analytics.
+/// Usage of one key: counts by outcome per hour or day, last use, recent client addresses,
+/// quota. `?from=&to=` (RFC 3339) and `?granularity=hour|day`.
 pub async fn usage(
     State(state): State<AppState>,
     Auth(caller): Auth,
     Id(id): Id,
+    query: Query,
 ) -> Result<impl IntoResponse, ApiError> {
-    let key = state.engine.get_key(&caller, &id).await?;
-    let v = views::key(&key);
-    Ok(JsonOut(json!({
-        "key_id": key.id,
-        "last_used_at": v["last_used_at"],
-        "quota": v["quota"],
-    })))
+    let query = query.only(&["from", "to", "granularity"])?;
+    let granularity = match query.get("granularity") {
+        None => Granularity::Hour,
+        Some(g) => Granularity::parse(g)
+            .ok_or_else(|| Error::validation("granularity", "granularity must be hour or day"))?,
+    };
+    let from = query
+        .get("from")
+        .map(|s| parse_time("from", s))
+        .transpose()?;
+    let to = query.get("to").map(|s| parse_time("to", s)).transpose()?;
+    let report = state
+        .engine
+        .key_usage(&caller, &id, from, to, granularity)
+        .await?;
+    Ok(JsonOut(views::usage(&report)))
 }
 
 pub async fn audit_log(

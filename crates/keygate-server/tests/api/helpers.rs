@@ -93,6 +93,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
             cache_ttl: Duration::from_secs(300),
             negative_cache_ttl: Duration::from_secs(10),
             stale_if_error: Duration::from_secs(300),
+            usage_retention: Duration::from_secs(90 * 86_400),
         },
     );
     engine.spawn_change_listener().await.unwrap();
