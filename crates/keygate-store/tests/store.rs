@@ -1,8 +1,14 @@
-//! Integration tests of the SQLite backend against a real database file.
+//! Integration tests of the store backends against real databases: each test runs on
+//! SQLite (a temporary file) as `sqlite::<name>` and on PostgreSQL (a fresh database on the
+//! server at `KEYGATE_TEST_POSTGRES`) as `postgres::<name>`. Without `KEYGATE_TEST_POSTGRES`
+//! the PostgreSQL runs print that they skipped and pass. A few tests are about one backend
+//! only (SQLite processes opening one file at once; PostgreSQL nodes migrating at once).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use keygate_core::{Environment, KeyDigest, Pepper};
+use keygate_store::postgres::PostgresStore;
 use keygate_store::sqlite::SqliteStore;
 use keygate_store::{
     Account, AuditEvent, KeyPatch, KeyRecord, Quota, RateLimit, Store, StoreError, UsageUpdate,
@@ -19,18 +25,145 @@ fn next() -> u64 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
+// --- the database under test ---------------------------------------------------------------
+
+/// Where a test's database lives; `open` connects to it again (a reopen, or a second node).
+enum TestDb {
+    Sqlite(TempDir),
+    Postgres(String),
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        TestDb::Sqlite(TempDir::new().unwrap())
+    }
+
+    /// A fresh database on the `KEYGATE_TEST_POSTGRES` server, or `None` (and a note on
+    /// stderr) when it is unset.
+    async fn postgres() -> Option<TestDb> {
+        let Ok(server) = std::env::var("KEYGATE_TEST_POSTGRES") else {
+            eprintln!("skipped PostgreSQL: KEYGATE_TEST_POSTGRES unset");
+            return None;
+        };
+        Some(TestDb::Postgres(fresh_postgres_database(&server).await))
+    }
+
+    async fn open(&self) -> Arc<dyn Store> {
+        match self {
+            TestDb::Sqlite(dir) => Arc::new(open(dir).await),
+            TestDb::Postgres(url) => Arc::new(PostgresStore::open(url, true).await.unwrap()),
+        }
+    }
+
+    /// Opens the database again and runs the migrations twice more (nothing to do).
+    async fn open_and_migrate_again(&self) -> Arc<dyn Store> {
+        match self {
+            TestDb::Sqlite(dir) => {
+                let store = open(dir).await;
+                store.migrate().await.unwrap();
+                Arc::new(store)
+            }
+            TestDb::Postgres(url) => {
+                let store = PostgresStore::open(url, true).await.unwrap();
+                store.migrate().await.unwrap();
+                Arc::new(store)
+            }
+        }
+    }
+
+    /// `schema_migrations`, by version.
+    async fn migration_rows(&self) -> Vec<(i64, String)> {
+        const SQL: &str = "SELECT version, name FROM schema_migrations ORDER BY version";
+        match self {
+            TestDb::Sqlite(dir) => sqlite_migration_rows(dir).await,
+            TestDb::Postgres(url) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                let rows = sqlx::query_as(SQL).fetch_all(&pool).await.unwrap();
+                pool.close().await;
+                rows
+            }
+        }
+    }
+}
+
+/// Creates an empty database on `server` (a `postgres://…/db` URL); returns its URL.
+async fn fresh_postgres_database(server: &str) -> String {
+    use sqlx::Connection;
+    let name = format!(
+        "kg_store_test_{}",
+        keygate_core::key::random_hex(8).unwrap()
+    );
+    let mut admin = sqlx::PgConnection::connect(server).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (base, _) = server.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+/// Declares each named test body (`async fn(Arc<dyn Store>, TestDb)`) as a test on each
+/// backend: `sqlite::<name>` and `postgres::<name>`.
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = super::TestDb::sqlite();
+                    let store = db.open().await;
+                    super::$name(store, db).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(db) = super::TestDb::postgres().await else { return };
+                    let store = db.open().await;
+                    super::$name(store, db).await;
+                }
+            )*
+        }
+    };
+}
+
+on_each_backend!(
+    accounts_create_get_list,
+    update_account_changes_name_and_or_plan,
+    every_write_appends_one_audit_event_newest_first_with_pagination,
+    create_key_round_trips_every_field,
+    duplicate_digest_or_id_is_rejected,
+    key_for_unknown_account_is_an_error,
+    cap_counts_only_active_keys,
+    expired_keys_do_not_count_but_future_expiry_does,
+    scheduled_revocation_still_counts_until_it_takes_effect,
+    cap_is_exact_with_60_concurrent_creates,
+    cap_is_exact_with_100_concurrent_creates,
+    update_key_applies_each_field,
+    update_key_refuses_revoked_expired_and_unknown_keys,
+    revoke_is_idempotent_and_keeps_the_first_time,
+    earlier_revocation_wins_over_a_scheduled_one,
+    rotate_inserts_new_key_and_schedules_old_revocation,
+    rotate_refuses_inactive_or_unknown_keys_and_inserts_nothing,
+    rotate_is_one_transaction,
+    record_usage_keeps_max_time_and_adds_counts,
+    concurrent_usage_batches_all_count,
+    settings_insert_if_absent,
+    concurrent_setting_inserts_store_exactly_one,
+    everything_survives_a_reopen,
+    migrations_apply_once,
+);
+
+// --- records -------------------------------------------------------------------------------
+
 fn url(dir: &TempDir) -> String {
     format!("sqlite://{}/t.db", dir.path().display())
 }
 
 async fn open(dir: &TempDir) -> SqliteStore {
     SqliteStore::open(&url(dir)).await.unwrap()
-}
-
-async fn fresh() -> (TempDir, SqliteStore) {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
-    (dir, store)
 }
 
 fn digest(bytes: &[u8]) -> KeyDigest {
@@ -111,7 +244,7 @@ fn full_key(account_id: &str) -> KeyRecord {
 }
 
 /// Creates an account (with its audit event) and returns it.
-async fn add_account(store: &SqliteStore, id: &str) -> Account {
+async fn add_account(store: &Arc<dyn Store>, id: &str) -> Account {
     let a = account(id);
     store
         .create_account(&a, &audit(Some(id), "account.create", Some(id)))
@@ -121,7 +254,7 @@ async fn add_account(store: &SqliteStore, id: &str) -> Account {
 }
 
 /// Inserts `k` without a cap.
-async fn add_key(store: &SqliteStore, k: &KeyRecord) {
+async fn add_key(store: &Arc<dyn Store>, k: &KeyRecord) {
     store
         .create_key(
             k,
@@ -134,7 +267,7 @@ async fn add_key(store: &SqliteStore, k: &KeyRecord) {
 }
 
 async fn create_capped(
-    store: &SqliteStore,
+    store: &Arc<dyn Store>,
     k: &KeyRecord,
     cap: u64,
     now: i64,
@@ -149,18 +282,18 @@ async fn create_capped(
         .await
 }
 
-async fn audit_of(store: &SqliteStore, account_id: &str) -> Vec<AuditEvent> {
+async fn audit_of(store: &Arc<dyn Store>, account_id: &str) -> Vec<AuditEvent> {
     store
         .list_audit(Some(account_id), None, 10_000)
         .await
         .unwrap()
 }
 
-async fn audit_count(store: &SqliteStore, account_id: &str) -> usize {
+async fn audit_count(store: &Arc<dyn Store>, account_id: &str) -> usize {
     audit_of(store, account_id).await.len()
 }
 
-async fn get(store: &SqliteStore, id: &str) -> KeyRecord {
+async fn get(store: &Arc<dyn Store>, id: &str) -> KeyRecord {
     store.get_key(id).await.unwrap().unwrap()
 }
 
@@ -171,9 +304,7 @@ fn without_seq(mut ev: AuditEvent) -> AuditEvent {
 
 // --- 1. accounts and the audit log ---------------------------------------------------------
 
-#[tokio::test]
-async fn accounts_create_get_list() {
-    let (_dir, store) = fresh().await;
+async fn accounts_create_get_list(store: Arc<dyn Store>, _db: TestDb) {
     store.ping().await.unwrap();
     assert!(store.list_accounts().await.unwrap().is_empty());
 
@@ -204,9 +335,7 @@ async fn accounts_create_get_list() {
     assert_eq!(store.get_account("acct_a").await.unwrap(), Some(a));
 }
 
-#[tokio::test]
-async fn update_account_changes_name_and_or_plan() {
-    let (_dir, store) = fresh().await;
+async fn update_account_changes_name_and_or_plan(store: Arc<dyn Store>, _db: TestDb) {
     let a = add_account(&store, "acct_u").await;
 
     let got = store
@@ -284,9 +413,10 @@ async fn update_account_changes_name_and_or_plan() {
     assert_eq!(store.get_account("acct_nope").await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn every_write_appends_one_audit_event_newest_first_with_pagination() {
-    let (_dir, store) = fresh().await;
+async fn every_write_appends_one_audit_event_newest_first_with_pagination(
+    store: Arc<dyn Store>,
+    _db: TestDb,
+) {
     let mut sent = Vec::new();
 
     let a = account("acct_1");
@@ -378,9 +508,7 @@ async fn every_write_appends_one_audit_event_newest_first_with_pagination() {
 
 // --- 2. keys round-trip --------------------------------------------------------------------
 
-#[tokio::test]
-async fn create_key_round_trips_every_field() {
-    let (_dir, store) = fresh().await;
+async fn create_key_round_trips_every_field(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_k").await;
 
     let full = full_key("acct_k");
@@ -421,9 +549,7 @@ async fn create_key_round_trips_every_field() {
     );
 }
 
-#[tokio::test]
-async fn duplicate_digest_or_id_is_rejected() {
-    let (_dir, store) = fresh().await;
+async fn duplicate_digest_or_id_is_rejected(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_d").await;
     let k = key("acct_d");
     add_key(&store, &k).await;
@@ -466,9 +592,7 @@ async fn duplicate_digest_or_id_is_rejected() {
     assert_eq!(audit_count(&store, "acct_d").await, 2);
 }
 
-#[tokio::test]
-async fn key_for_unknown_account_is_an_error() {
-    let (_dir, store) = fresh().await;
+async fn key_for_unknown_account_is_an_error(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_real").await;
 
     for cap in [None, Some(5)] {
@@ -491,9 +615,7 @@ async fn key_for_unknown_account_is_an_error() {
 
 // --- 3. plan caps --------------------------------------------------------------------------
 
-#[tokio::test]
-async fn cap_counts_only_active_keys() {
-    let (_dir, store) = fresh().await;
+async fn cap_counts_only_active_keys(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_c").await;
 
     let k1 = key("acct_c");
@@ -544,9 +666,7 @@ async fn cap_counts_only_active_keys() {
     assert_eq!(store.list_keys(Some("acct_c3")).await.unwrap().len(), 5);
 }
 
-#[tokio::test]
-async fn expired_keys_do_not_count_but_future_expiry_does() {
-    let (_dir, store) = fresh().await;
+async fn expired_keys_do_not_count_but_future_expiry_does(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_e").await;
     // Expired exactly now and in the past: neither counts.
     add_key(
@@ -599,9 +719,10 @@ async fn expired_keys_do_not_count_but_future_expiry_does() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn scheduled_revocation_still_counts_until_it_takes_effect() {
-    let (_dir, store) = fresh().await;
+async fn scheduled_revocation_still_counts_until_it_takes_effect(
+    store: Arc<dyn Store>,
+    _db: TestDb,
+) {
     add_account(&store, "acct_s").await;
     let k = key("acct_s");
     create_capped(&store, &k, 1, NOW).await.unwrap();
@@ -647,8 +768,7 @@ async fn scheduled_revocation_still_counts_until_it_takes_effect() {
 
 // --- 4. caps under concurrency -------------------------------------------------------------
 
-async fn race(n: usize, cap: u64) {
-    let (_dir, store) = fresh().await;
+async fn race(store: Arc<dyn Store>, n: usize, cap: u64) {
     let acct = format!("acct_race_{n}");
     add_account(&store, &acct).await;
 
@@ -686,20 +806,18 @@ async fn race(n: usize, cap: u64) {
     assert_eq!(audit_count(&store, &acct).await as u64, cap + 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cap_is_exact_with_60_concurrent_creates() {
-    race(60, 20).await;
+async fn cap_is_exact_with_60_concurrent_creates(store: Arc<dyn Store>, _db: TestDb) {
+    race(store, 60, 20).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cap_is_exact_with_100_concurrent_creates() {
-    race(100, 20).await;
+async fn cap_is_exact_with_100_concurrent_creates(store: Arc<dyn Store>, _db: TestDb) {
+    race(store, 100, 20).await;
 }
 
 // --- 5. update_key -------------------------------------------------------------------------
 
 async fn patch(
-    store: &SqliteStore,
+    store: &Arc<dyn Store>,
     id: &str,
     p: &KeyPatch,
     now: i64,
@@ -712,9 +830,7 @@ async fn patch(
 /// A patch and what it should do to the record.
 type PatchStep = (KeyPatch, fn(&mut KeyRecord));
 
-#[tokio::test]
-async fn update_key_applies_each_field() {
-    let (_dir, store) = fresh().await;
+async fn update_key_applies_each_field(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_p").await;
     let mut expect = key("acct_p");
     add_key(&store, &expect).await;
@@ -841,9 +957,7 @@ async fn update_key_applies_each_field() {
     assert_eq!(got.revoked_at, Some(NOW + 10));
 }
 
-#[tokio::test]
-async fn update_key_refuses_revoked_expired_and_unknown_keys() {
-    let (_dir, store) = fresh().await;
+async fn update_key_refuses_revoked_expired_and_unknown_keys(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_p").await;
     let everything = KeyPatch {
         name: Some("changed".into()),
@@ -929,15 +1043,13 @@ async fn update_key_refuses_revoked_expired_and_unknown_keys() {
 
 // --- 6. revoke_key -------------------------------------------------------------------------
 
-async fn revoke(store: &SqliteStore, id: &str, at: i64) -> Result<KeyRecord, StoreError> {
+async fn revoke(store: &Arc<dyn Store>, id: &str, at: i64) -> Result<KeyRecord, StoreError> {
     store
         .revoke_key(id, at, &audit(Some("acct_r"), "key.revoke", Some(id)))
         .await
 }
 
-#[tokio::test]
-async fn revoke_is_idempotent_and_keeps_the_first_time() {
-    let (_dir, store) = fresh().await;
+async fn revoke_is_idempotent_and_keeps_the_first_time(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_r").await;
     let k = full_key("acct_r");
     let k = KeyRecord {
@@ -971,9 +1083,7 @@ async fn revoke_is_idempotent_and_keeps_the_first_time() {
     assert_eq!(audit_count(&store, "acct_r").await, 3);
 }
 
-#[tokio::test]
-async fn earlier_revocation_wins_over_a_scheduled_one() {
-    let (_dir, store) = fresh().await;
+async fn earlier_revocation_wins_over_a_scheduled_one(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_r").await;
     let k = key("acct_r");
     add_key(&store, &k).await;
@@ -1002,7 +1112,7 @@ async fn earlier_revocation_wins_over_a_scheduled_one() {
 // --- 7. rotate_key -------------------------------------------------------------------------
 
 async fn rotate(
-    store: &SqliteStore,
+    store: &Arc<dyn Store>,
     old_id: &str,
     new_key: &KeyRecord,
     revoke_old_at: i64,
@@ -1033,9 +1143,7 @@ fn successor(old: &KeyRecord) -> KeyRecord {
     }
 }
 
-#[tokio::test]
-async fn rotate_inserts_new_key_and_schedules_old_revocation() {
-    let (_dir, store) = fresh().await;
+async fn rotate_inserts_new_key_and_schedules_old_revocation(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_rot").await;
     let old = KeyRecord {
         revoked_at: None,
@@ -1079,9 +1187,10 @@ async fn rotate_inserts_new_key_and_schedules_old_revocation() {
     assert_eq!(get(&store, &n.id).await, n);
 }
 
-#[tokio::test]
-async fn rotate_refuses_inactive_or_unknown_keys_and_inserts_nothing() {
-    let (_dir, store) = fresh().await;
+async fn rotate_refuses_inactive_or_unknown_keys_and_inserts_nothing(
+    store: Arc<dyn Store>,
+    _db: TestDb,
+) {
     add_account(&store, "acct_rot").await;
 
     let revoked = KeyRecord {
@@ -1136,9 +1245,7 @@ async fn rotate_refuses_inactive_or_unknown_keys_and_inserts_nothing() {
     assert_eq!(store.list_keys(Some("acct_rot")).await.unwrap().len(), 4);
 }
 
-#[tokio::test]
-async fn rotate_is_one_transaction() {
-    let (_dir, store) = fresh().await;
+async fn rotate_is_one_transaction(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_tx").await;
     let taken = key("acct_tx");
     let old = key("acct_tx");
@@ -1173,9 +1280,7 @@ fn usage(key_id: &str, last_used_at: i64, quota_used_delta: i64) -> UsageUpdate 
     }
 }
 
-#[tokio::test]
-async fn record_usage_keeps_max_time_and_adds_counts() {
-    let (_dir, store) = fresh().await;
+async fn record_usage_keeps_max_time_and_adds_counts(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_use").await;
     let a = key("acct_use");
     let b = full_key("acct_use"); // last_used_at NOW - 1000, quota_used 17
@@ -1241,9 +1346,7 @@ async fn record_usage_keeps_max_time_and_adds_counts() {
     assert_eq!(audit_count(&store, "acct_use").await, 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_usage_batches_all_count() {
-    let (_dir, store) = fresh().await;
+async fn concurrent_usage_batches_all_count(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_cu").await;
     let k = key("acct_cu");
     add_key(&store, &k).await;
@@ -1266,9 +1369,7 @@ async fn concurrent_usage_batches_all_count() {
 
 // --- 9. persistence, migrations, settings --------------------------------------------------
 
-#[tokio::test]
-async fn settings_insert_if_absent() {
-    let (dir, store) = fresh().await;
+async fn settings_insert_if_absent(store: Arc<dyn Store>, db: TestDb) {
     assert_eq!(store.get_setting("pepper").await.unwrap(), None);
     assert!(store
         .insert_setting_if_absent("pepper", "first")
@@ -1293,7 +1394,7 @@ async fn settings_insert_if_absent() {
     );
 
     drop(store);
-    let store = open(&dir).await;
+    let store = db.open().await;
     assert_eq!(
         store.get_setting("pepper").await.unwrap().as_deref(),
         Some("first")
@@ -1308,9 +1409,7 @@ async fn settings_insert_if_absent() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_setting_inserts_store_exactly_one() {
-    let (_dir, store) = fresh().await;
+async fn concurrent_setting_inserts_store_exactly_one(store: Arc<dyn Store>, _db: TestDb) {
     let mut tasks = Vec::new();
     for i in 0..16 {
         let store = store.clone();
@@ -1337,10 +1436,7 @@ async fn concurrent_setting_inserts_store_exactly_one() {
     );
 }
 
-#[tokio::test]
-async fn everything_survives_a_reopen() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn everything_survives_a_reopen(store: Arc<dyn Store>, db: TestDb) {
     let acct = add_account(&store, "acct_p1").await;
     let full = KeyRecord {
         revoked_at: None,
@@ -1383,7 +1479,7 @@ async fn everything_survives_a_reopen() {
     assert_eq!(log.len(), 6);
     drop(store);
 
-    let store = open(&dir).await;
+    let store = db.open().await;
     store.ping().await.unwrap();
     assert_eq!(store.list_accounts().await.unwrap(), accounts);
     assert_eq!(store.list_keys(None).await.unwrap(), keys);
@@ -1407,7 +1503,7 @@ async fn everything_survives_a_reopen() {
     assert!(newest[0].seq > log[0].seq);
 }
 
-async fn migration_rows(dir: &TempDir) -> Vec<(i64, String)> {
+async fn sqlite_migration_rows(dir: &TempDir) -> Vec<(i64, String)> {
     let pool = sqlx::SqlitePool::connect(&url(dir)).await.unwrap();
     let rows = sqlx::query_as("SELECT version, name FROM schema_migrations ORDER BY version")
         .fetch_all(&pool)
@@ -1417,38 +1513,34 @@ async fn migration_rows(dir: &TempDir) -> Vec<(i64, String)> {
     rows
 }
 
-#[tokio::test]
-async fn migrations_apply_once() {
-    let dir = TempDir::new().unwrap();
-    let first = open(&dir).await;
+/// Each migration recorded once, in order from 1 (`init`), with none missing.
+fn assert_migrations_recorded_once(rows: &[(i64, String)]) {
+    assert!(rows.len() >= 2, "{rows:?}");
+    assert_eq!(rows[0], (1, "init".to_owned()));
+    let versions: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let expect: Vec<i64> = (1..=rows.len() as i64).collect();
+    assert_eq!(versions, expect, "each migration recorded once: {rows:?}");
+}
+
+async fn migrations_apply_once(first: Arc<dyn Store>, db: TestDb) {
     add_account(&first, "acct_m").await;
-    // Open the same file again while the first store is still open, then migrate again.
-    let second = open(&dir).await;
-    second.migrate().await.unwrap();
-    first.migrate().await.unwrap();
+    let applied = db.migration_rows().await;
+    assert_migrations_recorded_once(&applied);
+    // Open the same database again while the first store is still open, and migrate again.
+    let second = db.open_and_migrate_again().await;
     assert_eq!(
         second.get_account("acct_m").await.unwrap(),
         Some(account("acct_m"))
     );
     drop(first);
     drop(second);
-    let third = open(&dir).await;
+    let third = db.open().await;
     assert_eq!(
         third.list_accounts().await.unwrap(),
         vec![account("acct_m")]
     );
     drop(third);
-
-    let rows = migration_rows(&dir).await;
-    assert!(!rows.is_empty());
-    let mut versions: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    versions.dedup();
-    assert_eq!(
-        versions.len(),
-        rows.len(),
-        "each migration recorded once: {rows:?}"
-    );
-    assert_eq!(rows[0], (1, "init".to_owned()));
+    assert_eq!(db.migration_rows().await, applied);
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -1470,7 +1562,7 @@ fn open_concurrently(dir: &TempDir, n: usize, round: usize) -> Vec<StoreError> {
                 s.spawn(move || {
                     runtime().block_on(async move {
                         barrier.wait();
-                        let store = SqliteStore::open(u).await?;
+                        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(u).await?);
                         add_account(&store, &format!("acct_r{round}_{i}")).await;
                         Ok::<(), StoreError>(())
                     })
@@ -1488,7 +1580,7 @@ async fn check_after_concurrent_opens(dir: &TempDir, accounts: usize) {
     let store = open(dir).await;
     assert_eq!(store.list_accounts().await.unwrap().len(), accounts);
     drop(store);
-    assert_eq!(migration_rows(dir).await, vec![(1, "init".to_owned())]);
+    assert_migrations_recorded_once(&sqlite_migration_rows(dir).await);
 }
 
 /// Processes starting together on an existing database file all open it.
@@ -1515,4 +1607,28 @@ fn concurrent_first_opens_of_a_new_file_all_succeed() {
         assert!(errors.is_empty(), "round {round}: {errors:?}");
         runtime().block_on(check_after_concurrent_opens(&dir, 4));
     }
+}
+
+/// Several PostgreSQL nodes starting at once on a new database all migrate it (one after
+/// the other, under an advisory lock), and each migration is recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_nodes_migrating_a_new_database_at_once_all_succeed() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let TestDb::Postgres(url) = &db else {
+        unreachable!()
+    };
+    // Four nodes on one task: their connections and migrations interleave all the same.
+    let node = |i: usize| async move {
+        let store: Arc<dyn Store> = Arc::new(PostgresStore::open(url, true).await?);
+        add_account(&store, &format!("acct_node_{i}")).await;
+        Ok::<(), StoreError>(())
+    };
+    let started = tokio::join!(node(0), node(1), node(2), node(3));
+    for result in [started.0, started.1, started.2, started.3] {
+        result.unwrap();
+    }
+    assert_migrations_recorded_once(&db.migration_rows().await);
+    assert_eq!(db.open().await.list_accounts().await.unwrap().len(), 4);
 }
