@@ -29,6 +29,8 @@ pub struct CachedKey {
     pub(crate) corrupt: bool,
     /// When this copy was read from the store.
     pub(crate) fetched_at: std::time::Instant,
+    /// The account plan's rate limit, for a key without its own.
+    pub(crate) plan_rate_limit: Option<RateLimit>,
 }
 
 impl CachedKey {
@@ -44,8 +46,9 @@ impl CachedKey {
         self.record.environment
     }
 
+    /// The key's own rate limit, or its plan's.
     pub fn rate_limit(&self) -> Option<RateLimit> {
-        self.record.rate_limit
+        self.record.rate_limit.or(self.plan_rate_limit)
     }
 
     pub fn quota(&self) -> Option<Quota> {
@@ -157,7 +160,11 @@ impl KeyCache {
 }
 
 impl CachedKey {
-    pub(crate) fn from_record(record: KeyRecord, usage: Arc<KeyUsage>) -> CachedKey {
+    pub(crate) fn from_record(
+        record: KeyRecord,
+        usage: Arc<KeyUsage>,
+        plan_rate_limit: Option<RateLimit>,
+    ) -> CachedKey {
         let permissions = PermissionSet::parse(&record.permissions);
         let ip_allowlist = IpAllowlist::parse(&record.ip_allowlist);
         let corrupt = permissions.is_err() || ip_allowlist.is_err();
@@ -171,6 +178,7 @@ impl CachedKey {
             usage,
             corrupt,
             fetched_at: std::time::Instant::now(),
+            plan_rate_limit,
         }
     }
 }

@@ -2,19 +2,24 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use keygate_core::{KeyFormat, Pepper, RouteTable};
+use keygate_store::RateLimit;
 
 /// Plans and how many active keys each allows (`None`: unlimited).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plans {
     caps: BTreeMap<String, Option<u64>>,
+    rate_limits: BTreeMap<String, RateLimit>,
     default_plan: String,
 }
 
 impl Plans {
     /// `default_plan` must be one of `caps`.
     pub fn new(caps: BTreeMap<String, Option<u64>>, default_plan: String) -> Option<Plans> {
-        caps.contains_key(&default_plan)
-            .then_some(Plans { caps, default_plan })
+        caps.contains_key(&default_plan).then_some(Plans {
+            caps,
+            rate_limits: BTreeMap::new(),
+            default_plan,
+        })
     }
 
     /// The reference plans: basic 2, pro 20, unlimited.
@@ -26,8 +31,24 @@ impl Plans {
         ]);
         Plans {
             caps,
+            rate_limits: BTreeMap::new(),
             default_plan: "basic".to_owned(),
         }
+    }
+
+    /// Sets the rate limit keys of `plan` get when they have none of their own.
+    pub fn with_rate_limit(mut self, plan: &str, limit: RateLimit) -> Plans {
+        self.rate_limits.insert(plan.to_owned(), limit);
+        self
+    }
+
+    /// The default rate limit of `plan`'s keys.
+    pub fn rate_limit(&self, plan: &str) -> Option<RateLimit> {
+        self.rate_limits.get(plan).copied()
+    }
+
+    pub fn has_rate_limits(&self) -> bool {
+        !self.rate_limits.is_empty()
     }
 
     pub fn default_plan(&self) -> &str {

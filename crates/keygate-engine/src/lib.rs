@@ -14,6 +14,7 @@ mod config;
 mod error;
 mod ids;
 pub mod manage;
+mod metrics;
 mod ratelimit;
 mod usage;
 mod verify;
@@ -28,7 +29,8 @@ pub use cache::CachedKey;
 pub use clock::now_ms;
 pub use config::{EngineConfig, Plans};
 pub use error::{Error, Result};
-pub use ratelimit::RateLimitStatus;
+pub use metrics::Metrics;
+pub use ratelimit::{FailureThrottle, RateLimitStatus};
 pub use verify::{Verdict, VerifyRequest};
 
 /// The engine: one per process, shared by every edge.
@@ -45,6 +47,7 @@ pub struct Engine {
     /// When usage older than the retention was last deleted (unix ms).
     last_prune: std::sync::atomic::AtomicI64,
     usage: usage::UsageRecorder,
+    metrics: Metrics,
     started: std::time::Instant,
     /// Tells background tasks to finish what they are doing and stop.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -68,6 +71,7 @@ impl Engine {
             usage_retention: config.usage_retention,
             last_prune: std::sync::atomic::AtomicI64::new(0),
             usage: usage::UsageRecorder::default(),
+            metrics: Metrics::default(),
             started: std::time::Instant::now(),
             stopping: tokio::sync::watch::channel(false).0,
         })
@@ -89,6 +93,15 @@ impl Engine {
         &self.pepper
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The Prometheus text for `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(self.cache.entry_count(), now_ms())
+    }
+
     /// Is the store reachable?
     pub async fn ready(&self) -> Result<()> {
         Ok(self.store.ping().await?)
@@ -98,7 +111,20 @@ impl Engine {
     /// background task and once at shutdown. Once an hour it also deletes counts older
     /// than the retention.
     pub async fn flush_usage(&self) -> Result<usize> {
-        let written = self.usage.flush(self.store.as_ref()).await?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let written = match self.usage.flush(self.store.as_ref()).await {
+            Ok(n) => {
+                self.metrics.usage_flushes.fetch_add(1, Relaxed);
+                self.metrics
+                    .usage_flushed_at
+                    .store(now_ms() as u64, Relaxed);
+                n
+            }
+            Err(e) => {
+                self.metrics.usage_flush_errors.fetch_add(1, Relaxed);
+                return Err(e);
+            }
+        };
         let now = now_ms();
         let last = self.last_prune.load(std::sync::atomic::Ordering::Relaxed);
         if now - last >= usage::HOUR_MS {

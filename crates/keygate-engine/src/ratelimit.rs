@@ -68,6 +68,70 @@ impl Gcra {
     }
 }
 
+impl Gcra {
+    /// Would a request at `now` be refused? Seconds until it would not; takes nothing.
+    pub fn blocked_for(&self, limit: RateLimit, now: u64) -> Option<u64> {
+        let requests = limit.requests.max(1);
+        let interval = ((limit.per_seconds.max(1) as u128 * NS) / requests as u128).max(1) as u64;
+        let tolerance = interval.saturating_mul(requests as u64);
+        let ahead = self
+            .tat
+            .load(Ordering::Relaxed)
+            .max(now)
+            .saturating_add(interval)
+            - now;
+        (ahead > tolerance).then(|| ceil_secs(ahead - tolerance).max(1))
+    }
+}
+
+/// Failed authentications per client address: after `limit` failures, the address is
+/// refused (429) until the bucket drains. Guessing keys costs the guesser, not the store.
+pub struct FailureThrottle {
+    limit: RateLimit,
+    buckets: moka::sync::Cache<std::net::IpAddr, std::sync::Arc<Gcra>>,
+    started: std::time::Instant,
+}
+
+impl std::fmt::Debug for FailureThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailureThrottle")
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+impl FailureThrottle {
+    pub fn new(limit: RateLimit) -> FailureThrottle {
+        FailureThrottle {
+            limit,
+            buckets: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(std::time::Duration::from_secs(
+                    u64::from(limit.per_seconds.max(1)) * 2,
+                ))
+                .build(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    /// Seconds `ip` must wait, if it has failed too often.
+    pub fn blocked_for(&self, ip: std::net::IpAddr) -> Option<u64> {
+        self.buckets.get(&ip)?.blocked_for(self.limit, self.now())
+    }
+
+    /// Counts one failed authentication from `ip`.
+    pub fn note_failure(&self, ip: std::net::IpAddr) {
+        let bucket = self
+            .buckets
+            .get_with(ip, || std::sync::Arc::new(Gcra::default()));
+        bucket.check(self.limit, self.now());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +154,24 @@ mod tests {
         // One interval (20 s) later, one more request fits.
         assert!(g.check(limit, now + 20 * SEC).retry_after_seconds.is_none());
         assert!(g.check(limit, now + 20 * SEC).retry_after_seconds.is_some());
+    }
+
+    #[test]
+    fn failures_block_an_address_then_drain() {
+        let t = FailureThrottle::new(RateLimit {
+            requests: 3,
+            per_seconds: 1,
+        });
+        let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let other: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(t.blocked_for(ip), None);
+            t.note_failure(ip);
+        }
+        assert_eq!(t.blocked_for(ip), Some(1));
+        assert_eq!(t.blocked_for(other), None);
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert_eq!(t.blocked_for(ip), None);
     }
 
     #[test]

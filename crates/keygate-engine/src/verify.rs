@@ -2,6 +2,7 @@
 //! limit → quota → usage. On a cache hit nothing here waits on I/O.
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use keygate_core::policy::{decide, KeyPolicy, RequestFacts};
@@ -44,6 +45,19 @@ impl Engine {
     /// Verifies a credential. `Err` only when the store is needed and cannot answer: the
     /// caller must then not claim the key is invalid (answer 503).
     pub async fn verify(&self, request: &VerifyRequest<'_>) -> Result<Verdict> {
+        let started = std::time::Instant::now();
+        let verdict = self.verify_uncounted(request).await;
+        self.metrics.observe_latency(started.elapsed());
+        match &verdict {
+            Ok(v) => self.metrics.count_outcome(v.outcome),
+            Err(_) => {
+                self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        verdict
+    }
+
+    async fn verify_uncounted(&self, request: &VerifyRequest<'_>) -> Result<Verdict> {
         if self.format.parse(request.key).is_err() {
             return Ok(Verdict::refused(Outcome::MalformedKey));
         }
@@ -64,11 +78,18 @@ impl Engine {
     /// younger than TTL + stale-if-error, and after that the answer is "unavailable".
     async fn lookup(&self, digest: KeyDigest) -> Result<Option<Arc<CachedKey>>> {
         let stale = match self.cache.get(&digest) {
-            Lookup::Hit(key) if key.fetched_at.elapsed() <= self.cache_ttl => return Ok(Some(key)),
+            Lookup::Hit(key) if key.fetched_at.elapsed() <= self.cache_ttl => {
+                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(key));
+            }
+            Lookup::Unknown => {
+                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
             Lookup::Hit(key) => Some(key),
-            Lookup::Unknown => return Ok(None),
             Lookup::Miss => None,
         };
+        self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
         let ticket = self.cache.ticket();
         let record = match self.store.find_key_by_digest(&digest).await {
             Ok(record) => record,
@@ -78,18 +99,40 @@ impl Engine {
                         if key.fetched_at.elapsed() <= self.cache_ttl + self.stale_if_error =>
                     {
                         tracing::warn!(error = %e, "store unavailable; serving a cached key");
+                        self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
                         Ok(Some(key))
                     }
                     _ => Err(Error::Unavailable(e.to_string())),
                 };
             }
         };
-        let key = record.map(|r| {
-            let usage = self.usage.cell(&r.id, r.quota_used, &r.recent_ips);
-            Arc::new(CachedKey::from_record(r, usage))
-        });
+        let key = match record {
+            Some(r) => {
+                let plan_rate_limit = self.plan_rate_limit(&r).await?;
+                let usage = self.usage.cell(&r.id, r.quota_used, &r.recent_ips);
+                Some(Arc::new(CachedKey::from_record(r, usage, plan_rate_limit)))
+            }
+            None => None,
+        };
         self.cache.fill(ticket, digest, key.clone());
         Ok(key)
+    }
+
+    /// The default rate limit of the key's account plan, when plans have any and the key
+    /// has none of its own (one more store read, on cache fills only).
+    async fn plan_rate_limit(
+        &self,
+        record: &keygate_store::KeyRecord,
+    ) -> Result<Option<keygate_store::RateLimit>> {
+        if record.rate_limit.is_some() || !self.plans.has_rate_limits() {
+            return Ok(None);
+        }
+        let account = self
+            .store
+            .get_account(&record.account_id)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        Ok(account.and_then(|a| self.plans.rate_limit(&a.plan)))
     }
 
     fn check(&self, key: Arc<CachedKey>, request: &VerifyRequest<'_>) -> Verdict {

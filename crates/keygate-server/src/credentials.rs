@@ -132,7 +132,7 @@ mod tests {
         ] {
             assert!(matches!(
                 key_from_headers(&h),
-                Err(ApiError::Outcome(Outcome::MalformedKey, None))
+                Err(ApiError::Edge(Outcome::MalformedKey))
             ));
         }
     }

@@ -12,8 +12,13 @@ use crate::middleware::current_request_id;
 #[derive(Debug)]
 pub enum ApiError {
     Engine(Error),
-    /// A verification outcome other than valid (forward-auth, key-authenticated calls).
+    /// A verification outcome other than valid, from the engine (forward-auth,
+    /// key-authenticated calls); the engine counted it already.
     Outcome(Outcome, Option<keygate_engine::RateLimitStatus>),
+    /// An outcome decided at the HTTP edge (no key, key in the URL, unreadable header).
+    Edge(Outcome),
+    /// Too many failed authentications from this address.
+    Throttled(u64),
     /// Authorization present but neither the admin token nor a key.
     BadAdminCredentials,
     /// Two different keys in one request.
@@ -40,9 +45,17 @@ impl From<Error> for ApiError {
 
 impl From<Outcome> for ApiError {
     fn from(o: Outcome) -> Self {
-        ApiError::Outcome(o, None)
+        ApiError::Edge(o)
     }
 }
+
+/// Marks an answer whose outcome the edge decided, for the metrics middleware to count.
+#[derive(Clone, Copy, Debug)]
+pub struct EdgeOutcome(pub Outcome);
+
+/// Marks an answer to a failed authentication, for the failed-auth throttle.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthFailed;
 
 /// The JSON error body every failure shares.
 pub fn error_response(
@@ -65,6 +78,9 @@ pub fn error_response(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static(r#"Bearer error="invalid_token""#),
         );
+        if code != Outcome::MissingCredentials.code() {
+            response.extensions_mut().insert(AuthFailed);
+        }
     }
     response
 }
@@ -86,6 +102,23 @@ impl IntoResponse for ApiError {
         use StatusCode as S;
         match self {
             ApiError::Outcome(o, rate) => outcome_response(o, rate),
+            ApiError::Edge(o) => {
+                let mut response = outcome_response(o, None);
+                response.extensions_mut().insert(EdgeOutcome(o));
+                response
+            }
+            ApiError::Throttled(secs) => {
+                let mut response = error_response(
+                    S::TOO_MANY_REQUESTS,
+                    "too_many_failed_attempts",
+                    "Too many failed authentication attempts from your address; try again later",
+                    None,
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                response
+            }
             ApiError::Engine(e) => match e {
                 Error::Validation { field, message } => {
                     error_response(S::BAD_REQUEST, "validation_error", &message, Some(&field))

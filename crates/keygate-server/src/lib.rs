@@ -7,7 +7,9 @@
 
 mod client_ip;
 mod credentials;
+mod dashboard;
 mod error;
+pub mod gateway;
 mod json;
 mod middleware;
 mod openapi;
@@ -23,6 +25,59 @@ use keygate_engine::{AdminToken, Engine};
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
+pub use gateway::{gateway_router, serve_gateway, GatewayConfig};
+
+/// Internals the fuzz targets in `fuzz/` drive directly. Not an API: no stability promise.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::credentials::{decode, key_from_headers, query_carries_key};
+    pub use crate::middleware::redact;
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use keygate_core::{KeyFormat, Pepper, Route, RouteTable};
+    use keygate_engine::{AdminToken, Engine, EngineConfig, Plans};
+
+    use crate::{AppState, HttpConfig};
+
+    /// A complete state over the SQLite file at `url`, with the reference plans, a `kg`
+    /// key format, one route (`POST /api/v1/invoices/{id}/send`) and `verify_token`.
+    /// Returns the state and the admin token.
+    pub async fn sqlite_state(
+        url: &str,
+        verify_token: &str,
+    ) -> Result<(AppState, String), Box<dyn std::error::Error>> {
+        let store = keygate_store::sqlite::SqliteStore::open(url).await?;
+        let (pepper, _) = Pepper::generate()?;
+        let (admin_token, admin) = AdminToken::generate(&pepper)?;
+        let engine = Engine::new(
+            Arc::new(store),
+            EngineConfig {
+                key_format: KeyFormat::new("kg", true)?,
+                pepper: pepper.clone(),
+                routes: RouteTable::new(vec![Route::new(
+                    "POST",
+                    "/api/v1/invoices/{id}/send",
+                    "invoices.send",
+                )?]),
+                plans: Plans::reference(),
+                cache_capacity: 10_000,
+                cache_ttl: Duration::from_secs(300),
+                negative_cache_ttl: Duration::from_secs(10),
+                stale_if_error: Duration::from_secs(300),
+                usage_retention: Duration::from_secs(86_400),
+            },
+        );
+        let state = AppState {
+            engine,
+            admin,
+            verify_token: Some(AdminToken::from_secret(&pepper, verify_token)),
+            http: Arc::new(HttpConfig::default()),
+        };
+        Ok((state, admin_token))
+    }
+}
 
 /// How the HTTP edge behaves.
 #[derive(Clone, Debug)]
@@ -33,6 +88,8 @@ pub struct HttpConfig {
     pub header_limit: usize,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Refuses addresses that failed to authenticate too often (`None`: off).
+    pub failed_auth: Option<Arc<keygate_engine::FailureThrottle>>,
 }
 
 impl Default for HttpConfig {
@@ -41,6 +98,7 @@ impl Default for HttpConfig {
             body_limit: 64 * 1024,
             header_limit: 16 * 1024,
             trusted_proxies: Vec::new(),
+            failed_auth: None,
         }
     }
 }

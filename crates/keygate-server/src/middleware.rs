@@ -10,7 +10,13 @@ use axum::response::{IntoResponse, Response};
 use keygate_core::key::random_hex;
 use keygate_core::Outcome;
 
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::ConnectInfo;
+
+use crate::client_ip::client_ip;
 use crate::credentials::query_carries_key;
+use crate::error::{AuthFailed, EdgeOutcome};
 use crate::{ApiError, AppState};
 
 tokio::task_local! {
@@ -86,10 +92,19 @@ pub async fn request_context(
             let method = request.method().clone();
             let prefix = state.engine.key_format().prefix().to_owned();
             let path = redact(request.uri().path(), &prefix);
-            let mut response = match precheck(&state, &request) {
+            let throttled_ip = throttled_address(&state, &request);
+            let mut response = match precheck(&state, &request, throttled_ip) {
                 Err(e) => e.into_response(),
                 Ok(()) => next.run(request).await,
             };
+            if let Some(EdgeOutcome(outcome)) = response.extensions().get::<EdgeOutcome>() {
+                state.engine.metrics().count_outcome(*outcome);
+            }
+            if response.extensions().get::<AuthFailed>().is_some() {
+                if let (Some(throttle), Some(ip)) = (&state.http.failed_auth, throttled_ip) {
+                    throttle.note_failure(ip);
+                }
+            }
             if let Ok(v) = HeaderValue::from_str(&id) {
                 response.headers_mut().insert("x-request-id", v);
             }
@@ -106,7 +121,30 @@ pub async fn request_context(
         .await
 }
 
-fn precheck(state: &AppState, request: &Request) -> Result<(), ApiError> {
+/// The address failed authentications are counted against: the client, unless it is a
+/// trusted proxy itself (then every client behind it would share one bucket).
+fn throttled_address(state: &AppState, request: &Request) -> Option<IpAddr> {
+    state.http.failed_auth.as_ref()?;
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let trusted = &state.http.trusted_proxies;
+    let ip = client_ip(peer, request.headers(), trusted)?;
+    (!trusted.iter().any(|n| n.contains(&ip))).then_some(ip)
+}
+
+fn precheck(
+    state: &AppState,
+    request: &Request,
+    throttled_ip: Option<IpAddr>,
+) -> Result<(), ApiError> {
+    if let (Some(throttle), Some(ip)) = (&state.http.failed_auth, throttled_ip) {
+        if let Some(secs) = throttle.blocked_for(ip) {
+            state.engine.metrics().count_auth_throttled();
+            return Err(ApiError::Throttled(secs));
+        }
+    }
     let header_bytes: usize = request
         .headers()
         .iter()

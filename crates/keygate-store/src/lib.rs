@@ -31,6 +31,19 @@ pub enum Change {
     Resync,
 }
 
+/// Which audit events to list.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AuditQuery<'a> {
+    pub account_id: Option<&'a str>,
+    pub target_id: Option<&'a str>,
+    /// Only events with a sequence number below this (pagination).
+    pub before: Option<i64>,
+    /// Time range, unix milliseconds, `from <= at < to`.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub limit: u32,
+}
+
 /// Everything keygate keeps. Times are unix milliseconds.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -100,11 +113,22 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_usage(&self, before: i64) -> Result<u64>;
     /// Appends an audit event that goes with no other change (e.g. a failed sign-in).
     async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
+    /// Audit events matching `query`, newest first.
+    async fn query_audit(&self, query: &AuditQuery<'_>) -> Result<Vec<AuditEvent>>;
+
     /// Audit events, newest first, at most `limit`, optionally before sequence `before`.
     async fn list_audit(
         &self,
         account_id: Option<&str>,
         before: Option<i64>,
         limit: u32,
-    ) -> Result<Vec<AuditEvent>>;
+    ) -> Result<Vec<AuditEvent>> {
+        self.query_audit(&AuditQuery {
+            account_id,
+            before,
+            limit,
+            ..AuditQuery::default()
+        })
+        .await
+    }
 }

@@ -366,6 +366,10 @@ macro_rules! sql_store {
                     .ok_or(StoreError::NotFound)?;
                     let account = account_from_row(&row)?;
                     insert_audit(&mut tx, audit).await?;
+                    // A plan change can change every key's defaults: nodes drop their caches.
+                    if let Some(sql) = $store::DIALECT.notify_key_change {
+                        sqlx::query(sql).bind("*").execute(&mut *tx).await.map_err(db_error)?;
+                    }
                     tx.commit().await.map_err(db_error)?;
                     Ok(account)
                 }
@@ -602,19 +606,19 @@ macro_rules! sql_store {
                     tx.commit().await.map_err(db_error)
                 }
 
-                async fn list_audit(
-                    &self,
-                    account_id: Option<&str>,
-                    before: Option<i64>,
-                    limit: u32,
-                ) -> Result<Vec<AuditEvent>> {
+                async fn query_audit(&self, q: &crate::AuditQuery<'_>) -> Result<Vec<AuditEvent>> {
                     sqlx::query(
                         "SELECT seq, id, at, account_id, actor, action, target_id, client_ip, details FROM audit_events \
-                         WHERE ($1 IS NULL OR account_id = $1) AND ($2 IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3",
+                         WHERE ($1 IS NULL OR account_id = $1) AND ($2 IS NULL OR target_id = $2) \
+                         AND ($3 IS NULL OR seq < $3) AND ($4 IS NULL OR at >= $4) AND ($5 IS NULL OR at < $5) \
+                         ORDER BY seq DESC LIMIT $6",
                     )
-                    .bind(account_id)
-                    .bind(before)
-                    .bind(i64::from(limit))
+                    .bind(q.account_id)
+                    .bind(q.target_id)
+                    .bind(q.before)
+                    .bind(q.from)
+                    .bind(q.to)
+                    .bind(i64::from(q.limit))
                     .fetch_all(self.pool())
                     .await
                     .map_err(db_error)?

@@ -30,6 +30,15 @@ pub struct ServeArgs {
     /// Plan of new accounts [default: basic].
     #[arg(long)]
     pub default_plan: Option<String>,
+    /// Gateway mode: the API to forward verified requests to (`http://host:port[/base]`).
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Gateway mode: where requests with test keys go.
+    #[arg(long)]
+    pub sandbox_upstream: Option<String>,
+    /// Address of the gateway listener [default: 127.0.0.1:8081 when an upstream is set].
+    #[arg(long)]
+    pub gateway_listen: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default, Clone, PartialEq)]
@@ -37,6 +46,8 @@ pub struct ServeArgs {
 pub struct PlanConfig {
     /// Active keys allowed; absent means unlimited.
     pub max_keys: Option<u64>,
+    /// The rate limit of the plan's keys that have none of their own.
+    pub rate_limit: Option<keygate_store::RateLimit>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq)]
@@ -70,8 +81,15 @@ pub struct Config {
     pub stale_if_error_seconds: u64,
     pub usage_flush_seconds: u64,
     pub usage_retention_days: u64,
+    /// Failed authentications allowed per client address, `REQUESTS/SECONDS`, or `off`.
+    pub failed_auth_limit: String,
     pub log: String,
     pub log_format: String,
+    pub upstream: Option<String>,
+    pub sandbox_upstream: Option<String>,
+    pub gateway_listen: Option<String>,
+    pub upstream_timeout_seconds: u64,
+    pub gateway_key_info_path: String,
 }
 
 impl Default for Config {
@@ -95,8 +113,14 @@ impl Default for Config {
             stale_if_error_seconds: 300,
             usage_flush_seconds: 5,
             usage_retention_days: 90,
+            failed_auth_limit: "100/60".into(),
             log: "info".into(),
             log_format: "text".into(),
+            upstream: None,
+            sandbox_upstream: None,
+            gateway_listen: None,
+            upstream_timeout_seconds: 30,
+            gateway_key_info_path: "/v1/api-key-info".into(),
         }
     }
 }
@@ -141,8 +165,12 @@ impl Config {
         set(&mut self.key_prefix, "KEYGATE_KEY_PREFIX");
         set(&mut self.default_plan, "KEYGATE_DEFAULT_PLAN");
         set(&mut self.log, "KEYGATE_LOG");
+        set(&mut self.failed_auth_limit, "KEYGATE_FAILED_AUTH_LIMIT");
         set(&mut self.log_format, "KEYGATE_LOG_FORMAT");
         for (target, name) in [
+            (&mut self.upstream, "KEYGATE_UPSTREAM"),
+            (&mut self.sandbox_upstream, "KEYGATE_SANDBOX_UPSTREAM"),
+            (&mut self.gateway_listen, "KEYGATE_GATEWAY_LISTEN"),
             (&mut self.admin_token, "KEYGATE_ADMIN_TOKEN"),
             (&mut self.verify_token, "KEYGATE_VERIFY_TOKEN"),
             (&mut self.pepper, "KEYGATE_PEPPER"),
@@ -164,6 +192,10 @@ impl Config {
         for (target, name) in [
             (&mut self.cache_ttl_seconds, "KEYGATE_CACHE_TTL_SECONDS"),
             (&mut self.usage_flush_seconds, "KEYGATE_USAGE_FLUSH_SECONDS"),
+            (
+                &mut self.upstream_timeout_seconds,
+                "KEYGATE_UPSTREAM_TIMEOUT_SECONDS",
+            ),
             (
                 &mut self.negative_cache_ttl_seconds,
                 "KEYGATE_NEGATIVE_CACHE_TTL_SECONDS",
@@ -194,6 +226,37 @@ impl Config {
         if let Some(v) = &args.default_plan {
             self.default_plan = v.clone();
         }
+        for (target, flag) in [
+            (&mut self.upstream, &args.upstream),
+            (&mut self.sandbox_upstream, &args.sandbox_upstream),
+            (&mut self.gateway_listen, &args.gateway_listen),
+        ] {
+            if let Some(v) = flag {
+                *target = Some(v.clone());
+            }
+        }
+    }
+
+    /// The gateway listener's address and configuration, or `None` without an upstream.
+    pub fn gateway(&self) -> anyhow::Result<Option<(String, keygate_server::GatewayConfig)>> {
+        let Some(upstream) = &self.upstream else {
+            if self.sandbox_upstream.is_some() || self.gateway_listen.is_some() {
+                bail!("sandbox_upstream and gateway_listen need an upstream (KEYGATE_UPSTREAM or --upstream)");
+            }
+            return Ok(None);
+        };
+        let config = keygate_server::GatewayConfig::new(
+            upstream,
+            self.sandbox_upstream.as_deref(),
+            std::time::Duration::from_secs(self.upstream_timeout_seconds),
+            &self.gateway_key_info_path,
+        )
+        .map_err(|e| anyhow::anyhow!("invalid gateway configuration: {e}"))?;
+        let listen = self
+            .gateway_listen
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:8081".to_owned());
+        Ok(Some((listen, config)))
     }
 
     /// The reference plans, with the file's plans added or overriding them.
@@ -206,12 +269,39 @@ impl Config {
         for (name, plan) in &self.plans {
             caps.insert(name.clone(), plan.max_keys);
         }
-        match keygate_engine::Plans::new(caps, self.default_plan.clone()) {
-            Some(p) => Ok(p),
+        let mut plans = match keygate_engine::Plans::new(caps, self.default_plan.clone()) {
+            Some(p) => p,
             None => bail!(
                 "default plan {:?} is not a configured plan",
                 self.default_plan
             ),
+        };
+        for (name, plan) in &self.plans {
+            if let Some(limit) = plan.rate_limit {
+                if limit.requests == 0 || limit.per_seconds == 0 {
+                    bail!("plans.{name}.rate_limit needs requests and per_seconds of at least 1");
+                }
+                plans = plans.with_rate_limit(name, limit);
+            }
+        }
+        Ok(plans)
+    }
+
+    /// `failed_auth_limit` as a rate limit; `None` when off.
+    pub fn failed_auth_limit(&self) -> anyhow::Result<Option<keygate_store::RateLimit>> {
+        let text = self.failed_auth_limit.trim();
+        if text.eq_ignore_ascii_case("off") || text == "0" {
+            return Ok(None);
+        }
+        let parsed = text.split_once('/').and_then(|(r, s)| {
+            Some(keygate_store::RateLimit {
+                requests: r.trim().parse().ok().filter(|n| *n > 0)?,
+                per_seconds: s.trim().parse().ok().filter(|n| *n > 0)?,
+            })
+        });
+        match parsed {
+            Some(limit) => Ok(Some(limit)),
+            None => bail!("failed_auth_limit must look like 100/60 (failures per seconds) or off, not {text:?}"),
         }
     }
 
@@ -259,7 +349,7 @@ mod tests {
         let path = dir.path().join("keygate.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:1\"\nkey_prefix = \"oim\"\nenv_in_key = false\ndefault_plan = \"pro\"\n[plans.team]\nmax_keys = 50\n[[routes]]\nmethod = \"POST\"\npath = \"/api/v1/invoices/{id}/send\"\npermission = \"invoices.send\"\n",
+            "listen = \"127.0.0.1:1\"\nkey_prefix = \"oim\"\nenv_in_key = false\ndefault_plan = \"pro\"\n[plans.team]\nmax_keys = 50\nrate_limit = { requests = 10, per_seconds = 1 }\n[[routes]]\nmethod = \"POST\"\npath = \"/api/v1/invoices/{id}/send\"\npermission = \"invoices.send\"\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -275,6 +365,20 @@ mod tests {
         assert_eq!(c.plans().unwrap().max_keys("team"), Some(50));
         assert_eq!(c.plans().unwrap().max_keys("basic"), Some(2));
         assert_eq!(c.plans().unwrap().max_keys("unlimited"), None);
+        assert_eq!(
+            c.plans().unwrap().rate_limit("team"),
+            Some(keygate_store::RateLimit {
+                requests: 10,
+                per_seconds: 1
+            })
+        );
+        assert_eq!(
+            c.failed_auth_limit().unwrap(),
+            Some(keygate_store::RateLimit {
+                requests: 100,
+                per_seconds: 60
+            })
+        );
         assert!(c.route_table().is_ok());
 
         let env = |name: &str| match name {
@@ -309,5 +413,61 @@ mod tests {
             ..Config::default()
         };
         assert!(c.plans().is_err());
+    }
+
+    #[test]
+    fn gateway_settings() {
+        let none = |_: &str| None;
+        assert!(Config::load(&ServeArgs::default(), &none)
+            .unwrap()
+            .gateway()
+            .unwrap()
+            .is_none());
+        let env = |name: &str| match name {
+            "KEYGATE_UPSTREAM" => Some("http://127.0.0.1:3000/base/".to_owned()),
+            "KEYGATE_UPSTREAM_TIMEOUT_SECONDS" => Some("5".to_owned()),
+            _ => None,
+        };
+        let args = ServeArgs {
+            sandbox_upstream: Some("http://127.0.0.1:3001".into()),
+            ..Default::default()
+        };
+        let (listen, gw) = Config::load(&args, &env)
+            .unwrap()
+            .gateway()
+            .unwrap()
+            .unwrap();
+        assert_eq!(listen, "127.0.0.1:8081");
+        assert_eq!(gw.upstream.as_str(), "http://127.0.0.1:3000/base");
+        assert_eq!(
+            gw.sandbox_upstream.as_ref().map(|u| u.as_str()),
+            Some("http://127.0.0.1:3001")
+        );
+        assert_eq!(gw.timeout, std::time::Duration::from_secs(5));
+        assert_eq!(gw.key_info_path, "/v1/api-key-info");
+
+        for bad in [
+            "https://api.example.com",
+            "ftp://x",
+            "not a url",
+            "http://u:p@h:1",
+        ] {
+            let c = Config {
+                upstream: Some(bad.into()),
+                ..Config::default()
+            };
+            assert!(c.gateway().is_err(), "{bad}");
+        }
+        let orphan = Config {
+            sandbox_upstream: Some("http://127.0.0.1:3001".into()),
+            ..Config::default()
+        };
+        assert!(orphan.gateway().is_err());
+        let bad_path = Config {
+            upstream: Some("http://127.0.0.1:3000".into()),
+            gateway_key_info_path: "v1/info".into(),
+            ..Config::default()
+        };
+        assert!(bad_path.gateway().is_err());
     }
 }

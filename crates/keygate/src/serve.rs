@@ -32,9 +32,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let routes = config.route_table()?;
     let plans = config.plans()?;
     let trusted_proxies = config.trusted_proxies()?;
+    let failed_auth = config
+        .failed_auth_limit()?
+        .map(|limit| Arc::new(keygate_engine::FailureThrottle::new(limit)));
+    let gateway = config.gateway()?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let gateway = match gateway {
+        Some((listen, gateway_config)) => {
+            let gateway_listener = TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen} (gateway)"))?;
+            Some((gateway_listener, gateway_config))
+        }
+        None => None,
+    };
 
     let store = open_store(&config.database_url, true).await?;
     let pepper = settle_pepper(&config, store.as_ref()).await?;
@@ -69,12 +82,40 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         http: Arc::new(HttpConfig {
             body_limit: config.body_limit_bytes,
             trusted_proxies,
+            failed_auth,
             ..HttpConfig::default()
         }),
     };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, database = %redact_url(&config.database_url), "keygate listening");
-    keygate_server::serve(listener, state, shutdown_signal()).await?;
+    // One signal stops both listeners; each lets its requests in flight finish.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let admin = keygate_server::serve(listener, state.clone(), stopped(stop_rx.clone()));
+    match gateway {
+        Some((gateway_listener, gateway_config)) => {
+            tracing::info!(
+                addr = %gateway_listener.local_addr()?,
+                upstream = gateway_config.upstream.as_str(),
+                sandbox_upstream = gateway_config.sandbox_upstream.as_ref().map(|u| u.as_str()),
+                "gateway listening"
+            );
+            let gateway = keygate_server::serve_gateway(
+                gateway_listener,
+                state,
+                gateway_config,
+                stopped(stop_rx),
+            );
+            tokio::try_join!(admin, gateway)?;
+        }
+        None => admin.await?,
+    }
     // Let a flush in progress finish (aborting it could drop its batch), then flush the rest.
     engine.stop_background();
     if let Err(e) = flusher.await {

@@ -104,13 +104,19 @@ impl Engine {
             Some(id),
             json!({"name": name, "plan": plan}),
         )?;
-        self.store
+        let account = self
+            .store
             .update_account(id, name.as_deref(), plan.as_deref(), &audit)
             .await
             .map_err(|e| match Error::from(e) {
                 Error::NotFound(_) => Error::NotFound("account"),
                 other => other,
-            })
+            })?;
+        if plan.is_some() {
+            // Keys cached with the old plan's defaults must be read again.
+            self.cache.invalidate_all();
+        }
+        Ok(account)
     }
 
     /// Active keys and the cap, for "3 of 20 keys used".

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod keys;
+mod sign_in;
 mod usage;
 mod validate;
 
@@ -11,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use keygate_core::{Outcome, Permission};
-use keygate_store::AuditEvent;
+use keygate_store::{AuditEvent, AuditQuery};
 use serde_json::Value;
 
 use crate::cache::CachedKey;
@@ -126,18 +127,51 @@ impl Engine {
         before: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditEvent>> {
+        let query = AuditQuery {
+            account_id,
+            before,
+            limit,
+            ..AuditQuery::default()
+        };
+        self.audit_events(caller, query).await
+    }
+
+    /// Audit events matching `query`, newest first; a self-service key sees its own
+    /// account's only.
+    pub async fn audit_events(
+        &self,
+        caller: &Caller,
+        mut query: AuditQuery<'_>,
+    ) -> Result<Vec<AuditEvent>> {
         caller.require("api_keys", "read")?;
-        if let Some(id) = account_id {
+        if let Some(id) = query.account_id {
             known_shape(id, "account")?;
         }
-        let account_id = match (caller.own_account(), account_id) {
+        query.account_id = match (caller.own_account(), query.account_id) {
             (Some(own), Some(asked)) if own != asked => return Err(Error::NotFound("account")),
             (Some(own), _) => Some(own),
             (None, asked) => asked,
         };
-        Ok(self
-            .store
-            .list_audit(account_id, before, limit.clamp(1, 1000))
-            .await?)
+        query.limit = query.limit.clamp(1, 1000);
+        Ok(self.store.query_audit(&query).await?)
+    }
+
+    /// Records a failed authentication (a wrong admin token, a failed dashboard sign-in)
+    /// in the audit log. Never fails the request: a store error is logged.
+    pub async fn record_auth_failure(&self, action: &str, client_ip: Option<IpAddr>) {
+        let caller = Caller {
+            actor: Actor::Admin,
+            client_ip,
+        };
+        let event = match caller.audit(action, None, None, serde_json::json!({})) {
+            Ok(mut e) => {
+                e.actor = "anonymous".to_owned();
+                e
+            }
+            Err(_) => return,
+        };
+        if let Err(e) = self.store.append_audit(&event).await {
+            tracing::warn!(error = %e, "could not record a failed authentication");
+        }
     }
 }

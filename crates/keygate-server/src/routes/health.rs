@@ -15,3 +15,14 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
     state.engine.ready().await?;
     Ok(Json(json!({"status": "ready"})))
 }
+
+/// Prometheus metrics. No secrets and no unbounded labels (no key ids).
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.engine.render_metrics(),
+    )
+}

@@ -4,7 +4,7 @@ use axum::response::IntoResponse;
 use axum::Json as JsonOut;
 use keygate_engine::manage::{Granularity, KeyStatus, KeyUpdate, NewKey};
 use keygate_engine::Error;
-use keygate_store::{Quota, RateLimit};
+use keygate_store::{AuditQuery, Quota, RateLimit};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -196,16 +196,23 @@ pub async fn audit_log(
     Auth(caller): Auth,
     query: Query,
 ) -> Result<impl IntoResponse, ApiError> {
-    let query = query.only(&["account_id", "before", "limit"])?;
-    let before = query.number::<i64>("before")?;
-    let limit = query.number::<u32>("limit")?.unwrap_or(100);
-    let events = state
-        .engine
-        .audit_log(&caller, query.get("account_id"), before, limit)
-        .await?;
+    let query = query.only(&["account_id", "target_id", "from", "to", "before", "limit"])?;
+    let limit = query.number::<u32>("limit")?.unwrap_or(100).clamp(1, 1000);
+    let filter = AuditQuery {
+        account_id: query.get("account_id"),
+        target_id: query.get("target_id"),
+        before: query.number::<i64>("before")?,
+        from: query
+            .get("from")
+            .map(|s| parse_time("from", s))
+            .transpose()?,
+        to: query.get("to").map(|s| parse_time("to", s)).transpose()?,
+        limit,
+    };
+    let events = state.engine.audit_events(&caller, filter).await?;
     let next = events
         .last()
-        .filter(|_| events.len() as u32 >= limit.clamp(1, 1000))
+        .filter(|_| events.len() as u32 >= limit)
         .map(|e| e.seq);
     let mut v = views::list(events.iter().map(views::audit).collect());
     v["next_before"] = json!(next);

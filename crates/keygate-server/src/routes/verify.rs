@@ -172,7 +172,7 @@ fn original_request(parts: &Parts) -> (Option<String>, Option<String>) {
     (method, uri)
 }
 
-fn identity_headers(headers: &mut HeaderMap, verdict: &Verdict) {
+pub(crate) fn identity_headers(headers: &mut HeaderMap, verdict: &Verdict) {
     let Some(key) = &verdict.key else { return };
     let pairs = [
         ("x-keygate-key-id", key.id().to_owned()),

@@ -20,6 +20,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub engine: Arc<Engine>,
     pub addr: SocketAddr,
+    /// What the server was started with (to start a gateway on the same engine).
+    pub state: AppState,
     _dir: tempfile::TempDir,
 }
 
@@ -28,6 +30,9 @@ pub struct Options {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub routes: Vec<Route>,
     pub verify_token: Option<String>,
+    pub plans: Plans,
+    /// Failed authentications allowed per address (`None`: no throttling).
+    pub failed_auth: Option<keygate_store::RateLimit>,
 }
 
 impl Default for Options {
@@ -38,6 +43,8 @@ impl Default for Options {
                 Route::new("POST", "/api/v1/invoices/{id}/send", "invoices.send").unwrap(),
             ],
             verify_token: Some("verify-token-for-tests-0123456789".into()),
+            plans: Plans::reference(),
+            failed_auth: None,
         }
     }
 }
@@ -88,7 +95,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
             key_format: KeyFormat::new("kg", true).unwrap(),
             pepper: pepper.clone(),
             routes: RouteTable::new(options.routes),
-            plans: Plans::reference(),
+            plans: options.plans,
             cache_capacity: 10_000,
             cache_ttl: Duration::from_secs(300),
             negative_cache_ttl: Duration::from_secs(10),
@@ -105,6 +112,9 @@ pub async fn spawn_with(options: Options) -> TestApp {
             .map(|t| AdminToken::from_secret(&pepper, &t)),
         http: Arc::new(HttpConfig {
             trusted_proxies: options.trusted_proxies,
+            failed_auth: options
+                .failed_auth
+                .map(|l| Arc::new(keygate_engine::FailureThrottle::new(l))),
             ..HttpConfig::default()
         }),
     };
@@ -112,7 +122,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(keygate_server::serve(
         listener,
-        state,
+        state.clone(),
         std::future::pending(),
     ));
     TestApp {
@@ -121,6 +131,7 @@ pub async fn spawn_with(options: Options) -> TestApp {
         client: reqwest::Client::new(),
         engine,
         addr,
+        state,
         _dir: dir,
     }
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod limits;
 mod lifecycle;
 mod malformed;
 mod outcomes;
