@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use keygate_core::Outcome;
-use keygate_store::{SeenIp, Store, UsageCount, UsageUpdate};
+use keygate_store::{KeyRecord, Quota, Refill, SeenIp, Store, UsageCount, UsageUpdate};
 
 use crate::ratelimit::Gcra;
 use crate::Result;
@@ -41,21 +41,28 @@ pub struct KeyUsage {
     pub(crate) quota_used: AtomicI64,
     /// What the store already has of `quota_used`.
     flushed_quota: AtomicI64,
+    /// When the quota last refilled (unix ms), and whether that is not flushed yet.
+    quota_refilled_at: AtomicI64,
+    refill_dirty: AtomicBool,
     dirty: AtomicBool,
     pending: Mutex<Pending>,
     pub(crate) limiter: Gcra,
 }
 
 impl KeyUsage {
-    pub fn new(key_id: String, stored_quota_used: i64, stored_ips: Vec<SeenIp>) -> KeyUsage {
+    pub fn new(record: &KeyRecord) -> KeyUsage {
         KeyUsage {
-            key_id,
+            key_id: record.id.clone(),
             last_used: AtomicI64::new(0),
-            quota_used: AtomicI64::new(stored_quota_used),
-            flushed_quota: AtomicI64::new(stored_quota_used),
+            quota_used: AtomicI64::new(record.quota_used),
+            flushed_quota: AtomicI64::new(record.quota_used),
+            quota_refilled_at: AtomicI64::new(
+                record.quota_refilled_at.unwrap_or(record.created_at),
+            ),
+            refill_dirty: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             pending: Mutex::new(Pending {
-                recent_ips: stored_ips,
+                recent_ips: record.recent_ips.clone(),
                 ..Pending::default()
             }),
             limiter: Gcra::default(),
@@ -67,14 +74,59 @@ impl KeyUsage {
         self.last_used.load(Ordering::Relaxed)
     }
 
-    /// Spends one unit of a quota of `limit`; false when it is spent. Exact on one node.
-    pub fn try_spend(&self, limit: u64) -> bool {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    /// Spends one unit of `quota` at `now`, after giving back what refills are due; false
+    /// when it is spent. Exact on one node.
+    pub fn try_spend(&self, quota: Quota, now: i64) -> bool {
+        if let Some(refill) = quota.refill {
+            self.refill(refill, now);
+        }
+        let limit = i64::try_from(quota.requests).unwrap_or(i64::MAX);
         self.quota_used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 (used < limit).then_some(used + 1)
             })
             .is_ok()
+    }
+
+    fn refill(&self, refill: Refill, now: i64) {
+        let every = i64::try_from(refill.every.saturating_mul(1000))
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let amount = i64::try_from(refill.amount).unwrap_or(i64::MAX);
+        let at = self.quota_refilled_at.load(Ordering::Acquire);
+        let periods = (now - at) / every;
+        if periods <= 0 {
+            return;
+        }
+        // One thread wins the period; the others see the new time and give back nothing.
+        if self
+            .quota_refilled_at
+            .compare_exchange(
+                at,
+                at + periods * every,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            let back = periods.saturating_mul(amount);
+            let _ = self
+                .quota_used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    Some(used.saturating_sub(back).max(0))
+                });
+            self.refill_dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Restarts the refill clock (a new quota was set).
+    pub(crate) fn restart_refill(&self, at: i64) {
+        self.quota_refilled_at.store(at, Ordering::Release);
+    }
+
+    /// When the quota last refilled (or its refill clock started).
+    pub(crate) fn refilled_at(&self) -> i64 {
+        self.quota_refilled_at.load(Ordering::Acquire)
     }
 
     /// Counts not yet flushed with `from <= bucket < to`.
@@ -135,21 +187,10 @@ pub(crate) struct UsageRecorder {
 impl UsageRecorder {
     /// The usage cell of a key, created from the stored state on first sight. Called on
     /// cache fills and management reads, not per request.
-    pub fn cell(
-        &self,
-        key_id: &str,
-        stored_quota_used: i64,
-        stored_ips: &[SeenIp],
-    ) -> Arc<KeyUsage> {
+    pub fn cell(&self, record: &KeyRecord) -> Arc<KeyUsage> {
         lock(&self.cells)
-            .entry(key_id.to_owned())
-            .or_insert_with(|| {
-                Arc::new(KeyUsage::new(
-                    key_id.to_owned(),
-                    stored_quota_used,
-                    stored_ips.to_vec(),
-                ))
-            })
+            .entry(record.id.clone())
+            .or_insert_with(|| Arc::new(KeyUsage::new(record)))
             .clone()
     }
 
@@ -177,10 +218,12 @@ impl UsageRecorder {
             let mut p = lock(&u.pending);
             let counts = std::mem::take(&mut p.counts);
             let ips_changed = std::mem::take(&mut p.ips_changed);
+            let refilled = u.refill_dirty.swap(false, Ordering::AcqRel);
             updates.push(UsageUpdate {
                 key_id: u.key_id.clone(),
                 last_used_at: u.last_used.load(Ordering::Relaxed),
                 quota_used_delta: used - u.flushed_quota.load(Ordering::Acquire),
+                quota_refilled_at: refilled.then(|| u.quota_refilled_at.load(Ordering::Acquire)),
                 counts: counts
                     .iter()
                     .map(|(bucket, outcome, count)| UsageCount {
@@ -191,18 +234,21 @@ impl UsageRecorder {
                     .collect(),
                 recent_ips: ips_changed.then(|| p.recent_ips.clone()),
             });
-            taken.push((used, counts, ips_changed));
+            taken.push((used, counts, ips_changed, refilled));
         }
         match store.record_usage(&updates).await {
             Ok(()) => {
-                for (u, (used, _, _)) in pending.iter().zip(&taken) {
+                for (u, (used, _, _, _)) in pending.iter().zip(&taken) {
                     u.flushed_quota.store(*used, Ordering::Release);
                 }
                 Ok(updates.len())
             }
             Err(e) => {
                 // Put the counts back: the next flush retries with them.
-                for (u, (_, counts, ips_changed)) in pending.iter().zip(taken) {
+                for (u, (_, counts, ips_changed, refilled)) in pending.iter().zip(taken) {
+                    if refilled {
+                        u.refill_dirty.store(true, Ordering::Release);
+                    }
                     let mut p = lock(&u.pending);
                     for (bucket, outcome, count) in counts {
                         match p

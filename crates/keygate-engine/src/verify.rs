@@ -109,7 +109,7 @@ impl Engine {
         let key = match record {
             Some(r) => {
                 let plan_rate_limit = self.plan_rate_limit(&r).await?;
-                let usage = self.usage.cell(&r.id, r.quota_used, &r.recent_ips);
+                let usage = self.usage.cell(&r);
                 Some(Arc::new(CachedKey::from_record(r, usage, plan_rate_limit)))
             }
             None => None,
@@ -164,7 +164,7 @@ impl Engine {
         }
         if outcome == Outcome::Valid {
             if let Some(quota) = key.quota() {
-                if !key.usage.try_spend(quota.requests) {
+                if !key.usage.try_spend(quota, now) {
                     outcome = Outcome::UsageExceeded;
                 }
             }

@@ -41,11 +41,20 @@ pub fn account(a: &Account) -> Value {
 
 pub fn key(k: &KeyRecord) -> Value {
     let quota = k.quota.map(|q| {
-        json!({
+        let mut v = json!({
             "requests": q.requests,
             "used": k.quota_used,
             "remaining": (q.requests as i64 - k.quota_used).max(0),
-        })
+        });
+        if let Some(refill) = q.refill {
+            let next = k
+                .quota_refilled_at
+                .unwrap_or(k.created_at)
+                .saturating_add((refill.every as i64).saturating_mul(1000));
+            v["refill"] = json!({"amount": refill.amount, "every": refill.every});
+            v["next_refill_at"] = time(next);
+        }
+        v
     });
     json!({
         "id": k.id,

@@ -17,7 +17,8 @@ use keygate_core::KeyDigest;
 
 pub use error::StoreError;
 pub use model::{
-    Account, AuditEvent, KeyPatch, KeyRecord, Quota, RateLimit, SeenIp, UsageCount, UsageUpdate,
+    Account, AuditEvent, KeyPatch, KeyRecord, Quota, RateLimit, Refill, SeenIp, UsageCount,
+    UsageUpdate,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

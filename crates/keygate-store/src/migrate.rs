@@ -19,6 +19,11 @@ pub const SQLITE: &[Migration] = &[
         name: "usage",
         sql: include_str!("../migrations/sqlite/0002_usage.sql"),
     },
+    Migration {
+        version: 3,
+        name: "quota_refill",
+        sql: include_str!("../migrations/sqlite/0003_quota_refill.sql"),
+    },
 ];
 
 pub const POSTGRES: &[Migration] = &[
@@ -31,5 +36,10 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "usage",
         sql: include_str!("../migrations/postgres/0002_usage.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "quota_refill",
+        sql: include_str!("../migrations/postgres/0003_quota_refill.sql"),
     },
 ];

@@ -17,10 +17,23 @@ pub struct RateLimit {
     pub per_seconds: u32,
 }
 
-/// A usage budget: this many valid requests, in all.
+/// A usage budget: this many valid requests, given back `refill.amount` at a time every
+/// `refill.every` seconds (never above `requests`), or once and for all without a refill.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Quota {
     pub requests: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill: Option<Refill>,
+}
+
+/// How a quota comes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refill {
+    pub amount: u64,
+    /// Seconds between refills.
+    pub every: u64,
 }
 
 /// A stored API key: everything but the secret.
@@ -40,6 +53,8 @@ pub struct KeyRecord {
     pub quota: Option<Quota>,
     /// Valid requests counted against the quota (flushed in batches).
     pub quota_used: i64,
+    /// When the quota last refilled (unix ms); `None` before the first refill.
+    pub quota_refilled_at: Option<i64>,
     /// A JSON object the operator attaches.
     pub meta: serde_json::Value,
     pub created_at: i64,
@@ -62,6 +77,8 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<i64>>,
     pub rate_limit: Option<Option<RateLimit>>,
     pub quota: Option<Option<Quota>>,
+    /// Restarts the refill clock (set with a new quota).
+    pub quota_refilled_at: Option<Option<i64>>,
     pub meta: Option<serde_json::Value>,
 }
 
@@ -72,6 +89,8 @@ pub struct UsageUpdate {
     /// 0 when the key was not used successfully since the last flush.
     pub last_used_at: i64,
     pub quota_used_delta: i64,
+    /// Set when the quota refilled since the last flush.
+    pub quota_refilled_at: Option<i64>,
     /// Verifications to add, per hour bucket and outcome.
     pub counts: Vec<UsageCount>,
     /// The latest client addresses, newest first, when they changed.

@@ -74,7 +74,7 @@ pub fn is_active(k: &KeyRecord, now: i64) -> bool {
 
 pub const KEY_COLUMNS: &str = "id, account_id, name, display_prefix, digest, environment, \
     permissions, ip_allowlist, rate_limit, quota, quota_used, meta, created_at, last_used_at, \
-    expires_at, revoked_at, rotated_from, recent_ips";
+    expires_at, revoked_at, rotated_from, recent_ips, quota_refilled_at";
 
 /// Implements [`crate::Store`] for `$store`, which must have `pool()`, `write()` (a write
 /// transaction) and a `DIALECT` constant.
@@ -167,6 +167,7 @@ macro_rules! sql_store {
                         .map(|s| from_json(&s))
                         .transpose()?
                         .unwrap_or_default(),
+                    quota_refilled_at: row.try_get("quota_refilled_at").map_err(corrupt)?,
                 })
             }
 
@@ -215,7 +216,7 @@ macro_rules! sql_store {
             async fn insert_key(tx: &mut Tx, k: &KeyRecord) -> Result<()> {
                 sqlx::query(&format!(
                     "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
                 ))
                 .bind(&k.id)
                 .bind(&k.account_id)
@@ -235,6 +236,7 @@ macro_rules! sql_store {
                 .bind(k.revoked_at)
                 .bind(&k.rotated_from)
                 .bind(if k.recent_ips.is_empty() { None } else { Some(to_json(&k.recent_ips)?) })
+                .bind(k.quota_refilled_at)
                 .execute(&mut **tx)
                 .await
                 .map_err(db_error)?;
@@ -474,12 +476,15 @@ macro_rules! sql_store {
                     if let Some(v) = patch.quota {
                         key.quota = v;
                     }
+                    if let Some(v) = patch.quota_refilled_at {
+                        key.quota_refilled_at = v;
+                    }
                     if let Some(v) = &patch.meta {
                         key.meta = v.clone();
                     }
                     sqlx::query(
                         "UPDATE api_keys SET name = $1, permissions = $2, ip_allowlist = $3, expires_at = $4, \
-                         rate_limit = $5, quota = $6, meta = $7 WHERE id = $8",
+                         rate_limit = $5, quota = $6, meta = $7, quota_refilled_at = $9 WHERE id = $8",
                     )
                     .bind(&key.name)
                     .bind(to_json(&key.permissions)?)
@@ -489,6 +494,7 @@ macro_rules! sql_store {
                     .bind(key.quota.as_ref().map(to_json).transpose()?)
                     .bind(to_json(&key.meta)?)
                     .bind(id)
+                    .bind(key.quota_refilled_at)
                     .execute(&mut *tx)
                     .await
                     .map_err(db_error)?;
@@ -537,9 +543,10 @@ macro_rules! sql_store {
                         return Ok(());
                     }
                     let key_sql = format!(
-                        "UPDATE api_keys SET last_used_at = NULLIF({}(COALESCE(last_used_at, 0), $1), 0), \
-                         quota_used = quota_used + $2, recent_ips = COALESCE($3, recent_ips) WHERE id = $4",
-                        $store::DIALECT.greatest
+                        "UPDATE api_keys SET last_used_at = NULLIF({g}(COALESCE(last_used_at, 0), $1), 0), \
+                         quota_used = {g}(0, quota_used + $2), recent_ips = COALESCE($3, recent_ips), \
+                         quota_refilled_at = COALESCE($5, quota_refilled_at) WHERE id = $4",
+                        g = $store::DIALECT.greatest
                     );
                     let mut tx = self.write().await?;
                     for u in batch {
@@ -549,6 +556,7 @@ macro_rules! sql_store {
                             .bind(u.quota_used_delta)
                             .bind(ips)
                             .bind(&u.key_id)
+                            .bind(u.quota_refilled_at)
                             .execute(&mut *tx)
                             .await
                             .map_err(db_error)?;

@@ -152,6 +152,14 @@ fn check_quota(quota: &Quota) -> Result<()> {
             "quota.requests must be at least 1",
         ));
     }
+    if let Some(refill) = quota.refill {
+        if refill.amount == 0 || refill.every == 0 || refill.every > 366 * 86_400 {
+            return Err(Error::validation(
+                "quota",
+                "quota.refill needs amount >= 1 and every between 1 second and 366 days",
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -282,6 +290,7 @@ impl Engine {
             revoked_at: None,
             rotated_from: None,
             recent_ips: Vec::new(),
+            quota_refilled_at: None,
         };
         let audit = caller.audit(
             "key.create",
@@ -319,15 +328,16 @@ impl Engine {
     }
 
     fn with_live_usage(&self, mut record: KeyRecord) -> KeyRecord {
-        let cell = self
-            .usage
-            .cell(&record.id, record.quota_used, &record.recent_ips);
+        let cell = self.usage.cell(&record);
         let last = cell.last_used();
         if last > 0 {
             record.last_used_at = Some(record.last_used_at.map_or(last, |t| t.max(last)));
         }
         record.quota_used = cell.quota_used.load(Ordering::Acquire);
         record.recent_ips = cell.recent_ips();
+        if record.quota.is_some_and(|q| q.refill.is_some()) {
+            record.quota_refilled_at = Some(cell.refilled_at());
+        }
         record
     }
 
@@ -412,6 +422,8 @@ impl Engine {
             expires_at,
             rate_limit: update.rate_limit,
             quota: update.quota,
+            // A new quota starts its refill clock now.
+            quota_refilled_at: update.quota.map(|q| q.and_then(|q| q.refill).map(|_| now)),
             meta: update.meta,
         };
         let changed: Vec<&str> = [
@@ -434,6 +446,9 @@ impl Engine {
         )?;
         let updated = self.store.update_key(id, &patch, now, &audit).await?;
         self.invalidate(&updated.digest);
+        if let Some(Some(at)) = patch.quota_refilled_at {
+            self.usage.cell(&updated).restart_refill(at);
+        }
         Ok(self.with_live_usage(updated))
     }
 

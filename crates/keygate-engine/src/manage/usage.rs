@@ -101,7 +101,7 @@ impl Engine {
             ));
         }
         let mut stored = self.store.usage_counts(&key.id, from, to).await?;
-        let cell = self.usage.cell(&key.id, key.quota_used, &key.recent_ips);
+        let cell = self.usage.cell(&key);
         stored.extend(cell.unflushed_counts(from, to));
         let mut buckets: Vec<UsageBucket> = (0..(to - from) / step)
             .map(|i| UsageBucket {

@@ -418,3 +418,76 @@ async fn plan_rate_limits_apply_to_keys_without_their_own() {
         204
     );
 }
+
+#[tokio::test]
+async fn quotas_are_spent_then_refilled() {
+    let app = spawn().await;
+    let account = app.create_account("Acme", "unlimited").await;
+    let (id, key) = app
+        .create_key(
+            &account,
+            json!({"scope": "all", "quota": {"requests": 2, "refill": {"amount": 2, "every": 1}}}),
+        )
+        .await;
+    for _ in 0..2 {
+        assert_eq!(
+            app.forward_auth(Some(&key), "GET", READ_INVOICE)
+                .await
+                .status
+                .as_u16(),
+            204
+        );
+    }
+    app.forward_auth(Some(&key), "GET", READ_INVOICE)
+        .await
+        .assert_error(429, "usage_exceeded");
+    let k = app
+        .admin(Method::GET, &format!("/v1/api-keys/{id}"), None)
+        .await;
+    assert_eq!(k.body["quota"]["remaining"], 0);
+    assert_eq!(k.body["quota"]["refill"], json!({"amount": 2, "every": 1}));
+    assert!(k.body["quota"]["next_refill_at"].is_string());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            app.forward_auth(Some(&key), "GET", READ_INVOICE)
+                .await
+                .status
+                .as_u16(),
+            204
+        );
+    }
+    app.forward_auth(Some(&key), "GET", READ_INVOICE)
+        .await
+        .assert_error(429, "usage_exceeded");
+    // What was spent and refilled reaches the store with the next flush.
+    app.engine.flush_usage().await.unwrap();
+    let k = app
+        .admin(Method::GET, &format!("/v1/api-keys/{id}"), None)
+        .await;
+    assert_eq!(k.body["quota"]["used"], 2);
+    // A quota without a refill is spent once and for all.
+    let (_, once) = app
+        .create_key(&account, json!({"scope": "all", "quota": {"requests": 1}}))
+        .await;
+    assert_eq!(
+        app.forward_auth(Some(&once), "GET", READ_INVOICE)
+            .await
+            .status
+            .as_u16(),
+        204
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    app.forward_auth(Some(&once), "GET", READ_INVOICE)
+        .await
+        .assert_error(429, "usage_exceeded");
+    for bad in [
+        json!({"requests": 1, "refill": {"amount": 0, "every": 1}}),
+        json!({"requests": 1, "refill": {"amount": 1, "every": 0}}),
+        json!({"requests": 1, "refill": {"amount": 1}}),
+    ] {
+        app.create_key_answer(&account, json!({"quota": bad}))
+            .await
+            .assert_error(400, "validation_error");
+    }
+}

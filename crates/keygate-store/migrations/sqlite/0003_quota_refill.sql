@@ -1,0 +1,2 @@
+-- When a quota with a refill last refilled (unix ms).
+ALTER TABLE api_keys ADD COLUMN quota_refilled_at BIGINT;
