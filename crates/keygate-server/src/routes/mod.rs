@@ -3,7 +3,7 @@ mod auth;
 mod extract;
 mod health;
 mod keys;
-mod verify;
+pub(crate) mod verify;
 
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};

@@ -1,0 +1,323 @@
+//! What the gateway changes in the headers it forwards: hop-by-hop headers dropped both
+//! ways (RFC 9110 §7.6.1), the credential and any client-sent `X-Keygate-*` removed before
+//! the identity headers are added, `X-Forwarded-*`, `X-Real-IP` and `Via` set.
+
+use std::net::IpAddr;
+
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::Version;
+
+/// Hop-by-hop headers, never forwarded in either direction (RFC 9110 §7.6.1, plus the
+/// `Proxy-*` family and `Trailer`, as proxies traditionally treat them).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Where a request carries its key; the upstream never sees any of them.
+const CREDENTIALS: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("apikey"),
+];
+
+const IDENTITY_PREFIX: &str = "x-keygate-";
+
+/// Removes the hop-by-hop headers: the fixed list, every `Proxy-*` header, and every
+/// header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut doomed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    doomed.extend(
+        headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("proxy-"))
+            .cloned(),
+    );
+    for name in doomed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Facts about the connection the request came in on.
+pub struct Hop<'a> {
+    /// The TCP peer.
+    pub peer: Option<IpAddr>,
+    /// The client address keygate judged (the peer, or what a trusted proxy said).
+    pub client: Option<IpAddr>,
+    /// Whether the peer is a trusted proxy (its `X-Forwarded-Proto`/`-Host` are kept).
+    pub peer_trusted: bool,
+    /// The protocol version the request came in with (for `Via`).
+    pub version: Version,
+    /// `Host` (or the HTTP/2 authority) the client asked for.
+    pub host: Option<HeaderValue>,
+    /// The upstream's `host[:port]`.
+    pub upstream_host: &'a HeaderValue,
+}
+
+/// Turns the client's request headers into the upstream's: hop-by-hop, credentials,
+/// client-sent identity headers and `Expect` removed; `Host` set to the upstream;
+/// `X-Forwarded-For` appended, `X-Forwarded-Proto`/`-Host` set (kept when a trusted proxy
+/// sent them), `X-Real-IP` set to the judged client address, `Via` appended. The identity
+/// headers are added afterwards by the caller.
+pub fn prepare_request(headers: &mut HeaderMap, hop: &Hop<'_>) {
+    strip_hop_by_hop(headers);
+    for name in &CREDENTIALS {
+        headers.remove(name);
+    }
+    strip_identity(headers);
+    // The gateway has already answered any `100-continue` by reading the body.
+    headers.remove(header::EXPECT);
+
+    if let Some(peer) = hop.peer {
+        let previous: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        let value = if previous.is_empty() {
+            peer.to_string()
+        } else {
+            format!("{}, {peer}", previous.join(", "))
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    if !(hop.peer_trusted && headers.contains_key("x-forwarded-proto")) {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !(hop.peer_trusted && headers.contains_key("x-forwarded-host")) {
+        match &hop.host {
+            Some(host) => {
+                headers.insert("x-forwarded-host", host.clone());
+            }
+            None => {
+                headers.remove("x-forwarded-host");
+            }
+        }
+    }
+    match hop.client.map(|ip| HeaderValue::from_str(&ip.to_string())) {
+        Some(Ok(v)) => {
+            headers.insert("x-real-ip", v);
+        }
+        _ => {
+            headers.remove("x-real-ip");
+        }
+    }
+    let via = match hop.version {
+        Version::HTTP_10 => "1.0 keygate",
+        Version::HTTP_2 => "2 keygate",
+        _ => "1.1 keygate",
+    };
+    headers.append(header::VIA, HeaderValue::from_static(via));
+    headers.insert(header::HOST, hop.upstream_host.clone());
+}
+
+/// Removes every `X-Keygate-*` header (only keygate may set them).
+pub fn strip_identity(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(IDENTITY_PREFIX))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// A path fit to forward: dot-segments resolved and repeated slashes merged, so that the
+/// upstream routes exactly the path whose permission keygate checked. `None` for paths
+/// that servers disagree about: encoded slashes, backslashes or dots (`%2F`, `%5C`,
+/// `%2E`), a backslash, or a dot-segment with parameters (`..;x`).
+pub fn forwardable_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    if !path.starts_with('/') || path.contains('\\') {
+        return None;
+    }
+    let bytes = path.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'%' {
+            let code = path.get(i + 1..i + 3).map(str::to_ascii_lowercase);
+            if matches!(code.as_deref(), Some("2f" | "5c" | "2e")) {
+                return None;
+            }
+        }
+    }
+    let tricky = path.contains("//") || path.contains("/.") || path.contains(';');
+    if !tricky {
+        return Some(Cow::Borrowed(path));
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let mut trailing = false;
+    for segment in path.split('/').skip(1) {
+        let bare = segment.split(';').next().unwrap_or("");
+        trailing = false;
+        match segment {
+            "" | "." => trailing = true,
+            ".." => {
+                out.pop();
+                trailing = true;
+            }
+            _ if bare == "." || bare == ".." => return None,
+            s => out.push(s),
+        }
+    }
+    let mut normal = String::with_capacity(path.len());
+    for segment in &out {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    if normal.is_empty() || trailing {
+        normal.push('/');
+    }
+    Some(Cow::Owned(normal))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("connection", "x-other"),
+            ("x-secret-hop", "1"),
+            ("x-other", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic abc"),
+            ("proxy-connection", "keep-alive"),
+            ("accept", "application/json"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn request_headers_lose_credentials_and_gain_forwarding() {
+        let upstream = HeaderValue::from_static("127.0.0.1:9000");
+        let mut h = map(&[
+            ("authorization", "Bearer kg_live_x"),
+            ("x-api-key", "kg_live_x"),
+            ("apikey", "kg_live_x"),
+            ("x-keygate-account-id", "acct_spoofed"),
+            ("X-Keygate-Anything", "spoofed"),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "10.9.9.9"),
+            ("host", "api.example.com"),
+            ("expect", "100-continue"),
+        ]);
+        let hop = Hop {
+            peer: Some("203.0.113.5".parse().unwrap()),
+            client: Some("203.0.113.5".parse().unwrap()),
+            peer_trusted: false,
+            version: Version::HTTP_11,
+            host: Some(HeaderValue::from_static("api.example.com")),
+            upstream_host: &upstream,
+        };
+        prepare_request(&mut h, &hop);
+        for gone in [
+            "authorization",
+            "x-api-key",
+            "apikey",
+            "x-keygate-account-id",
+            "x-keygate-anything",
+            "expect",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} was forwarded");
+        }
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 203.0.113.5");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(h["x-real-ip"], "203.0.113.5");
+        assert_eq!(h["host"], "127.0.0.1:9000");
+        assert_eq!(h["via"], "1.1 keygate");
+    }
+
+    #[test]
+    fn a_trusted_proxy_keeps_its_forwarded_proto_and_host() {
+        let upstream = HeaderValue::from_static("up:80");
+        let mut h = map(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "api.example.com"),
+            ("x-forwarded-for", "198.51.100.1"),
+        ]);
+        let hop = Hop {
+            peer: Some("127.0.0.1".parse().unwrap()),
+            client: Some("198.51.100.1".parse().unwrap()),
+            peer_trusted: true,
+            version: Version::HTTP_2,
+            host: Some(HeaderValue::from_static("internal:8081")),
+            upstream_host: &upstream,
+        };
+        prepare_request(&mut h, &hop);
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 127.0.0.1");
+        assert_eq!(h["x-real-ip"], "198.51.100.1");
+        assert_eq!(h["via"], "2 keygate");
+    }
+
+    #[test]
+    fn paths_are_forwarded_as_checked() {
+        let f = |p: &str| forwardable_path(p).map(|c| c.into_owned());
+        assert_eq!(
+            f("/api/v1/invoices/42").as_deref(),
+            Some("/api/v1/invoices/42")
+        );
+        assert_eq!(f("/api/v1/invoices/").as_deref(), Some("/api/v1/invoices/"));
+        assert_eq!(
+            f("/api/v1/invoices/../webhooks").as_deref(),
+            Some("/api/v1/webhooks")
+        );
+        assert_eq!(
+            f("/api//v1/./invoices").as_deref(),
+            Some("/api/v1/invoices")
+        );
+        assert_eq!(f("/api/v1/invoices/..").as_deref(), Some("/api/v1/"));
+        assert_eq!(f("/../..").as_deref(), Some("/"));
+        assert_eq!(f("/").as_deref(), Some("/"));
+        assert_eq!(f("/a;b=c/d").as_deref(), Some("/a;b=c/d"));
+        assert_eq!(f("/api/v1/caf%C3%A9").as_deref(), Some("/api/v1/caf%C3%A9"));
+        for refused in [
+            "/api/v1/invoices%2F..%2Fwebhooks",
+            "/api/v1/invoices/%2e%2e/webhooks",
+            "/api/v1/invoices/..;/webhooks",
+            "/api/v1/invoices/.;x/webhooks",
+            "/api/v1\\webhooks",
+            "/api/v1/invoices%5cwebhooks",
+            "api/v1/invoices",
+        ] {
+            assert_eq!(f(refused), None, "{refused}");
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Forwarding: verify the key, pick the upstream by the key's environment, rewrite the
+//! headers, and stream the request to a pooled upstream connection and the answer back.
+//! Neither body is ever held whole; a stall of either side longer than the timeout ends
+//! the exchange instead of holding the gateway.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderValue, Uri, Version};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use keygate_core::{Environment, Outcome};
+use keygate_engine::VerifyRequest;
+use tokio::time::{Instant, Sleep};
+
+use super::headers::{forwardable_path, prepare_request, strip_hop_by_hop, Hop};
+use super::{GatewayConfig, Upstream};
+use crate::client_ip::client_ip;
+use crate::credentials::key_from_headers;
+use crate::error::outcome_response;
+use crate::{views, ApiError, AppState};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The forwarding half of the gateway: configuration and the pooled upstream client.
+pub struct Proxy {
+    config: GatewayConfig,
+    client: Client<HttpConnector, ClientBody>,
+    /// The moment `Progress` timestamps count from.
+    epoch: Instant,
+}
+
+impl Proxy {
+    pub fn new(config: GatewayConfig) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Proxy {
+            config,
+            client,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Answers one request: the upstream's answer, or the gateway's own JSON error.
+    pub async fn handle(&self, state: &AppState, request: Request) -> Response {
+        match self.forward(state, request).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn forward(&self, state: &AppState, request: Request) -> Result<Response, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| keygate_core::ip::canonical_ip(c.0.ip()));
+        let trusted = &state.http.trusted_proxies;
+        let client = client_ip(
+            peer.map(|ip| SocketAddr::new(ip, 0)),
+            &parts.headers,
+            trusted,
+        );
+        let key = key_from_headers(&parts.headers)?.ok_or(Outcome::MissingCredentials)?;
+        let path = forwardable_path(parts.uri.path()).ok_or_else(|| {
+            keygate_engine::Error::validation(
+                "path",
+                "the request path has encoded separators or dot-segments that cannot be forwarded unambiguously",
+            )
+        })?;
+        let required = state.engine.routes().required(parts.method.as_str(), &path);
+        let verdict = state
+            .engine
+            .verify(&VerifyRequest {
+                key: &key,
+                required: Some(&required),
+                client_ip: client,
+            })
+            .await?;
+        drop(key);
+        if !verdict.outcome.is_valid() {
+            return Ok(outcome_response(verdict.outcome, verdict.rate_limit));
+        }
+        let key = verdict.key.as_ref().ok_or(ApiError::Internal)?;
+        let upstream = match (key.environment(), &self.config.sandbox_upstream) {
+            (Environment::Test, Some(sandbox)) => sandbox,
+            _ => &self.config.upstream,
+        };
+
+        let uri = upstream_uri(upstream, &path, parts.uri.query())?;
+        let host = parts
+            .headers
+            .get(axum::http::header::HOST)
+            .cloned()
+            .or_else(|| {
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+        prepare_request(
+            &mut parts.headers,
+            &Hop {
+                peer,
+                client,
+                peer_trusted: peer.is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip))),
+                version: parts.version,
+                host,
+                upstream_host: &upstream.host,
+            },
+        );
+        crate::routes::verify::identity_headers(&mut parts.headers, &verdict);
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        parts.extensions = Default::default();
+
+        let progress = Arc::new(Progress::new(self.epoch));
+        let body = ClientBody {
+            inner: body,
+            progress: progress.clone(),
+            epoch: self.epoch,
+        };
+        let mut response = self
+            .send(hyper::Request::from_parts(parts, body), &progress)
+            .await?;
+        strip_hop_by_hop(response.headers_mut());
+        if let Some(rate) = &verdict.rate_limit {
+            views::rate_limit_headers(response.headers_mut(), rate);
+        }
+        let timeout = self.config.timeout;
+        Ok(response.map(|incoming| Body::new(UpstreamBody::new(incoming, timeout))))
+    }
+
+    /// Sends the request; waits for the answer's head as long as something moves: the
+    /// timeout counts from the last chunk of request body the upstream took.
+    async fn send(
+        &self,
+        request: hyper::Request<ClientBody>,
+        progress: &Progress,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
+        let timeout = self.config.timeout;
+        let answer = self.client.request(request);
+        tokio::pin!(answer);
+        loop {
+            let deadline = progress.last(self.epoch) + timeout;
+            tokio::select! {
+                result = &mut answer => {
+                    return result.map_err(|e| {
+                        if progress.client_broke.load(Ordering::Relaxed) {
+                            tracing::debug!("client request body broke off");
+                            ApiError::RequestTimeout
+                        } else {
+                            tracing::warn!(error = %error_chain(&e), "upstream unavailable");
+                            ApiError::UpstreamUnavailable
+                        }
+                    });
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    if progress.last(self.epoch) + timeout > Instant::now() {
+                        continue;
+                    }
+                    return Err(if progress.waiting_for_client.load(Ordering::Relaxed) {
+                        tracing::info!("client stopped sending its request body");
+                        ApiError::RequestTimeout
+                    } else {
+                        tracing::warn!(timeout_ms = timeout.as_millis() as u64, "upstream timed out");
+                        ApiError::UpstreamTimeout
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The error and its sources, for the log (never a header, a key or a query: hyper's
+/// errors name the failure, not the request).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
+    let mut target = String::with_capacity(upstream.base.len() + path.len() + 64);
+    target.push_str(&upstream.base);
+    target.push_str(path);
+    if let Some(q) = query {
+        target.push('?');
+        target.push_str(q);
+    }
+    target.parse::<Uri>().map_err(|_| {
+        keygate_engine::Error::validation("path", "the request target cannot be forwarded").into()
+    })
+}
+
+/// When the request body last moved, and whether the gateway is waiting on the client.
+struct Progress {
+    /// Milliseconds after the proxy's epoch.
+    last_ms: AtomicU64,
+    waiting_for_client: AtomicBool,
+    client_broke: AtomicBool,
+}
+
+impl Progress {
+    fn new(epoch: Instant) -> Progress {
+        let p = Progress {
+            last_ms: AtomicU64::new(0),
+            waiting_for_client: AtomicBool::new(false),
+            client_broke: AtomicBool::new(false),
+        };
+        p.touch(epoch);
+        p
+    }
+
+    fn touch(&self, epoch: Instant) {
+        let ms = Instant::now().saturating_duration_since(epoch).as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self, epoch: Instant) -> Instant {
+        epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The client's request body on its way upstream: records progress, passes frames through.
+pub struct ClientBody {
+    inner: Body,
+    progress: Arc<Progress>,
+    epoch: Instant,
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let progress = &this.progress;
+        match &polled {
+            Poll::Pending => progress.waiting_for_client.store(true, Ordering::Relaxed),
+            Poll::Ready(result) => {
+                progress.waiting_for_client.store(false, Ordering::Relaxed);
+                if matches!(result, Some(Err(_))) {
+                    progress.client_broke.store(true, Ordering::Relaxed);
+                }
+                progress.touch(this.epoch);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The upstream's answer body on its way to the client: ends with an error (the client's
+/// connection is closed) when the upstream sends nothing for the timeout.
+pub struct UpstreamBody {
+    inner: hyper::body::Incoming,
+    timeout: Duration,
+    /// Allocated at the first wait, then re-armed at each wait after a frame.
+    idle: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl UpstreamBody {
+    fn new(inner: hyper::body::Incoming, timeout: Duration) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            timeout,
+            idle: None,
+            armed: false,
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.armed = false;
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                let deadline = Instant::now() + this.timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.armed {
+                    idle.as_mut().reset(deadline);
+                    this.armed = true;
+                }
+                match idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::warn!(
+                            timeout_ms = this.timeout.as_millis() as u64,
+                            "upstream stalled while sending its answer; closing"
+                        );
+                        this.armed = false;
+                        Poll::Ready(Some(Err("upstream answer stalled".into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
