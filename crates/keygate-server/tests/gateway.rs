@@ -1,0 +1,952 @@
+//! The gateway in front of the example upstream (`examples/invoices-api`): every test
+//! starts keygate's admin server (helpers, over a temp SQLite or PostgreSQL), a gateway on
+//! the same engine, and one or two upstreams, all on random loopback ports.
+
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::IntoResponse;
+use futures::StreamExt;
+use helpers::{answer, spawn, Answer, TestApp};
+use keygate_server::{serve_gateway, AppState, GatewayConfig, HttpConfig};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Serves `router` on a random loopback port.
+async fn serve(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+async fn upstream(name: &str) -> SocketAddr {
+    serve(invoices_api::app_named(name)).await
+}
+
+/// A gateway on `app`'s engine; `trusted` replaces the trusted proxies.
+async fn gateway_with(
+    app: &TestApp,
+    upstream: SocketAddr,
+    sandbox: Option<SocketAddr>,
+    timeout: Duration,
+    key_info_path: &str,
+    trusted: Option<Vec<ipnet::IpNet>>,
+) -> String {
+    let mut state: AppState = app.state.clone();
+    if let Some(trusted) = trusted {
+        state.http = Arc::new(HttpConfig {
+            trusted_proxies: trusted,
+            ..(*app.state.http).clone()
+        });
+    }
+    let config = GatewayConfig::new(
+        &format!("http://{upstream}"),
+        sandbox.map(|s| format!("http://{s}")).as_deref(),
+        timeout,
+        key_info_path,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_gateway(
+        listener,
+        state,
+        config,
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}
+
+async fn gateway(app: &TestApp, upstream: SocketAddr) -> String {
+    gateway_with(
+        app,
+        upstream,
+        None,
+        Duration::from_secs(10),
+        "/v1/api-key-info",
+        None,
+    )
+    .await
+}
+
+/// Sends `method url` with `key` as a bearer token.
+async fn call(method: Method, url: &str, key: Option<&str>, body: Option<Value>) -> Answer {
+    let mut req = reqwest::Client::new().request(method, url);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    answer(req.send().await.unwrap()).await
+}
+
+/// The headers the echo endpoint saw, as (name, value) pairs.
+fn echoed(a: &Answer) -> Vec<(String, String)> {
+    a.body["headers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an echo: {}", a.body))
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_owned(),
+                p[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn echoed_one(a: &Answer, name: &str) -> Option<String> {
+    let all: Vec<String> = echoed(a)
+        .into_iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .collect();
+    assert!(all.len() <= 1, "{name} forwarded {} times", all.len());
+    all.into_iter().next()
+}
+
+/// One HTTP/1.1 exchange over a raw socket (for headers a client library will not send),
+/// with `Connection: close` semantics: the answer is read to the end of the stream.
+async fn raw(addr: &str, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let addr = addr.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut bytes))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let head = String::from_utf8_lossy(&bytes[..split]).to_ascii_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let mut body = bytes[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+#[tokio::test]
+async fn credentials_are_stripped_and_identity_headers_cannot_be_spoofed() {
+    let app = spawn().await;
+    let up = upstream("live").await;
+    let gw = gateway(&app, up).await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (key_id, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let host = gw.trim_start_matches("http://").to_owned();
+
+    let a = answer(
+        reqwest::Client::new()
+            .post(format!("{gw}/api/v1/echo/anything?page=2"))
+            .header("Authorization", format!("Bearer {key}"))
+            .header("X-API-Key", &key)
+            .header("APIKEY", &key)
+            .header("X-Keygate-Key-Id", "key_spoofed")
+            .header("X-Keygate-Account-Id", "acct_spoofed")
+            .header("X-Keygate-Environment", "live")
+            .header("X-Keygate-Permissions", "*")
+            .header("X-Keygate-Admin", "yes")
+            .header("X-Forwarded-For", "198.51.100.23")
+            .header("X-Real-IP", "198.51.100.23")
+            .header("Accept", "application/json")
+            .body("hello")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.header("x-upstream"), Some("live"));
+    assert_eq!(a.body["method"], "POST");
+    assert_eq!(a.body["path"], "/api/v1/echo/anything");
+    assert_eq!(a.body["query"], "page=2");
+    assert_eq!(a.body["body_bytes"], 5);
+
+    let headers = echoed(&a);
+    for (name, value) in &headers {
+        assert!(!value.contains(&key), "{name} carries the key upstream");
+    }
+    for gone in ["authorization", "x-api-key", "apikey", "x-keygate-admin"] {
+        assert!(echoed_one(&a, gone).is_none(), "{gone} was forwarded");
+    }
+    assert_eq!(
+        echoed_one(&a, "x-keygate-key-id").as_deref(),
+        Some(key_id.as_str())
+    );
+    assert_eq!(
+        echoed_one(&a, "x-keygate-account-id").as_deref(),
+        Some(acct.as_str())
+    );
+    assert_eq!(
+        echoed_one(&a, "x-keygate-environment").as_deref(),
+        Some("live")
+    );
+    assert_eq!(
+        echoed_one(&a, "x-keygate-permissions").as_deref(),
+        Some("*")
+    );
+    // The client's X-Forwarded-For is kept, the peer appended; X-Real-IP is the address
+    // keygate judged (the peer: no trusted proxies here).
+    assert_eq!(
+        echoed_one(&a, "x-forwarded-for").as_deref(),
+        Some("198.51.100.23, 127.0.0.1")
+    );
+    assert_eq!(echoed_one(&a, "x-real-ip").as_deref(), Some("127.0.0.1"));
+    assert_eq!(echoed_one(&a, "x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(
+        echoed_one(&a, "x-forwarded-host").as_deref(),
+        Some(host.as_str())
+    );
+    assert_eq!(echoed_one(&a, "host"), Some(up.to_string()));
+    assert_eq!(echoed_one(&a, "via").as_deref(), Some("1.1 keygate"));
+    assert_eq!(
+        echoed_one(&a, "accept").as_deref(),
+        Some("application/json")
+    );
+    assert!(a
+        .header("x-request-id")
+        .is_some_and(|r| r.starts_with("req_")));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_forwarded_either_way() {
+    let app = spawn().await;
+    // An upstream that answers with hop-by-hop headers of its own.
+    let hop_router = invoices_api::app_named("live").route(
+        "/api/v1/hops",
+        axum::routing::get(|| async {
+            (
+                [
+                    ("connection", "x-upstream-hop"),
+                    ("x-upstream-hop", "1"),
+                    ("keep-alive", "timeout=5"),
+                    ("proxy-authenticate", "Basic"),
+                    ("upgrade", "h2c"),
+                    ("x-upstream-end", "1"),
+                ],
+                "hops",
+            )
+                .into_response()
+        }),
+    );
+    let up = serve(hop_router).await;
+    let gw = gateway(&app, up).await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let host = gw.trim_start_matches("http://");
+
+    let request = format!(
+        "POST /api/v1/echo HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\
+         Connection: close, X-Hop-Secret\r\nX-Hop-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
+         TE: trailers\r\nTrailer: X-Checksum\r\nTransfer-Encoding: chunked\r\n\
+         Upgrade: websocket\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+         Proxy-Connection: keep-alive\r\nX-End-To-End: kept\r\n\r\n\
+         5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    );
+    let (status, head, body) = raw(&gw, request.as_bytes()).await;
+    assert_eq!(status, 200, "{head}\n{}", String::from_utf8_lossy(&body));
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    let a = Answer {
+        status: StatusCode::OK,
+        headers: Default::default(),
+        body: echo,
+    };
+    for gone in [
+        "connection",
+        "x-hop-secret",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        assert!(echoed_one(&a, gone).is_none(), "{gone} was forwarded");
+    }
+    // The chunked body arrived whole; it was re-framed by the gateway, not passed through.
+    assert_eq!(a.body["body_bytes"], 11);
+    assert_ne!(
+        echoed_one(&a, "transfer-encoding").as_deref(),
+        Some("chunked, chunked")
+    );
+    assert_eq!(echoed_one(&a, "x-end-to-end").as_deref(), Some("kept"));
+
+    let r = reqwest::Client::new()
+        .get(format!("{gw}/api/v1/hops"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for gone in [
+        "x-upstream-hop",
+        "keep-alive",
+        "proxy-authenticate",
+        "upgrade",
+    ] {
+        assert!(r.headers().get(gone).is_none(), "{gone} came back");
+    }
+    assert_eq!(r.headers()["x-upstream-end"], "1");
+    assert_eq!(r.text().await.unwrap(), "hops");
+}
+
+#[tokio::test]
+async fn test_keys_go_to_the_sandbox_and_live_keys_never() {
+    let app = spawn().await;
+    let live = upstream("live").await;
+    let sandbox = upstream("sandbox").await;
+    let gw = gateway_with(
+        &app,
+        live,
+        Some(sandbox),
+        Duration::from_secs(10),
+        "/v1/api-key-info",
+        None,
+    )
+    .await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, live_key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let (_, test_key) = app
+        .create_key(&acct, json!({"scope": "all", "environment": "test"}))
+        .await;
+    assert!(test_key.starts_with("kg_test_"));
+    for _ in 0..5 {
+        let a = call(
+            Method::GET,
+            &format!("{gw}/api/v1/invoices"),
+            Some(&live_key),
+            None,
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.header("x-upstream"), Some("live"));
+        let a = call(
+            Method::GET,
+            &format!("{gw}/api/v1/echo"),
+            Some(&test_key),
+            None,
+        )
+        .await;
+        assert_eq!(a.header("x-upstream"), Some("sandbox"));
+        assert_eq!(
+            echoed_one(&a, "x-keygate-environment").as_deref(),
+            Some("test")
+        );
+        assert_eq!(echoed_one(&a, "host"), Some(sandbox.to_string()));
+    }
+    // A sandbox write does not touch live data.
+    let created = call(
+        Method::POST,
+        &format!("{gw}/api/v1/invoices"),
+        Some(&test_key),
+        Some(json!({"number": "TEST-1"})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let live_list = call(
+        Method::GET,
+        &format!("{gw}/api/v1/invoices"),
+        Some(&live_key),
+        None,
+    )
+    .await;
+    assert!(!live_list.body.to_string().contains("TEST-1"));
+
+    // Without a sandbox, test keys reach the one upstream, labelled as test.
+    let plain = gateway(&app, live).await;
+    let a = call(
+        Method::GET,
+        &format!("{plain}/api/v1/echo"),
+        Some(&test_key),
+        None,
+    )
+    .await;
+    assert_eq!(a.header("x-upstream"), Some("live"));
+    assert_eq!(
+        echoed_one(&a, "x-keygate-environment").as_deref(),
+        Some("test")
+    );
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_502_json_answer() {
+    let app = spawn().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = gateway(&app, closed).await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let started = Instant::now();
+    let a = call(
+        Method::GET,
+        &format!("{gw}/api/v1/invoices"),
+        Some(&key),
+        None,
+    )
+    .await;
+    a.assert_error(502, "upstream_unavailable");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Refusals are still the gateway's own: the upstream is not needed to say no.
+    let a = call(Method::GET, &format!("{gw}/api/v1/invoices"), None, None).await;
+    a.assert_error(401, "missing_credentials");
+}
+
+#[tokio::test]
+async fn slow_upstream_is_a_504_within_the_timeout_and_a_stalled_body_is_cut() {
+    let app = spawn().await;
+    let slow = axum::Router::new()
+        .route(
+            "/api/v1/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/api/v1/stall",
+            axum::routing::get(|| async {
+                // The head and a first chunk at once, then nothing.
+                let stream = futures::stream::iter([Ok::<_, std::io::Error>(
+                    bytes::Bytes::from_static(b"first"),
+                )])
+                .chain(futures::stream::pending());
+                axum::body::Body::from_stream(stream)
+            }),
+        );
+    let up = serve(slow).await;
+    let gw = gateway_with(
+        &app,
+        up,
+        None,
+        Duration::from_secs(1),
+        "/v1/api-key-info",
+        None,
+    )
+    .await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+
+    let started = Instant::now();
+    let a = call(Method::GET, &format!("{gw}/api/v1/slow"), Some(&key), None).await;
+    a.assert_error(504, "upstream_timeout");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+
+    let started = Instant::now();
+    let r = reqwest::Client::new()
+        .get(format!("{gw}/api/v1/stall"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.bytes().await.is_err(),
+        "a stalled body must not end cleanly"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The gateway is still fine afterwards.
+    let a = call(Method::GET, &format!("{gw}/api/v1/slow"), None, None).await;
+    a.assert_error(401, "missing_credentials");
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_its_body_gets_408_and_a_slow_header_sender_is_dropped() {
+    let app = spawn().await;
+    let up = upstream("live").await;
+    let gw = gateway_with(
+        &app,
+        up,
+        None,
+        Duration::from_secs(1),
+        "/v1/api-key-info",
+        None,
+    )
+    .await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let host = gw.trim_start_matches("http://");
+
+    // Promises 1000 bytes, sends 10, then waits.
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let head = format!(
+        "POST /api/v1/uploads HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: 1000\r\n\r\n0123456789"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Half a request head, then silence: the connection is closed, not kept forever.
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream
+        .write_all(b"GET /api/v1/invoices HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes a connection whose head never ends")
+        .ok();
+}
+
+#[tokio::test]
+async fn every_refusal_is_the_gateways_own_json_answer() {
+    let app = spawn().await;
+    let up = upstream("live").await;
+    let gw = gateway(&app, up).await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let url = format!("{gw}/api/v1/invoices");
+    let read = app.create_key(&acct, json!({"scope": "read"})).await.1;
+
+    let check = |a: &Answer, status: u16, code: &str| {
+        a.assert_error(status, code);
+        assert!(
+            a.header("x-upstream").is_none(),
+            "{code} reached the upstream"
+        );
+    };
+    check(
+        &call(Method::GET, &url, None, None).await,
+        401,
+        "missing_credentials",
+    );
+    check(
+        &call(Method::GET, &url, Some("kg_live_nope"), None).await,
+        401,
+        "malformed_key",
+    );
+    let unknown = "kg_live_00000000000000000000000000000000000000000000000000000000596b27d6";
+    check(
+        &call(Method::GET, &url, Some(unknown), None).await,
+        401,
+        "invalid_key",
+    );
+
+    let (revoked_id, revoked) = app.create_key(&acct, json!({"scope": "read"})).await;
+    assert_eq!(
+        call(Method::GET, &url, Some(&revoked), None).await.status,
+        StatusCode::OK
+    );
+    let r = app
+        .admin(
+            Method::POST,
+            &format!("/v1/api-keys/{revoked_id}/revoke"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    check(
+        &call(Method::GET, &url, Some(&revoked), None).await,
+        401,
+        "invalid_key",
+    );
+
+    let office = app
+        .create_key(
+            &acct,
+            json!({"scope": "read", "ip_allowlist": ["203.0.113.0/24"]}),
+        )
+        .await
+        .1;
+    check(
+        &call(Method::GET, &url, Some(&office), None).await,
+        403,
+        "ip_not_allowed",
+    );
+    check(
+        &call(Method::POST, &url, Some(&read), Some(json!({}))).await,
+        403,
+        "insufficient_permissions",
+    );
+
+    let throttled = app
+        .create_key(
+            &acct,
+            json!({"scope": "read", "rate_limit": {"requests": 2, "per_seconds": 60}}),
+        )
+        .await
+        .1;
+    for _ in 0..2 {
+        let a = call(Method::GET, &url, Some(&throttled), None).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert!(
+            a.header("ratelimit").is_some(),
+            "rate headers on allowed answers"
+        );
+        assert_eq!(a.header("x-upstream"), Some("live"));
+    }
+    let a = call(Method::GET, &url, Some(&throttled), None).await;
+    check(&a, 429, "rate_limited");
+    assert!(a.header("retry-after").is_some());
+
+    let metered = app
+        .create_key(&acct, json!({"scope": "read", "quota": {"requests": 1}}))
+        .await
+        .1;
+    assert_eq!(
+        call(Method::GET, &url, Some(&metered), None).await.status,
+        StatusCode::OK
+    );
+    check(
+        &call(Method::GET, &url, Some(&metered), None).await,
+        429,
+        "usage_exceeded",
+    );
+
+    check(
+        &call(Method::GET, &format!("{url}?api_key={read}"), None, None).await,
+        400,
+        "key_in_url",
+    );
+    check(
+        &call(Method::GET, &format!("{url}?key={read}"), Some(&read), None).await,
+        400,
+        "key_in_url",
+    );
+    let a = answer(
+        reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(&read)
+            .header("X-API-Key", &office)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    check(&a, 400, "ambiguous_credentials");
+    // Paths that servers could route differently from what keygate checked.
+    check(
+        &call(
+            Method::GET,
+            &format!("{gw}/api/v1/invoices/..;/webhooks"),
+            Some(&read),
+            None,
+        )
+        .await,
+        400,
+        "validation_error",
+    );
+    // Dot-segments are resolved first: this is a webhooks request, which `read` lacks.
+    let (status, head, _) = raw(
+        &gw,
+        format!(
+            "GET /api/v1/invoices/../webhooks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {read}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 403, "{head}");
+}
+
+#[tokio::test]
+async fn key_info_is_answered_at_the_configured_path() {
+    let app = spawn().await;
+    let up = upstream("live").await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (id, key) = app
+        .create_key(
+            &acct,
+            json!({"scope": "read", "name": "Integration API Key"}),
+        )
+        .await;
+
+    let gw = gateway(&app, up).await;
+    let a = answer(
+        reqwest::Client::new()
+            .get(format!("{gw}/v1/api-key-info"))
+            .header("APIKEY", &key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["data"]["id"], id.as_str());
+    assert_eq!(a.body["data"]["name"], "Integration API Key");
+    assert!(a.header("x-upstream").is_none());
+    assert!(!a.body.to_string().contains(&key));
+
+    // The reference's own path.
+    let gw = gateway_with(
+        &app,
+        up,
+        None,
+        Duration::from_secs(10),
+        "/api2/api_key_info.json",
+        None,
+    )
+    .await;
+    let a = call(
+        Method::GET,
+        &format!("{gw}/api2/api_key_info.json"),
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["data"]["display_prefix"], &key[..16]);
+    call(
+        Method::GET,
+        &format!("{gw}/api2/api_key_info.json"),
+        None,
+        None,
+    )
+    .await
+    .assert_error(401, "missing_credentials");
+    call(
+        Method::POST,
+        &format!("{gw}/api2/api_key_info.json"),
+        Some(&key),
+        None,
+    )
+    .await
+    .assert_error(405, "method_not_allowed");
+    // The default path is now an ordinary upstream path: forwarded like any other.
+    let a = call(
+        Method::GET,
+        &format!("{gw}/v1/api-key-info"),
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.header("x-upstream"), Some("live"));
+}
+
+#[tokio::test]
+async fn forwarded_for_counts_only_from_trusted_proxies() {
+    let app = spawn().await;
+    let up = upstream("live").await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let office = app
+        .create_key(
+            &acct,
+            json!({"scope": "all", "ip_allowlist": ["203.0.113.0/24"]}),
+        )
+        .await
+        .1;
+    let echo = |gw: &str, xff: &str| {
+        let url = format!("{gw}/api/v1/echo");
+        let key = office.clone();
+        let xff = xff.to_owned();
+        async move {
+            answer(
+                reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(key)
+                    .header("X-Forwarded-For", xff)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+
+    // No trusted proxies: the peer (127.0.0.1) is the client, whatever it claims.
+    let direct = gateway(&app, up).await;
+    echo(&direct, "203.0.113.7")
+        .await
+        .assert_error(403, "ip_not_allowed");
+
+    // Loopback trusted (keygate behind a local proxy): the forwarded address counts.
+    let behind = gateway_with(
+        &app,
+        up,
+        None,
+        Duration::from_secs(10),
+        "/v1/api-key-info",
+        Some(vec!["127.0.0.0/8".parse().unwrap()]),
+    )
+    .await;
+    let a = echo(&behind, "203.0.113.7").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(echoed_one(&a, "x-real-ip").as_deref(), Some("203.0.113.7"));
+    assert_eq!(
+        echoed_one(&a, "x-forwarded-for").as_deref(),
+        Some("203.0.113.7, 127.0.0.1")
+    );
+    // A client spoofing an allowed address in front of the real one is judged by the
+    // nearest untrusted address.
+    echo(&behind, "203.0.113.7, 198.51.100.1")
+        .await
+        .assert_error(403, "ip_not_allowed");
+    echo(&behind, "198.51.100.1")
+        .await
+        .assert_error(403, "ip_not_allowed");
+}
+
+#[tokio::test]
+async fn reference_scope_demo_through_the_gateway() {
+    let app = spawn().await;
+    let up = upstream("live").await;
+    let gw = gateway(&app, up).await;
+    let acct = app.create_account("Acme Invoicing", "pro").await;
+    let read = app.create_key(&acct, json!({"scope": "read"})).await.1;
+    let hooks = app.create_key(&acct, json!({"scope": "webhooks"})).await.1;
+    let write = app.create_key(&acct, json!({"scope": "write"})).await.1;
+    let sender = app
+        .create_key(
+            &acct,
+            json!({"permissions": ["invoices.send", "invoices.read"]}),
+        )
+        .await
+        .1;
+    let url = |p: &str| format!("{gw}{p}");
+
+    // `read` lists invoices but cannot create one, nor see webhooks.
+    let a = call(Method::GET, &url("/api/v1/invoices"), Some(&read), None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["data"][0]["number"], "INV-0001");
+    let a = call(Method::GET, &url("/api/v1/invoices/4"), Some(&read), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    call(
+        Method::POST,
+        &url("/api/v1/invoices"),
+        Some(&read),
+        Some(json!({"number": "INV-9"})),
+    )
+    .await
+    .assert_error(403, "insufficient_permissions");
+    call(Method::GET, &url("/api/v1/webhooks"), Some(&read), None)
+        .await
+        .assert_error(403, "insufficient_permissions");
+
+    // `webhooks` manages webhook subscriptions and nothing else.
+    let a = call(
+        Method::POST,
+        &url("/api/v1/webhooks"),
+        Some(&hooks),
+        Some(json!({"url": "https://example.com/hook", "events": ["invoice.paid"]})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let hook_id = a.body["data"]["id"].as_u64().unwrap();
+    let a = call(Method::GET, &url("/api/v1/webhooks"), Some(&hooks), None).await;
+    assert_eq!(a.body["data"].as_array().map(Vec::len), Some(1));
+    let a = call(
+        Method::DELETE,
+        &url(&format!("/api/v1/webhooks/{hook_id}")),
+        Some(&hooks),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    call(Method::GET, &url("/api/v1/invoices"), Some(&hooks), None)
+        .await
+        .assert_error(403, "insufficient_permissions");
+
+    // `write` creates and updates, but the route table makes sending its own permission.
+    let a = call(
+        Method::POST,
+        &url("/api/v1/invoices"),
+        Some(&write),
+        Some(json!({"number": "INV-0003", "total": "99.00"})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    let id = a.body["data"]["id"].as_u64().unwrap();
+    let a = call(
+        Method::PATCH,
+        &url(&format!("/api/v1/invoices/{id}")),
+        Some(&write),
+        Some(json!({"total": "109.00"})),
+    )
+    .await;
+    assert_eq!(a.body["data"]["total"], "109.00");
+    call(
+        Method::POST,
+        &url(&format!("/api/v1/invoices/{id}/send")),
+        Some(&write),
+        None,
+    )
+    .await
+    .assert_error(403, "insufficient_permissions");
+    let a = call(
+        Method::POST,
+        &url(&format!("/api/v1/invoices/{id}/send")),
+        Some(&sender),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["data"]["status"], "sent");
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways() {
+    let app = spawn().await;
+    let up = upstream("live").await;
+    let gw = gateway(&app, up).await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    const SIZE: usize = 32 * 1024 * 1024;
+
+    let a = answer(
+        reqwest::Client::new()
+            .post(format!("{gw}/api/v1/uploads"))
+            .bearer_auth(&key)
+            .body(vec![7u8; SIZE])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.body["bytes"], SIZE as u64);
+
+    let mut r = reqwest::Client::new()
+        .get(format!("{gw}/api/v1/downloads/{SIZE}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.content_length(), Some(SIZE as u64));
+    let mut total = 0;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        total += chunk.len();
+    }
+    assert_eq!(total, SIZE);
+}
