@@ -16,6 +16,7 @@ mod ids;
 pub mod manage;
 mod metrics;
 mod ratelimit;
+mod shared_limit;
 mod usage;
 mod verify;
 
@@ -31,6 +32,7 @@ pub use config::{EngineConfig, Plans};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use ratelimit::{FailureThrottle, RateLimitStatus};
+pub use shared_limit::{LimiterFailure, SharedLimiter};
 pub use verify::{Verdict, VerifyRequest};
 
 /// The engine: one per process, shared by every edge.
@@ -48,6 +50,8 @@ pub struct Engine {
     last_prune: std::sync::atomic::AtomicI64,
     usage: usage::UsageRecorder,
     metrics: Metrics,
+    /// Rate limits shared with other nodes; per node when unset.
+    shared_limiter: std::sync::OnceLock<SharedLimiter>,
     started: std::time::Instant,
     /// Tells background tasks to finish what they are doing and stop.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -72,6 +76,7 @@ impl Engine {
             last_prune: std::sync::atomic::AtomicI64::new(0),
             usage: usage::UsageRecorder::default(),
             metrics: Metrics::default(),
+            shared_limiter: std::sync::OnceLock::new(),
             started: std::time::Instant::now(),
             stopping: tokio::sync::watch::channel(false).0,
         })
@@ -91,6 +96,13 @@ impl Engine {
 
     pub fn pepper(&self) -> &Pepper {
         &self.pepper
+    }
+
+    /// Shares rate limits with other nodes through Redis from now on (set once, at start).
+    pub fn share_rate_limits(&self, limiter: SharedLimiter) {
+        if self.shared_limiter.set(limiter).is_err() {
+            tracing::warn!("a shared rate limiter is set already; keeping the first");
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {

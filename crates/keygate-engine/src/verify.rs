@@ -70,7 +70,7 @@ impl Engine {
                 )))
             }
         };
-        Ok(self.check(key, request))
+        self.check(key, request).await
     }
 
     /// The key behind a digest, from the cache or the store. A cached copy older than the
@@ -135,7 +135,7 @@ impl Engine {
         Ok(account.and_then(|a| self.plans.rate_limit(&a.plan)))
     }
 
-    fn check(&self, key: Arc<CachedKey>, request: &VerifyRequest<'_>) -> Verdict {
+    async fn check(&self, key: Arc<CachedKey>, request: &VerifyRequest<'_>) -> Result<Verdict> {
         let now = now_ms();
         let mut outcome = if key.corrupt {
             Outcome::InvalidKey(InvalidReason::Unknown)
@@ -155,11 +155,11 @@ impl Engine {
         let mut rate_limit = None;
         if outcome == Outcome::Valid {
             if let Some(limit) = key.rate_limit() {
-                let status = key.usage.limiter.check(limit, self.monotonic_ns());
-                if status.retry_after_seconds.is_some() {
+                let status = self.take_rate_limit(&key, limit).await?;
+                if status.is_some_and(|s| s.retry_after_seconds.is_some()) {
                     outcome = Outcome::RateLimited;
                 }
-                rate_limit = Some(status);
+                rate_limit = status;
             }
         }
         if outcome == Outcome::Valid {
@@ -173,12 +173,39 @@ impl Engine {
             .record(&key.usage, outcome, request.client_ip, now);
         if matches!(outcome, Outcome::InvalidKey(_)) {
             // Refused as invalid: say nothing more about the key to the caller.
-            return Verdict::refused(outcome);
+            return Ok(Verdict::refused(outcome));
         }
-        Verdict {
+        Ok(Verdict {
             outcome,
             key: Some(key),
             rate_limit,
+        })
+    }
+
+    /// One request from the key's rate limit: in Redis when limits are shared, else in
+    /// this node's memory. `None` when a shared limiter failed open.
+    async fn take_rate_limit(
+        &self,
+        key: &CachedKey,
+        limit: keygate_store::RateLimit,
+    ) -> Result<Option<crate::RateLimitStatus>> {
+        let Some(shared) = self.shared_limiter.get() else {
+            return Ok(Some(key.usage.limiter.check(limit, self.monotonic_ns())));
+        };
+        match shared.check(key.id(), limit).await {
+            Ok(status) => Ok(Some(status)),
+            Err(e) => {
+                self.metrics
+                    .rate_limiter_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "shared rate limiter unavailable");
+                match shared.on_failure {
+                    crate::LimiterFailure::Open => Ok(None),
+                    crate::LimiterFailure::Closed => {
+                        Err(Error::Unavailable(format!("rate limiter: {e}")))
+                    }
+                }
+            }
         }
     }
 

@@ -83,6 +83,10 @@ pub struct Config {
     pub usage_retention_days: u64,
     /// Failed authentications allowed per client address, `REQUESTS/SECONDS`, or `off`.
     pub failed_auth_limit: String,
+    /// Shares rate limits between nodes through this Redis (`redis://host:port/db`).
+    pub redis_url: Option<String>,
+    /// When Redis cannot answer: `open` (do not limit) or `closed` (answer 503).
+    pub rate_limit_failure: String,
     pub log: String,
     pub log_format: String,
     pub upstream: Option<String>,
@@ -114,6 +118,8 @@ impl Default for Config {
             usage_flush_seconds: 5,
             usage_retention_days: 90,
             failed_auth_limit: "100/60".into(),
+            redis_url: None,
+            rate_limit_failure: "open".into(),
             log: "info".into(),
             log_format: "text".into(),
             upstream: None,
@@ -166,6 +172,10 @@ impl Config {
         set(&mut self.default_plan, "KEYGATE_DEFAULT_PLAN");
         set(&mut self.log, "KEYGATE_LOG");
         set(&mut self.failed_auth_limit, "KEYGATE_FAILED_AUTH_LIMIT");
+        set(&mut self.rate_limit_failure, "KEYGATE_RATE_LIMIT_FAILURE");
+        if let Some(v) = env("KEYGATE_REDIS_URL") {
+            self.redis_url = Some(v);
+        }
         set(&mut self.log_format, "KEYGATE_LOG_FORMAT");
         for (target, name) in [
             (&mut self.upstream, "KEYGATE_UPSTREAM"),
@@ -285,6 +295,21 @@ impl Config {
             }
         }
         Ok(plans)
+    }
+
+    /// The shared rate limiter, when `redis_url` is set.
+    pub fn shared_limiter(&self) -> anyhow::Result<Option<keygate_engine::SharedLimiter>> {
+        let on_failure = match self.rate_limit_failure.as_str() {
+            "open" => keygate_engine::LimiterFailure::Open,
+            "closed" => keygate_engine::LimiterFailure::Closed,
+            other => bail!("rate_limit_failure must be open or closed, not {other:?}"),
+        };
+        self.redis_url
+            .as_deref()
+            .map(|url| {
+                keygate_engine::SharedLimiter::new(url, on_failure).map_err(anyhow::Error::msg)
+            })
+            .transpose()
     }
 
     /// `failed_auth_limit` as a rate limit; `None` when off.

@@ -32,6 +32,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let routes = config.route_table()?;
     let plans = config.plans()?;
     let trusted_proxies = config.trusted_proxies()?;
+    let shared_limiter = config.shared_limiter()?;
     let failed_auth = config
         .failed_auth_limit()?
         .map(|limit| Arc::new(keygate_engine::FailureThrottle::new(limit)));
@@ -66,6 +67,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             usage_retention: Duration::from_secs(config.usage_retention_days.max(1) * 86_400),
         },
     );
+    if let Some(limiter) = shared_limiter {
+        engine.share_rate_limits(limiter);
+    }
     let flusher =
         engine.spawn_usage_flusher(Duration::from_secs(config.usage_flush_seconds.max(1)));
     let change_listener = engine
