@@ -119,6 +119,21 @@ impl KeyUsage {
         }
     }
 
+    /// Takes in what the store says after a fresh read: other nodes' spending arrives this
+    /// way (this node's unflushed spending is kept on top).
+    pub(crate) fn reconcile(&self, record: &KeyRecord) {
+        let stored = record.quota_used;
+        let flushed = self.flushed_quota.swap(stored, Ordering::AcqRel);
+        let _ = self
+            .quota_used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(stored + (used - flushed))
+            });
+        if let Some(at) = record.quota_refilled_at {
+            self.quota_refilled_at.fetch_max(at, Ordering::AcqRel);
+        }
+    }
+
     /// Restarts the refill clock (a new quota was set).
     pub(crate) fn restart_refill(&self, at: i64) {
         self.quota_refilled_at.store(at, Ordering::Release);

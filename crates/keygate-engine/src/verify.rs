@@ -110,6 +110,7 @@ impl Engine {
             Some(r) => {
                 let plan_rate_limit = self.plan_rate_limit(&r).await?;
                 let usage = self.usage.cell(&r);
+                usage.reconcile(&r);
                 Some(Arc::new(CachedKey::from_record(r, usage, plan_rate_limit)))
             }
             None => None,

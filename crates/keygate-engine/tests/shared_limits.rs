@@ -198,3 +198,82 @@ async fn redis_down_fails_open_or_closed_as_configured() {
         .unwrap();
     assert!(errors >= 1);
 }
+
+/// Quotas across nodes: each node counts exactly what it serves, and learns what the others
+/// spent when it reads the key again (cache TTL) after their flush. The overspend is bounded
+/// by what the other nodes serve within one cache TTL plus one flush interval.
+#[tokio::test]
+async fn quotas_across_nodes_converge_after_flush_and_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&format!("sqlite://{}/q.db", dir.path().display()))
+            .await
+            .unwrap(),
+    );
+    let node = |ttl_ms: u64| {
+        Engine::new(
+            store.clone(),
+            EngineConfig {
+                key_format: KeyFormat::new("kg", true).unwrap(),
+                pepper: Pepper::new(vec![9; 32]),
+                routes: RouteTable::default(),
+                plans: Plans::reference(),
+                cache_capacity: 1000,
+                cache_ttl: Duration::from_millis(ttl_ms),
+                negative_cache_ttl: Duration::from_secs(10),
+                stale_if_error: Duration::from_secs(300),
+                usage_retention: Duration::from_secs(86_400),
+            },
+        )
+    };
+    let (a, b) = (node(200), node(200));
+    let admin = Caller::admin(None);
+    let account = a
+        .create_account(
+            &admin,
+            NewAccount {
+                name: "acme".into(),
+                plan: Some("unlimited".into()),
+            },
+        )
+        .await
+        .unwrap();
+    let (_, secret) = a
+        .create_key(
+            &admin,
+            NewKey {
+                account_id: Some(account.id),
+                name: "metered".into(),
+                scope: Some("all".into()),
+                quota: Some(keygate_store::Quota {
+                    requests: 10,
+                    refill: None,
+                }),
+                ..NewKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    let key = secret.expose().to_owned();
+    // B reads the key (and caches it) before A spends anything.
+    assert_eq!(outcome(&b, &key).await.unwrap(), "valid");
+    for _ in 0..6 {
+        assert_eq!(outcome(&a, &key).await.unwrap(), "valid");
+    }
+    a.flush_usage().await.unwrap();
+    b.flush_usage().await.unwrap();
+    // After B's cache TTL, B reads the key again and learns A's spending: 7 of 10 are gone.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut allowed = 0;
+    for _ in 0..10 {
+        if outcome(&b, &key).await.unwrap() == "valid" {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 3, "B may spend only what is left");
+    assert_eq!(
+        outcome(&a, &key).await.unwrap(),
+        "valid",
+        "A has not heard of B's spending yet"
+    );
+}
