@@ -110,9 +110,13 @@ impl RouteTable {
         RouteTable(routes)
     }
 
-    /// The permission `method path` needs. `path` may carry a query string.
+    /// The permission `method path` needs. `path` may carry a query string. A path that
+    /// does not percent-decode to UTF-8 is unmapped, whatever the table says: it cannot be
+    /// matched against a route (it is not the root path `/`).
     pub fn required(&self, method: &str, path: &str) -> Required {
-        let segments = normalise_path(path);
+        let Some(segments) = try_normalise_path(path) else {
+            return Required::Unmapped;
+        };
         if let Some(route) = self.0.iter().find(|r| r.matches(method, &segments)) {
             return Required::Permission(route.permission.clone());
         }
@@ -145,12 +149,16 @@ fn is_version(segment: &str) -> bool {
 }
 
 /// Decodes percent-escapes, then resolves `.` and `..` and drops empty segments, the way an
-/// upstream server would before routing. Undecodable input yields no segments (unmapped).
+/// upstream server would before routing. Undecodable input yields no segments; see
+/// [`try_normalise_path`] to tell it from the root path.
 pub fn normalise_path(path: &str) -> Vec<String> {
+    try_normalise_path(path).unwrap_or_default()
+}
+
+/// [`normalise_path`], or `None` when the path does not percent-decode to UTF-8.
+pub fn try_normalise_path(path: &str) -> Option<Vec<String>> {
     let path = path.split(['?', '#']).next().unwrap_or("");
-    let Some(decoded) = percent_decode(path) else {
-        return Vec::new();
-    };
+    let decoded = percent_decode(path)?;
     let mut out: Vec<String> = Vec::new();
     for seg in decoded.split(['/', '\\']) {
         match seg {
@@ -161,7 +169,7 @@ pub fn normalise_path(path: &str) -> Vec<String> {
             s => out.push(s.to_owned()),
         }
     }
-    out
+    Some(out)
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -265,6 +273,22 @@ mod tests {
             t.required("POST", "/api/v1/invoices/42/send/x"),
             need("invoice.create")
         );
+    }
+
+    /// Found by the `routes` fuzz target: an undecodable path normalised to no segments,
+    /// which is the root path, so a route for `/` matched it. `GET /%ff/../admin` needed
+    /// the root route's permission while an upstream resolving `..` serves `/admin`.
+    #[test]
+    fn undecodable_paths_do_not_match_the_root_route() {
+        let t = RouteTable::new(vec![Route::new("GET", "/", "status.read").unwrap()]);
+        assert_eq!(t.required("GET", "/"), need("status.read"));
+        assert_eq!(t.required("GET", "/?x=1"), need("status.read"));
+        for path in ["/%ff", "/%ff/../admin", "|%r", "/%c3%28", "/%", "/api/%zz"] {
+            assert_eq!(t.required("GET", path), Required::Unmapped, "{path}");
+        }
+        assert_eq!(try_normalise_path("/%ff"), None);
+        assert_eq!(try_normalise_path("/"), Some(vec![]));
+        assert_eq!(normalise_path("/%ff"), Vec::<String>::new());
     }
 
     #[test]
