@@ -57,6 +57,30 @@ pub struct EdgeOutcome(pub Outcome);
 #[derive(Clone, Copy, Debug)]
 pub struct AuthFailed;
 
+/// The code and message of an error answer, kept beside its body for edges that must
+/// also say them in headers (forward-auth: a proxy cannot read the body of its auth
+/// request, see `docs/nginx.md`). Never sent by itself.
+#[derive(Clone, Debug)]
+pub struct ErrorCode {
+    pub code: String,
+    pub message: String,
+}
+
+/// Copies an error answer's code and message into `X-Keygate-Code` and `X-Keygate-Error`.
+pub fn expose_error_code(response: &mut Response) {
+    let Some(info) = response.extensions().get::<ErrorCode>().cloned() else {
+        return;
+    };
+    for (name, value) in [
+        ("x-keygate-code", info.code),
+        ("x-keygate-error", info.message),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
+        }
+    }
+}
+
 /// The JSON error body every failure shares.
 pub fn error_response(
     status: StatusCode,
@@ -73,6 +97,10 @@ pub fn error_response(
         body["field"] = json!(field);
     }
     let mut response = (status, axum::Json(body)).into_response();
+    response.extensions_mut().insert(ErrorCode {
+        code: code.to_owned(),
+        message: message.to_owned(),
+    });
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,

@@ -190,8 +190,22 @@ pub(crate) fn identity_headers(headers: &mut HeaderMap, verdict: &Verdict) {
     }
 }
 
+/// Forward-auth. Refusals also carry their code and message as `X-Keygate-Code` and
+/// `X-Keygate-Error`, for proxies that cannot pass the body on (nginx `auth_request`).
 pub async fn forward_auth(
     State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    let mut response = match judge_forwarded(state, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    crate::error::expose_error_code(&mut response);
+    response
+}
+
+async fn judge_forwarded(
+    state: AppState,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let (parts, _) = request.into_parts();
