@@ -110,6 +110,11 @@ impl RouteTable {
         RouteTable(routes)
     }
 
+    /// The permissions the routes name, in table order (e.g. `invoice.send`).
+    pub fn permissions(&self) -> impl Iterator<Item = &Permission> {
+        self.0.iter().map(|r| &r.permission)
+    }
+
     /// The permission `method path` needs. `path` may carry a query string. A path that
     /// does not percent-decode to UTF-8 is unmapped, whatever the table says: it cannot be
     /// matched against a route (it is not the root path `/`).

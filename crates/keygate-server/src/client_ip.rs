@@ -38,6 +38,24 @@ pub fn client_ip(
         .or(Some(peer))
 }
 
+/// Did the client reach us over TLS? Only a trusted proxy's `X-Forwarded-Proto` is
+/// believed (the last value, the one the nearest proxy added); anyone else could claim it.
+pub fn forwarded_https(peer: Option<SocketAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> bool {
+    let Some(peer) = peer.map(|p| canonical_ip(p.ip())) else {
+        return false;
+    };
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return false;
+    }
+    headers
+        .get_all("x-forwarded-proto")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .last()
+        .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +87,21 @@ mod tests {
             client_ip(Some(proxy), &h("10.0.0.1"), &[]),
             Some("127.0.0.1".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn forwarded_proto_counts_only_from_trusted_peers() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap()];
+        let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let stranger: SocketAddr = "203.0.113.9:5000".parse().unwrap();
+        let mut https = HeaderMap::new();
+        https.insert("x-forwarded-proto", "https".parse().unwrap());
+        assert!(forwarded_https(Some(proxy), &https, &trusted));
+        assert!(!forwarded_https(Some(stranger), &https, &trusted));
+        assert!(!forwarded_https(Some(proxy), &https, &[]));
+        assert!(!forwarded_https(Some(proxy), &HeaderMap::new(), &trusted));
+        let mut chain = HeaderMap::new();
+        chain.insert("x-forwarded-proto", "https, http".parse().unwrap());
+        assert!(!forwarded_https(Some(proxy), &chain, &trusted));
     }
 }

@@ -13,7 +13,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::{middleware, ApiError, AppState};
 
-pub use auth::Auth;
+pub use auth::{authenticate, request_ip, Auth};
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.http.body_limit;
@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/verify", post(verify::verify))
         .route("/v1/auth", any(verify::forward_auth))
         .route("/v1/auth/{*path}", any(verify::forward_auth))
+        .nest("/dashboard", crate::dashboard::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,0 +1,1039 @@
+//! The web dashboard: in a real browser (headless Chromium driven over WebDriver with
+//! fantoccini), and over plain HTTP for what a browser hides (cookie attributes, CSRF,
+//! headers, throttling, the secret shown once).
+//!
+//! The browser tests need `chromedriver` (Debian: `chromium chromium-driver`, installed by
+//! `scripts/install-deps`); without it they print "skipped: chromium-driver not installed"
+//! and pass. Screenshots of every page go to `target/dashboard-screenshots/`.
+
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use helpers::{spawn, spawn_with, Options, TestApp};
+use hyper_util::client::legacy::connect::HttpConnector;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------
+// HTTP helpers: a browser-like client without redirects or a cookie jar.
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The session cookie's value from a `Set-Cookie` answer.
+fn session_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("keygate_session="))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+}
+
+fn set_cookie(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The CSRF token of the first form on a page.
+fn csrf_of(html: &str) -> String {
+    let marker = r#"name="csrf" value=""#;
+    let start = html.find(marker).expect("no CSRF field on the page") + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+fn location(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// A dashboard session over HTTP: its cookie and the CSRF token of its pages.
+struct HttpSession {
+    client: reqwest::Client,
+    base: String,
+    cookie: String,
+    csrf: String,
+}
+
+impl HttpSession {
+    async fn sign_in(app: &TestApp, credential: &str) -> HttpSession {
+        let client = http();
+        let page = client
+            .get(app.url("/dashboard/sign-in"))
+            .send()
+            .await
+            .unwrap();
+        let cookie = session_cookie(&page).expect("sign-in page sets a session cookie");
+        let csrf = csrf_of(&page.text().await.unwrap());
+        let answer = client
+            .post(app.url("/dashboard/sign-in"))
+            .header("cookie", format!("keygate_session={cookie}"))
+            .form(&[("csrf", csrf.as_str()), ("credential", credential)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 303, "sign-in refused");
+        let cookie = session_cookie(&answer).expect("sign-in sets a new session cookie");
+        let mut session = HttpSession {
+            client,
+            base: app.base.clone(),
+            cookie,
+            csrf: String::new(),
+        };
+        let home = session.get("/dashboard").await;
+        assert_eq!(home.status(), 303);
+        let landing = session.get(&location(&home)).await;
+        session.csrf = csrf_of(&landing.text().await.unwrap());
+        session
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .header("cookie", format!("keygate_session={}", self.cookie))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A form POST; `csrf` is added unless the fields already name it.
+    async fn post(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut all: Vec<(&str, &str)> = fields.to_vec();
+        if !fields.iter().any(|(k, _)| *k == "csrf") {
+            all.push(("csrf", &self.csrf));
+        }
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", format!("keygate_session={}", self.cookie))
+            .form(&all)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+async fn audit_actions(app: &TestApp) -> Vec<Value> {
+    let log = app.admin(Method::GET, "/v1/audit-log", None).await;
+    log.body["data"].as_array().cloned().unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------
+// Without a browser
+
+#[tokio::test]
+async fn cookie_attributes_and_security_headers() {
+    let app = spawn().await;
+    let page = http()
+        .get(app.url("/dashboard/sign-in"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let cookie = set_cookie(&page);
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/dashboard"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    // Plain HTTP, and X-Forwarded-Proto from a peer that is not a trusted proxy.
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let h = |name: &str| {
+        page.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let csp = h("content-security-policy");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(h("x-frame-options"), "DENY");
+    assert_eq!(h("referrer-policy"), "no-referrer");
+    assert_eq!(h("cache-control"), "no-store");
+    assert!(h("content-type").starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("<script>"), "no inline script");
+    assert!(html.contains(r#"<label for="credential""#));
+
+    // Behind a trusted proxy that says the client used TLS, the cookie is Secure.
+    let proxied = spawn_with(Options {
+        trusted_proxies: vec!["127.0.0.0/8".parse().unwrap()],
+        ..Options::default()
+    })
+    .await;
+    let page = http()
+        .get(proxied.url("/dashboard/sign-in"))
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        set_cookie(&page).contains("; Secure"),
+        "{}",
+        set_cookie(&page)
+    );
+    let page = http()
+        .get(proxied.url("/dashboard/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    assert!(!set_cookie(&page).contains("Secure"));
+
+    let js = http()
+        .get(app.url("/dashboard/assets/dashboard.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.status(), 200);
+    assert!(js.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let missing = http()
+        .get(app.url("/dashboard/no-such-page"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(missing.text().await.unwrap().contains("<h1>Not found</h1>"));
+}
+
+#[tokio::test]
+async fn every_form_needs_the_session_csrf_token() {
+    let app = spawn().await;
+    let client = http();
+    // The sign-in form too.
+    let page = client
+        .get(app.url("/dashboard/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let anonymous = session_cookie(&page).unwrap();
+    let refused = client
+        .post(app.url("/dashboard/sign-in"))
+        .header("cookie", format!("keygate_session={anonymous}"))
+        .form(&[("credential", app.admin_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+
+    let session = HttpSession::sign_in(&app, &app.admin_token).await;
+    let missing = session
+        .client
+        .post(app.url("/dashboard/accounts"))
+        .header("cookie", format!("keygate_session={}", session.cookie))
+        .form(&[("name", "Acme"), ("plan", "pro")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 403);
+    assert!(missing.text().await.unwrap().contains("CSRF"));
+    let wrong_token = "0".repeat(session.csrf.len());
+    let wrong = session
+        .post(
+            "/dashboard/accounts",
+            &[("csrf", &wrong_token), ("name", "Acme"), ("plan", "pro")],
+        )
+        .await;
+    assert_eq!(wrong.status(), 403);
+    let accounts = app.admin(Method::GET, "/v1/accounts", None).await;
+    assert_eq!(accounts.body["data"], json!([]), "nothing was created");
+
+    let ok = session
+        .post("/dashboard/accounts", &[("name", "Acme"), ("plan", "pro")])
+        .await;
+    assert_eq!(ok.status(), 303);
+    assert!(location(&ok).starts_with("/dashboard/accounts/acct_"));
+
+    // Without a session a POST changes nothing and goes to the sign-in page.
+    let anonymous_post = http()
+        .post(app.url("/dashboard/accounts"))
+        .form(&[("name", "Mallory"), ("csrf", session.csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous_post.status(), 303);
+    assert_eq!(location(&anonymous_post), "/dashboard/sign-in");
+
+    // Signing out ends the session on the server.
+    let out = session.post("/dashboard/sign-out", &[]).await;
+    assert_eq!(out.status(), 303);
+    assert!(set_cookie(&out).contains("Max-Age=0"));
+    let after = session.get("/dashboard/accounts").await;
+    assert_eq!(after.status(), 303);
+    assert_eq!(location(&after), "/dashboard/sign-in");
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_throttled_and_audited() {
+    let app = spawn().await;
+    let _ok = HttpSession::sign_in(&app, &app.admin_token).await;
+    let client = http();
+    let page = client
+        .get(app.url("/dashboard/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = format!("keygate_session={}", session_cookie(&page).unwrap());
+    let csrf = csrf_of(&page.text().await.unwrap());
+    let attempt = |credential: String| {
+        let client = client.clone();
+        let cookie = cookie.clone();
+        let csrf = csrf.clone();
+        let url = app.url("/dashboard/sign-in");
+        async move {
+            client
+                .post(url)
+                .header("cookie", cookie)
+                .form(&[("csrf", csrf.as_str()), ("credential", credential.as_str())])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..10 {
+        let r = attempt(format!("wrong-token-{i}")).await;
+        assert_eq!(r.status(), 403, "attempt {i}");
+        assert!(r.text().await.unwrap().contains("Sign-in failed"));
+    }
+    let blocked = attempt(app.admin_token.clone()).await;
+    assert_eq!(blocked.status(), 429, "even the right token waits");
+    assert!(blocked.headers().contains_key("retry-after"));
+
+    let events = audit_actions(&app).await;
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["action"] == "dashboard.sign_in_failed")
+        .collect();
+    assert_eq!(failed.len(), 10);
+    assert_eq!(failed[0]["client_ip"], "127.0.0.1");
+    assert_eq!(failed[0]["details"]["reason"], "unauthorized");
+    assert!(!failed[0].to_string().contains("wrong-token"));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["action"] == "dashboard.sign_in")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_secret_is_shown_once_and_never_in_a_url() {
+    let app = spawn().await;
+    let account = app.create_account("Acme", "pro").await;
+    let s = HttpSession::sign_in(&app, &app.admin_token).await;
+    let created = s
+        .post(
+            &format!("/dashboard/accounts/{account}/keys"),
+            &[
+                ("name", "Zapier Integration"),
+                ("environment", "live"),
+                ("access", "custom"),
+                ("permission", "invoice.read"),
+                ("permission", "client.*"),
+                ("extra_permissions", "orders:read"),
+                ("ip_allowlist", ""),
+                ("expiry", "90"),
+                ("rate_requests", "100"),
+                ("rate_per", "60"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status(), 303);
+    let to = location(&created);
+    assert!(
+        to.starts_with("/dashboard/keys/key_") && to.ends_with("/secret"),
+        "{to}"
+    );
+    let shown = s.get(&to).await;
+    assert_eq!(shown.status(), 200);
+    assert_eq!(shown.headers()["cache-control"], "no-store");
+    let html = shown.text().await.unwrap();
+    let marker = r#"id="new-secret">"#;
+    let start = html.find(marker).expect("the secret is on the page") + marker.len();
+    let secret: String = html[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    assert_eq!(secret.len(), 72, "{secret}");
+    assert!(!to.contains(&secret[8..]));
+    assert_eq!(
+        app.forward_auth(Some(&secret), "GET", "/api/v1/orders")
+            .await
+            .status,
+        204
+    );
+
+    let again = s.get(&to).await;
+    assert_eq!(again.status(), 410);
+    let html = again.text().await.unwrap();
+    assert!(!html.contains(&secret[8..]), "shown twice");
+    assert!(html.contains("not shown again"));
+
+    let key_id = to
+        .trim_start_matches("/dashboard/keys/")
+        .trim_end_matches("/secret");
+    let key = app
+        .admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None)
+        .await;
+    assert_eq!(
+        key.body["permissions"],
+        json!(["client.*", "invoice.read", "order.read"])
+    );
+    assert_eq!(
+        key.body["rate_limit"],
+        json!({"requests": 100, "per_seconds": 60})
+    );
+    assert!(key.body["expires_at"].is_string());
+
+    // A form error keeps what was typed and says what is wrong.
+    let bad = s
+        .post(
+            &format!("/dashboard/accounts/{account}/keys"),
+            &[
+                ("name", "Bad allowlist"),
+                ("access", "read"),
+                ("ip_allowlist", "not-an-address"),
+            ],
+        )
+        .await;
+    assert_eq!(bad.status(), 400);
+    let html = bad.text().await.unwrap();
+    assert!(html.contains("form-error"), "{html}");
+    assert!(html.contains("not-an-address"));
+}
+
+#[tokio::test]
+async fn a_key_session_sees_one_account_and_ends_with_its_key() {
+    let app = spawn().await;
+    let mine = app.create_account("Acme", "pro").await;
+    let theirs = app.create_account("Globex", "pro").await;
+    let (manager_id, manager) = app
+        .create_key(&mine, json!({"permissions": ["api_keys.*", "invoices.*"]}))
+        .await;
+    let (their_key, _) = app
+        .create_key(&theirs, json!({"name": "Globex prod"}))
+        .await;
+    let (_, plain) = app.create_key(&mine, json!({"scope": "read"})).await;
+
+    // A key without api_keys permissions cannot sign in.
+    let client = http();
+    let page = client
+        .get(app.url("/dashboard/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = format!("keygate_session={}", session_cookie(&page).unwrap());
+    let csrf = csrf_of(&page.text().await.unwrap());
+    let refused = client
+        .post(app.url("/dashboard/sign-in"))
+        .header("cookie", cookie)
+        .form(&[("csrf", csrf.as_str()), ("credential", plain.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("cannot manage API keys"));
+
+    let s = HttpSession::sign_in(&app, &manager).await;
+    let own = s.get(&format!("/dashboard/accounts/{mine}")).await;
+    assert_eq!(own.status(), 200);
+    let html = own.text().await.unwrap();
+    assert!(html.contains("API Keys"));
+    assert!(!html.contains("Globex"));
+    for path in [
+        format!("/dashboard/accounts/{theirs}"),
+        format!("/dashboard/accounts/{theirs}/keys/new"),
+        format!("/dashboard/keys/{their_key}"),
+        format!("/dashboard/keys/{their_key}/edit"),
+        "/dashboard/accounts/acct_000000000000000000000000".to_owned(),
+    ] {
+        let r = s.get(&path).await;
+        assert_eq!(r.status(), 404, "{path}");
+        assert!(!r.text().await.unwrap().contains("Globex"));
+    }
+    let list = s.get("/dashboard/accounts").await;
+    assert_eq!(location(&list), format!("/dashboard/accounts/{mine}"));
+    let revoke = s
+        .post(&format!("/dashboard/keys/{their_key}/revoke"), &[])
+        .await;
+    assert_eq!(revoke.status(), 404);
+    let theirs_now = app
+        .admin(Method::GET, &format!("/v1/api-keys/{their_key}"), None)
+        .await;
+    assert_eq!(theirs_now.body["status"], "active");
+
+    // Revoking the key the session signed in with ends the session.
+    app.admin(
+        Method::POST,
+        &format!("/v1/api-keys/{manager_id}/revoke"),
+        None,
+    )
+    .await;
+    let after = s.get(&format!("/dashboard/accounts/{mine}")).await;
+    assert_eq!(after.status(), 303);
+    assert_eq!(location(&after), "/dashboard/sign-in");
+}
+
+// ---------------------------------------------------------------------------------------
+// In a browser
+
+/// A headless Chromium session through a chromedriver started for this test.
+struct Browser {
+    client: Option<Client>,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+async fn browser() -> Option<Browser> {
+    let Some(chromedriver) = find_program("chromedriver") else {
+        println!("skipped: chromium-driver not installed");
+        return None;
+    };
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let driver = Command::new(chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let profile = tempfile::tempdir().unwrap();
+    let mut browser = Browser {
+        client: None,
+        driver,
+        _profile: profile,
+    };
+    let mut args = vec![
+        "--headless".to_owned(),
+        "--no-sandbox".to_owned(),
+        "--disable-gpu".to_owned(),
+        "--disable-dev-shm-usage".to_owned(),
+        "--disable-quic".to_owned(),
+        "--no-first-run".to_owned(),
+        "--disable-background-networking".to_owned(),
+        "--disable-component-update".to_owned(),
+        "--disable-sync".to_owned(),
+        "--window-size=1280,1000".to_owned(),
+        format!("--user-data-dir={}", browser._profile.path().display()),
+    ];
+    args.push("--hide-scrollbars".to_owned());
+    let mut chrome = json!({ "args": args });
+    for binary in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if std::path::Path::new(binary).exists() {
+            chrome["binary"] = json!(binary);
+            break;
+        }
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert("goog:chromeOptions".into(), chrome);
+    let url = format!("http://127.0.0.1:{port}");
+    let mut last_error = String::new();
+    for _ in 0..100 {
+        match ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(client) => {
+                browser.client = Some(client);
+                return Some(browser);
+            }
+            Err(e) => {
+                last_error = e.to_string();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    panic!("could not start a Chromium session: {last_error}");
+}
+
+impl Browser {
+    fn c(&self) -> &Client {
+        self.client.as_ref().unwrap()
+    }
+
+    async fn close(mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = c.close().await;
+        }
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let dir = target.join("dashboard-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Saves the whole page (the window is stretched to the document's height first).
+async fn shot(c: &Client, name: &str) {
+    let (w, _) = window_size(c).await;
+    c.set_window_size(w, 700).await.unwrap();
+    let height = c
+        .execute(
+            "return Math.ceil(document.documentElement.scrollHeight);",
+            vec![],
+        )
+        .await
+        .ok()
+        .and_then(|v| v.as_u64())
+        .unwrap_or(1000)
+        .clamp(560, 4000) as u32;
+    c.set_window_size(w, height + 140).await.unwrap();
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshot_dir().join(format!("{name}.png")), png).unwrap();
+}
+
+async fn window_size(c: &Client) -> (u32, u32) {
+    let (_, _, w, h) = c.get_window_rect().await.unwrap();
+    (w as u32, h as u32)
+}
+
+async fn path_of(c: &Client) -> String {
+    c.current_url().await.unwrap().path().to_owned()
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn fill(c: &Client, css: &str, value: &str) {
+    let e = c.find(Locator::Css(css)).await.unwrap();
+    e.clear().await.unwrap();
+    e.send_keys(value).await.unwrap();
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Clicks something that loads a new page (a link, a submit button) and waits until the
+/// new document has loaded: WebDriver's click may return before a form's navigation starts.
+async fn follow(c: &Client, css: &str) {
+    c.execute("window.__kgOldPage = true;", vec![])
+        .await
+        .unwrap();
+    click(c, css).await;
+    for _ in 0..200 {
+        let loaded = c
+            .execute(
+                "return window.__kgOldPage !== true && document.readyState === 'complete';",
+                vec![],
+            )
+            .await
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        if loaded {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("clicking {css} loaded no new page");
+}
+
+async fn sign_in(c: &Client, app: &TestApp, credential: &str) {
+    c.goto(&app.url("/dashboard")).await.unwrap();
+    assert_eq!(path_of(c).await, "/dashboard/sign-in");
+    fill(c, "#credential", credential).await;
+    follow(c, "form[action='/dashboard/sign-in'] button[type=submit]").await;
+}
+
+/// Runs `scenario`, then closes the browser whatever happened.
+async fn with_browser<F, Fut>(scenario: F)
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::FutureExt;
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let client = browser.c().clone();
+    let outcome = std::panic::AssertUnwindSafe(scenario(client))
+        .catch_unwind()
+        .await;
+    browser.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_creates_uses_and_revokes_a_key_in_the_browser() {
+    let app = spawn().await;
+    with_browser(|c| async move {
+        // A wrong token is refused with a message; the right one signs in.
+        sign_in(&c, &app, "not-the-token").await;
+        assert!(text(&c, "#form-error").await.contains("Sign-in failed"));
+        shot(&c, "01-sign-in-failed").await;
+        fill(&c, "#credential", &app.admin_token).await;
+        follow(&c, "form[action='/dashboard/sign-in'] button[type=submit]").await;
+        assert_eq!(path_of(&c).await, "/dashboard/accounts");
+        let cookies = c.get_all_cookies().await.unwrap();
+        let session = cookies
+            .iter()
+            .find(|k| k.name() == "keygate_session")
+            .expect("session cookie");
+        assert_eq!(session.http_only(), Some(true));
+        assert_eq!(format!("{:?}", session.same_site()), "Some(Strict)");
+        assert_eq!(session.path(), Some("/dashboard"));
+        assert_ne!(session.secure(), Some(true), "plain HTTP here");
+        shot(&c, "02-accounts-empty").await;
+
+        // Create an account.
+        fill(&c, "#account-name", "Acme Invoicing").await;
+        c.find(Locator::Css("#account-plan"))
+            .await
+            .unwrap()
+            .select_by_value("pro")
+            .await
+            .unwrap();
+        follow(&c, "form[action='/dashboard/accounts'] button[type=submit]").await;
+        let account_path = path_of(&c).await;
+        assert!(account_path.starts_with("/dashboard/accounts/acct_"));
+        let account_id = account_path
+            .trim_start_matches("/dashboard/accounts/")
+            .to_owned();
+        assert!(text(&c, ".usage-text").await.contains("0 of 20 keys used"));
+        shot(&c, "03-account-empty").await;
+
+        // Create a key with the permission checklist.
+        follow(&c, "a.button.primary[href$='/keys/new']").await;
+        assert_eq!(
+            path_of(&c).await,
+            format!("/dashboard/accounts/{account_id}/keys/new")
+        );
+        for resource in [
+            "invoice",
+            "client",
+            "quotation",
+            "product",
+            "webhook",
+            "api_key",
+        ] {
+            c.find(Locator::Css(&format!("#perm-{resource}-read")))
+                .await
+                .unwrap_or_else(|_| panic!("checklist row for {resource}"));
+        }
+        // The route table's own permission is offered too.
+        c.find(Locator::Css("#perm-invoice-send")).await.unwrap();
+        fill(&c, "#name", "Zapier Integration").await;
+        click(&c, "#perm-invoice-read").await;
+        click(&c, "#perm-client-all").await;
+        fill(&c, "#rate_requests", "100").await;
+        click(&c, "#expiry-90").await;
+        shot(&c, "04-create-key-form").await;
+        follow(&c, "form.key-form button[type=submit]").await;
+
+        // The secret, once, with a working copy button.
+        let secret_path = path_of(&c).await;
+        assert!(secret_path.ends_with("/secret"), "{secret_path}");
+        let key_id = secret_path
+            .trim_start_matches("/dashboard/keys/")
+            .trim_end_matches("/secret")
+            .to_owned();
+        let secret = text(&c, "#new-secret").await;
+        assert!(
+            secret.starts_with("kg_live_") && secret.len() == 72,
+            "{secret}"
+        );
+        assert!(text(&c, ".warning")
+            .await
+            .contains("will not be shown again"));
+        let copy = c.find(Locator::Css("button[data-copy]")).await.unwrap();
+        assert!(
+            copy.is_displayed().await.unwrap(),
+            "the script shows the copy button"
+        );
+        copy.click().await.unwrap();
+        assert!(!c
+            .current_url()
+            .await
+            .unwrap()
+            .as_str()
+            .contains(&secret[8..]));
+        shot(&c, "05-secret-shown-once").await;
+
+        // The key works.
+        let allowed = app
+            .forward_auth(Some(&secret), "GET", "/api/v1/invoices")
+            .await;
+        assert_eq!(allowed.status, 204, "{}", allowed.body);
+
+        // Reloading does not show it again.
+        c.refresh().await.unwrap();
+        let source = c.source().await.unwrap();
+        assert!(!source.contains(&secret[8..]), "secret shown after reload");
+        assert!(source.contains("not shown again"));
+        shot(&c, "06-secret-after-reload").await;
+
+        // The key's page: details, usage chart with the one valid request, audit events.
+        c.goto(&app.url(&format!("/dashboard/keys/{key_id}")))
+            .await
+            .unwrap();
+        assert!(text(&c, ".legend").await.contains("Valid (1)"));
+        assert!(text(&c, "#recent-ips").await.contains("127.0.0.1"));
+        assert!(text(&c, "#key-events").await.contains("Created"));
+        assert!(text(&c, "#key-details")
+            .await
+            .contains("100 requests per minute"));
+        c.find(Locator::Css("figure.chart svg rect")).await.unwrap();
+        shot(&c, "07-key-page").await;
+
+        // Revoke, with confirmation.
+        follow(&c, "a.button.danger[href$='/revoke']").await;
+        assert!(text(&c, ".warning").await.contains("cannot be undone"));
+        shot(&c, "08-revoke-confirm").await;
+        follow(&c, "#confirm-revoke").await;
+        assert_eq!(path_of(&c).await, format!("/dashboard/keys/{key_id}"));
+        assert!(text(&c, ".notice").await.contains("revoked"));
+        assert!(text(&c, "#key-events").await.contains("Revoked"));
+        shot(&c, "09-key-revoked").await;
+
+        let refused = app
+            .forward_auth(Some(&secret), "GET", "/api/v1/invoices")
+            .await;
+        assert_eq!(refused.status, 401);
+
+        // The table says so, in the list and under the "revoked" filter.
+        c.goto(&app.url(&account_path)).await.unwrap();
+        let row = text(&c, &format!("tr[data-key-id='{key_id}']")).await;
+        assert!(row.contains("revoked"), "{row}");
+        assert!(row.contains("Zapier Integration"));
+        follow(&c, "a.filter[href$='status=revoked']").await;
+        assert!(text(&c, "#keys-table").await.contains("revoked"));
+        follow(&c, "a.filter[href$='status=active']").await;
+        assert!(text(&c, ".empty").await.contains("No active keys"));
+
+        // A second key: preset scope, then edit, then rotate with a grace period.
+        c.goto(&app.url(&format!("/dashboard/accounts/{account_id}/keys/new")))
+            .await
+            .unwrap();
+        fill(&c, "#name", "Orders sync").await;
+        click(&c, "#env-test").await;
+        click(&c, "#access-write").await;
+        follow(&c, "form.key-form button[type=submit]").await;
+        let first_secret = text(&c, "#new-secret").await;
+        assert!(first_secret.starts_with("kg_test_"));
+        follow(&c, "a.button.primary").await;
+        let second_path = path_of(&c).await;
+        follow(&c, "a.button[href$='/edit']").await;
+        assert!(c
+            .find(Locator::Css("#access-write"))
+            .await
+            .unwrap()
+            .is_selected()
+            .await
+            .unwrap());
+        fill(&c, "#name", "Orders sync (EU)").await;
+        fill(&c, "#ip_allowlist", "127.0.0.1, 203.0.113.0/24").await;
+        shot(&c, "10-edit-key").await;
+        follow(&c, "form.key-form button[type=submit]").await;
+        assert_eq!(path_of(&c).await, second_path);
+        let details = text(&c, "#key-details").await;
+        assert!(details.contains("203.0.113.0/24"), "{details}");
+        assert!(text(&c, "h1").await.contains("Orders sync (EU)"));
+
+        follow(&c, "a.button[href$='/rotate']").await;
+        c.find(Locator::Css("#grace"))
+            .await
+            .unwrap()
+            .select_by_value("3600")
+            .await
+            .unwrap();
+        shot(&c, "11-rotate").await;
+        follow(&c, "form[action$='/rotate'] button[type=submit]").await;
+        let rotated = text(&c, "#new-secret").await;
+        assert!(rotated.starts_with("kg_test_") && rotated != first_secret);
+        shot(&c, "12-rotated-secret").await;
+        for key in [&first_secret, &rotated] {
+            let a = app.forward_auth(Some(key), "GET", "/api/v1/orders").await;
+            assert_eq!(a.status, 204, "both work during the grace period");
+        }
+
+        // Readable at 360 px: nothing wider than the screen but the scrolling tables.
+        c.set_window_size(360, 800).await.unwrap();
+        c.goto(&app.url(&account_path)).await.unwrap();
+        let width = c
+            .execute("return document.documentElement.scrollWidth;", vec![])
+            .await
+            .unwrap();
+        assert!(width.as_u64().unwrap() <= 360, "page is {width} px wide");
+        shot(&c, "13-account-360px").await;
+        c.goto(&app.url(&second_path)).await.unwrap();
+        shot(&c, "14-key-360px").await;
+        c.set_window_size(1280, 1000).await.unwrap();
+        c.goto(&app.url(&second_path)).await.unwrap();
+
+        // Sign out: the session is gone.
+        follow(&c, "form[action='/dashboard/sign-out'] button").await;
+        assert_eq!(path_of(&c).await, "/dashboard/sign-in");
+        c.goto(&app.url(&account_path)).await.unwrap();
+        assert_eq!(path_of(&c).await, "/dashboard/sign-in");
+
+        let events = audit_actions(&app).await;
+        let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
+        for expected in [
+            "dashboard.sign_in_failed",
+            "dashboard.sign_in",
+            "account.create",
+            "key.create",
+            "key.revoke",
+            "key.update",
+            "key.rotate",
+        ] {
+            assert!(actions.contains(&expected), "{expected} not in {actions:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_service_session_cannot_see_another_account_in_the_browser() {
+    let app = spawn().await;
+    let mine = app.create_account("Acme Invoicing", "basic").await;
+    let theirs = app.create_account("Globex Corporation", "pro").await;
+    let (_, manager) = app
+        .create_key(
+            &mine,
+            json!({"name": "Key manager", "permissions": ["api_keys.*", "accounts.read", "invoices.*"]}),
+        )
+        .await;
+    let (their_key, their_secret) = app
+        .create_key(
+            &theirs,
+            json!({"name": "Globex production", "scope": "read"}),
+        )
+        .await;
+    with_browser(|c| async move {
+        sign_in(&c, &app, &manager).await;
+        assert_eq!(path_of(&c).await, format!("/dashboard/accounts/{mine}"));
+        let source = c.source().await.unwrap();
+        assert!(source.contains("Acme Invoicing"));
+        assert!(source.contains("Key manager"));
+        assert!(text(&c, ".usage-text").await.contains("1 of 2 keys used"));
+        for other in ["Globex", theirs.as_str(), their_key.as_str()] {
+            assert!(!source.contains(other), "{other} visible");
+        }
+        let nav = text(&c, "header nav").await;
+        assert_eq!(nav.trim(), "API Keys");
+        shot(&c, "20-self-service-account").await;
+
+        // The account list holds only its own account.
+        c.goto(&app.url("/dashboard/accounts")).await.unwrap();
+        assert_eq!(path_of(&c).await, format!("/dashboard/accounts/{mine}"));
+
+        // Another account's ids answer as not found.
+        for path in [
+            format!("/dashboard/accounts/{theirs}"),
+            format!("/dashboard/keys/{their_key}"),
+            format!("/dashboard/keys/{their_key}/revoke"),
+        ] {
+            c.goto(&app.url(&path)).await.unwrap();
+            let page = c.source().await.unwrap();
+            assert!(text(&c, "h1").await.contains("Not found"), "{path}");
+            assert!(!page.contains("Globex"), "{path}");
+        }
+        shot(&c, "21-self-service-other-account").await;
+
+        // It can create a key within what it holds, and not beyond.
+        c.goto(&app.url(&format!("/dashboard/accounts/{mine}/keys/new")))
+            .await
+            .unwrap();
+        fill(&c, "#name", "Webhook relay").await;
+        click(&c, "#perm-webhook-all").await;
+        follow(&c, "form.key-form button[type=submit]").await;
+        assert!(text(&c, "#form-error").await.contains("does not hold"));
+        assert_eq!(
+            c.find(Locator::Css("#name"))
+                .await
+                .unwrap()
+                .prop("value")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("Webhook relay"),
+            "the form keeps what was typed"
+        );
+        shot(&c, "22-self-service-refused-grant").await;
+        click(&c, "#perm-webhook-all").await;
+        click(&c, "#perm-invoice-read").await;
+        follow(&c, "form.key-form button[type=submit]").await;
+        assert!(text(&c, "#new-secret").await.starts_with("kg_live_"));
+
+        // The plan cap (basic: 2) is shown and enforced.
+        c.goto(&app.url(&format!("/dashboard/accounts/{mine}/keys/new")))
+            .await
+            .unwrap();
+        fill(&c, "#name", "One too many").await;
+        click(&c, "#perm-invoice-read").await;
+        follow(&c, "form.key-form button[type=submit]").await;
+        shot(&c, "23-self-service-plan-limit").await;
+        assert!(text(&c, "#form-error").await.contains("limit reached"));
+
+        let still = app
+            .forward_auth(Some(&their_secret), "GET", "/api/v1/invoices")
+            .await;
+        assert_eq!(still.status, 204);
+    })
+    .await;
+}
