@@ -83,6 +83,11 @@ pub fn app_named(name: &str) -> Router {
         .with_state(state)
 }
 
+/// Serves the API named `name` on `listener` until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, name: &str) -> std::io::Result<()> {
+    axum::serve(listener, app_named(name)).await
+}
+
 fn seed() -> Data {
     let mut data = Data::default();
     let rows: &[(&'static str, Value)] = &[
