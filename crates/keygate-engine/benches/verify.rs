@@ -24,6 +24,8 @@ const PEPPER: [u8; 32] = [7; 32];
 struct Fixture {
     engine: Arc<Engine>,
     key: String,
+    /// A key with a rate limit it never reaches: measures the limiter's cost.
+    limited_key: String,
     _dir: tempfile::TempDir,
 }
 
@@ -66,7 +68,7 @@ fn fixture() -> Fixture {
             .create_key(
                 &admin,
                 NewKey {
-                    account_id: Some(account.id),
+                    account_id: Some(account.id.clone()),
                     name: "bench".into(),
                     scope: Some("read".into()),
                     ..NewKey::default()
@@ -75,18 +77,38 @@ fn fixture() -> Fixture {
             .await
             .unwrap();
         let key = secret.expose().to_owned();
-        // Warm the cache: the benchmark measures hits.
-        let warm = engine
-            .verify(&VerifyRequest {
-                key: &key,
-                ..Default::default()
-            })
+        let (_, limited) = engine
+            .create_key(
+                &admin,
+                NewKey {
+                    account_id: Some(account.id.clone()),
+                    name: "limited".into(),
+                    scope: Some("read".into()),
+                    rate_limit: Some(keygate_store::RateLimit {
+                        requests: u32::MAX,
+                        per_seconds: 1,
+                    }),
+                    ..NewKey::default()
+                },
+            )
             .await
             .unwrap();
-        assert!(warm.outcome.is_valid());
+        let limited_key = limited.expose().to_owned();
+        // Warm the cache: the benchmark measures hits.
+        for k in [&key, &limited_key] {
+            let warm = engine
+                .verify(&VerifyRequest {
+                    key: k,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert!(warm.outcome.is_valid());
+        }
         Fixture {
             engine,
             key,
+            limited_key,
             _dir: dir,
         }
     })
@@ -121,6 +143,21 @@ fn benches(c: &mut Criterion) {
     group.bench_function("keygate verify, cache hit, no permission", |b| {
         let request = VerifyRequest {
             key,
+            ..Default::default()
+        };
+        b.iter(|| {
+            let verdict = f
+                .engine
+                .verify(black_box(&request))
+                .now_or_never()
+                .unwrap()
+                .unwrap();
+            black_box(verdict.outcome)
+        })
+    });
+    group.bench_function("keygate verify, cache hit, with rate limit", |b| {
+        let request = VerifyRequest {
+            key: &f.limited_key,
             ..Default::default()
         };
         b.iter(|| {

@@ -17,6 +17,7 @@ pub mod manage;
 mod metrics;
 mod ratelimit;
 mod shared_limit;
+mod store_health;
 mod usage;
 mod verify;
 
@@ -50,6 +51,8 @@ pub struct Engine {
     last_prune: std::sync::atomic::AtomicI64,
     usage: usage::UsageRecorder,
     metrics: Metrics,
+    /// Whether verifications may ask the store (not while it is down).
+    store_health: store_health::StoreHealth,
     /// Rate limits shared with other nodes; per node when unset.
     shared_limiter: std::sync::OnceLock<SharedLimiter>,
     started: std::time::Instant,
@@ -76,6 +79,7 @@ impl Engine {
             last_prune: std::sync::atomic::AtomicI64::new(0),
             usage: usage::UsageRecorder::default(),
             metrics: Metrics::default(),
+            store_health: store_health::StoreHealth::new(),
             shared_limiter: std::sync::OnceLock::new(),
             started: std::time::Instant::now(),
             stopping: tokio::sync::watch::channel(false).0,

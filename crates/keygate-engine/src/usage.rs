@@ -28,8 +28,17 @@ struct Pending {
     /// (hour bucket, outcome detail) → count.
     counts: Vec<(i64, &'static str, i64)>,
     /// Newest first; `changed` says whether it differs from what was flushed.
-    recent_ips: Vec<SeenIp>,
+    recent_ips: Vec<(IpAddr, i64)>,
     ips_changed: bool,
+}
+
+fn seen(ips: &[(IpAddr, i64)]) -> Vec<SeenIp> {
+    ips.iter()
+        .map(|(ip, at)| SeenIp {
+            ip: ip.to_string(),
+            last_seen: *at,
+        })
+        .collect()
 }
 
 /// Per-key counters and limiter state.
@@ -62,7 +71,11 @@ impl KeyUsage {
             refill_dirty: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             pending: Mutex::new(Pending {
-                recent_ips: record.recent_ips.clone(),
+                recent_ips: record
+                    .recent_ips
+                    .iter()
+                    .filter_map(|s| Some((s.ip.parse().ok()?, s.last_seen)))
+                    .collect(),
                 ..Pending::default()
             }),
             limiter: Gcra::default(),
@@ -159,7 +172,7 @@ impl KeyUsage {
     }
 
     pub(crate) fn recent_ips(&self) -> Vec<SeenIp> {
-        lock(&self.pending).recent_ips.clone()
+        seen(&lock(&self.pending).recent_ips)
     }
 
     fn record(&self, outcome: Outcome, ip: Option<IpAddr>, now: i64) {
@@ -175,15 +188,14 @@ impl KeyUsage {
             None => p.counts.push((bucket, detail, 1)),
         }
         if let Some(ip) = ip {
-            let ip = ip.to_string();
-            match p.recent_ips.iter().position(|s| s.ip == ip) {
+            match p.recent_ips.iter().position(|s| s.0 == ip) {
                 // Already the newest: only the time moves; written with the next change.
-                Some(0) => p.recent_ips[0].last_seen = now,
+                Some(0) => p.recent_ips[0].1 = now,
                 found => {
                     if let Some(i) = found {
                         p.recent_ips.remove(i);
                     }
-                    p.recent_ips.insert(0, SeenIp { ip, last_seen: now });
+                    p.recent_ips.insert(0, (ip, now));
                     p.recent_ips.truncate(RECENT_IPS);
                     p.ips_changed = true;
                 }
@@ -247,7 +259,7 @@ impl UsageRecorder {
                         count: *count,
                     })
                     .collect(),
-                recent_ips: ips_changed.then(|| p.recent_ips.clone()),
+                recent_ips: ips_changed.then(|| seen(&p.recent_ips)),
             });
             taken.push((used, counts, ips_changed, refilled));
         }

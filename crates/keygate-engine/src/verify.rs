@@ -90,20 +90,20 @@ impl Engine {
             Lookup::Miss => None,
         };
         self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let Some(_asking) = self.store_health.may_ask() else {
+            return self.stale_or_unavailable(stale, "the store failed moments ago".into());
+        };
         let ticket = self.cache.ticket();
         let record = match self.store.find_key_by_digest(&digest).await {
-            Ok(record) => record,
+            Ok(record) => {
+                self.store_health.answered();
+                record
+            }
             Err(e) => {
-                return match stale {
-                    Some(key)
-                        if key.fetched_at.elapsed() <= self.cache_ttl + self.stale_if_error =>
-                    {
-                        tracing::warn!(error = %e, "store unavailable; serving a cached key");
-                        self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
-                        Ok(Some(key))
-                    }
-                    _ => Err(Error::Unavailable(e.to_string())),
-                };
+                if matches!(e, keygate_store::StoreError::Unavailable(_)) {
+                    self.store_health.failed();
+                }
+                return self.stale_or_unavailable(stale, e.to_string());
             }
         };
         let key = match record {
@@ -117,6 +117,22 @@ impl Engine {
         };
         self.cache.fill(ticket, digest, key.clone());
         Ok(key)
+    }
+
+    /// When the store cannot answer: the cached copy while it is younger than TTL +
+    /// stale-if-error, else "unavailable" (never "invalid": the key may well be valid).
+    fn stale_or_unavailable(
+        &self,
+        stale: Option<Arc<CachedKey>>,
+        error: String,
+    ) -> Result<Option<Arc<CachedKey>>> {
+        match stale {
+            Some(key) if key.fetched_at.elapsed() <= self.cache_ttl + self.stale_if_error => {
+                self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(key))
+            }
+            _ => Err(Error::Unavailable(error)),
+        }
     }
 
     /// The default rate limit of the key's account plan, when plans have any and the key
