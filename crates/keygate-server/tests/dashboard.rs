@@ -489,6 +489,42 @@ async fn a_key_session_sees_one_account_and_ends_with_its_key() {
         .await;
     assert_eq!(theirs_now.body["status"], "active");
 
+    // Rotating the key the session signed in with shows the new secret in the answer
+    // itself and ends the session; the new key signs in.
+    let rotated = s
+        .post(
+            &format!("/dashboard/keys/{manager_id}/rotate"),
+            &[("grace", "0")],
+        )
+        .await;
+    assert_eq!(rotated.status(), 200);
+    assert_eq!(rotated.headers()["cache-control"], "no-store");
+    let html = rotated.text().await.unwrap();
+    let marker = r#"id="new-secret">"#;
+    let start = html.find(marker).expect("the new secret is shown") + marker.len();
+    let new_manager: String = html[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    assert!(new_manager.starts_with("kg_live_") && new_manager != manager);
+    let after = s.get(&format!("/dashboard/accounts/{mine}")).await;
+    assert_eq!(location(&after), "/dashboard/sign-in");
+    let s = HttpSession::sign_in(&app, &new_manager).await;
+    let manager_id = app
+        .admin(
+            Method::GET,
+            &format!("/v1/api-keys?account_id={mine}&status=active"),
+            None,
+        )
+        .await
+        .body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["rotated_from"] == json!(manager_id))
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .unwrap();
+
     // Revoking the key the session signed in with ends the session.
     app.admin(
         Method::POST,

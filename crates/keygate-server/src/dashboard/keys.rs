@@ -495,11 +495,41 @@ pub async fn secret(ctx: Ctx, Path(key_id): Path<String>) -> Page {
             page("Secret not available", &ctx.chrome(), Nav::Keys, body),
         ));
     };
-    let body = html! {
-        (crumbs(&ctx, &account, &[(&key.display_prefix, Some(key_href.clone())), ("Secret", None)]))
+    let body = reveal_body(
+        Some(crumbs(
+            &ctx,
+            &account,
+            &[
+                (&key.display_prefix, Some(key_href.clone())),
+                ("Secret", None),
+            ],
+        )),
+        &key,
+        reveal.secret.expose(),
+        reveal.rotated_from.as_deref(),
+        html! { a.button.primary href=(key_href) { "I have stored the key" } },
+    );
+    Ok(secret_response(page(
+        "Your new API key",
+        &ctx.chrome(),
+        Nav::Keys,
+        body,
+    )))
+}
+
+/// The one showing of a secret.
+fn reveal_body(
+    crumbs: Option<Markup>,
+    key: &KeyRecord,
+    secret: &str,
+    rotated_from: Option<&str>,
+    next: Markup,
+) -> Markup {
+    html! {
+        @if let Some(c) = crumbs { (c) }
         section.card.reveal {
             h1 {
-                @if reveal.rotated_from.is_some() { "Your rotated API key" } @else { "Your new API key" }
+                @if rotated_from.is_some() { "Your rotated API key" } @else { "Your new API key" }
             }
             div.warning role="alert" {
                 strong { "Copy this key now. " }
@@ -507,7 +537,7 @@ pub async fn secret(ctx: Ctx, Path(key_id): Path<String>) -> Page {
                 "If you lose it, rotate the key to get a new one."
             }
             div.secret-box {
-                code.secret #new-secret { (reveal.secret.expose()) }
+                code.secret #new-secret { (secret) }
                 button.copy type="button" data-copy="new-secret" hidden { "Copy" }
                 span.copy-status #copy-status role="status" aria-live="polite" {}
             }
@@ -516,24 +546,22 @@ pub async fn secret(ctx: Ctx, Path(key_id): Path<String>) -> Page {
                 dt { "Shown in lists as" } dd { code { (key.display_prefix) } }
                 dt { "Environment" } dd { (key.environment.as_str()) }
                 dt { "Permissions" } dd { (layout::permissions(&key.permissions)) }
-                @if let Some(old) = &reveal.rotated_from {
-                    dt { "Replaces" } dd { a href={"/dashboard/keys/" (old)} { code { (old) } } }
+                @if let Some(old) = rotated_from {
+                    dt { "Replaces" } dd { code { (old) } }
                 }
             }
             p.muted { "Send it as " code { "Authorization: Bearer <key>" } " (or " code { "X-API-Key" } "). Never in a URL." }
-            div.actions {
-                a.button.primary href=(key_href) { "I have stored the key" }
-            }
+            div.actions { (next) }
         }
-    };
-    let mut response = respond(
-        StatusCode::OK,
-        page("Your new API key", &ctx.chrome(), Nav::Keys, body),
-    );
+    }
+}
+
+fn secret_response(markup: Markup) -> axum::response::Response {
+    let mut response = respond(StatusCode::OK, markup);
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
 }
 
 // ---------------------------------------------------------------------------------------
@@ -943,6 +971,31 @@ pub async fn rotate(Path(key_id): Path<String>, Posted { ctx, form }: Posted) ->
         Err(e) => Err(e),
     };
     match result {
+        Ok(rotated)
+            if ctx.session_key_id() == Some(key_id.as_str())
+                && rotated.previous.revoked_at.is_some_and(|at| at <= now_ms()) =>
+        {
+            // The session's own key just stopped working, and the session with it: show
+            // the new secret in this answer (there is no next page to carry it to) and
+            // sign out. Reloading re-sends a form whose session is gone: nothing happens.
+            ctx.dash.sessions().remove(&ctx.session.id);
+            let body = reveal_body(
+                None,
+                &rotated.key,
+                rotated.secret.expose(),
+                Some(&key_id),
+                html! {
+                    p { "The key you signed in with is replaced, so you are signed out. Sign in again with the new key." }
+                    a.button.primary href="/dashboard/sign-in" { "Sign in" }
+                },
+            );
+            Ok(secret_response(page(
+                "Your rotated API key",
+                &layout::Chrome::default(),
+                Nav::None,
+                body,
+            )))
+        }
         Ok(rotated) => {
             let new_id = rotated.key.id.clone();
             ctx.dash.sessions().put_reveal(

@@ -170,6 +170,14 @@ impl Ctx {
         }
     }
 
+    /// The key a self-service session signed in with.
+    pub fn session_key_id(&self) -> Option<&str> {
+        match &self.principal {
+            Principal::Admin => None,
+            Principal::Key(k) => Some(k.id()),
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         matches!(self.principal, Principal::Admin)
     }
