@@ -88,7 +88,47 @@ pub async fn spawn_with(options: Options) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let store = test_store(dir.path()).await;
     let (pepper, _) = Pepper::generate().unwrap();
-    let (admin_token, admin) = AdminToken::generate(&pepper).unwrap();
+    let (admin_token, _) = AdminToken::generate(&pepper).unwrap();
+    spawn_node(Node::new(store, pepper, admin_token), options, dir).await
+}
+
+/// What one keygate node starts with. Several nodes over one PostgreSQL database, with the
+/// same pepper and admin token, make a deployment (`tests/multinode.rs`).
+pub struct Node {
+    pub store: Arc<dyn Store>,
+    pub pepper: Pepper,
+    pub admin_token: String,
+    pub cache_ttl: Duration,
+    pub stale_if_error: Duration,
+    /// Hear other nodes' key changes (PostgreSQL `LISTEN`); without it only the cache TTL
+    /// brings them.
+    pub listen_for_changes: bool,
+}
+
+impl Node {
+    pub fn new(store: Arc<dyn Store>, pepper: Pepper, admin_token: String) -> Node {
+        Node {
+            store,
+            pepper,
+            admin_token,
+            cache_ttl: Duration::from_secs(300),
+            stale_if_error: Duration::from_secs(300),
+            listen_for_changes: true,
+        }
+    }
+}
+
+/// Starts `node` on a random port; `dir` lives as long as the app.
+pub async fn spawn_node(node: Node, options: Options, dir: tempfile::TempDir) -> TestApp {
+    let Node {
+        store,
+        pepper,
+        admin_token,
+        cache_ttl,
+        stale_if_error,
+        listen_for_changes,
+    } = node;
+    let admin = AdminToken::from_secret(&pepper, &admin_token);
     let engine = Engine::new(
         store,
         EngineConfig {
@@ -97,13 +137,15 @@ pub async fn spawn_with(options: Options) -> TestApp {
             routes: RouteTable::new(options.routes),
             plans: options.plans,
             cache_capacity: 10_000,
-            cache_ttl: Duration::from_secs(300),
+            cache_ttl,
             negative_cache_ttl: Duration::from_secs(10),
-            stale_if_error: Duration::from_secs(300),
+            stale_if_error,
             usage_retention: Duration::from_secs(90 * 86_400),
         },
     );
-    engine.spawn_change_listener().await.unwrap();
+    if listen_for_changes {
+        engine.spawn_change_listener().await.unwrap();
+    }
     let state = AppState {
         engine: engine.clone(),
         admin,
