@@ -66,6 +66,10 @@ async fn start_redis() -> Option<Redis> {
 }
 
 fn engine(store: Arc<dyn Store>) -> Arc<Engine> {
+    engine_with_ttl(store, Duration::from_secs(60))
+}
+
+fn engine_with_ttl(store: Arc<dyn Store>, cache_ttl: Duration) -> Arc<Engine> {
     Engine::new(
         store,
         EngineConfig {
@@ -74,7 +78,7 @@ fn engine(store: Arc<dyn Store>) -> Arc<Engine> {
             routes: RouteTable::default(),
             plans: Plans::reference(),
             cache_capacity: 1000,
-            cache_ttl: Duration::from_secs(60),
+            cache_ttl,
             negative_cache_ttl: Duration::from_secs(10),
             stale_if_error: Duration::from_secs(300),
             usage_retention: Duration::from_secs(86_400),
@@ -210,23 +214,8 @@ async fn quotas_across_nodes_converge_after_flush_and_refresh() {
             .await
             .unwrap(),
     );
-    let node = |ttl_ms: u64| {
-        Engine::new(
-            store.clone(),
-            EngineConfig {
-                key_format: KeyFormat::new("kg", true).unwrap(),
-                pepper: Pepper::new(vec![9; 32]),
-                routes: RouteTable::default(),
-                plans: Plans::reference(),
-                cache_capacity: 1000,
-                cache_ttl: Duration::from_millis(ttl_ms),
-                negative_cache_ttl: Duration::from_secs(10),
-                stale_if_error: Duration::from_secs(300),
-                usage_retention: Duration::from_secs(86_400),
-            },
-        )
-    };
-    let (a, b) = (node(200), node(200));
+    let node = || engine_with_ttl(store.clone(), Duration::from_millis(200));
+    let (a, b) = (node(), node());
     let admin = Caller::admin(None);
     let account = a
         .create_account(

@@ -8,38 +8,34 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const SQLITE: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../migrations/sqlite/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "usage",
-        sql: include_str!("../migrations/sqlite/0002_usage.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "quota_refill",
-        sql: include_str!("../migrations/sqlite/0003_quota_refill.sql"),
-    },
-];
+/// The same steps for each backend, from `migrations/<backend>/<NNNN>_<name>.sql`.
+macro_rules! migrations {
+    ($backend:literal) => {
+        &[
+            migration!($backend, 1, "init"),
+            migration!($backend, 2, "usage"),
+            migration!($backend, 3, "quota_refill"),
+        ]
+    };
+}
 
-pub const POSTGRES: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "init",
-        sql: include_str!("../migrations/postgres/0001_init.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "usage",
-        sql: include_str!("../migrations/postgres/0002_usage.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "quota_refill",
-        sql: include_str!("../migrations/postgres/0003_quota_refill.sql"),
-    },
-];
+macro_rules! migration {
+    ($backend:literal, $version:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!(
+                "../migrations/",
+                $backend,
+                "/000",
+                $version,
+                "_",
+                $name,
+                ".sql"
+            )),
+        }
+    };
+}
+
+pub const SQLITE: &[Migration] = migrations!("sqlite");
+pub const POSTGRES: &[Migration] = migrations!("postgres");
