@@ -945,6 +945,13 @@ async fn operator_creates_uses_and_revokes_a_key_in_the_browser() {
             let a = app.forward_auth(Some(key), "GET", "/api/v1/orders").await;
             assert_eq!(a.status, 204, "both work during the grace period");
         }
+        follow(&c, "a.button.primary").await;
+        let events = text(&c, "#key-events").await;
+        assert!(events.contains("Created by rotating"), "{events}");
+        c.goto(&app.url(&second_path)).await.unwrap();
+        let events = text(&c, "#key-events").await;
+        assert!(events.contains("Rotated into"), "{events}");
+        assert!(events.contains("Changed name, ip_allowlist"), "{events}");
 
         // Readable at 360 px: nothing wider than the screen but the scrolling tables.
         c.set_window_size(360, 800).await.unwrap();

@@ -10,7 +10,7 @@ use keygate_core::permission::{canonical_resource, Part};
 use keygate_core::{Outcome, PermissionSet};
 use keygate_engine::manage::{Granularity, KeyStatus, KeyUpdate, NewKey};
 use keygate_engine::{now_ms, Error};
-use keygate_store::{AuditEvent, KeyRecord};
+use keygate_store::{AuditEvent, AuditQuery, KeyRecord};
 use maud::{html, Markup};
 
 use super::accounts::{account_view, AccountView};
@@ -567,29 +567,32 @@ fn secret_response(markup: Markup) -> axum::response::Response {
 // ---------------------------------------------------------------------------------------
 // A key's page
 
+/// The key's audit events, newest first: those that target it, and the rotation that
+/// made it (which targets the key it replaced).
 async fn key_events(ctx: &Ctx, key: &KeyRecord) -> Result<Vec<AuditEvent>, Failure> {
-    const PAGE: u32 = 1000;
-    const MAX_PAGES: usize = 5;
-    const SHOWN: usize = 50;
-    let mut out = Vec::new();
-    let mut before = None;
-    for _ in 0..MAX_PAGES {
-        let events = ctx
+    const SHOWN: u32 = 50;
+    let query = |target| AuditQuery {
+        account_id: Some(key.account_id.as_str()),
+        target_id: Some(target),
+        limit: SHOWN,
+        ..AuditQuery::default()
+    };
+    let mut events = ctx
+        .engine()
+        .audit_events(&ctx.caller, query(key.id.as_str()))
+        .await?;
+    if let Some(previous) = &key.rotated_from {
+        let made = ctx
             .engine()
-            .audit_log(&ctx.caller, Some(&key.account_id), before, PAGE)
+            .audit_events(&ctx.caller, query(previous.as_str()))
             .await?;
-        let full = events.len() as u32 >= PAGE;
-        before = events.last().map(|e| e.seq);
-        out.extend(events.into_iter().filter(|e| {
-            e.target_id.as_deref() == Some(key.id.as_str())
-                || e.details["new_key_id"].as_str() == Some(key.id.as_str())
+        events.extend(made.into_iter().filter(|e| {
+            e.action == "key.rotate" && e.details["new_key_id"].as_str() == Some(key.id.as_str())
         }));
-        if !full || out.len() >= SHOWN {
-            break;
-        }
+        events.sort_by_key(|e| std::cmp::Reverse(e.seq));
     }
-    out.truncate(SHOWN);
-    Ok(out)
+    events.truncate(SHOWN as usize);
+    Ok(events)
 }
 
 fn describe_event(e: &AuditEvent, key_id: &str) -> Markup {
