@@ -132,4 +132,18 @@ pub trait Store: Send + Sync + 'static {
         })
         .await
     }
+
+    // Moving an installation (`keygate export` / `keygate import`). Imports insert records
+    // as they are (no audit event, no cap check) and leave alone those whose id is there
+    // already, so an import can be run again; each returns how many it inserted.
+
+    /// Every audit event with a sequence number above `after`, oldest first, at most `limit`.
+    async fn audit_after(&self, after: i64, limit: u32) -> Result<Vec<AuditEvent>>;
+    async fn import_accounts(&self, accounts: &[Account]) -> Result<u64>;
+    /// Keys whose accounts exist; a digest already held by another id is `Duplicate`.
+    async fn import_keys(&self, keys: &[KeyRecord]) -> Result<u64>;
+    /// Events get new sequence numbers, in the order given.
+    async fn import_audit(&self, events: &[AuditEvent]) -> Result<u64>;
+    /// Usage counts of one key; a count already there for the same hour and outcome stays.
+    async fn import_usage(&self, key_id: &str, counts: &[UsageCount]) -> Result<u64>;
 }

@@ -634,6 +634,102 @@ macro_rules! sql_store {
                     .map(audit_from_row)
                     .collect()
                 }
+
+                async fn audit_after(&self, after: i64, limit: u32) -> Result<Vec<AuditEvent>> {
+                    sqlx::query(
+                        "SELECT seq, id, at, account_id, actor, action, target_id, client_ip, details FROM audit_events \
+                         WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    )
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.pool())
+                    .await
+                    .map_err(db_error)?
+                    .iter()
+                    .map(audit_from_row)
+                    .collect()
+                }
+
+                async fn import_accounts(&self, accounts: &[Account]) -> Result<u64> {
+                    let mut tx = self.write().await?;
+                    let mut inserted = 0;
+                    for a in accounts {
+                        let done = sqlx::query(
+                            "INSERT INTO accounts (id, name, plan, created_at) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (id) DO NOTHING",
+                        )
+                        .bind(&a.id)
+                        .bind(&a.name)
+                        .bind(&a.plan)
+                        .bind(a.created_at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                        inserted += done.rows_affected();
+                    }
+                    tx.commit().await.map_err(db_error)?;
+                    Ok(inserted)
+                }
+
+                async fn import_keys(&self, keys: &[KeyRecord]) -> Result<u64> {
+                    let mut tx = self.write().await?;
+                    let mut inserted = 0;
+                    for k in keys {
+                        let there: Option<String> =
+                            sqlx::query_scalar("SELECT id FROM api_keys WHERE id = $1")
+                                .bind(&k.id)
+                                .fetch_optional(&mut *tx)
+                                .await
+                                .map_err(db_error)?;
+                        if there.is_none() {
+                            insert_key(&mut tx, k).await?;
+                            announce(&mut tx, &k.digest).await?;
+                            inserted += 1;
+                        }
+                    }
+                    tx.commit().await.map_err(db_error)?;
+                    Ok(inserted)
+                }
+
+                async fn import_audit(&self, events: &[AuditEvent]) -> Result<u64> {
+                    let mut tx = self.write().await?;
+                    let mut inserted = 0;
+                    for ev in events {
+                        let there: Option<String> =
+                            sqlx::query_scalar("SELECT id FROM audit_events WHERE id = $1")
+                                .bind(&ev.id)
+                                .fetch_optional(&mut *tx)
+                                .await
+                                .map_err(db_error)?;
+                        if there.is_none() {
+                            insert_audit(&mut tx, ev).await?;
+                            inserted += 1;
+                        }
+                    }
+                    tx.commit().await.map_err(db_error)?;
+                    Ok(inserted)
+                }
+
+                async fn import_usage(&self, key_id: &str, counts: &[crate::UsageCount]) -> Result<u64> {
+                    let mut tx = self.write().await?;
+                    let mut inserted = 0;
+                    for c in counts {
+                        let done = sqlx::query(
+                            "INSERT INTO usage_counts (key_id, bucket, outcome, count) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (key_id, bucket, outcome) DO NOTHING",
+                        )
+                        .bind(key_id)
+                        .bind(c.bucket)
+                        .bind(&c.outcome)
+                        .bind(c.count)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                        inserted += done.rows_affected();
+                    }
+                    tx.commit().await.map_err(db_error)?;
+                    Ok(inserted)
+                }
             }
         }
     };

@@ -11,7 +11,8 @@ use keygate_core::{Environment, KeyDigest, Pepper};
 use keygate_store::postgres::PostgresStore;
 use keygate_store::sqlite::SqliteStore;
 use keygate_store::{
-    Account, AuditEvent, KeyPatch, KeyRecord, Quota, RateLimit, Store, StoreError, UsageUpdate,
+    Account, AuditEvent, KeyPatch, KeyRecord, Quota, RateLimit, Store, StoreError, UsageCount,
+    UsageUpdate,
 };
 use serde_json::json;
 use tempfile::TempDir;
@@ -154,6 +155,7 @@ on_each_backend!(
     concurrent_setting_inserts_store_exactly_one,
     everything_survives_a_reopen,
     migrations_apply_once,
+    import_copies_records_as_they_are_and_can_run_again,
 );
 
 // --- records -------------------------------------------------------------------------------
@@ -216,6 +218,7 @@ fn key(account_id: &str) -> KeyRecord {
         revoked_at: None,
         rotated_from: None,
         recent_ips: Vec::new(),
+        quota_refilled_at: None,
     }
 }
 
@@ -231,7 +234,10 @@ fn full_key(account_id: &str) -> KeyRecord {
             requests: 100,
             per_seconds: 60,
         }),
-        quota: Some(Quota { requests: 10_000 }),
+        quota: Some(Quota {
+            requests: 10_000,
+            refill: None,
+        }),
         quota_used: 17,
         meta: json!({ "team": "billing", "tags": ["a", "b"], "nested": { "x": 1, "y": null } }),
         created_at: NOW - 5_000,
@@ -882,10 +888,18 @@ async fn update_key_applies_each_field(store: Arc<dyn Store>, _db: TestDb) {
         ),
         (
             KeyPatch {
-                quota: Some(Some(Quota { requests: 42 })),
+                quota: Some(Some(Quota {
+                    requests: 42,
+                    refill: None,
+                })),
                 ..KeyPatch::default()
             },
-            |k| k.quota = Some(Quota { requests: 42 }),
+            |k| {
+                k.quota = Some(Quota {
+                    requests: 42,
+                    refill: None,
+                })
+            },
         ),
         (
             KeyPatch {
@@ -914,14 +928,20 @@ async fn update_key_applies_each_field(store: Arc<dyn Store>, _db: TestDb) {
                 name: Some("multi".into()),
                 permissions: Some(vec![]),
                 ip_allowlist: Some(vec![]),
-                quota: Some(Some(Quota { requests: 7 })),
+                quota: Some(Some(Quota {
+                    requests: 7,
+                    refill: None,
+                })),
                 ..KeyPatch::default()
             },
             |k| {
                 k.name = "multi".into();
                 k.permissions = vec![];
                 k.ip_allowlist = vec![];
-                k.quota = Some(Quota { requests: 7 });
+                k.quota = Some(Quota {
+                    requests: 7,
+                    refill: None,
+                });
             },
         ),
         // An empty patch changes nothing.
@@ -965,7 +985,11 @@ async fn update_key_refuses_revoked_expired_and_unknown_keys(store: Arc<dyn Stor
         ip_allowlist: Some(vec!["10.1.1.1".into()]),
         expires_at: Some(None),
         rate_limit: Some(None),
-        quota: Some(Some(Quota { requests: 1 })),
+        quota: Some(Some(Quota {
+            requests: 1,
+            refill: None,
+        })),
+        quota_refilled_at: Some(Some(NOW)),
         meta: Some(json!({ "changed": true })),
     };
 
@@ -1274,6 +1298,7 @@ fn usage(key_id: &str, last_used_at: i64, quota_used_delta: i64) -> UsageUpdate 
     UsageUpdate {
         counts: Vec::new(),
         recent_ips: None,
+        quota_refilled_at: None,
         key_id: key_id.to_owned(),
         last_used_at,
         quota_used_delta,
@@ -1631,4 +1656,119 @@ async fn postgres_nodes_migrating_a_new_database_at_once_all_succeed() {
     }
     assert_migrations_recorded_once(&db.migration_rows().await);
     assert_eq!(db.open().await.list_accounts().await.unwrap().len(), 4);
+}
+
+// --- 10. moving an installation (export / import) ------------------------------------------
+
+/// Accounts, keys, audit events (oldest first) and usage counts of every key.
+type Everything = (
+    Vec<Account>,
+    Vec<KeyRecord>,
+    Vec<AuditEvent>,
+    Vec<(String, Vec<UsageCount>)>,
+);
+
+/// Everything a store holds, read as `keygate export` reads it.
+async fn everything(store: &Arc<dyn Store>) -> Everything {
+    let accounts = store.list_accounts().await.unwrap();
+    let keys = store.list_keys(None).await.unwrap();
+    let mut audit: Vec<AuditEvent> = Vec::new();
+    loop {
+        let after = audit.last().map_or(0, |e| e.seq);
+        let page = store.audit_after(after, 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2);
+        audit.extend(page);
+    }
+    let mut usage = Vec::new();
+    for k in &keys {
+        let counts = store.usage_counts(&k.id, i64::MIN, i64::MAX).await.unwrap();
+        usage.push((k.id.clone(), counts));
+    }
+    (accounts, keys, audit, usage)
+}
+
+/// Imports from an SQLite installation into the backend under test.
+async fn import_copies_records_as_they_are_and_can_run_again(target: Arc<dyn Store>, _db: TestDb) {
+    let source_db = TestDb::sqlite();
+    let source = source_db.open().await;
+    add_account(&source, "acct_x1").await;
+    add_account(&source, "acct_x2").await;
+    let full = full_key("acct_x1");
+    let plain = key("acct_x2");
+    add_key(&source, &full).await;
+    add_key(&source, &plain).await;
+    revoke(&source, &plain.id, NOW).await.unwrap();
+    let hour = NOW - NOW % 3_600_000;
+    let count = |bucket, outcome: &str, count| UsageCount {
+        bucket,
+        outcome: outcome.to_owned(),
+        count,
+    };
+    source
+        .record_usage(&[UsageUpdate {
+            counts: vec![
+                count(hour, "valid", 5),
+                count(hour, "rate_limited", 1),
+                count(hour - 3_600_000, "valid", 2),
+            ],
+            ..usage(&full.id, NOW + 5, 7)
+        }])
+        .await
+        .unwrap();
+    let (accounts, keys, audit, usage) = everything(&source).await;
+    assert_eq!((accounts.len(), keys.len(), audit.len()), (2, 2, 5));
+    assert!(
+        audit.windows(2).all(|w| w[0].seq < w[1].seq),
+        "oldest first"
+    );
+    assert_eq!(usage[0].1.len() + usage[1].1.len(), 3);
+
+    // Twice: the second run finds everything there and inserts nothing.
+    for (round, expect) in [(0, 1), (1, 0)] {
+        let got = (
+            target.import_accounts(&accounts).await.unwrap(),
+            target.import_keys(&keys).await.unwrap(),
+            target.import_audit(&audit).await.unwrap(),
+        );
+        assert_eq!(got, (2 * expect, 2 * expect, 5 * expect), "round {round}");
+        for (id, counts) in &usage {
+            let n = target.import_usage(id, counts).await.unwrap();
+            assert_eq!(n, counts.len() as u64 * expect, "round {round}");
+        }
+    }
+    let (accounts2, keys2, audit2, usage2) = everything(&target).await;
+    assert_eq!(accounts2, accounts);
+    assert_eq!(keys2, keys);
+    assert_eq!(
+        audit2.iter().cloned().map(without_seq).collect::<Vec<_>>(),
+        audit.iter().cloned().map(without_seq).collect::<Vec<_>>()
+    );
+    assert_eq!(usage2, usage);
+    assert_eq!(
+        target.find_key_by_digest(&full.digest).await.unwrap(),
+        Some(get(&source, &full.id).await)
+    );
+
+    // Imported keys count toward the plan cap, and new events follow the imported ones.
+    let err = create_capped(&target, &key("acct_x1"), 1, NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::CapReached), "{err:?}");
+    add_key(&target, &key("acct_x2")).await;
+    let newest = target.list_audit(None, None, 1).await.unwrap();
+    assert!(newest[0].seq > audit2.last().unwrap().seq);
+
+    // Another key with a digest already there is refused, not skipped; so is a key of an
+    // account that does not exist.
+    let clash = KeyRecord {
+        digest: full.digest,
+        ..key("acct_x1")
+    };
+    let err = target.import_keys(&[clash]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate), "{err:?}");
+    let err = target.import_keys(&[key("acct_ghost")]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
 }

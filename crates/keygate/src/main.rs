@@ -3,6 +3,7 @@
 mod client;
 mod config;
 mod serve;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,10 @@ enum Command {
     Serve(config::ServeArgs),
     /// Apply database schema migrations and exit (`serve` also applies them on start).
     Migrate(config::ServeArgs),
+    /// Write the database as JSON lines: accounts, keys (digests, never keys), audit log, usage.
+    Export(transfer::ExportArgs),
+    /// Read a `keygate export` into the configured database (e.g. SQLite to PostgreSQL).
+    Import(transfer::ImportArgs),
     /// Manage accounts on a running server.
     Accounts {
         #[command(flatten)]
@@ -63,6 +68,20 @@ fn main() -> ExitCode {
                 }
             },
             Command::Migrate(args) => match serve::migrate(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Export(args) => match transfer::export(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Import(args) => match transfer::import(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -16,10 +16,10 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, ServeArgs};
 
-const ADMIN_DIGEST_SETTING: &str = "admin_token_digest";
-const PEPPER_CHECK_SETTING: &str = "pepper_check";
+pub(crate) const ADMIN_DIGEST_SETTING: &str = "admin_token_digest";
+pub(crate) const PEPPER_CHECK_SETTING: &str = "pepper_check";
 /// A fixed message whose digest tells whether the pepper is the one the keys were made with.
-const PEPPER_CHECK_MESSAGE: &[u8] = b"keygate pepper check v1";
+pub(crate) const PEPPER_CHECK_MESSAGE: &[u8] = b"keygate pepper check v1";
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args, &|name| std::env::var(name).ok())?;
@@ -151,7 +151,7 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     result.map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
 }
 
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     // postgres://user:password@host/db → postgres://user:***@host/db
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
@@ -194,7 +194,7 @@ pub async fn migrate(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// `sqlite://data/keygate.db` → `data/keygate.pepper`.
-fn pepper_path(database_url: &str) -> Option<PathBuf> {
+pub(crate) fn pepper_path(database_url: &str) -> Option<PathBuf> {
     let path = database_url
         .strip_prefix("sqlite://")
         .or_else(|| database_url.strip_prefix("sqlite:"))?;
@@ -209,11 +209,7 @@ fn pepper_path(database_url: &str) -> Option<PathBuf> {
 /// first start). Refuses to start with a pepper other than the one the keys were made with.
 async fn settle_pepper(config: &Config, store: &dyn Store) -> anyhow::Result<Pepper> {
     let pepper = match &config.pepper {
-        Some(p) => Pepper::new(
-            keygate_core::key::from_hex(p.trim())
-                .filter(|b| b.len() >= 32)
-                .context("the pepper must be at least 64 hex characters (32 bytes), e.g. from `openssl rand -hex 32`")?,
-        ),
+        Some(p) => parse_pepper(p)?,
         None => {
             let path = pepper_path(&config.database_url)
                 .context("no pepper configured: set KEYGATE_PEPPER")?;
@@ -228,6 +224,14 @@ async fn settle_pepper(config: &Config, store: &dyn Store) -> anyhow::Result<Pep
         bail!("the pepper is not the one this database's keys were made with; every key would be refused. Restore the original pepper (KEYGATE_PEPPER or the .pepper file beside the database)");
     }
     Ok(pepper)
+}
+
+/// A configured pepper: hex, at least 32 bytes.
+pub(crate) fn parse_pepper(hex: &str) -> anyhow::Result<Pepper> {
+    let bytes = keygate_core::key::from_hex(hex.trim())
+        .filter(|b| b.len() >= 32)
+        .context("the pepper must be at least 64 hex characters (32 bytes), e.g. from `openssl rand -hex 32`")?;
+    Ok(Pepper::new(bytes))
 }
 
 fn read_or_create_pepper(path: &Path) -> anyhow::Result<Pepper> {
