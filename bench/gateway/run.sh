@@ -5,7 +5,7 @@
 # 200 MB upload and a 200 MB download stream through it.
 #
 #   bench/gateway/run.sh            3 repetitions x 10 s per target (about 2 minutes)
-#   bench/gateway/run.sh --smoke    1 repetition x 2 s, 20 MB streams (CI smoke)
+#   bench/gateway/run.sh --smoke    1 repetition x 2 s, 20 MB streams, debug build (CI smoke)
 #   REPS=5 DURATION=20 CONNECTIONS=64 bench/gateway/run.sh
 #   BUILD=0 bench/gateway/run.sh     use the release binaries already built
 #
@@ -37,16 +37,23 @@ if ! need wrk || ! need nginx || ! need curl; then
   fi
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+# Other processes on the machine (builds) would take their share of the pinned cores and
+# decide the req/s; as root, everything the benchmark starts runs at a high priority.
+PRIO=""
+if [ "$(id -u)" = 0 ] && [ "${NICE:-1}" != 0 ]; then PRIO="nice -n -15"; fi
 ncpu=$(nproc)
 if [ "$ncpu" -lt 2 ]; then PROXY_CPU=0; LOAD_CPU=0; fi
 
+# The smoke mode only checks that everything works: it uses the debug binaries that
+# `cargo test` has already built (its numbers mean nothing). Measurements use --release.
+if [ "$SMOKE" = 1 ]; then PROFILE=debug; PROFILE_FLAG=(); else PROFILE=release; PROFILE_FLAG=(--release); fi
 if [ "${BUILD:-1}" = 1 ]; then
-  echo "building release binaries (keygate, invoices-api)..."
-  cargo build --release --locked -q -p keygate -p invoices-api
+  echo "building $PROFILE binaries (keygate, invoices-api)..."
+  cargo build "${PROFILE_FLAG[@]}" --locked -q -p keygate -p invoices-api
 fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-KEYGATE="${KEYGATE_BIN:-$TARGET_DIR/release/keygate}"
-UPSTREAM_BIN="$TARGET_DIR/release/invoices-api"
+KEYGATE="${KEYGATE_BIN:-$TARGET_DIR/$PROFILE/keygate}"
+UPSTREAM_BIN="$TARGET_DIR/$PROFILE/invoices-api"
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -67,8 +74,9 @@ wait_port() {
 }
 
 UP_PORT=$(free_port); ADMIN_PORT=$(free_port); GW_PORT=$(free_port); NGINX_PORT=$(free_port)
+NGINX_AUTH_PORT=$(free_port)
 
-taskset -c "$LOAD_CPU" "$UPSTREAM_BIN" --listen "127.0.0.1:$UP_PORT" --name bench 2>"$WORK/upstream.log" &
+$PRIO taskset -c "$LOAD_CPU" "$UPSTREAM_BIN" --listen "127.0.0.1:$UP_PORT" --name bench 2>"$WORK/upstream.log" &
 PIDS+=($!)
 
 ADMIN_TOKEN="kgadm_bench_$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -78,7 +86,7 @@ KEYGATE_LISTEN="127.0.0.1:$ADMIN_PORT" \
 KEYGATE_UPSTREAM="http://127.0.0.1:$UP_PORT" \
 KEYGATE_GATEWAY_LISTEN="127.0.0.1:$GW_PORT" \
 KEYGATE_LOG=warn \
-  taskset -c "$PROXY_CPU" "$KEYGATE" serve 2>"$WORK/keygate.log" &
+  $PRIO taskset -c "$PROXY_CPU" "$KEYGATE" serve 2>"$WORK/keygate.log" &
 KEYGATE_PID=$!
 PIDS+=($KEYGATE_PID)
 
@@ -91,6 +99,33 @@ http {
     client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
     fastcgi_temp_path $WORK/fastcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
     upstream api { server 127.0.0.1:$UP_PORT; keepalive 64; }
+    upstream keygate { server 127.0.0.1:$ADMIN_PORT; keepalive 64; }
+    # nginx + auth_request to keygate's /v1/auth (docs/nginx.md, shortened): the other way
+    # to put keygate's verification in front of the same API.
+    server {
+        listen 127.0.0.1:$NGINX_AUTH_PORT;
+        location / {
+            auth_request /_keygate/auth;
+            auth_request_set \$keygate_key_id \$upstream_http_x_keygate_key_id;
+            proxy_set_header Authorization "";
+            proxy_set_header X-Keygate-Key-Id \$keygate_key_id;
+            proxy_pass http://api;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+        location = /_keygate/auth {
+            internal;
+            proxy_pass http://keygate/v1/auth;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Original-Method \$request_method;
+            proxy_set_header X-Original-URI \$request_uri;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
     server {
         listen 127.0.0.1:$NGINX_PORT;
         location / {
@@ -103,11 +138,12 @@ http {
     }
 }
 EOF
-taskset -c "$PROXY_CPU" "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" \
+$PRIO taskset -c "$PROXY_CPU" "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" \
   -g "daemon off; pid $WORK/nginx.pid;" &
 PIDS+=($!)
 
 wait_port "$UP_PORT"; wait_port "$ADMIN_PORT"; wait_port "$GW_PORT"; wait_port "$NGINX_PORT"
+wait_port "$NGINX_AUTH_PORT"
 
 admin() { curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' "$@"; }
 ACCOUNT=$(admin -X POST "http://127.0.0.1:$ADMIN_PORT/v1/accounts" -d '{"name":"Bench","plan":"unlimited"}' \
@@ -124,6 +160,7 @@ check() {
 }
 check -H "Authorization: Bearer $KEY" "http://127.0.0.1:$GW_PORT$PATH_UNDER_TEST"
 check "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
+check -H "Authorization: Bearer $KEY" "http://127.0.0.1:$NGINX_AUTH_PORT$PATH_UNDER_TEST"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT$PATH_UNDER_TEST")" = 401 ] \
   || { echo "the gateway let a request without a key through" >&2; exit 1; }
 
@@ -146,8 +183,10 @@ if [ "$hwm" -gt $((before + 64 * 1024)) ]; then
 fi
 
 # --- Throughput and latency ---------------------------------------------------------------
-cpu_ticks() { # utime+stime of a process and its threads (children excluded)
-  awk '{print $14 + $15}' "/proc/$1/stat"
+cpu_ticks() { # utime+stime of processes (with their threads; children excluded)
+  local total=0 pid
+  for pid in $1; do total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+  echo "$total"
 }
 NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)
 HZ=$(getconf CLK_TCK)
@@ -160,11 +199,11 @@ n=float(m.group(1)); print({"us":n/1000,"ms":n,"s":n*1000}[m.group(2)])' "$1"
 
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
-run() { # name url pid [header]
+run() { # name url "pids" [header]
   local name=$1 url=$2 pid=$3; shift 3
   local t0 t1 out rps p50 p99 cpu
   t0=$(cpu_ticks "$pid")
-  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url")
+  out=$($PRIO taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$@" "$url")
   t1=$(cpu_ticks "$pid")
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
@@ -173,22 +212,25 @@ run() { # name url pid [header]
   # CPU microseconds the proxy spent per request.
   cpu=$(python3 -c "print(round(($t1 - $t0) / $HZ * 1e6 / ($rps * $DURATION), 1))")
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rps" "$p50" "$p99" "$cpu" >>"$RESULTS"
-  printf '  %-8s %10.0f req/s   p50 %7.3f ms   p99 %7.3f ms   proxy CPU %6.1f us/req\n' \
+  printf '  %-12s %10.0f req/s   p50 %7.3f ms   p99 %7.3f ms   proxy CPU %6.1f us/req\n' \
     "$name" "$rps" "$p50" "$p99" "$cpu"
 }
 
 echo
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s GET $PATH_UNDER_TEST; proxy on CPU $PROXY_CPU, wrk + upstream on CPU $LOAD_CPU"
 # Warm-up (connection pools, caches), not recorded.
-taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d1s "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST" >/dev/null
-taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d1s -H "Authorization: Bearer $KEY" \
+$PRIO taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d1s "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST" >/dev/null
+$PRIO taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d1s -H "Authorization: Bearer $KEY" \
   "http://127.0.0.1:$GW_PORT$PATH_UNDER_TEST" >/dev/null
 for rep in $(seq 1 "$REPS"); do
   echo "repetition $rep/$REPS"
   run nginx "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST" "$NGINX_WORKER"
   run keygate "http://127.0.0.1:$GW_PORT$PATH_UNDER_TEST" "$KEYGATE_PID" -H "Authorization: Bearer $KEY"
+  run nginx+auth "http://127.0.0.1:$NGINX_AUTH_PORT$PATH_UNDER_TEST" "$NGINX_WORKER $KEYGATE_PID" \
+    -H "Authorization: Bearer $KEY"
 done
 
+[ "$SMOKE" = 1 ] && echo "(smoke mode: debug build, short runs; these numbers are not measurements)"
 python3 - "$RESULTS" <<'EOF'
 import statistics, sys
 rows = [l.split("\t") for l in open(sys.argv[1]).read().splitlines()]
@@ -200,11 +242,13 @@ def spread(name, i): return min(r[i] for r in by[name]), max(r[i] for r in by[na
 print()
 print("| target | req/s (median) | req/s min-max | p50 ms | p99 ms | proxy CPU us/req |")
 print("|---|---|---|---|---|---|")
-for name, label in [("nginx", "nginx proxy_pass (no auth)"), ("keygate", "keygate gateway (verify on)")]:
+for name, label in [("nginx", "nginx proxy_pass (no auth)"), ("keygate", "keygate gateway (verify on)"),
+                    ("nginx+auth", "nginx auth_request to keygate /v1/auth (verify on)")]:
     lo, hi = spread(name, 0)
     print(f"| {label} | {med(name,0):.0f} | {lo:.0f}-{hi:.0f} | {med(name,1):.3f} | {med(name,2):.3f} | {med(name,3):.1f} |")
 ratio = med("keygate", 0) / med("nginx", 0)
 print()
 print(f"keygate / nginx throughput: {ratio:.2f}x (target >= 0.85x); "
       f"CPU per request: {med('keygate',3) / med('nginx',3):.2f}x nginx's")
+print(f"keygate gateway / nginx+auth_request throughput: {med('keygate',0) / med('nginx+auth',0):.2f}x")
 EOF
