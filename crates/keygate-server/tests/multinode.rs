@@ -61,7 +61,11 @@ impl Deployment {
     }
 
     async fn start(&self, node: Node) -> TestApp {
-        spawn_node(node, Options::default(), tempfile::tempdir().unwrap()).await
+        self.start_with(node, Options::default()).await
+    }
+
+    async fn start_with(&self, node: Node, options: Options) -> TestApp {
+        spawn_node(node, options, tempfile::tempdir().unwrap()).await
     }
 
     /// `n` nodes with the default settings (listening for changes).
@@ -345,6 +349,54 @@ async fn permission_updates_through_one_node_reach_the_others() {
             .assert_error(403, "insufficient_permissions");
         assert_eq!(auth_status(node, &key, "POST").await, 204);
     }
+}
+
+/// A plan change (here: to a plan without the old plan's default rate limit) makes every node
+/// read the account's keys again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_changes_through_one_node_reach_the_others() {
+    let Some(deployment) = Deployment::new().await else {
+        return;
+    };
+    let limited = keygate_store::RateLimit {
+        requests: 1,
+        per_seconds: 3600,
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let options = Options {
+            plans: keygate_engine::Plans::reference().with_rate_limit("basic", limited),
+            ..Options::default()
+        };
+        nodes.push(
+            deployment
+                .start_with(deployment.node().await, options)
+                .await,
+        );
+    }
+    let [a, b, c] = &nodes[..] else {
+        unreachable!()
+    };
+    let acct = account(a, "basic").await;
+    let (_, key) = a.create_key(&acct, json!({"scope": "read"})).await;
+    for node in [b, c] {
+        assert_eq!(auth_status(node, &key, "GET").await, 204);
+        assert_eq!(auth_status(node, &key, "GET").await, 429);
+    }
+    let answer = a
+        .admin(
+            Method::PATCH,
+            &format!("/v1/accounts/{acct}"),
+            Some(json!({"plan": "pro"})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let returned = Instant::now();
+    let (tb, tc) = tokio::join!(
+        wait_for(b, &key, "GET", 204, returned, WITHIN),
+        wait_for(c, &key, "GET", 204, returned, WITHIN),
+    );
+    eprintln!("plan change reached B in {}, C in {}", ms(tb), ms(tc));
 }
 
 // --- (e) a missed notification -------------------------------------------------------------

@@ -336,6 +336,7 @@ async fn postgres_outage_cached_keys_keep_working_others_get_503_and_nodes_recov
 
     // --- the database comes back ---
     let restart = Instant::now();
+    eprintln!("PostgreSQL down for {:?}", restart - outage);
     cluster.start();
     eprintln!("PostgreSQL started again ({:?})", restart.elapsed());
     let restarted = Instant::now();
