@@ -950,3 +950,39 @@ async fn bodies_stream_both_ways() {
     }
     assert_eq!(total, SIZE);
 }
+
+#[tokio::test]
+async fn forward_auth_refusals_carry_their_code_in_headers() {
+    // What docs/nginx.md rebuilds keygate's JSON answers from (nginx cannot read the body).
+    let app = spawn().await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, read) = app.create_key(&acct, json!({"scope": "read"})).await;
+    for (key, method, uri, status, code) in [
+        (None, "GET", "/api/v1/invoices", 401, "missing_credentials"),
+        (
+            Some(read.as_str()),
+            "POST",
+            "/api/v1/invoices",
+            403,
+            "insufficient_permissions",
+        ),
+        (
+            Some(read.as_str()),
+            "GET",
+            "/api/v1/invoices?api_key=x",
+            400,
+            "key_in_url",
+        ),
+    ] {
+        let a = app.forward_auth(key, method, uri).await;
+        a.assert_error(status, code);
+        assert_eq!(a.header("x-keygate-code"), Some(code));
+        assert_eq!(a.header("x-keygate-error"), a.body["error"].as_str());
+        assert_eq!(a.header("x-request-id"), a.body["request_id"].as_str());
+    }
+    let a = app
+        .forward_auth(Some(&read), "GET", "/api/v1/invoices")
+        .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert!(a.header("x-keygate-code").is_none());
+}
