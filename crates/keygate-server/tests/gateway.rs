@@ -264,7 +264,7 @@ async fn hop_by_hop_headers_are_not_forwarded_either_way() {
     let request = format!(
         "POST /api/v1/echo HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\
          Connection: close, X-Hop-Secret\r\nX-Hop-Secret: 1\r\nKeep-Alive: timeout=5\r\n\
-         TE: trailers\r\nTrailer: X-Checksum\r\nTransfer-Encoding: chunked\r\n\
+         TE: trailers\r\nTrailer: X-Checksum\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\
          Upgrade: websocket\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\
          Proxy-Connection: keep-alive\r\nX-End-To-End: kept\r\n\r\n\
          5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
@@ -291,6 +291,8 @@ async fn hop_by_hop_headers_are_not_forwarded_either_way() {
     }
     // The chunked body arrived whole; it was re-framed by the gateway, not passed through.
     assert_eq!(a.body["body_bytes"], 11);
+    // The Content-Length sent beside Transfer-Encoding is not passed on.
+    assert_ne!(echoed_one(&a, "content-length").as_deref(), Some("3"));
     assert_ne!(
         echoed_one(&a, "transfer-encoding").as_deref(),
         Some("chunked, chunked")

@@ -70,6 +70,11 @@ pub struct Hop<'a> {
 /// sent them), `X-Real-IP` set to the judged client address, `Via` appended. The identity
 /// headers are added afterwards by the caller.
 pub fn prepare_request(headers: &mut HeaderMap, hop: &Hop<'_>) {
+    // A chunked body is re-framed on the way up; a Content-Length sent beside
+    // Transfer-Encoding is not the body's length and must not reach the upstream.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(headers);
     for name in &CREDENTIALS {
         headers.remove(name);
@@ -235,6 +240,8 @@ mod tests {
             ("x-real-ip", "10.9.9.9"),
             ("host", "api.example.com"),
             ("expect", "100-continue"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5"),
         ]);
         let hop = Hop {
             peer: Some("203.0.113.5".parse().unwrap()),
@@ -252,6 +259,8 @@ mod tests {
             "x-keygate-account-id",
             "x-keygate-anything",
             "expect",
+            "transfer-encoding",
+            "content-length",
         ] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
