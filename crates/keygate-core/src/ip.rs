@@ -7,9 +7,13 @@ use ipnet::IpNet;
 /// Most entries one allowlist may hold.
 pub const MAX_ENTRIES: usize = 256;
 
-/// An allowlist entry that is neither an address nor a CIDR block.
+/// An allowlist entry that is neither an address nor a CIDR block. The message shows the
+/// entry with key material hidden.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid IP allowlist entry {0:?}: expected an address or a CIDR block")]
+#[error(
+    "invalid IP allowlist entry {:?}: expected an address or a CIDR block",
+    crate::key::obscure(.0, 64)
+)]
 pub struct BadAllowlistEntry(pub String);
 
 /// A key's allowlist. Empty means every address is allowed.
@@ -129,6 +133,19 @@ mod tests {
         assert!(!wide.covers(&other));
         assert!(!wide.covers(&IpAllowlist::default()));
         assert!(IpAllowlist::default().covers(&wide));
+    }
+
+    /// Found by the secret-hygiene test: a key pasted into an allowlist came back whole.
+    #[test]
+    fn a_key_given_as_an_entry_is_not_echoed() {
+        let key = crate::KeyFormat::new("kg", true)
+            .unwrap()
+            .generate(crate::Environment::Test)
+            .unwrap();
+        let message = IpAllowlist::parse(&[key.expose()]).unwrap_err().to_string();
+        assert!(!message.contains(&key.expose()[8..24]), "{message}");
+        let message = IpAllowlist::parse(&["10.0.0.300"]).unwrap_err().to_string();
+        assert!(message.contains("10.0.0.300"), "{message}");
     }
 
     #[test]

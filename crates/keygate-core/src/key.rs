@@ -134,6 +134,37 @@ impl fmt::Debug for Pepper {
     }
 }
 
+/// Text from a request, fit to be shown back in an error message: every run of 16 or more
+/// hex digits (key material: a key's body, a token) becomes `…`, and the text is cut to
+/// `max_chars` characters. A key pasted into the wrong field must not come back in the
+/// answer, nor in whatever logs that answer.
+pub fn obscure(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars * 4));
+    let mut run = String::new();
+    let flush = |out: &mut String, run: &mut String| {
+        if run.len() >= 16 {
+            out.push('…');
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut out, &mut run);
+            out.push(c);
+        }
+    }
+    flush(&mut out, &mut run);
+    if out.chars().count() > max_chars {
+        out = out.chars().take(max_chars).collect();
+        out.push('…');
+    }
+    out
+}
+
 /// Random bytes from the OS CSPRNG, as lowercase hex (ids, tokens).
 pub fn random_hex(bytes: usize) -> Result<String, RandomUnavailable> {
     let mut buf = vec![0u8; bytes];
@@ -397,6 +428,22 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.ct_eq(&Pepper::new(vec![1; 32]).digest(key)));
         assert_eq!(KeyDigest::from_hex(&a.to_hex()), Some(a));
+    }
+
+    #[test]
+    fn obscure_hides_key_material() {
+        let key = kg().generate(Environment::Live).unwrap();
+        let key = key.expose();
+        let shown = obscure(&format!("{key}.read"), 64);
+        assert_eq!(shown, "kg_live_….read");
+        assert_eq!(obscure("invoices.raed", 64), "invoices.raed");
+        assert_eq!(obscure("2001:db8::1/64", 64), "2001:db8::1/64");
+        assert_eq!(
+            obscure(&"x".repeat(100), 10),
+            format!("{}…", "x".repeat(10))
+        );
+        assert_eq!(obscure("abcdef0123456789", 64), "…");
+        assert_eq!(obscure("é", 64), "é");
     }
 
     #[test]

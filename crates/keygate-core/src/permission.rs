@@ -38,9 +38,10 @@ pub struct Permission {
     pub action: Part,
 }
 
-/// Why an input is not a permission. Carries the input: permissions are never secret.
+/// Why an input is not a permission. Carries the input; its message shows it with key
+/// material hidden (a key pasted into a permission field must not come back in an answer).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid permission {input:?}: {reason}")]
+#[error("invalid permission {:?}: {reason}", crate::key::obscure(.input, 64))]
 pub struct PermissionError {
     pub input: String,
     pub reason: &'static str,
@@ -67,7 +68,9 @@ impl Permission {
             input: input.to_owned(),
             reason: "expected resource.action",
         })?;
-        if resource == "*" || action == "*" || action == "write" {
+        // `write` in any case: canonical_action lowercases, so `invoices.Write` would
+        // otherwise become the concrete action `write`, which `invoices.write` refuses.
+        if resource == "*" || action == "*" || action.eq_ignore_ascii_case("write") {
             return Err(PermissionError {
                 input: input.to_owned(),
                 reason: "a required permission cannot be a wildcard",
@@ -421,6 +424,42 @@ mod tests {
             assert!(PermissionSet::parse(&[bad]).is_err(), "{bad:?} accepted");
         }
         assert!(PermissionSet::parse(&[format!("{}.read", "a".repeat(65))]).is_err());
+    }
+
+    /// Found by the secret-hygiene test: the 400 answer to a key pasted as a permission
+    /// echoed the whole key.
+    #[test]
+    fn a_key_given_as_a_permission_is_not_echoed() {
+        let key = crate::KeyFormat::new("kg", true)
+            .unwrap()
+            .generate(crate::Environment::Live)
+            .unwrap();
+        let key = key.expose();
+        let message = PermissionSet::parse(&[key]).unwrap_err().to_string();
+        assert!(!message.contains(&key[8..24]), "{message}");
+        assert!(
+            message.starts_with("invalid permission \"kg_live_…\""),
+            "{message}"
+        );
+        let message = Permission::parse_concrete(&format!("{key}.read"))
+            .unwrap_err()
+            .to_string();
+        assert!(!message.contains(&key[8..24]), "{message}");
+        let typo = PermissionSet::parse(&["invoices.re@d"])
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("invoices.re@d"), "{typo}");
+    }
+
+    /// Found by the `permissions` fuzz target (round trip of a concrete permission):
+    /// `c.Write` parsed as the concrete `c.write`, whose printed form then did not parse.
+    #[test]
+    fn the_write_alias_is_refused_as_a_required_permission_in_any_case() {
+        for bad in ["c.write", "c.Write", "C:WRITE", "invoices.wRiTe"] {
+            assert!(Permission::parse_concrete(bad).is_err(), "{bad}");
+        }
+        let p = Permission::parse_concrete("Invoices.Send").unwrap();
+        assert_eq!(Permission::parse_concrete(&p.to_string()).unwrap(), p);
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError>
 }
 
 /// Does a query string carry a key? A credential parameter with any value does, and so
-/// does any value that starts like a key of this deployment (`?key=kg_live_…`).
+/// does any name or value that starts like a key of this deployment (`?key=kg_live_…`,
+/// `?kg_live_…`).
 pub fn query_carries_key(query: &str, format: &KeyFormat) -> bool {
     let markers = [
         format.type_prefix(Environment::Live),
@@ -54,9 +55,10 @@ pub fn query_carries_key(query: &str, format: &KeyFormat) -> bool {
         let name = decode(name).to_ascii_lowercase();
         let value = decode(value);
         (CREDENTIAL_PARAMS.contains(&name.as_str()) && !value.is_empty())
-            || markers
-                .iter()
-                .any(|m| value.trim_start().starts_with(m.as_str()))
+            || markers.iter().any(|m| {
+                value.trim_start().starts_with(m.as_str())
+                    || name.trim_start().starts_with(m.as_str())
+            })
     })
 }
 
@@ -145,6 +147,11 @@ mod tests {
         assert!(query_carries_key("access_token=abc", &kg));
         assert!(query_carries_key("key=kg_live_123", &kg));
         assert!(query_carries_key("q=%6bg_test_1", &kg));
+        // Found by the secret-hygiene test: a key as a parameter's name passed, and the
+        // "unknown query parameter" answer echoed it.
+        assert!(query_carries_key("kg_live_0123", &kg));
+        assert!(query_carries_key("page=2&KG_TEST_0123=1", &kg));
+        assert!(query_carries_key("%6Bg%5Flive%5F0123", &kg));
         assert!(!query_carries_key("key=value&page=2", &kg));
         assert!(!query_carries_key("sort=kg_weight", &kg));
         assert!(!query_carries_key("api_key=", &kg));

@@ -11,12 +11,12 @@ mod dashboard;
 mod error;
 pub mod gateway;
 mod json;
+mod listener;
 mod middleware;
 mod openapi;
 mod routes;
 mod views;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 pub use gateway::{gateway_router, serve_gateway, GatewayConfig};
+pub use listener::{serve_router, serve_router_with, EdgeLimits};
 
 /// Internals the fuzz targets in `fuzz/` drive directly. Not an API: no stability promise.
 #[doc(hidden)]
@@ -88,6 +89,8 @@ pub struct HttpConfig {
     pub header_limit: usize,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Timeouts and size limits of the connection layer (below the router).
+    pub edge: EdgeLimits,
     /// Refuses addresses that failed to authenticate too often (`None`: off).
     pub failed_auth: Option<Arc<keygate_engine::FailureThrottle>>,
 }
@@ -98,6 +101,7 @@ impl Default for HttpConfig {
             body_limit: 64 * 1024,
             header_limit: 16 * 1024,
             trusted_proxies: Vec::new(),
+            edge: EdgeLimits::default(),
             failed_auth: None,
         }
     }
@@ -118,17 +122,16 @@ pub fn router(state: AppState) -> Router {
     routes::router(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests
-/// finish.
+/// Serves the admin router on `listener` until `shutdown` resolves, then lets in-flight
+/// requests finish. The connection limits are `state.http.edge` (see [`serve_router`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let limits = EdgeLimits {
+        max_declared_body: Some(state.http.body_limit as u64),
+        ..state.http.edge.clone()
+    };
+    serve_router_with(listener, router(state), limits, shutdown).await
 }

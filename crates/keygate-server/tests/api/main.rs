@@ -3,9 +3,11 @@
 
 mod helpers;
 
-mod limits;
+mod isolation;
 mod lifecycle;
+mod limits;
 mod malformed;
 mod outcomes;
 mod scopes;
 mod self_service;
+mod uniform;

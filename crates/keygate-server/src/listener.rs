@@ -1,0 +1,417 @@
+//! The connection layer under every router: accepts TCP connections and speaks HTTP/1.1
+//! and HTTP/2 (prior knowledge) with hyper, within limits that a hostile or broken client
+//! cannot stretch.
+//!
+//! What a client cannot do:
+//! - hold a connection without sending a request: `first_request_timeout` after accept (this
+//!   also covers the protocol sniffing, which hyper would wait on forever);
+//! - send its request headers slowly (slowloris): `header_read_timeout` for the whole head,
+//!   counted from when the connection is ready for a request (so it is also the keep-alive
+//!   idle time of HTTP/1);
+//! - trickle a body or keep a request open: `request_timeout` until the answer's head,
+//!   then 408; or announce a body bigger than `max_declared_body` (413 before reading it);
+//! - send a request head bigger than `max_head_bytes` (431 from hyper) or a target longer
+//!   than `max_uri_bytes` (414);
+//! - keep an HTTP/2 connection with nothing moving: `idle_timeout` without a byte either
+//!   way and no request in flight, then GOAWAY;
+//! - run out the server's file descriptors quietly: accept errors are logged and retried
+//!   after a pause, never a busy loop or an exit.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+
+/// Limits and timeouts of the connection layer. See the module documentation.
+#[derive(Clone, Debug)]
+pub struct EdgeLimits {
+    /// From accept to the first request's head being read.
+    pub first_request_timeout: Duration,
+    /// To read one request head (request line and headers).
+    pub header_read_timeout: Duration,
+    /// From a request's head to its answer's head (covers reading the body). `None`: none.
+    pub request_timeout: Option<Duration>,
+    /// Without a byte either way and no request in flight, a connection is closed.
+    pub idle_timeout: Duration,
+    /// Largest request head hyper buffers (HTTP/1), and header list (HTTP/2), in bytes.
+    pub max_head_bytes: usize,
+    /// Longest request target (path and query), in bytes.
+    pub max_uri_bytes: usize,
+    /// A request that declares a longer body (`Content-Length`) is refused with 413 before
+    /// any of it is read (`None`: the router decides, e.g. for streamed uploads).
+    pub max_declared_body: Option<u64>,
+    /// Most headers in one HTTP/1 request.
+    pub max_headers: usize,
+    /// Most concurrent streams on one HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
+    /// After the shutdown signal, how long in-flight requests get before their
+    /// connections are dropped.
+    pub drain_timeout: Duration,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        EdgeLimits {
+            first_request_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Some(Duration::from_secs(30)),
+            idle_timeout: Duration::from_secs(120),
+            max_head_bytes: 32 * 1024,
+            max_uri_bytes: 8 * 1024,
+            max_declared_body: None,
+            max_headers: 100,
+            h2_max_concurrent_streams: 128,
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Serves `router` on `listener` with the default [`EdgeLimits`] until `shutdown`
+/// resolves, then lets in-flight requests finish (up to the drain timeout).
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_router_with(listener, router, EdgeLimits::default(), shutdown).await
+}
+
+/// [`serve_router`] with explicit limits.
+pub async fn serve_router_with(
+    listener: TcpListener,
+    router: Router,
+    limits: EdgeLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let limits = Arc::new(limits);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8 * 1024))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.max_head_bytes.try_into().unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    // Connection tasks hold a sender each; when all are gone, draining is over.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "accept failed; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(
+            stream,
+            peer,
+            router.clone(),
+            builder.clone(),
+            limits.clone(),
+            stop_rx.clone(),
+            done_tx.clone(),
+        ));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(done_tx);
+    let _ = done_rx.recv().await;
+    Ok(())
+}
+
+/// What a connection's watchdog knows: when bytes last moved, how many requests started,
+/// how many are in flight.
+struct Activity {
+    born: Instant,
+    /// Milliseconds after `born` of the last byte read or written.
+    last_io_ms: AtomicU64,
+    requests: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_io_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.born.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_io_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Counts a request in flight until dropped (when its answer is ready or it is abandoned).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Arc<EdgeLimits>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    _done: tokio::sync::mpsc::Sender<()>,
+) {
+    let activity = Arc::new(Activity {
+        born: Instant::now(),
+        last_io_ms: AtomicU64::new(0),
+        requests: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+    });
+    let io = Watched {
+        inner: TokioIo::new(stream),
+        activity: activity.clone(),
+    };
+    let service = {
+        let activity = activity.clone();
+        let limits = limits.clone();
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            activity.requests.fetch_add(1, Ordering::Relaxed);
+            activity.in_flight.fetch_add(1, Ordering::Relaxed);
+            let guard = InFlight(activity.clone());
+            let router = router.clone();
+            let limits = limits.clone();
+            async move {
+                let response = answer(router, request, peer, &limits).await;
+                drop(guard);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    // When set, the connection was asked to finish and is dropped at this instant.
+    let mut force_close: Option<tokio::time::Instant> = None;
+    // The server's stop signal was seen (sent, or its sender gone with the server).
+    let mut stop_seen = false;
+    loop {
+        let wake = match force_close {
+            Some(at) => at,
+            None => tokio::time::Instant::now() + next_check(&activity, &limits),
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.changed(), if !stop_seen => {
+                stop_seen = true;
+                if force_close.is_none() {
+                    conn.as_mut().graceful_shutdown();
+                    force_close = Some(tokio::time::Instant::now() + limits.drain_timeout);
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if force_close.is_some() {
+                    tracing::debug!(%peer, "dropping a connection that did not finish");
+                    return;
+                }
+                if next_check(&activity, &limits).is_zero() {
+                    conn.as_mut().graceful_shutdown();
+                    force_close = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// How long until the connection may have to be closed: the first request's deadline, or
+/// the idle deadline. Zero: close it now.
+fn next_check(activity: &Activity, limits: &EdgeLimits) -> Duration {
+    if activity.requests.load(Ordering::Relaxed) == 0 {
+        return limits
+            .first_request_timeout
+            .saturating_sub(activity.born.elapsed());
+    }
+    if activity.in_flight.load(Ordering::Relaxed) > 0 {
+        return limits.idle_timeout;
+    }
+    limits.idle_timeout.saturating_sub(activity.idle_for())
+}
+
+/// One request through the router, with the target-length check and the request timeout.
+async fn answer(
+    router: Router,
+    mut request: hyper::Request<Incoming>,
+    peer: SocketAddr,
+    limits: &EdgeLimits,
+) -> Response {
+    let target_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if target_len > limits.max_uri_bytes {
+        return refusal(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            "The request target is too long",
+        );
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let (Some(max), Some(len)) = (limits.max_declared_body, declared) {
+        if len > max {
+            return refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "The request body is too large",
+            );
+        }
+    }
+    if !host_is_sound(&request) {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "An HTTP/1.1 request needs exactly one valid Host header",
+        );
+    }
+    request.extensions_mut().insert(ConnectInfo(peer));
+    let call = router.oneshot(request.map(axum::body::Body::new));
+    let result = match limits.request_timeout {
+        Some(limit) => tokio::time::timeout(limit, call).await.ok(),
+        None => Some(call.await),
+    };
+    match result {
+        Some(Ok(response)) => response,
+        Some(Err(never)) => match never {},
+        None => refusal(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "The request was not received and answered in time",
+        ),
+    }
+}
+
+/// RFC 9112 §3.2: a server must refuse an HTTP/1.1 request without a Host header, with
+/// more than one, or with one that is not a valid authority (HTTP/1.0 may leave it out;
+/// HTTP/2 has `:authority` instead).
+fn host_is_sound(request: &hyper::Request<Incoming>) -> bool {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return false;
+    }
+    match first {
+        None => request.version() != axum::http::Version::HTTP_11,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|h| !h.is_empty())
+            .is_some_and(|h| h.parse::<axum::http::uri::Authority>().is_ok()),
+    }
+}
+
+/// An answer given below the router: the shared JSON error shape, and the connection is
+/// not kept (part of the request may be unread).
+fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
+    let mut response = crate::error::error_response(status, code, message, None);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The connection's socket, noting when bytes move.
+struct Watched {
+    inner: TokioIo<TcpStream>,
+    activity: Arc<Activity>,
+}
+
+impl hyper::rt::Read for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl hyper::rt::Write for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                self.activity.touch();
+            }
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                self.activity.touch();
+            }
+        }
+        result
+    }
+}
