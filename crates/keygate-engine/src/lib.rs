@@ -200,7 +200,12 @@ impl Engine {
                 let Some(engine) = weak.upgrade() else { return };
                 match change {
                     keygate_store::Change::Key(digest) => engine.cache.invalidate(&digest),
-                    keygate_store::Change::Resync => engine.cache.invalidate_all(),
+                    keygate_store::Change::Resync => {
+                        // Heard through the database: it answers again (the feed
+                        // reconnects only then), so verifications may ask it at once.
+                        engine.store_health.answered();
+                        engine.cache.invalidate_all();
+                    }
                 }
             }
         })))

@@ -45,9 +45,15 @@ impl StoreHealth {
         if until == 0 {
             return Some(Asking { probe: None });
         }
-        (self.now() >= until && !self.probing.swap(true, Ordering::AcqRel)).then_some(Asking {
-            probe: Some(&self.probing),
-        })
+        // Only the verification that set `probing` may hold an `Asking` that clears it (not
+        // `then_some`, which would build, and drop, one for every refused verification).
+        if self.now() >= until && !self.probing.swap(true, Ordering::AcqRel) {
+            Some(Asking {
+                probe: Some(&self.probing),
+            })
+        } else {
+            None
+        }
     }
 
     /// A read failed because the store is unreachable.
@@ -120,6 +126,19 @@ mod tests {
         drop(asking);
         let all = [health.may_ask(), health.may_ask(), health.may_ask()];
         assert!(all.iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn verifications_turned_away_do_not_end_the_retry() {
+        let health = StoreHealth::new();
+        health.failed();
+        quiet_time_over(&health);
+        let asking = health.may_ask();
+        assert!(asking.is_some());
+        for _ in 0..3 {
+            assert!(health.may_ask().is_none(), "only one asks at a time");
+        }
+        drop(asking);
     }
 
     #[test]
