@@ -2,18 +2,18 @@
 //!
 //! A fill races with invalidations: a verification can read a key from the store just
 //! before a revocation commits and insert it just after the revocation invalidated the
-//! entry. Every invalidation bumps `epoch`; a fill that saw the epoch move drops what it
-//! inserted, so a stale record is never served.
+//! entry. Every invalidation bumps `epoch`; a fill that sees the epoch moved since it asked
+//! the store stores nothing, so a stale record is never served.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use keygate_core::ip::IpAllowlist;
 use keygate_core::{Environment, KeyDigest, PermissionSet};
 use keygate_store::{KeyRecord, Quota, RateLimit};
-use moka::sync::Cache;
 
 use crate::usage::KeyUsage;
 
@@ -27,8 +27,8 @@ pub struct CachedKey {
     pub(crate) usage: Arc<KeyUsage>,
     /// Stored data that no longer parses: the key is refused rather than trusted.
     pub(crate) corrupt: bool,
-    /// When this copy was read from the store.
-    pub(crate) fetched_at: std::time::Instant,
+    /// When this copy was read from the store ([`crate::clock::coarse_monotonic_ns`]).
+    pub(crate) fetched_at: u64,
     /// The account plan's rate limit, for a key without its own.
     pub(crate) plan_rate_limit: Option<RateLimit>,
 }
@@ -57,11 +57,22 @@ impl CachedKey {
 }
 
 /// Digests are HMAC outputs: uniformly random and not chosen by a caller who lacks the
-/// pepper, so their first 8 bytes are already a good hash. Saves a SipHash per lookup.
-#[derive(Clone, Default)]
-pub(crate) struct DigestHash;
+/// pepper, so 8 of their bytes are already a good hash. Saves a SipHash per lookup.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Slot(KeyDigest);
 
-pub(crate) struct DigestHasher(u64);
+impl std::hash::Hash for Slot {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0 .0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct DigestHash;
+
+struct DigestHasher(u64);
 
 impl BuildHasher for DigestHash {
     type Hasher = DigestHasher;
@@ -74,7 +85,11 @@ impl Hasher for DigestHasher {
     fn finish(&self) -> u64 {
         self.0
     }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
     fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (see `Slot`); this keeps any other input well mixed.
         for chunk in bytes.chunks(8) {
             let mut buf = [0u8; 8];
             buf[..chunk.len()].copy_from_slice(chunk);
@@ -83,9 +98,39 @@ impl Hasher for DigestHasher {
     }
 }
 
+/// Entries looked at to choose one to evict from a full shard.
+const EVICTION_SAMPLE: usize = 8;
+/// Most shards; each has its own lock.
+const MAX_SHARDS: usize = 64;
+
+/// One part of the cache: known keys and unknown digests (with when they were found
+/// unknown), behind one lock.
+#[derive(Default)]
+struct Shard {
+    keys: HashMap<Slot, Arc<CachedKey>, DigestHash>,
+    /// Digest → when it was found unknown (coarse monotonic ns).
+    unknown: HashMap<Slot, u64, DigestHash>,
+}
+
+/// Keeps a shard's lock on a cache line of its own, so that two cores reading different
+/// shards do not write to the same line.
+#[repr(align(128))]
+struct Padded(RwLock<Shard>);
+
+/// The key cache: digest → key, sharded `HashMap`s behind `RwLock`s, bounded per shard.
+///
+/// A hit is one read lock, one probe and an `Arc` clone: no clock, no bookkeeping (the
+/// engine decides with the time it already has whether an entry is fresh). A full shard
+/// evicts, among a few entries, the one read from the store longest ago. Entries are never
+/// served past what the engine allows (TTL, stale-if-error); they stay until evicted,
+/// replaced or invalidated, so memory is bounded by the capacity, not by time.
 pub(crate) struct KeyCache {
-    keys: Cache<KeyDigest, Arc<CachedKey>, DigestHash>,
-    unknown: Cache<KeyDigest, (), DigestHash>,
+    shards: Box<[Padded]>,
+    /// `shards.len() - 1` (a power of two minus one).
+    mask: usize,
+    keys_per_shard: usize,
+    unknown_per_shard: usize,
+    negative_ttl_ns: u64,
     epoch: AtomicU64,
 }
 
@@ -98,64 +143,134 @@ pub(crate) enum Lookup {
     Miss,
 }
 
+fn read(shard: &Padded) -> RwLockReadGuard<'_, Shard> {
+    shard.0.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(shard: &Padded) -> RwLockWriteGuard<'_, Shard> {
+    shard.0.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Makes room for one more entry in `map` (at most `cap`): the one stored longest ago among
+/// a few goes (`stored_at`: coarse monotonic ns).
+fn make_room<V>(map: &mut HashMap<Slot, V, DigestHash>, cap: usize, stored_at: impl Fn(&V) -> u64) {
+    while map.len() >= cap.max(1) {
+        let victim = map
+            .iter()
+            .take(EVICTION_SAMPLE)
+            .min_by_key(|(_, v)| stored_at(v))
+            .map(|(k, _)| *k);
+        match victim {
+            Some(k) => map.remove(&k),
+            None => return,
+        };
+    }
+}
+
 impl KeyCache {
-    /// Entries live `keep` (refresh age plus the stale-if-error bound); the engine decides
-    /// when one is due for a refresh.
-    pub fn new(capacity: u64, keep: Duration, negative_ttl: Duration) -> KeyCache {
+    /// At most about `capacity` keys and as many unknown digests (up to 100 000), the
+    /// latter remembered for `negative_ttl`.
+    pub fn new(capacity: u64, negative_ttl: Duration) -> KeyCache {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
+        // About 1 000 entries per shard at least: small caches keep their exact bound.
+        let shards = (capacity / 1024)
+            .clamp(1, MAX_SHARDS)
+            .next_power_of_two()
+            .min(MAX_SHARDS);
+        let unknown = capacity.clamp(1, 100_000);
         KeyCache {
-            keys: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(keep)
-                .build_with_hasher(DigestHash),
-            unknown: Cache::builder()
-                .max_capacity(capacity.clamp(1, 100_000))
-                .time_to_live(negative_ttl)
-                .build_with_hasher(DigestHash),
+            shards: (0..shards)
+                .map(|_| Padded(RwLock::new(Shard::default())))
+                .collect(),
+            mask: shards - 1,
+            keys_per_shard: capacity.div_ceil(shards),
+            unknown_per_shard: unknown.div_ceil(shards),
+            negative_ttl_ns: u64::try_from(negative_ttl.as_nanos()).unwrap_or(u64::MAX),
             epoch: AtomicU64::new(0),
         }
     }
 
-    pub fn get(&self, digest: &KeyDigest) -> Lookup {
-        if let Some(key) = self.keys.get(digest) {
-            return Lookup::Hit(key);
+    fn shard(&self, digest: &KeyDigest) -> &Padded {
+        // Byte 8 onwards: independent of the bytes the in-shard hash uses.
+        &self.shards[usize::from(digest.0[8]) & self.mask]
+    }
+
+    /// What the cache knows of `digest` at `now` (coarse monotonic ns). An unknown digest
+    /// older than the negative TTL is a miss; whether a key is fresh enough is for the
+    /// caller to decide.
+    pub fn get(&self, digest: &KeyDigest, now: u64) -> Lookup {
+        let shard = read(self.shard(digest));
+        let slot = Slot(*digest);
+        if let Some(key) = shard.keys.get(&slot) {
+            return Lookup::Hit(key.clone());
         }
-        if self.unknown.contains_key(digest) {
-            return Lookup::Unknown;
+        match shard.unknown.get(&slot) {
+            Some(at) if now.saturating_sub(*at) <= self.negative_ttl_ns => Lookup::Unknown,
+            _ => Lookup::Miss,
         }
-        Lookup::Miss
     }
 
     pub fn ticket(&self) -> FillTicket {
         FillTicket(self.epoch.load(Ordering::SeqCst))
     }
 
+    /// Stores what the store answered, unless an invalidation came after `ticket` was
+    /// taken. The epoch is compared under the shard's write lock and `invalidate` bumps it
+    /// before taking that lock, so either this fill sees the new epoch and stores nothing,
+    /// or the invalidation removes the entry after it: a stale fill is never visible once
+    /// `invalidate` has returned.
     pub fn fill(&self, ticket: FillTicket, digest: KeyDigest, key: Option<Arc<CachedKey>>) {
-        match key {
-            Some(k) => self.keys.insert(digest, k),
-            None => self.unknown.insert(digest, ()),
-        }
+        let now = crate::clock::coarse_monotonic_ns();
+        let mut shard = write(self.shard(&digest));
         if self.epoch.load(Ordering::SeqCst) != ticket.0 {
-            self.keys.invalidate(&digest);
-            self.unknown.invalidate(&digest);
+            return;
+        }
+        let shard = &mut *shard;
+        let slot = Slot(digest);
+        match key {
+            Some(k) => {
+                shard.unknown.remove(&slot);
+                if !shard.keys.contains_key(&slot) {
+                    make_room(&mut shard.keys, self.keys_per_shard, |v| v.fetched_at);
+                }
+                shard.keys.insert(slot, k);
+            }
+            None => {
+                shard.keys.remove(&slot);
+                if self.negative_ttl_ns == 0 {
+                    // Negative caching is off (the coarse clock would otherwise keep an
+                    // entry for up to one tick).
+                    return;
+                }
+                if !shard.unknown.contains_key(&slot) {
+                    make_room(&mut shard.unknown, self.unknown_per_shard, |at| *at);
+                }
+                shard.unknown.insert(slot, now);
+            }
         }
     }
 
     /// Forgets `digest` on this node. Call after the change is committed.
     pub fn invalidate(&self, digest: &KeyDigest) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.keys.invalidate(digest);
-        self.unknown.invalidate(digest);
+        let mut shard = write(self.shard(digest));
+        let slot = Slot(*digest);
+        shard.keys.remove(&slot);
+        shard.unknown.remove(&slot);
     }
 
     /// Forgets everything (changes may have been missed).
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.keys.invalidate_all();
-        self.unknown.invalidate_all();
+        for shard in self.shards.iter() {
+            let mut shard = write(shard);
+            shard.keys = HashMap::default();
+            shard.unknown = HashMap::default();
+        }
     }
 
     pub fn entry_count(&self) -> u64 {
-        self.keys.entry_count()
+        self.shards.iter().map(|s| read(s).keys.len() as u64).sum()
     }
 }
 
@@ -177,8 +292,149 @@ impl CachedKey {
             ip_allowlist: ip_allowlist.unwrap_or_default(),
             usage,
             corrupt,
-            fetched_at: std::time::Instant::now(),
+            fetched_at: crate::clock::coarse_monotonic_ns(),
             plan_rate_limit,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use keygate_core::Environment;
+
+    pub(crate) fn record(i: u8) -> KeyRecord {
+        KeyRecord {
+            id: format!("key_{i}"),
+            account_id: "acct_1".into(),
+            name: "k".into(),
+            display_prefix: "kg_live_00000000".into(),
+            digest: digest(i),
+            environment: Environment::Live,
+            permissions: vec!["*.read".into()],
+            ip_allowlist: vec![],
+            rate_limit: None,
+            quota: None,
+            quota_used: 0,
+            quota_refilled_at: None,
+            meta: serde_json::json!({}),
+            created_at: 0,
+            last_used_at: None,
+            expires_at: None,
+            revoked_at: None,
+            rotated_from: None,
+            recent_ips: vec![],
+        }
+    }
+
+    fn digest(i: u8) -> KeyDigest {
+        // Spread over the bytes the shard and the hash use, like an HMAC output.
+        let mut d = [i; 32];
+        d[0] = i.wrapping_mul(151);
+        d[8] = i.wrapping_mul(97);
+        KeyDigest(d)
+    }
+
+    fn key(i: u8) -> Arc<CachedKey> {
+        let r = record(i);
+        let usage = Arc::new(KeyUsage::new(&r));
+        Arc::new(CachedKey::from_record(r, usage, None))
+    }
+
+    fn now() -> u64 {
+        crate::clock::coarse_monotonic_ns()
+    }
+
+    #[test]
+    fn hits_unknowns_and_misses() {
+        let cache = KeyCache::new(100, Duration::from_secs(10));
+        assert!(matches!(cache.get(&digest(1), now()), Lookup::Miss));
+        cache.fill(cache.ticket(), digest(1), Some(key(1)));
+        cache.fill(cache.ticket(), digest(2), None);
+        assert!(matches!(cache.get(&digest(1), now()), Lookup::Hit(k) if k.id() == "key_1"));
+        assert!(matches!(cache.get(&digest(2), now()), Lookup::Unknown));
+        // An unknown digest is forgotten after the negative TTL.
+        let later = now() + Duration::from_secs(11).as_nanos() as u64;
+        assert!(matches!(cache.get(&digest(2), later), Lookup::Miss));
+        // A key found later replaces its negative entry.
+        cache.fill(cache.ticket(), digest(2), Some(key(2)));
+        assert!(matches!(cache.get(&digest(2), now()), Lookup::Hit(_)));
+        assert_eq!(cache.entry_count(), 2);
+    }
+
+    #[test]
+    fn a_fill_that_raced_an_invalidation_is_not_stored() {
+        let cache = KeyCache::new(100, Duration::from_secs(10));
+        cache.fill(cache.ticket(), digest(1), Some(key(1)));
+        let ticket = cache.ticket();
+        // The store is read (the key as it was), then the key is revoked and invalidated,
+        // then the fill arrives.
+        cache.invalidate(&digest(1));
+        cache.fill(ticket, digest(1), Some(key(1)));
+        assert!(matches!(cache.get(&digest(1), now()), Lookup::Miss));
+        let ticket = cache.ticket();
+        cache.invalidate_all();
+        cache.fill(ticket, digest(3), None);
+        assert!(matches!(cache.get(&digest(3), now()), Lookup::Miss));
+        // A fill with a fresh ticket is stored.
+        cache.fill(cache.ticket(), digest(1), Some(key(1)));
+        assert!(matches!(cache.get(&digest(1), now()), Lookup::Hit(_)));
+    }
+
+    #[test]
+    fn fills_and_invalidations_from_many_threads_never_leave_a_stale_entry() {
+        // Each round: a filler takes a ticket ("reads the store") and fills while another
+        // thread invalidates the same digest. Whatever the interleaving, once both are
+        // done the entry must not be there: either the fill saw the epoch move, or the
+        // invalidation came after the fill and removed it.
+        let cache = Arc::new(KeyCache::new(1000, Duration::from_secs(10)));
+        for round in 0..2000u32 {
+            let d = digest((round % 200) as u8);
+            let ticket = cache.ticket();
+            let c = cache.clone();
+            let invalidator = std::thread::spawn(move || c.invalidate(&d));
+            cache.fill(ticket, d, Some(key(1)));
+            invalidator.join().unwrap();
+            assert!(
+                matches!(cache.get(&d, now()), Lookup::Miss),
+                "round {round}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_capacity_bounds_the_entries() {
+        let cache = KeyCache::new(50, Duration::from_secs(10));
+        for i in 0..=255u8 {
+            cache.fill(cache.ticket(), digest(i), Some(key(i)));
+            cache.fill(cache.ticket(), digest(i).with_last(1), None);
+        }
+        assert!(cache.entry_count() <= 50, "{}", cache.entry_count());
+        let unknown: usize = cache.shards.iter().map(|s| read(s).unknown.len()).sum();
+        assert!(unknown <= 50, "{unknown}");
+        // The newest fill is still there.
+        assert!(matches!(cache.get(&digest(255), now()), Lookup::Hit(_)));
+        let big = KeyCache::new(200_000, Duration::from_secs(10));
+        assert_eq!(big.shards.len(), MAX_SHARDS);
+        assert!(big.keys_per_shard * MAX_SHARDS >= 200_000);
+    }
+
+    #[test]
+    fn without_a_negative_ttl_unknown_digests_are_not_kept() {
+        let cache = KeyCache::new(100, Duration::ZERO);
+        cache.fill(cache.ticket(), digest(1), None);
+        assert!(matches!(cache.get(&digest(1), now()), Lookup::Miss));
+    }
+
+    trait WithLast {
+        fn with_last(self, b: u8) -> KeyDigest;
+    }
+
+    impl WithLast for KeyDigest {
+        fn with_last(mut self, b: u8) -> KeyDigest {
+            self.0[31] ^= b;
+            self.0[1] ^= 0x55;
+            self
         }
     }
 }

@@ -68,11 +68,7 @@ impl Engine {
             pepper: config.pepper,
             routes: config.routes,
             plans: config.plans,
-            cache: cache::KeyCache::new(
-                config.cache_capacity,
-                config.cache_ttl + config.stale_if_error,
-                config.negative_cache_ttl,
-            ),
+            cache: cache::KeyCache::new(config.cache_capacity, config.negative_cache_ttl),
             cache_ttl: config.cache_ttl,
             stale_if_error: config.stale_if_error,
             usage_retention: config.usage_retention,

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use keygate_core::Outcome;
@@ -17,6 +17,32 @@ use crate::Result;
 pub const HOUR_MS: i64 = 3_600_000;
 /// Client addresses remembered per key.
 pub const RECENT_IPS: usize = 10;
+/// Outcomes counted per key (`Outcome::ALL`).
+const OUTCOMES: usize = Outcome::ALL.len();
+
+/// Where `outcome` is in `Outcome::ALL`.
+pub(crate) fn outcome_index(outcome: Outcome) -> usize {
+    Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)
+}
+
+/// An IPv4 address as a non-zero number (0 stands for "not an IPv4 address").
+fn v4_code(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(a) => (1 << 32) | u64::from(u32::from(a)),
+        IpAddr::V6(_) => 0,
+    }
+}
+
+/// Adds `count` to the (bucket, outcome) entry of `counts`.
+fn add(counts: &mut Vec<(i64, &'static str, i64)>, bucket: i64, outcome: &'static str, count: i64) {
+    match counts
+        .iter_mut()
+        .find(|(b, o, _)| *b == bucket && *o == outcome)
+    {
+        Some(entry) => entry.2 += count,
+        None => counts.push((bucket, outcome, count)),
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -42,10 +68,23 @@ fn seen(ips: &[(IpAddr, i64)]) -> Vec<SeenIp> {
 }
 
 /// Per-key counters and limiter state.
+///
+/// Most verifications change only atomics here: the count of their outcome in the current
+/// hour and, when they come from the same IPv4 address as the one before, that address's
+/// time. A new hour, a new address or an IPv6 address take the lock.
 #[derive(Debug)]
 pub struct KeyUsage {
     key_id: String,
     last_used: AtomicI64,
+    /// The hour (bucket start, unix ms) that `hour_counts` count for; 0 before any.
+    hour: AtomicI64,
+    /// Verifications in `hour` by outcome (`Outcome::ALL` order), not yet flushed. A count
+    /// racing the change of hour may land in the new hour.
+    hour_counts: [AtomicI64; OUTCOMES],
+    /// The newest of `pending.recent_ips` as [`v4_code`] (0: none or IPv6), and the time
+    /// it was last seen on the lock-free path (folded into `recent_ips` under the lock).
+    newest_v4: AtomicU64,
+    newest_seen: AtomicI64,
     /// Quota spent, including what is not yet flushed.
     pub(crate) quota_used: AtomicI64,
     /// What the store already has of `quota_used`.
@@ -60,9 +99,21 @@ pub struct KeyUsage {
 
 impl KeyUsage {
     pub fn new(record: &KeyRecord) -> KeyUsage {
+        let recent_ips: Vec<(IpAddr, i64)> = record
+            .recent_ips
+            .iter()
+            .filter_map(|s| Some((s.ip.parse().ok()?, s.last_seen)))
+            .collect();
+        let (newest_v4, newest_seen) = recent_ips
+            .first()
+            .map_or((0, 0), |(ip, at)| (v4_code(*ip), *at));
         KeyUsage {
             key_id: record.id.clone(),
             last_used: AtomicI64::new(0),
+            hour: AtomicI64::new(0),
+            hour_counts: Default::default(),
+            newest_v4: AtomicU64::new(newest_v4),
+            newest_seen: AtomicI64::new(newest_seen),
             quota_used: AtomicI64::new(record.quota_used),
             flushed_quota: AtomicI64::new(record.quota_used),
             quota_refilled_at: AtomicI64::new(
@@ -71,11 +122,7 @@ impl KeyUsage {
             refill_dirty: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             pending: Mutex::new(Pending {
-                recent_ips: record
-                    .recent_ips
-                    .iter()
-                    .filter_map(|s| Some((s.ip.parse().ok()?, s.last_seen)))
-                    .collect(),
+                recent_ips,
                 ..Pending::default()
             }),
             limiter: Gcra::default(),
@@ -159,48 +206,102 @@ impl KeyUsage {
 
     /// Counts not yet flushed with `from <= bucket < to`.
     pub(crate) fn unflushed_counts(&self, from: i64, to: i64) -> Vec<UsageCount> {
-        lock(&self.pending)
-            .counts
+        let p = lock(&self.pending);
+        let hour = self.hour.load(Ordering::Acquire);
+        let current = self
+            .hour_counts
             .iter()
-            .filter(|(b, _, _)| (from..to).contains(b))
+            .enumerate()
+            .map(|(i, c)| (hour, Outcome::ALL[i].detail(), c.load(Ordering::Acquire)));
+        p.counts
+            .iter()
+            .copied()
+            .chain(current)
+            .filter(|(b, _, count)| *count != 0 && (from..to).contains(b))
             .map(|(bucket, outcome, count)| UsageCount {
-                bucket: *bucket,
-                outcome: (*outcome).to_owned(),
-                count: *count,
+                bucket,
+                outcome: outcome.to_owned(),
+                count,
             })
             .collect()
     }
 
     pub(crate) fn recent_ips(&self) -> Vec<SeenIp> {
-        seen(&lock(&self.pending).recent_ips)
+        let mut p = lock(&self.pending);
+        self.fold_newest_seen(&mut p);
+        seen(&p.recent_ips)
+    }
+
+    /// Moves what `hour_counts` hold into `p.counts` under `hour` (call with the lock).
+    fn take_hour_counts(&self, p: &mut Pending, hour: i64) {
+        for (i, counter) in self.hour_counts.iter().enumerate() {
+            let count = counter.swap(0, Ordering::AcqRel);
+            if count != 0 {
+                add(&mut p.counts, hour, Outcome::ALL[i].detail(), count);
+            }
+        }
+    }
+
+    /// Gives the newest address the time the lock-free path saw it (call with the lock).
+    fn fold_newest_seen(&self, p: &mut Pending) {
+        let seen = self.newest_seen.load(Ordering::Relaxed);
+        if let Some(first) = p.recent_ips.first_mut() {
+            first.1 = first.1.max(seen);
+        }
     }
 
     fn record(&self, outcome: Outcome, ip: Option<IpAddr>, now: i64) {
         let bucket = now - now.rem_euclid(HOUR_MS);
-        let detail = outcome.detail();
-        let mut p = lock(&self.pending);
-        match p
-            .counts
-            .iter_mut()
-            .find(|(b, o, _)| *b == bucket && *o == detail)
-        {
-            Some(entry) => entry.2 += 1,
-            None => p.counts.push((bucket, detail, 1)),
-        }
-        if let Some(ip) = ip {
-            match p.recent_ips.iter().position(|s| s.0 == ip) {
-                // Already the newest: only the time moves; written with the next change.
-                Some(0) => p.recent_ips[0].1 = now,
-                found => {
-                    if let Some(i) = found {
-                        p.recent_ips.remove(i);
-                    }
-                    p.recent_ips.insert(0, (ip, now));
-                    p.recent_ips.truncate(RECENT_IPS);
-                    p.ips_changed = true;
-                }
+        let index = outcome_index(outcome);
+        // AcqRel: pairs with `take_hour_counts`'s swap, so that a count the flush does not
+        // take is followed by a `dirty` check that sees the flush's reset (`UsageRecorder`).
+        if self.hour.load(Ordering::Acquire) == bucket {
+            self.hour_counts[index].fetch_add(1, Ordering::AcqRel);
+        } else {
+            let mut p = lock(&self.pending);
+            let hour = self.hour.load(Ordering::Acquire);
+            if bucket > hour {
+                // A new hour: what the counters hold belongs to the one before.
+                self.take_hour_counts(&mut p, hour);
+                self.hour.store(bucket, Ordering::Release);
+            }
+            if bucket >= hour {
+                self.hour_counts[index].fetch_add(1, Ordering::AcqRel);
+            } else {
+                // An earlier hour (the clock went back): counted as such.
+                add(&mut p.counts, bucket, outcome.detail(), 1);
             }
         }
+        if let Some(ip) = ip {
+            self.record_ip(ip, now);
+        }
+    }
+
+    fn record_ip(&self, ip: IpAddr, now: i64) {
+        let code = v4_code(ip);
+        if code != 0 && self.newest_v4.load(Ordering::Acquire) == code {
+            // Already the newest: only the time moves; written with the next change.
+            if self.newest_seen.load(Ordering::Relaxed) < now {
+                self.newest_seen.fetch_max(now, Ordering::Relaxed);
+            }
+            return;
+        }
+        let mut p = lock(&self.pending);
+        self.fold_newest_seen(&mut p);
+        match p.recent_ips.iter().position(|s| s.0 == ip) {
+            Some(0) => p.recent_ips[0].1 = p.recent_ips[0].1.max(now),
+            found => {
+                if let Some(i) = found {
+                    p.recent_ips.remove(i);
+                }
+                p.recent_ips.insert(0, (ip, now));
+                p.recent_ips.truncate(RECENT_IPS);
+                p.ips_changed = true;
+            }
+        }
+        self.newest_seen.store(p.recent_ips[0].1, Ordering::Relaxed);
+        self.newest_v4
+            .store(v4_code(p.recent_ips[0].0), Ordering::Release);
     }
 }
 
@@ -223,11 +324,15 @@ impl UsageRecorder {
 
     /// Counts one verification of a known key; a valid one also moves `last_used_at`.
     pub fn record(&self, usage: &Arc<KeyUsage>, outcome: Outcome, ip: Option<IpAddr>, now: i64) {
-        if outcome.is_valid() {
+        // Plain loads first: under load the time rarely moves within a millisecond and the
+        // key is already marked, so most calls write neither atomic.
+        if outcome.is_valid() && usage.last_used.load(Ordering::Relaxed) < now {
             usage.last_used.fetch_max(now, Ordering::Relaxed);
         }
         usage.record(outcome, ip, now);
-        if !usage.dirty.swap(true, Ordering::AcqRel) {
+        // `flush` clears the mark before it takes the counts, so a count made after that
+        // take sees the mark cleared (see `KeyUsage::record` and `flush`).
+        if !usage.dirty.load(Ordering::Acquire) && !usage.dirty.swap(true, Ordering::AcqRel) {
             lock(&self.dirty).push(usage.clone());
         }
     }
@@ -240,9 +345,15 @@ impl UsageRecorder {
         let mut taken = Vec::with_capacity(pending.len());
         let mut updates = Vec::with_capacity(pending.len());
         for u in &pending {
-            u.dirty.store(false, Ordering::Release);
-            let used = u.quota_used.load(Ordering::Acquire);
+            // Cleared with a swap before the counters are taken: a verification whose count
+            // is not taken below then sees the mark cleared and queues the key again, and
+            // everything a verification did before a count that is taken (quota spent, last
+            // use) is seen by the loads after the take.
+            u.dirty.swap(false, Ordering::AcqRel);
             let mut p = lock(&u.pending);
+            u.take_hour_counts(&mut p, u.hour.load(Ordering::Acquire));
+            u.fold_newest_seen(&mut p);
+            let used = u.quota_used.load(Ordering::Acquire);
             let counts = std::mem::take(&mut p.counts);
             let ips_changed = std::mem::take(&mut p.ips_changed);
             let refilled = u.refill_dirty.swap(false, Ordering::AcqRel);
@@ -278,14 +389,7 @@ impl UsageRecorder {
                     }
                     let mut p = lock(&u.pending);
                     for (bucket, outcome, count) in counts {
-                        match p
-                            .counts
-                            .iter_mut()
-                            .find(|(b, o, _)| *b == bucket && *o == outcome)
-                        {
-                            Some(entry) => entry.2 += count,
-                            None => p.counts.push((bucket, outcome, count)),
-                        }
+                        add(&mut p.counts, bucket, outcome, count);
                     }
                     p.ips_changed |= ips_changed;
                     drop(p);
@@ -296,5 +400,121 @@ impl UsageRecorder {
                 Err(e.into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_core::InvalidReason;
+
+    fn usage() -> KeyUsage {
+        KeyUsage::new(&crate::cache::tests::record(1))
+    }
+
+    fn counts(u: &KeyUsage) -> Vec<(i64, String, i64)> {
+        let mut c: Vec<_> = u
+            .unflushed_counts(0, i64::MAX)
+            .into_iter()
+            .map(|c| (c.bucket, c.outcome, c.count))
+            .collect();
+        c.sort();
+        c
+    }
+
+    const H: i64 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS;
+
+    #[test]
+    fn counts_by_hour_and_outcome_across_hours() {
+        let u = usage();
+        u.record(Outcome::Valid, None, H + 5);
+        u.record(Outcome::Valid, None, H + 6);
+        u.record(Outcome::RateLimited, None, H + 7);
+        u.record(Outcome::Valid, None, H + HOUR_MS + 1);
+        // A clock that went back: counted in its own hour.
+        u.record(Outcome::InvalidKey(InvalidReason::Revoked), None, H + 9);
+        assert_eq!(
+            counts(&u),
+            vec![
+                (H, "invalid_key_revoked".into(), 1),
+                (H, "rate_limited".into(), 1),
+                (H, "valid".into(), 2),
+                (H + HOUR_MS, "valid".into(), 1),
+            ]
+        );
+        let mut p = lock(&u.pending);
+        u.take_hour_counts(&mut p, u.hour.load(Ordering::Acquire));
+        drop(p);
+        // Nothing lost or doubled by taking the current hour's counters.
+        assert_eq!(counts(&u).iter().map(|c| c.2).sum::<i64>(), 5);
+        u.record(Outcome::Valid, None, H + HOUR_MS + 2);
+        assert_eq!(counts(&u).iter().map(|c| c.2).sum::<i64>(), 6);
+    }
+
+    #[test]
+    fn recent_addresses_newest_first_with_their_last_time() {
+        let u = usage();
+        let a: IpAddr = "203.0.113.7".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let c: IpAddr = "198.51.100.1".parse().unwrap();
+        u.record(Outcome::Valid, Some(a), H + 1);
+        u.record(Outcome::Valid, Some(a), H + 2); // lock-free: only the time moves
+        let seen = u.recent_ips();
+        assert_eq!(
+            (seen.len(), seen[0].ip.as_str(), seen[0].last_seen),
+            (1, "203.0.113.7", H + 2)
+        );
+        u.record(Outcome::Valid, Some(b), H + 3);
+        u.record(Outcome::Valid, Some(b), H + 4);
+        u.record(Outcome::Valid, Some(c), H + 5);
+        u.record(Outcome::Valid, Some(c), H + 6);
+        u.record(Outcome::Valid, Some(a), H + 7);
+        u.record(Outcome::Valid, Some(a), H + 8);
+        let seen: Vec<(String, i64)> = u
+            .recent_ips()
+            .into_iter()
+            .map(|s| (s.ip, s.last_seen))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("203.0.113.7".into(), H + 8),
+                ("198.51.100.1".into(), H + 6),
+                ("2001:db8::1".into(), H + 4),
+            ]
+        );
+        for i in 0..20u8 {
+            u.record(Outcome::Valid, Some(IpAddr::from([10, 0, 0, i])), H + 10);
+        }
+        assert_eq!(u.recent_ips().len(), RECENT_IPS);
+    }
+
+    #[test]
+    fn counts_from_many_threads_add_up() {
+        let u = Arc::new(usage());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let u = u.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10_000 {
+                        // Two of the threads move into the next hour half way through.
+                        let hour = if t % 2 == 0 && i >= 5_000 {
+                            H + HOUR_MS
+                        } else {
+                            H
+                        };
+                        u.record(Outcome::Valid, None, hour + 1);
+                        if i % 1000 == 0 {
+                            let mut p = lock(&u.pending);
+                            u.take_hour_counts(&mut p, u.hour.load(Ordering::Acquire));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(counts(&u).iter().map(|c| c.2).sum::<i64>(), 40_000);
     }
 }

@@ -30,8 +30,29 @@ pub fn current_request_id() -> String {
         .unwrap_or_else(|_| "req_unknown".to_owned())
 }
 
+/// `req_` and 24 hex digits: 32 random bits drawn once per process, then 64 bits that a
+/// bijective mix makes of a per-process counter (offset by 64 more random bits), so ids
+/// are unique within a process, differ between processes, and cost no system call (the OS
+/// random source was one `getrandom` per request). Request ids are not secrets.
 fn new_request_id() -> String {
-    format!("req_{}", random_hex(12).unwrap_or_else(|_| "0".repeat(24)))
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static SEED: OnceLock<(String, u64)> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let (prefix, offset) = SEED.get_or_init(|| {
+        let hex = random_hex(12).unwrap_or_else(|_| "0".repeat(24));
+        let offset = u64::from_str_radix(&hex[8..], 16).unwrap_or(0);
+        (hex[..8].to_owned(), offset)
+    });
+    let n = COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_add(*offset);
+    // The splitmix64 finaliser: a bijection on u64.
+    let mut z = n;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    format!("req_{prefix}{z:016x}")
 }
 
 /// Makes a path safe to log: percent-escapes decoded first (so `kg%5Flive%5F…` is seen),
@@ -88,10 +109,16 @@ pub async fn request_context(
     let id = new_request_id();
     REQUEST_ID
         .scope(id.clone(), async move {
-            let started = Instant::now();
-            let method = request.method().clone();
-            let prefix = state.engine.key_format().prefix().to_owned();
-            let path = redact(request.uri().path(), &prefix);
+            // The access log line's fields, made only when the line is written (at the
+            // default `info`; `KEYGATE_LOG=warn` skips the redaction's allocations).
+            let logged = tracing::enabled!(tracing::Level::INFO).then(|| {
+                let prefix = state.engine.key_format().prefix();
+                (
+                    Instant::now(),
+                    request.method().clone(),
+                    redact(request.uri().path(), prefix),
+                )
+            });
             let throttled_ip = throttled_address(&state, &request);
             let mut response = match precheck(&state, &request, throttled_ip) {
                 Err(e) => e.into_response(),
@@ -108,14 +135,16 @@ pub async fn request_context(
             if let Ok(v) = HeaderValue::from_str(&id) {
                 response.headers_mut().insert("x-request-id", v);
             }
-            tracing::info!(
-                request_id = %id,
-                %method,
-                %path,
-                status = response.status().as_u16(),
-                micros = started.elapsed().as_micros() as u64,
-                "request"
-            );
+            if let Some((started, method, path)) = logged {
+                tracing::info!(
+                    request_id = %id,
+                    %method,
+                    %path,
+                    status = response.status().as_u16(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "request"
+                );
+            }
             response
         })
         .await
@@ -163,7 +192,21 @@ fn precheck(
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{new_request_id, redact};
+
+    #[test]
+    fn request_ids_are_unique_and_well_formed() {
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(10) {
+            let hex = id.strip_prefix("req_").unwrap();
+            assert_eq!(hex.len(), 24, "{id}");
+            assert!(hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        }
+    }
 
     #[test]
     fn keys_are_redacted_from_paths() {
