@@ -15,18 +15,18 @@ pub fn now_ms() -> i64 {
 /// expired is decided with [`now_ms`].
 #[cfg(target_os = "linux")]
 mod coarse {
-    use rustix::time::{clock_gettime, ClockId, Timespec};
-
-    fn ns(t: Timespec) -> i128 {
-        t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
-    }
+    use rustix::time::{clock_gettime, ClockId};
 
     pub fn monotonic_ns() -> u64 {
-        ns(clock_gettime(ClockId::MonotonicCoarse)) as u64
+        let t = clock_gettime(ClockId::MonotonicCoarse);
+        (t.tv_sec as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(t.tv_nsec as u64)
     }
 
     pub fn wall_ms() -> i64 {
-        ns(clock_gettime(ClockId::RealtimeCoarse)).div_euclid(1_000_000) as i64
+        let t = clock_gettime(ClockId::RealtimeCoarse);
+        (t.tv_sec as i64) * 1000 + (t.tv_nsec as i64) / 1_000_000
     }
 }
 

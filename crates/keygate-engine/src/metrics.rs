@@ -30,14 +30,57 @@ const LATENCY_BOUNDS_NS: [u64; 14] = [
     1_000_000_000,
 ];
 
-/// Every counter keygate exports.
+/// Threads that get counters of their own (the first to count; later ones share one).
+const OWNED_SLOTS: usize = 16;
+
+/// The counters every verification moves, once per thread slot (see [`slot`]).
 #[derive(Default)]
-pub struct Metrics {
+#[repr(align(128))]
+struct Hot {
     outcomes: [AtomicU64; Outcome::ALL.len()],
     /// Observations per bucket (not cumulative); the last one counts those over every bound.
     latency_buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     latency_sum_ns: AtomicU64,
-    pub(crate) cache_hits: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+/// This thread's slot: `Some(i)` for one of the first [`OWNED_SLOTS`] threads that count
+/// (slot `i` of every `Metrics` is written by this thread alone), `None` for the others
+/// (they share the last slot and add atomically). Slots are never reused, so two threads
+/// never own the same one.
+fn slot() -> Option<usize> {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SLOT.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed).min(OWNED_SLOTS));
+        }
+        Some(s.get()).filter(|i| *i < OWNED_SLOTS)
+    })
+}
+
+/// Adds `n`: a plain load and store when this thread owns the counter (no locked
+/// instruction, which costs more than the rest of a counter update on the hot path), an
+/// atomic addition when threads share it.
+fn add(counter: &AtomicU64, n: u64, owned: bool) {
+    if owned {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    } else {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Every counter keygate exports. Those each verification moves are kept per thread and
+/// summed when `/metrics` is read.
+pub struct Metrics {
+    hot: Box<[Hot]>,
     pub(crate) cache_misses: AtomicU64,
     pub(crate) stale_served: AtomicU64,
     pub(crate) store_errors: AtomicU64,
@@ -53,25 +96,64 @@ fn index_of(outcome: Outcome) -> usize {
     Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            hot: (0..=OWNED_SLOTS).map(|_| Hot::default()).collect(),
+            cache_misses: AtomicU64::default(),
+            stale_served: AtomicU64::default(),
+            store_errors: AtomicU64::default(),
+            usage_flushes: AtomicU64::default(),
+            usage_flush_errors: AtomicU64::default(),
+            usage_flushed_at: AtomicU64::default(),
+            rate_limiter_errors: AtomicU64::default(),
+            auth_throttled: AtomicU64::default(),
+        }
+    }
+}
+
 impl Metrics {
+    /// This thread's counters, and whether it owns them.
+    fn hot(&self) -> (&Hot, bool) {
+        match slot() {
+            Some(i) => (&self.hot[i], true),
+            None => (&self.hot[OWNED_SLOTS], false),
+        }
+    }
+
+    /// The sum over the thread slots of one hot counter.
+    fn total(&self, counter: impl Fn(&Hot) -> &AtomicU64) -> u64 {
+        self.hot
+            .iter()
+            .map(|h| counter(h).load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
     /// Counts one verification answer (also those the HTTP edge gives without the engine,
     /// such as missing credentials).
     pub fn count_outcome(&self, outcome: Outcome) {
-        self.outcomes[index_of(outcome)].fetch_add(1, Ordering::Relaxed);
+        let (hot, owned) = self.hot();
+        add(&hot.outcomes[index_of(outcome)], 1, owned);
     }
 
-    /// At most two atomic additions per verification: its bucket and the sum (the count
-    /// is the total of the buckets).
+    /// A verification answered from the cache.
+    pub(crate) fn count_cache_hit(&self) {
+        let (hot, owned) = self.hot();
+        add(&hot.cache_hits, 1, owned);
+    }
+
+    /// The bucket and the sum (the count is the total of the buckets).
     pub(crate) fn observe_latency(&self, elapsed: Duration) {
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = LATENCY_BOUNDS_NS
             .iter()
             .position(|bound| ns <= *bound)
             .unwrap_or(LATENCY_BOUNDS_NS.len());
-        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let (hot, owned) = self.hot();
+        add(&hot.latency_buckets[bucket], 1, owned);
         // Most answers from memory measure 0 on the coarse clock (see `Engine::verify`).
         if ns != 0 {
-            self.latency_sum_ns.fetch_add(ns, Ordering::Relaxed);
+            add(&hot.latency_sum_ns, ns, owned);
         }
     }
 
@@ -92,7 +174,7 @@ impl Metrics {
                 "keygate_verifications_total{{outcome=\"{}\",code=\"{}\"}} {}",
                 outcome.detail(),
                 outcome.code(),
-                get(&self.outcomes[i])
+                self.total(|h| &h.outcomes[i])
             );
         }
         out.push_str(
@@ -101,13 +183,15 @@ impl Metrics {
         out.push_str("# TYPE keygate_verification_duration_seconds histogram\n");
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BOUNDS.iter().enumerate() {
-            cumulative += get(&self.latency_buckets[i]);
+            cumulative += self.total(|h| &h.latency_buckets[i]);
             let _ = writeln!(
                 out,
                 "keygate_verification_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
             );
         }
-        let count: u64 = self.latency_buckets.iter().map(get).sum();
+        let count: u64 = (0..=LATENCY_BOUNDS.len())
+            .map(|i| self.total(|h| &h.latency_buckets[i]))
+            .sum();
         let _ = writeln!(
             out,
             "keygate_verification_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
@@ -115,14 +199,14 @@ impl Metrics {
         let _ = writeln!(
             out,
             "keygate_verification_duration_seconds_sum {}",
-            get(&self.latency_sum_ns) as f64 / 1e9
+            self.total(|h| &h.latency_sum_ns) as f64 / 1e9
         );
         let _ = writeln!(out, "keygate_verification_duration_seconds_count {count}");
         let counters: [(&str, &str, u64); 8] = [
             (
                 "keygate_cache_hits_total",
                 "Verifications answered from the cache.",
-                get(&self.cache_hits),
+                self.total(|h| &h.cache_hits),
             ),
             (
                 "keygate_cache_misses_total",
@@ -191,5 +275,59 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    }
+
+    #[test]
+    fn counts_from_more_threads_than_slots_add_up() {
+        let metrics = std::sync::Arc::new(Metrics::default());
+        let threads: Vec<_> = (0..2 * OWNED_SLOTS + 3)
+            .map(|_| {
+                let m = metrics.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        m.count_outcome(Outcome::Valid);
+                        m.count_cache_hit();
+                        m.observe_latency(Duration::ZERO);
+                    }
+                    m.observe_latency(Duration::from_millis(2));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n = (2 * OWNED_SLOTS + 3) as f64;
+        let text = metrics.render(0, 0);
+        assert_eq!(
+            sample(&text, "keygate_verifications_total{outcome=\"valid\""),
+            1000.0 * n
+        );
+        assert_eq!(sample(&text, "keygate_cache_hits_total"), 1000.0 * n);
+        assert_eq!(
+            sample(&text, "keygate_verification_duration_seconds_count"),
+            1001.0 * n
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "keygate_verification_duration_seconds_bucket{le=\"0.000005\"}"
+            ),
+            1000.0 * n
+        );
+        let sum = sample(&text, "keygate_verification_duration_seconds_sum");
+        assert!((sum - 0.002 * n).abs() < 1e-9, "{sum}");
     }
 }

@@ -43,6 +43,15 @@ impl Verdict {
     }
 }
 
+/// What [`Engine::verify`] can tell from memory.
+enum Memory {
+    Answer(Verdict),
+    /// A fresh cached key whose rate limit is shared through Redis.
+    AskLimiter(Arc<CachedKey>),
+    /// Not cached or not fresh: the store must be asked (with the stale copy, if any).
+    AskStore(KeyDigest, Option<Arc<CachedKey>>),
+}
+
 impl Engine {
     /// Verifies a credential. `Err` only when the store is needed and cannot answer: the
     /// caller must then not claim the key is invalid (answer 503).
@@ -56,7 +65,16 @@ impl Engine {
     pub async fn verify(&self, request: &VerifyRequest<'_>) -> Result<Verdict> {
         let started = clock::coarse_monotonic_ns();
         let mut waited = Duration::ZERO;
-        let verdict = self.verify_uncounted(request, started, &mut waited).await;
+        // Most verifications are answered from memory without an await. The other paths
+        // are boxed: their state would otherwise make this future, which is moved on every
+        // call, kilobytes larger.
+        let verdict = match self.answer_from_memory(request, started) {
+            Memory::Answer(verdict) => Ok(verdict),
+            Memory::AskLimiter(key) => Box::pin(self.check_shared(key, request, &mut waited)).await,
+            Memory::AskStore(digest, stale) => {
+                Box::pin(self.answer_from_store(digest, stale, request, &mut waited)).await
+            }
+        };
         let elapsed = if waited.is_zero() {
             Duration::from_nanos(clock::coarse_monotonic_ns().saturating_sub(started))
         } else {
@@ -72,42 +90,47 @@ impl Engine {
         verdict
     }
 
-    async fn verify_uncounted(
-        &self,
-        request: &VerifyRequest<'_>,
-        started: u64,
-        waited: &mut Duration,
-    ) -> Result<Verdict> {
+    /// The answer when memory has it: a fresh cached key (unless its rate limit is shared
+    /// through Redis), a digest known to be unknown, a string that is not a key.
+    fn answer_from_memory(&self, request: &VerifyRequest<'_>, started: u64) -> Memory {
         if request.key.len() > MAX_KEY_LEN {
-            return Ok(Verdict::refused(Outcome::MalformedKey));
+            return Memory::Answer(Verdict::refused(Outcome::MalformedKey));
         }
         let digest = self.pepper.digest(request.key.as_bytes());
-        let stale = match self.cache.get(&digest, started) {
+        match self.cache.get(&digest, started) {
             Lookup::Hit(key) if started.saturating_sub(key.fetched_at) <= self.cache_ttl_ns() => {
-                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return self.check(key, request, waited).await;
+                self.metrics.count_cache_hit();
+                match self.check_now(key, request) {
+                    Ok(verdict) => Memory::Answer(verdict),
+                    Err(key) => Memory::AskLimiter(key),
+                }
             }
             Lookup::Unknown => {
-                self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Verdict::refused(Outcome::InvalidKey(
+                self.metrics.count_cache_hit();
+                Memory::Answer(Verdict::refused(Outcome::InvalidKey(
                     InvalidReason::Unknown,
-                )));
+                )))
             }
+            Lookup::Hit(key) => Memory::AskStore(digest, Some(key)),
             // Only a key that parsed is ever cached (a digest is a hash of the very string
             // that was parsed), so the shape and checksum are checked only here, before
             // anything unknown can reach the store.
-            Lookup::Hit(key) => Some(key),
-            Lookup::Miss => {
-                if self.format.parse(request.key).is_err() {
-                    return Ok(Verdict::refused(Outcome::MalformedKey));
-                }
-                None
-            }
-        };
-        // Boxed: the store's future would otherwise make every verification's future
-        // (moved on each call, hits included) kilobytes larger.
+            Lookup::Miss => match self.format.parse(request.key) {
+                Err(_) => Memory::Answer(Verdict::refused(Outcome::MalformedKey)),
+                Ok(_) => Memory::AskStore(digest, None),
+            },
+        }
+    }
+
+    async fn answer_from_store(
+        &self,
+        digest: KeyDigest,
+        stale: Option<Arc<CachedKey>>,
+        request: &VerifyRequest<'_>,
+        waited: &mut Duration,
+    ) -> Result<Verdict> {
         let asked = Instant::now();
-        let found = Box::pin(self.lookup(digest, stale)).await;
+        let found = self.lookup(digest, stale).await;
         *waited += asked.elapsed();
         let key = match found? {
             Some(key) => key,
@@ -117,7 +140,10 @@ impl Engine {
                 )))
             }
         };
-        self.check(key, request, waited).await
+        match self.check_now(key, request) {
+            Ok(verdict) => Ok(verdict),
+            Err(key) => self.check_shared(key, request, waited).await,
+        }
     }
 
     fn cache_ttl_ns(&self) -> u64 {
@@ -200,52 +226,86 @@ impl Engine {
         Ok(account.and_then(|a| self.plans.rate_limit(&a.plan)))
     }
 
-    async fn check(
+    /// Liveness, IP allowlist and permission, at `now` (coarse); revocation and expiry
+    /// are decided with the precise clock, read only for a key that has either.
+    fn policy(&self, key: &CachedKey, request: &VerifyRequest<'_>, now: i64) -> Outcome {
+        if key.corrupt {
+            return Outcome::InvalidKey(InvalidReason::Unknown);
+        }
+        let policy = KeyPolicy {
+            permissions: &key.permissions,
+            ip_allowlist: &key.ip_allowlist,
+            revoked_at: key.record.revoked_at,
+            expires_at: key.record.expires_at,
+        };
+        let facts = RequestFacts {
+            required: request.required,
+            client_ip: request.client_ip,
+        };
+        let timed = key.record.revoked_at.is_some() || key.record.expires_at.is_some();
+        decide(&policy, &facts, if timed { now_ms() } else { now })
+    }
+
+    /// The verdict for a known key, without waiting; `Err(key)` when its rate limit is
+    /// shared through Redis and must be asked ([`Engine::check_shared`]).
+    fn check_now(
+        &self,
+        key: Arc<CachedKey>,
+        request: &VerifyRequest<'_>,
+    ) -> std::result::Result<Verdict, Arc<CachedKey>> {
+        // Usage (hour buckets, last use, quota refills) is dated with the coarse clock.
+        let now = clock::coarse_now_ms();
+        let mut outcome = self.policy(&key, request, now);
+        let mut rate_limit = None;
+        if outcome == Outcome::Valid {
+            if let Some(limit) = key.rate_limit() {
+                if self.shared_limiter.get().is_some() {
+                    return Err(key);
+                }
+                let status = key.usage.limiter.check(limit, self.monotonic_ns());
+                if status.retry_after_seconds.is_some() {
+                    outcome = Outcome::RateLimited;
+                }
+                rate_limit = Some(status);
+            }
+        }
+        Ok(self.finish(key, request, outcome, rate_limit, now))
+    }
+
+    /// [`Engine::check_now`] for a key whose rate limit is shared through Redis.
+    async fn check_shared(
         &self,
         key: Arc<CachedKey>,
         request: &VerifyRequest<'_>,
         waited: &mut Duration,
     ) -> Result<Verdict> {
-        // Usage (hour buckets, last use, quota refills) is dated with the coarse clock;
-        // revocation and expiry with the precise one, read only for a key that has either.
         let now = clock::coarse_now_ms();
-        let mut outcome = if key.corrupt {
-            Outcome::InvalidKey(InvalidReason::Unknown)
-        } else {
-            let policy = KeyPolicy {
-                permissions: &key.permissions,
-                ip_allowlist: &key.ip_allowlist,
-                revoked_at: key.record.revoked_at,
-                expires_at: key.record.expires_at,
-            };
-            let facts = RequestFacts {
-                required: request.required,
-                client_ip: request.client_ip,
-            };
-            let timed = key.record.revoked_at.is_some() || key.record.expires_at.is_some();
-            decide(&policy, &facts, if timed { now_ms() } else { now })
-        };
+        let mut outcome = self.policy(&key, request, now);
         let mut rate_limit = None;
-        if outcome == Outcome::Valid {
-            if let Some(limit) = key.rate_limit() {
-                let status = match self.shared_limiter.get() {
-                    None => Some(key.usage.limiter.check(limit, self.monotonic_ns())),
-                    // Boxed: the Redis round trip's state would otherwise make every
-                    // verification's future (moved on each call) kilobytes larger.
-                    Some(shared) => {
-                        let asked = Instant::now();
-                        let status =
-                            Box::pin(self.take_shared_rate_limit(shared, &key, limit)).await;
-                        *waited += asked.elapsed();
-                        status?
-                    }
-                };
-                if status.is_some_and(|s| s.retry_after_seconds.is_some()) {
-                    outcome = Outcome::RateLimited;
-                }
-                rate_limit = status;
+        if let (Outcome::Valid, Some(limit), Some(shared)) =
+            (outcome, key.rate_limit(), self.shared_limiter.get())
+        {
+            let asked = Instant::now();
+            let status = self.take_shared_rate_limit(shared, &key, limit).await;
+            *waited += asked.elapsed();
+            let status = status?;
+            if status.is_some_and(|s| s.retry_after_seconds.is_some()) {
+                outcome = Outcome::RateLimited;
             }
+            rate_limit = status;
         }
+        Ok(self.finish(key, request, outcome, rate_limit, now))
+    }
+
+    /// Quota, usage, and the verdict.
+    fn finish(
+        &self,
+        key: Arc<CachedKey>,
+        request: &VerifyRequest<'_>,
+        mut outcome: Outcome,
+        rate_limit: Option<RateLimitStatus>,
+        now: i64,
+    ) -> Verdict {
         if outcome == Outcome::Valid {
             if let Some(quota) = key.quota() {
                 if !key.usage.try_spend(quota, now) {
@@ -257,13 +317,13 @@ impl Engine {
             .record(&key.usage, outcome, request.client_ip, now);
         if matches!(outcome, Outcome::InvalidKey(_)) {
             // Refused as invalid: say nothing more about the key to the caller.
-            return Ok(Verdict::refused(outcome));
+            return Verdict::refused(outcome);
         }
-        Ok(Verdict {
+        Verdict {
             outcome,
             key: Some(key),
             rate_limit,
-        })
+        }
     }
 
     /// One request from the key's rate limit when limits are shared through Redis. `None`
