@@ -14,9 +14,8 @@
 # noise from the machine hits both alike. Results: medians, spread (min-max) and the ratio.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/lib.sh
 
-SMOKE=0
-[ "${1:-}" = "--smoke" ] && SMOKE=1
 if [ "$SMOKE" = 1 ]; then
   REPS=${REPS:-1}; DURATION=${DURATION:-2}; STREAM_MB=${STREAM_MB:-20}
 else
@@ -26,16 +25,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need nginx || ! need curl; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nginx curl >/dev/null
-  else
-    echo "bench/gateway: needs wrk, nginx and curl (scripts/install-deps as root)" >&2
-    exit 1
-  fi
-fi
+require_tools wrk nginx curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 # Other processes on the machine (builds) would take their share of the pinned cores and
 # decide the req/s; as root, everything the benchmark starts runs at a high priority.
@@ -56,22 +46,8 @@ KEYGATE="${KEYGATE_BIN:-$TARGET_DIR/$PROFILE/keygate}"
 UPSTREAM_BIN="$TARGET_DIR/$PROFILE/invoices-api"
 
 WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
+cleanup() { stop_started; rm -rf "$WORK"; }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() {
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2; return 1
-}
 
 UP_PORT=$(free_port); ADMIN_PORT=$(free_port); GW_PORT=$(free_port); NGINX_PORT=$(free_port)
 NGINX_AUTH_PORT=$(free_port)
@@ -91,13 +67,7 @@ KEYGATE_PID=$!
 PIDS+=($KEYGATE_PID)
 
 cat >"$WORK/nginx.conf" <<EOF
-$( [ "$(id -u)" = 0 ] && echo "user root;" )
-worker_processes 1;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
-    fastcgi_temp_path $WORK/fastcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
+$(nginx_conf_head)
     upstream api { server 127.0.0.1:$UP_PORT; keepalive 64; }
     upstream keygate { server 127.0.0.1:$ADMIN_PORT; keepalive 64; }
     # nginx + auth_request to keygate's /v1/auth (docs/nginx.md, shortened): the other way
@@ -190,12 +160,6 @@ cpu_ticks() { # utime+stime of processes (with their threads; children excluded)
 }
 NGINX_WORKER=$(pgrep -P "$(cat "$WORK/nginx.pid")" | head -1)
 HZ=$(getconf CLK_TCK)
-
-to_ms() { # wrk latency like 1.23ms / 850.00us / 1.02s -> milliseconds
-  python3 -c 'import sys,re
-v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s)$", v)
-n=float(m.group(1)); print({"us":n/1000,"ms":n,"s":n*1000}[m.group(2)])' "$1"
-}
 
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"

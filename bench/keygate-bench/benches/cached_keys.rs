@@ -5,8 +5,8 @@
 //!
 //! Run: `cargo bench -p keygate-bench --bench cached_keys`
 //! Sizes: `KEYGATE_BENCH_SIZES=1000,1000000` (the default; loading and warming 1 M keys
-//! takes about a minute). CI smoke: `KEYGATE_BENCH_SIZES=1000 cargo bench ... --
-//! --warm-up-time 0.2 --measurement-time 0.5`.
+//! takes about a minute). CI smoke (each benchmark once, debug build):
+//! `KEYGATE_BENCH_SIZES=1000 cargo test -p keygate-bench --benches`.
 
 use std::collections::HashMap;
 use std::hint::black_box;
