@@ -258,6 +258,16 @@ macro_rules! sql_store {
                 key_from_row(&row)
             }
 
+            /// Whether `sql` (selecting `id` by `$1`) finds a row: imports skip rows already there.
+            async fn exists(tx: &mut Tx, sql: &str, id: &str) -> Result<bool> {
+                let found: Option<String> = sqlx::query_scalar(sql)
+                    .bind(id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
+                Ok(found.is_some())
+            }
+
             /// Tells other nodes that the key behind `digest` changed (delivered at commit).
             async fn announce(tx: &mut Tx, digest: &KeyDigest) -> Result<()> {
                 if let Some(sql) = $store::DIALECT.notify_key_change {
@@ -675,13 +685,7 @@ macro_rules! sql_store {
                     let mut tx = self.write().await?;
                     let mut inserted = 0;
                     for k in keys {
-                        let there: Option<String> =
-                            sqlx::query_scalar("SELECT id FROM api_keys WHERE id = $1")
-                                .bind(&k.id)
-                                .fetch_optional(&mut *tx)
-                                .await
-                                .map_err(db_error)?;
-                        if there.is_none() {
+                        if !exists(&mut tx, "SELECT id FROM api_keys WHERE id = $1", &k.id).await? {
                             insert_key(&mut tx, k).await?;
                             announce(&mut tx, &k.digest).await?;
                             inserted += 1;
@@ -695,13 +699,7 @@ macro_rules! sql_store {
                     let mut tx = self.write().await?;
                     let mut inserted = 0;
                     for ev in events {
-                        let there: Option<String> =
-                            sqlx::query_scalar("SELECT id FROM audit_events WHERE id = $1")
-                                .bind(&ev.id)
-                                .fetch_optional(&mut *tx)
-                                .await
-                                .map_err(db_error)?;
-                        if there.is_none() {
+                        if !exists(&mut tx, "SELECT id FROM audit_events WHERE id = $1", &ev.id).await? {
                             insert_audit(&mut tx, ev).await?;
                             inserted += 1;
                         }
