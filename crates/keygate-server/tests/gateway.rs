@@ -558,9 +558,9 @@ async fn every_refusal_is_the_gateways_own_json_answer() {
         401,
         "malformed_key",
     );
-    let unknown = "kg_live_00000000000000000000000000000000000000000000000000000000596b27d6";
+    let unknown = helpers::unknown_key(keygate_core::Environment::Live);
     check(
-        &call(Method::GET, &url, Some(unknown), None).await,
+        &call(Method::GET, &url, Some(&unknown), None).await,
         401,
         "invalid_key",
     );

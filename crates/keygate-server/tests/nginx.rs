@@ -261,8 +261,11 @@ async fn the_documented_nginx_config_works() {
     };
     let a = get("/api/v1/invoices", None).await;
     refused(&a, 401, "missing_credentials");
-    let unknown = "Bearer kg_live_00000000000000000000000000000000000000000000000000000000596b27d6";
-    let a = get("/api/v1/invoices", Some(("Authorization", unknown))).await;
+    let unknown = format!(
+        "Bearer {}",
+        helpers::unknown_key(keygate_core::Environment::Live)
+    );
+    let a = get("/api/v1/invoices", Some(("Authorization", &unknown))).await;
     refused(&a, 401, "invalid_key");
     assert_eq!(a.body["error"], "Invalid API key");
     let a = get(

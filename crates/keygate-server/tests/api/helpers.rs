@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_core::{KeyFormat, Pepper, Route, RouteTable};
+use keygate_core::{Environment, KeyFormat, Pepper, Route, RouteTable};
 use keygate_engine::{AdminToken, Engine, EngineConfig, Plans};
 use keygate_server::{AppState, HttpConfig};
 use keygate_store::postgres::PostgresStore;
@@ -302,7 +302,33 @@ impl TestApp {
     }
 
     /// `POST /v1/verify` with the admin token.
+    /// Sends the same forward-auth request `times` times and asserts each answer's status.
+    pub async fn forward_auth_times(
+        &self,
+        key: &str,
+        method: &str,
+        uri: &str,
+        times: usize,
+        status: u16,
+    ) {
+        for i in 0..times {
+            let got = self.forward_auth(Some(key), method, uri).await.status;
+            assert_eq!(got.as_u16(), status, "request {} of {times}", i + 1);
+        }
+    }
+
     pub async fn verify(&self, body: Value) -> Answer {
         self.admin(Method::POST, "/v1/verify", Some(body)).await
     }
+}
+
+/// A well-formed key (right shape and checksum) that no database holds: generated, so no
+/// full-looking key is committed.
+pub fn unknown_key(env: Environment) -> String {
+    KeyFormat::new("kg", true)
+        .unwrap()
+        .generate(env)
+        .unwrap()
+        .expose()
+        .to_owned()
 }

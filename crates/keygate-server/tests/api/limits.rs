@@ -47,24 +47,10 @@ async fn usage_counts_equal_the_requests_sent() {
     let (id, key) = app
         .create_key(&account, json!({"permissions": ["invoices.read"]}))
         .await;
-    for _ in 0..5 {
-        assert_eq!(
-            app.forward_auth(Some(&key), "GET", READ_INVOICE)
-                .await
-                .status
-                .as_u16(),
-            204
-        );
-    }
-    for _ in 0..3 {
-        assert_eq!(
-            app.forward_auth(Some(&key), "POST", "/api/v1/invoices")
-                .await
-                .status
-                .as_u16(),
-            403
-        );
-    }
+    app.forward_auth_times(&key, "GET", READ_INVOICE, 5, 204)
+        .await;
+    app.forward_auth_times(&key, "POST", "/api/v1/invoices", 3, 403)
+        .await;
     // Before the flush the answer already includes what is counted in memory; after it,
     // the same numbers come from the store.
     let before = app
@@ -379,30 +365,16 @@ async fn plan_rate_limits_apply_to_keys_without_their_own() {
             json!({"scope": "all", "rate_limit": {"requests": 5, "per_seconds": 60}}),
         )
         .await;
-    for _ in 0..2 {
-        assert_eq!(
-            app.forward_auth(Some(&plain), "GET", READ_INVOICE)
-                .await
-                .status
-                .as_u16(),
-            204
-        );
-    }
+    app.forward_auth_times(&plain, "GET", READ_INVOICE, 2, 204)
+        .await;
     let limited = app.forward_auth(Some(&plain), "GET", READ_INVOICE).await;
     limited.assert_error(429, "rate_limited");
     assert_eq!(
         limited.header("ratelimit-policy"),
         Some("\"default\";q=2;w=60")
     );
-    for _ in 0..5 {
-        assert_eq!(
-            app.forward_auth(Some(&own), "GET", READ_INVOICE)
-                .await
-                .status
-                .as_u16(),
-            204
-        );
-    }
+    app.forward_auth_times(&own, "GET", READ_INVOICE, 5, 204)
+        .await;
     // A plan without a limit lifts it at once.
     app.admin(
         Method::PATCH,
@@ -429,15 +401,8 @@ async fn quotas_are_spent_then_refilled() {
             json!({"scope": "all", "quota": {"requests": 2, "refill": {"amount": 2, "every": 1}}}),
         )
         .await;
-    for _ in 0..2 {
-        assert_eq!(
-            app.forward_auth(Some(&key), "GET", READ_INVOICE)
-                .await
-                .status
-                .as_u16(),
-            204
-        );
-    }
+    app.forward_auth_times(&key, "GET", READ_INVOICE, 2, 204)
+        .await;
     app.forward_auth(Some(&key), "GET", READ_INVOICE)
         .await
         .assert_error(429, "usage_exceeded");
@@ -448,15 +413,8 @@ async fn quotas_are_spent_then_refilled() {
     assert_eq!(k.body["quota"]["refill"], json!({"amount": 2, "every": 1}));
     assert!(k.body["quota"]["next_refill_at"].is_string());
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    for _ in 0..2 {
-        assert_eq!(
-            app.forward_auth(Some(&key), "GET", READ_INVOICE)
-                .await
-                .status
-                .as_u16(),
-            204
-        );
-    }
+    app.forward_auth_times(&key, "GET", READ_INVOICE, 2, 204)
+        .await;
     app.forward_auth(Some(&key), "GET", READ_INVOICE)
         .await
         .assert_error(429, "usage_exceeded");

@@ -6,12 +6,12 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use keygate_core::{Environment, KeyFormat};
+use keygate_core::Environment;
 use reqwest::header::HeaderValue;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn, Answer, TestApp};
+use crate::helpers::{spawn, unknown_key, Answer, TestApp};
 
 // ---------------------------------------------------------------------------------------
 // A small table runner.
@@ -196,16 +196,6 @@ async fn run(app: &TestApp, cases: Vec<Case>) {
 
 fn truncate(s: &str) -> String {
     s.chars().take(120).collect()
-}
-
-/// A well-formed key (right shape and checksum) that no database holds.
-fn unknown_key(env: Environment) -> String {
-    KeyFormat::new("kg", true)
-        .unwrap()
-        .generate(env)
-        .unwrap()
-        .expose()
-        .to_owned()
 }
 
 const UNKNOWN_KEY_ID: &str = "key_000000000000000000000000";

@@ -1,11 +1,11 @@
 //! Every outcome code of the SPEC table, through forward-auth (`/v1/auth`) and
 //! `POST /v1/verify`.
 
-use keygate_core::{Environment, KeyFormat};
+use keygate_core::Environment;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{answer, spawn, Answer, TestApp};
+use crate::helpers::{answer, spawn, unknown_key, Answer, TestApp};
 
 const READ_INVOICE: &str = "/api/v1/invoices/42";
 
@@ -13,16 +13,6 @@ async fn setup() -> (TestApp, String) {
     let app = spawn().await;
     let account = app.create_account("Acme", "unlimited").await;
     (app, account)
-}
-
-/// A well-formed key that was never issued.
-fn unknown_key() -> String {
-    KeyFormat::new("kg", true)
-        .unwrap()
-        .generate(Environment::Live)
-        .unwrap()
-        .expose()
-        .to_owned()
 }
 
 /// An error body without its request id, to compare answers.
@@ -168,7 +158,7 @@ async fn unknown_revoked_and_expired_keys_answer_alike() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
 
     let unknown = app
-        .forward_auth(Some(&unknown_key()), "GET", READ_INVOICE)
+        .forward_auth(Some(&unknown_key(Environment::Live)), "GET", READ_INVOICE)
         .await;
     unknown.assert_error(401, "invalid_key");
     assert_eq!(unknown.body["error"], "Invalid API key");
@@ -292,15 +282,8 @@ async fn usage_exceeded_when_the_quota_is_spent() {
     let (id, key) = app
         .create_key(&account, json!({"scope": "all", "quota": {"requests": 3}}))
         .await;
-    for _ in 0..3 {
-        assert_eq!(
-            app.forward_auth(Some(&key), "GET", READ_INVOICE)
-                .await
-                .status
-                .as_u16(),
-            204
-        );
-    }
+    app.forward_auth_times(&key, "GET", READ_INVOICE, 3, 204)
+        .await;
     app.forward_auth(Some(&key), "GET", READ_INVOICE)
         .await
         .assert_error(429, "usage_exceeded");

@@ -195,12 +195,7 @@ async fn dead_keys() -> Dead {
         .await;
     assert_eq!(r.status.as_u16(), 201, "{}", r.body);
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
-    let unknown = keygate_core::KeyFormat::new("kg", true)
-        .unwrap()
-        .generate(keygate_core::Environment::Live)
-        .unwrap()
-        .expose()
-        .to_owned();
+    let unknown = crate::helpers::unknown_key(keygate_core::Environment::Live);
     Dead {
         app,
         keys: vec![
