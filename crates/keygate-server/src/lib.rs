@@ -1,21 +1,25 @@
-//! keygate's HTTP edges on axum: the admin API (`/v1/accounts`, `/v1/api-keys`, audit log),
-//! verification (`/v1/verify`), forward-auth (`/v1/auth`), key info, health and OpenAPI.
+//! keygate's HTTP servers on axum, composed here from their parts:
+//!
+//! - `edge/`: what every listener shares below and around the routes: the connection
+//!   layer (`listener.rs`), the request context with its access log (`middleware.rs`) and
+//!   the JSON body extractor (`json.rs`). The authorize path, errors, credentials and
+//!   client addresses are the `keygate-edge` crate's.
+//! - `admin/`: the admin API (`/v1/accounts`, `/v1/api-keys`, audit log), verification
+//!   (`/v1/verify`, forward-auth `/v1/auth`, key info), health, metrics and OpenAPI.
+//! - `dashboard/`: the web dashboard under `/dashboard`.
+//! - `gateway/`: the data-plane listener in front of an upstream API.
+//!
+//! Imports go one way: `admin`, `dashboard` and `gateway` use `edge` (and `gateway` uses
+//! `admin`'s key-info handler); none uses another's internals; only this file composes.
 //!
 //! Invariants: handlers call the engine, never the store; every error leaves through
-//! [`error::ApiError`] as `{error, code, request_id}`; no secret is logged (the access log
+//! [`ApiError`] as `{error, code, request_id}`; no secret is logged (the access log
 //! records the path without its query, never a header).
 
-mod client_ip;
-mod credentials;
+mod admin;
 mod dashboard;
-mod error;
+mod edge;
 pub mod gateway;
-mod json;
-mod listener;
-mod middleware;
-mod openapi;
-mod routes;
-mod views;
 
 use std::sync::Arc;
 
@@ -24,15 +28,15 @@ use ipnet::IpNet;
 use keygate_engine::{AdminToken, Engine};
 use tokio::net::TcpListener;
 
-pub use error::ApiError;
+pub use edge::listener::{serve_router, serve_router_with, EdgeLimits};
 pub use gateway::{gateway_router, serve_gateway, GatewayConfig};
-pub use listener::{serve_router, serve_router_with, EdgeLimits};
+pub use keygate_edge::ApiError;
 
 /// Internals the fuzz targets in `fuzz/` drive directly. Not an API: no stability promise.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::credentials::{decode, key_from_headers, query_carries_key};
-    pub use crate::middleware::redact;
+    pub use crate::edge::middleware::redact;
+    pub use keygate_edge::credentials::{decode, key_from_headers, query_carries_key};
 
     use std::sync::Arc;
     use std::time::Duration;
@@ -117,9 +121,11 @@ pub struct AppState {
     pub http: Arc<HttpConfig>,
 }
 
-/// The whole admin listener's router.
+/// The whole admin listener's router: the admin API with the dashboard under
+/// `/dashboard`, inside the shared request context.
 pub fn router(state: AppState) -> Router {
-    routes::router(state)
+    let routes = admin::routes().nest("/dashboard", dashboard::router(state.clone()));
+    edge::middleware::wrap(routes, state)
 }
 
 /// Serves the admin router on `listener` until `shutdown` resolves, then lets in-flight

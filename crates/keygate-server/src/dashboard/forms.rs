@@ -7,7 +7,7 @@ use chrono::{NaiveDate, TimeZone, Utc};
 use keygate_engine::Error;
 use keygate_store::RateLimit;
 
-use crate::credentials::decode;
+use keygate_edge::credentials::decode;
 
 /// Longest value of one field we accept (the body limit bounds the whole).
 const MAX_FIELD: usize = 16 * 1024;

@@ -111,6 +111,13 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
     respond(status, page(title, &Chrome::default(), Nav::None, body))
 }
 
+/// An error answer as a page, with the answer's headers (`Retry-After`…).
+pub fn answer_page(answer: &keygate_edge::ErrorAnswer) -> Response {
+    let mut page = error_page(answer.status, &answer.message);
+    page.headers_mut().extend(answer.headers.clone());
+    page
+}
+
 pub fn csrf_field(token: &str) -> Markup {
     html! { input type="hidden" name=(csrf::FIELD) value=(token); }
 }

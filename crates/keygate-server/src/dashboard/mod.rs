@@ -38,7 +38,7 @@ use keygate_engine::{now_ms, Error};
 use self::layout::{error_page, Chrome};
 use self::session::{Principal, SessionStore, SessionView};
 use self::throttle::SignInThrottle;
-use crate::routes::request_ip;
+use crate::edge::request_ip;
 use crate::{ApiError, AppState};
 
 /// The dashboard's state: the API's state plus sessions and the sign-in throttle.
@@ -103,7 +103,7 @@ pub enum Failure {
     SignIn,
     /// A page already rendered (e.g. a form with its error).
     Page(Box<Response>),
-    /// An API error; [`html_errors`] turns it into a page.
+    /// An API error, rendered as a page from its [`keygate_edge::ErrorAnswer`].
     Api(ApiError),
 }
 
@@ -124,7 +124,7 @@ impl IntoResponse for Failure {
         match self {
             Failure::SignIn => see_other("/dashboard/sign-in"),
             Failure::Page(r) => *r,
-            Failure::Api(e) => e.into_response(),
+            Failure::Api(e) => layout::answer_page(&e.answer()),
         }
     }
 }
@@ -309,7 +309,7 @@ pub fn is_https(parts: &Parts, dash: &Dash) -> bool {
         .extensions
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
-    crate::client_ip::forwarded_https(peer, &parts.headers, &dash.app.http.trusted_proxies)
+    keygate_edge::client_ip::forwarded_https(peer, &parts.headers, &dash.app.http.trusted_proxies)
 }
 
 async fn index(ctx: Ctx) -> Response {
@@ -359,8 +359,8 @@ async fn security_headers(request: Request, next: Next) -> Response {
     response
 }
 
-/// Turns error answers that are not HTML (the JSON API's mapping of engine errors,
-/// extractor rejections) into HTML pages with the same status and message.
+/// Turns error answers that are not HTML (extractor rejections, fallbacks) into HTML pages
+/// from the answer's own [`keygate_edge::ErrorAnswer`], never by reading the body.
 async fn html_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
@@ -372,17 +372,8 @@ async fn html_errors(request: Request, next: Next) -> Response {
     if status.as_u16() < 400 || is_html {
         return response;
     }
-    let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("Error").to_owned());
-    let mut page = error_page(status, &message);
-    if let Some(v) = retry_after {
-        page.headers_mut().insert(header::RETRY_AFTER, v);
+    match response.extensions().get::<keygate_edge::ErrorAnswer>() {
+        Some(answer) => layout::answer_page(answer),
+        None => error_page(status, status.canonical_reason().unwrap_or("Error")),
     }
-    page
 }

@@ -12,8 +12,9 @@ use maud::html;
 use super::layout::{csrf_field, form_error, page, respond, Chrome, Nav};
 use super::session::{self, Principal, SessionView};
 use super::{csrf, is_https, read_form, see_other, Dash, Posted};
-use crate::routes::{authenticate, request_ip};
+use crate::edge::request_ip;
 use crate::ApiError;
+use keygate_edge::authenticate;
 
 fn form(session: &SessionView, error: Option<&str>) -> maud::Markup {
     let body = html! {
@@ -161,7 +162,7 @@ pub async fn submit(State(dash): State<Dash>, request: Request) -> Response {
             form(&anonymous, Some("Enter the admin token or an API key.")),
         );
     };
-    let refused = match authenticate(&dash.app, credential, ip).await {
+    let refused = match authenticate(&dash.app.engine, &dash.app.admin, credential, ip).await {
         Ok(caller) => match may_manage(&caller) {
             true => return signed_in(&dash, &anonymous, caller, https).await,
             false => (

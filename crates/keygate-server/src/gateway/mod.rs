@@ -2,7 +2,7 @@
 //! verified (permission from method + path, the route table first) and, when allowed,
 //! forwarded to the upstream without its credential and with identity headers; test keys
 //! go to the sandbox upstream when one is configured. Refusals are the same JSON answers
-//! as everywhere else (`error::outcome_response`). The key-info path is answered here.
+//! as everywhere else (`keygate_edge::authorize`). The key-info path is answered here.
 //!
 //! Never logged: the key, the query string, any header. The access log is the shared one
 //! (`middleware::request_context`: redacted path, status, time).
@@ -24,9 +24,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
-use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::{middleware, ApiError, AppState};
+use crate::{edge, ApiError, AppState};
 
 pub use proxy::Proxy;
 
@@ -138,18 +137,11 @@ pub fn gateway_router(state: AppState, config: GatewayConfig) -> Router {
         let proxy = proxy.clone();
         async move { proxy.handle(&state, request).await }
     };
-    Router::new()
-        .route(&key_info_path, get(crate::routes::verify::key_info))
+    let routes = Router::new()
+        .route(&key_info_path, get(crate::admin::verify::key_info))
         .fallback(forward)
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal.into_response()
-        }))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::request_context,
-        ))
-        .with_state(state)
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() });
+    edge::middleware::wrap(routes, state)
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then lets in-flight

@@ -21,15 +21,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use keygate_core::{Environment, Outcome};
-use keygate_engine::VerifyRequest;
+use keygate_edge::authorize::{authorize, AuthorizeRequest, Credential, Target};
+use keygate_edge::client_ip::client_ip;
+use keygate_edge::credentials::key_from_headers;
+use keygate_edge::Authorization;
 use tokio::time::{Instant, Sleep};
 
 use super::headers::{forwardable_path, prepare_request, strip_hop_by_hop, Hop};
 use super::{GatewayConfig, Upstream};
-use crate::client_ip::client_ip;
-use crate::credentials::key_from_headers;
-use crate::error::outcome_response;
-use crate::{views, ApiError, AppState};
+use crate::{ApiError, AppState};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -77,28 +77,32 @@ impl Proxy {
             &parts.headers,
             trusted,
         );
-        let key = key_from_headers(&parts.headers)?.ok_or(Outcome::MissingCredentials)?;
-        let path = forwardable_path(parts.uri.path()).ok_or_else(|| {
-            keygate_engine::Error::validation(
+        let Some(path) = forwardable_path(parts.uri.path()) else {
+            // A request without a usable key hears about its key first, as anywhere else.
+            key_from_headers(&parts.headers)?.ok_or(Outcome::MissingCredentials)?;
+            return Err(keygate_engine::Error::validation(
                 "path",
                 "the request path has encoded separators or dot-segments that cannot be forwarded unambiguously",
             )
-        })?;
-        let required = state.engine.routes().required(parts.method.as_str(), &path);
-        let verdict = state
-            .engine
-            .verify(&VerifyRequest {
-                key: &key,
-                required: Some(&required),
+            .into());
+        };
+        let authorization = authorize(
+            &state.engine,
+            &AuthorizeRequest {
+                credential: Credential::Headers(&parts.headers),
+                target: Target::Request {
+                    method: parts.method.as_str(),
+                    path: &path,
+                },
                 client_ip: client,
-            })
-            .await?;
-        drop(key);
-        if !verdict.outcome.is_valid() {
-            return Ok(outcome_response(verdict.outcome, verdict.rate_limit));
-        }
-        let key = verdict.key.as_ref().ok_or(ApiError::Internal)?;
-        let upstream = match (key.environment(), &self.config.sandbox_upstream) {
+            },
+        )
+        .await;
+        let identity = match authorization {
+            Authorization::Allowed(identity) => identity,
+            Authorization::Refused { error, .. } => return Err(error),
+        };
+        let upstream = match (identity.environment(), &self.config.sandbox_upstream) {
             (Environment::Test, Some(sandbox)) => sandbox,
             _ => &self.config.upstream,
         };
@@ -125,7 +129,7 @@ impl Proxy {
                 upstream_host: &upstream.host,
             },
         );
-        crate::routes::verify::identity_headers(&mut parts.headers, &verdict);
+        keygate_edge::identity_headers(&mut parts.headers, &identity.key);
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         parts.extensions = Default::default();
@@ -140,8 +144,8 @@ impl Proxy {
             .send(hyper::Request::from_parts(parts, body), &progress)
             .await?;
         strip_hop_by_hop(response.headers_mut());
-        if let Some(rate) = &verdict.rate_limit {
-            views::rate_limit_headers(response.headers_mut(), rate);
+        if let Some(rate) = &identity.rate_limit {
+            keygate_edge::rate_limit_headers(response.headers_mut(), rate);
         }
         let timeout = self.config.timeout;
         Ok(response.map(|incoming| Body::new(UpstreamBody::new(incoming, timeout))))

@@ -1,9 +1,8 @@
 //! How records look on the wire: RFC 3339 UTC times, never a secret.
 
-use axum::http::{HeaderMap, HeaderValue};
 use chrono::{DateTime, SecondsFormat, Utc};
 use keygate_engine::manage::{KeyStatus, UsageReport};
-use keygate_engine::{now_ms, RateLimitStatus};
+use keygate_engine::now_ms;
 use keygate_store::{Account, AuditEvent, KeyRecord};
 use serde_json::{json, Value};
 
@@ -135,19 +134,4 @@ pub fn audit(e: &AuditEvent) -> Value {
 
 pub fn list(items: Vec<Value>) -> Value {
     json!({ "data": items })
-}
-
-/// `RateLimit-Policy` and `RateLimit` (IETF httpapi draft) and `Retry-After` when refused.
-pub fn rate_limit_headers(headers: &mut HeaderMap, rate: &RateLimitStatus) {
-    let policy = format!("\"default\";q={};w={}", rate.limit, rate.window_seconds);
-    let current = format!("\"default\";r={};t={}", rate.remaining, rate.reset_seconds);
-    if let Ok(v) = HeaderValue::from_str(&policy) {
-        headers.insert("ratelimit-policy", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&current) {
-        headers.insert("ratelimit", v);
-    }
-    if let Some(secs) = rate.retry_after_seconds {
-        headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
-    }
 }

@@ -27,14 +27,16 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
+
+use crate::ApiError;
 
 /// Limits and timeouts of the connection layer. See the module documentation.
 #[derive(Clone, Debug)]
@@ -281,11 +283,7 @@ async fn answer(
         .path_and_query()
         .map_or(0, |pq| pq.as_str().len());
     if target_len > limits.max_uri_bytes {
-        return refusal(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            "The request target is too long",
-        );
+        return refusal(ApiError::UriTooLong);
     }
     let declared = request
         .headers()
@@ -294,19 +292,13 @@ async fn answer(
         .and_then(|v| v.trim().parse::<u64>().ok());
     if let (Some(max), Some(len)) = (limits.max_declared_body, declared) {
         if len > max {
-            return refusal(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "The request body is too large",
-            );
+            return refusal(ApiError::PayloadTooLarge);
         }
     }
     if !host_is_sound(&request) {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+        return refusal(ApiError::BadRequest(
             "An HTTP/1.1 request needs exactly one valid Host header",
-        );
+        ));
     }
     request.extensions_mut().insert(ConnectInfo(peer));
     let call = router.oneshot(request.map(axum::body::Body::new));
@@ -317,11 +309,7 @@ async fn answer(
     match result {
         Some(Ok(response)) => response,
         Some(Err(never)) => match never {},
-        None => refusal(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "The request was not received and answered in time",
-        ),
+        None => refusal(ApiError::RequestTimeout),
     }
 }
 
@@ -346,8 +334,8 @@ fn host_is_sound(request: &hyper::Request<Incoming>) -> bool {
 
 /// An answer given below the router: the shared JSON error shape, and the connection is
 /// not kept (part of the request may be unread).
-fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
-    let mut response = crate::error::error_response(status, code, message, None);
+fn refusal(error: ApiError) -> Response {
+    let mut response = error.into_response();
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));

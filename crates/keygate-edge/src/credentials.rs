@@ -11,13 +11,13 @@ const CREDENTIAL_PARAMS: &[&str] = &["api_key", "apikey", "api-key", "x-api-key"
 
 /// The key a request carries, if any. Two different keys, a header that is not text, or
 /// an `Authorization` header that is not a bearer token are errors.
-pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let mut found: Option<String> = None;
-    let mut take = |value: &str| -> Result<(), ApiError> {
-        match &found {
+pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let mut found: Option<&str> = None;
+    let mut take = |value| -> Result<(), ApiError> {
+        match found {
             Some(existing) if existing != value => Err(ApiError::AmbiguousCredentials),
             _ => {
-                found = Some(value.to_owned());
+                found = Some(value);
                 Ok(())
             }
         }
@@ -113,7 +113,7 @@ mod tests {
             headers(&[("APIKEY", "k1")]),
             headers(&[("authorization", "Bearer k1"), ("x-api-key", "k1")]),
         ] {
-            assert_eq!(key_from_headers(&h).unwrap().as_deref(), Some("k1"));
+            assert_eq!(key_from_headers(&h).unwrap(), Some("k1"));
         }
         assert_eq!(key_from_headers(&HeaderMap::new()).unwrap(), None);
     }

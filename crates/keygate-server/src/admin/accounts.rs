@@ -6,9 +6,10 @@ use keygate_engine::manage::{AccountPatch, NewAccount};
 use serde::Deserialize;
 
 use super::extract::Id;
+use super::views;
 use super::Auth;
-use crate::json::Json;
-use crate::{views, ApiError, AppState};
+use crate::edge::json::Json;
+use crate::{ApiError, AppState};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

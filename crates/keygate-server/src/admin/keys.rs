@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::extract::{Id, Query};
+use super::views::{self, parse_time};
 use super::Auth;
-use crate::json::{nullable, Json, OptionalJson};
-use crate::views::{self, parse_time};
+use crate::edge::json::{nullable, Json, OptionalJson};
 use crate::{ApiError, AppState};
 
 #[derive(Deserialize)]

@@ -1,27 +1,31 @@
+//! The admin listener's API: accounts, keys, audit log, verification (`/v1/verify`,
+//! forward-auth, key info), health, metrics and the OpenAPI document. Handlers call the
+//! engine; the authorize path and error mapping are `keygate-edge`'s.
+
 mod accounts;
 mod auth;
 mod extract;
 mod health;
 mod keys;
+mod openapi;
 pub(crate) mod verify;
+mod views;
 
-use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
-use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::{middleware, ApiError, AppState};
+use crate::{ApiError, AppState};
 
-pub use auth::{authenticate, request_ip, Auth};
+pub use auth::Auth;
 
-pub fn router(state: AppState) -> Router {
-    let body_limit = state.http.body_limit;
+/// The admin API's routes, before the shared request context (`edge::middleware::wrap`).
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(crate::openapi::document))
+        .route("/openapi.json", get(openapi::document))
         .route("/v1/accounts", get(accounts::list).post(accounts::create))
         .route(
             "/v1/accounts/{id}",
@@ -37,18 +41,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/verify", post(verify::verify))
         .route("/v1/auth", any(verify::forward_auth))
         .route("/v1/auth/{*path}", any(verify::forward_auth))
-        .nest("/dashboard", crate::dashboard::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal.into_response()
-        }))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::request_context,
-        ))
-        .with_state(state)
 }
 
 async fn not_found() -> Response {

@@ -68,7 +68,10 @@ impl FromRequestParts<AppState> for Query {
             .filter(|p| !p.is_empty())
             .map(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (crate::credentials::decode(k), crate::credentials::decode(v))
+                (
+                    keygate_edge::credentials::decode(k),
+                    keygate_edge::credentials::decode(v),
+                )
             })
             .collect();
         Ok(Query(map))

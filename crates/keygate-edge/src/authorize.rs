@@ -1,0 +1,248 @@
+//! The one authorize path: read the credential → work out the required permission →
+//! verify → the identity to pass on, or the refusal. Forward-auth, `/v1/verify`, key info,
+//! the gateway, the dashboard's sign-in and the tower layer all go through [`authorize`].
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use keygate_core::{Environment, Outcome, Required};
+use keygate_engine::manage::{Actor, Caller};
+use keygate_engine::CachedKey;
+use keygate_engine::{AdminToken, Engine, RateLimitStatus, VerifyRequest};
+
+use crate::credentials::{key_from_headers, query_carries_key};
+use crate::ApiError;
+
+/// Where the key comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Credential<'a> {
+    /// The request's own headers (`Authorization: Bearer`, `X-API-Key`, `APIKEY`).
+    Headers(&'a HeaderMap),
+    /// A key handed over by the caller (`/v1/verify`'s body); `None`: none was given.
+    Key(Option<&'a str>),
+}
+
+/// What the key must be allowed to do.
+#[derive(Clone, Debug)]
+pub enum Target<'a> {
+    /// The request as its client sent it: the permission comes from the route table and
+    /// the method + path rules. A `path` with a query that carries a key is refused.
+    Request { method: &'a str, path: &'a str },
+    /// A permission named explicitly.
+    Required(Required),
+    /// The original request is not known (a proxy that forgot `X-Original-URI`): only a
+    /// key holding `*` passes, so a misconfiguration never opens everything.
+    Unknown,
+    /// Any valid key: authentication only (key info, self-service sign-in).
+    AnyPermission,
+}
+
+/// One request to judge.
+#[derive(Clone, Debug)]
+pub struct AuthorizeRequest<'a> {
+    pub credential: Credential<'a>,
+    pub target: Target<'a>,
+    /// The client address (after trusted proxies), for allowlists.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The verified identity of an allowed request.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub key: Arc<CachedKey>,
+    /// The key's rate-limit state, for keys with a limit.
+    pub rate_limit: Option<RateLimitStatus>,
+}
+
+impl Identity {
+    pub fn key_id(&self) -> &str {
+        self.key.id()
+    }
+
+    pub fn account_id(&self) -> &str {
+        self.key.account_id()
+    }
+
+    pub fn environment(&self) -> Environment {
+        self.key.environment()
+    }
+
+    /// The key's permissions as stored.
+    pub fn permissions(&self) -> &[String] {
+        &self.key.record.permissions
+    }
+
+    /// A management caller acting as this key.
+    pub fn caller(&self, client_ip: Option<IpAddr>) -> Caller {
+        Caller {
+            actor: Actor::Key(self.key.clone()),
+            client_ip,
+        }
+    }
+
+    /// Adds the identity headers (`X-Keygate-Key-Id`, `-Account-Id`, `-Environment`,
+    /// `-Permissions`) and the rate-limit fields to `headers`.
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        identity_headers(headers, &self.key);
+        if let Some(rate) = &self.rate_limit {
+            rate_limit_headers(headers, rate);
+        }
+    }
+}
+
+/// The verdict on one request.
+#[derive(Debug)]
+pub enum Authorization {
+    Allowed(Identity),
+    Refused {
+        error: ApiError,
+        /// The key, when one was found but may not do this (insufficient permissions,
+        /// address not allowed, rate limited): forward-auth passes its id on.
+        key: Option<Arc<CachedKey>>,
+    },
+}
+
+impl Authorization {
+    fn refused(error: impl Into<ApiError>) -> Authorization {
+        Authorization::Refused {
+            error: error.into(),
+            key: None,
+        }
+    }
+}
+
+impl IntoResponse for Authorization {
+    /// A refusal's answer (with the key's identity headers when a key was found); an
+    /// allowed request answers `204 No Content` with the identity headers.
+    fn into_response(self) -> Response {
+        match self {
+            Authorization::Allowed(identity) => {
+                let mut response = axum::http::StatusCode::NO_CONTENT.into_response();
+                identity.write_headers(response.headers_mut());
+                response
+            }
+            Authorization::Refused { error, key } => {
+                let mut response = error.into_response();
+                if let Some(key) = key {
+                    identity_headers(response.headers_mut(), &key);
+                }
+                response
+            }
+        }
+    }
+}
+
+/// Judges one request. Store failures are refusals too (`503 store_unavailable`).
+pub async fn authorize(engine: &Engine, request: &AuthorizeRequest<'_>) -> Authorization {
+    if let Target::Request { path, .. } = &request.target {
+        if let Some((_, query)) = path.split_once('?') {
+            if query_carries_key(query, engine.key_format()) {
+                return Authorization::refused(Outcome::KeyInUrl);
+            }
+        }
+    }
+    let key = match request.credential {
+        Credential::Headers(headers) => match key_from_headers(headers) {
+            Ok(key) => key,
+            Err(e) => return Authorization::refused(e),
+        },
+        Credential::Key(key) => key.map(str::trim).filter(|k| !k.is_empty()),
+    };
+    let Some(key) = key else {
+        return Authorization::refused(Outcome::MissingCredentials);
+    };
+    let required = match &request.target {
+        Target::Request { method, path } => Some(engine.routes().required(method, path)),
+        Target::Required(required) => Some(required.clone()),
+        Target::Unknown => Some(Required::Unmapped),
+        Target::AnyPermission => None,
+    };
+    let verdict = match engine
+        .verify(&VerifyRequest {
+            key,
+            required: required.as_ref(),
+            client_ip: request.client_ip,
+        })
+        .await
+    {
+        Ok(verdict) => verdict,
+        Err(e) => return Authorization::refused(e),
+    };
+    match (verdict.outcome, verdict.key) {
+        (Outcome::Valid, Some(key)) => Authorization::Allowed(Identity {
+            key,
+            rate_limit: verdict.rate_limit,
+        }),
+        (outcome, key) => Authorization::Refused {
+            error: ApiError::Outcome(outcome, verdict.rate_limit),
+            key,
+        },
+    }
+}
+
+/// Turns a management credential into a caller: the admin token (compared in constant
+/// time), or a key of this deployment that verifies (valid, not revoked or expired,
+/// allowed from `ip`). The admin API and the dashboard's sign-in share this.
+pub async fn authenticate(
+    engine: &Engine,
+    admin: &AdminToken,
+    credential: &str,
+    ip: Option<IpAddr>,
+) -> Result<Caller, ApiError> {
+    if admin.matches(engine.pepper(), credential) {
+        return Ok(Caller::admin(ip));
+    }
+    if engine.key_format().parse(credential).is_err() {
+        return Err(ApiError::BadAdminCredentials);
+    }
+    let request = AuthorizeRequest {
+        credential: Credential::Key(Some(credential)),
+        target: Target::AnyPermission,
+        client_ip: ip,
+    };
+    match authorize(engine, &request).await {
+        Authorization::Allowed(identity) => Ok(identity.caller(ip)),
+        Authorization::Refused { error, .. } => Err(error),
+    }
+}
+
+/// `X-Keygate-Key-Id`, `-Account-Id`, `-Environment` and `-Permissions` of `key`.
+pub fn identity_headers(headers: &mut HeaderMap, key: &CachedKey) {
+    let pairs = [
+        ("x-keygate-key-id", HeaderValue::from_str(key.id())),
+        (
+            "x-keygate-account-id",
+            HeaderValue::from_str(key.account_id()),
+        ),
+        (
+            "x-keygate-environment",
+            Ok(HeaderValue::from_static(key.environment().as_str())),
+        ),
+        (
+            "x-keygate-permissions",
+            HeaderValue::from_str(&key.record.permissions.join(",")),
+        ),
+    ];
+    for (name, value) in pairs {
+        if let Ok(v) = value {
+            headers.insert(name, v);
+        }
+    }
+}
+
+/// The IETF RateLimit fields (`RateLimit-Policy`, `RateLimit`) and `Retry-After`.
+pub fn rate_limit_headers(headers: &mut HeaderMap, rate: &RateLimitStatus) {
+    let policy = format!("\"default\";q={};w={}", rate.limit, rate.window_seconds);
+    let current = format!("\"default\";r={};t={}", rate.remaining, rate.reset_seconds);
+    if let Ok(v) = HeaderValue::from_str(&policy) {
+        headers.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&current) {
+        headers.insert("ratelimit", v);
+    }
+    if let Some(secs) = rate.retry_after_seconds {
+        headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+}

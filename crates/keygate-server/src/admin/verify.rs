@@ -1,0 +1,254 @@
+//! Verification for other services: `POST /v1/verify` (JSON in, JSON out), `/v1/auth`
+//! (forward-auth for nginx `auth_request`, Traefik ForwardAuth, Envoy ext_authz), and
+//! `GET /v1/api-key-info` (a key reads its own record).
+
+use std::net::IpAddr;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::Json as JsonOut;
+use keygate_core::{InvalidReason, Outcome, Permission, Required};
+use keygate_edge::authorize::{authorize, AuthorizeRequest, Credential, Target};
+use keygate_edge::credentials::key_from_headers;
+use keygate_edge::error::expose_error_code;
+use keygate_edge::request_id::current_request_id;
+use keygate_edge::{rate_limit_headers, Authorization};
+use keygate_engine::manage::Caller;
+use keygate_engine::{Error, RateLimitStatus};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::views;
+use crate::edge::json::Json;
+use crate::edge::request_ip;
+use crate::{ApiError, AppState};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBody {
+    key: Option<String>,
+    permission: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    ip: Option<String>,
+}
+
+/// The caller of `/v1/verify`: the admin token or the verify token.
+pub struct VerifyCaller;
+
+impl FromRequestParts<AppState> for VerifyCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = key_from_headers(&parts.headers)?.ok_or(Outcome::MissingCredentials)?;
+        let pepper = state.engine.pepper();
+        let ok = state.admin.matches(pepper, token)
+            || state
+                .verify_token
+                .as_ref()
+                .is_some_and(|t| t.matches(pepper, token));
+        if ok {
+            Ok(VerifyCaller)
+        } else {
+            Err(ApiError::BadAdminCredentials)
+        }
+    }
+}
+
+/// What the key must be allowed: a permission, or the method and path of a request.
+fn target_of(body: &VerifyBody) -> Result<Target<'_>, ApiError> {
+    match (&body.permission, &body.method, &body.path) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(Error::validation(
+            "permission",
+            "give either permission or method and path, not both",
+        )
+        .into()),
+        (Some(p), None, None) => Permission::parse_concrete(p)
+            .map(|p| Target::Required(Required::Permission(p)))
+            .map_err(|e| Error::validation("permission", e.to_string()).into()),
+        (None, method, Some(path)) => {
+            if !path.starts_with('/') {
+                return Err(Error::validation("path", "path must start with '/'").into());
+            }
+            Ok(Target::Request {
+                method: method.as_deref().unwrap_or("GET"),
+                path,
+            })
+        }
+        (None, Some(_), None) => Err(Error::validation("path", "method needs a path").into()),
+        (None, None, None) => Ok(Target::AnyPermission),
+    }
+}
+
+/// `/v1/verify`'s answer: `{valid, code, key_id, …}` for any verdict, valid or not.
+fn verdict_json(authorization: &Authorization) -> serde_json::Value {
+    let (outcome, key) = match authorization {
+        Authorization::Allowed(identity) => (Outcome::Valid, Some(&identity.key)),
+        Authorization::Refused { error, key } => {
+            let outcome = match error {
+                ApiError::Outcome(o, _) | ApiError::Edge(o) => *o,
+                _ => Outcome::InvalidKey(InvalidReason::Unknown),
+            };
+            (outcome, key.as_ref())
+        }
+    };
+    let rate = rate_of(authorization);
+    let mut v = json!({
+        "valid": outcome.is_valid(),
+        "code": outcome.code(),
+        "key_id": key.map(|k| k.id()),
+        "account_id": key.map(|k| k.account_id()),
+        "environment": key.map(|k| k.environment()),
+        "permissions": key.map(|k| &k.record.permissions),
+        "expires_at": key.map(|k| views::opt_time(k.record.expires_at)),
+        "meta": key.map(|k| &k.record.meta),
+        "request_id": current_request_id(),
+    });
+    if !outcome.is_valid() {
+        v["error"] = json!(outcome.message());
+    }
+    if let Some(r) = rate {
+        v["rate_limit"] =
+            json!({"limit": r.limit, "remaining": r.remaining, "reset_seconds": r.reset_seconds});
+    }
+    v
+}
+
+fn rate_of(authorization: &Authorization) -> Option<&RateLimitStatus> {
+    match authorization {
+        Authorization::Allowed(identity) => identity.rate_limit.as_ref(),
+        Authorization::Refused {
+            error: ApiError::Outcome(_, rate),
+            ..
+        } => rate.as_ref(),
+        Authorization::Refused { .. } => None,
+    }
+}
+
+pub async fn verify(
+    State(state): State<AppState>,
+    _: VerifyCaller,
+    Json(body): Json<VerifyBody>,
+) -> Result<Response, ApiError> {
+    let target = target_of(&body)?;
+    let client_ip = body
+        .ip
+        .as_deref()
+        .map(|s| {
+            s.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| Error::validation("ip", "ip must be an IPv4 or IPv6 address"))
+        })
+        .transpose()?;
+    let authorization = authorize(
+        &state.engine,
+        &AuthorizeRequest {
+            credential: Credential::Key(body.key.as_deref()),
+            target,
+            client_ip,
+        },
+    )
+    .await;
+    // Outcomes are the answer's content; anything else (the store is down) is an error.
+    let authorization = match authorization {
+        Authorization::Refused { error, .. }
+            if !matches!(error, ApiError::Outcome(..) | ApiError::Edge(_)) =>
+        {
+            return Err(error)
+        }
+        authorization => authorization,
+    };
+    let mut response = JsonOut(verdict_json(&authorization)).into_response();
+    if let Some(rate) = rate_of(&authorization) {
+        rate_limit_headers(response.headers_mut(), rate);
+    }
+    Ok(response)
+}
+
+/// The original request a proxy asks about: nginx's `X-Original-*`, Traefik's
+/// `X-Forwarded-*`, or, for Envoy, this request's own method and the path after `/v1/auth`.
+fn original_request(parts: &Parts) -> (Option<&str>, Option<String>) {
+    let header = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| parts.headers.get(*n).and_then(|v| v.to_str().ok()))
+    };
+    let uri = header(&["x-original-uri", "x-forwarded-uri"])
+        .map(str::to_owned)
+        .or_else(|| {
+            parts
+                .uri
+                .path()
+                .strip_prefix("/v1/auth")
+                .filter(|p| p.starts_with('/'))
+                .map(|p| match parts.uri.query() {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p.to_owned(),
+                })
+        });
+    let method = header(&["x-original-method", "x-forwarded-method"]);
+    (method, uri)
+}
+
+/// Forward-auth: `204` with the identity headers, or the refusal. Refusals also carry their
+/// code and message as `X-Keygate-Code` and `X-Keygate-Error`, for proxies that cannot pass
+/// the body on (nginx `auth_request`).
+pub async fn forward_auth(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    let (parts, _) = request.into_parts();
+    let (method, uri) = original_request(&parts);
+    let target = match uri.as_deref() {
+        Some(path) => Target::Request {
+            method: method.unwrap_or(parts.method.as_str()),
+            path,
+        },
+        None => Target::Unknown,
+    };
+    let authorization = authorize(
+        &state.engine,
+        &AuthorizeRequest {
+            credential: Credential::Headers(&parts.headers),
+            target,
+            client_ip: request_ip(&parts, &state),
+        },
+    )
+    .await;
+    let mut response = authorization.into_response();
+    expose_error_code(&mut response);
+    response
+}
+
+/// `GET /v1/api-key-info`: the key that makes the request reads its own record. It is
+/// judged like any verification (a malformed key is `malformed_key`, an unknown or revoked
+/// one `invalid_key`).
+pub async fn key_info(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    let client_ip = request_ip(&parts, &state);
+    let presented = key_from_headers(&parts.headers).ok().flatten();
+    let caller = if presented.is_some_and(|t| state.admin.matches(state.engine.pepper(), t)) {
+        // The engine explains that the admin token is not a key (403).
+        Caller::admin(client_ip)
+    } else {
+        let authorization = authorize(
+            &state.engine,
+            &AuthorizeRequest {
+                credential: Credential::Headers(&parts.headers),
+                target: Target::AnyPermission,
+                client_ip,
+            },
+        )
+        .await;
+        match authorization {
+            Authorization::Allowed(identity) => identity.caller(client_ip),
+            Authorization::Refused { error, .. } => return Err(error),
+        }
+    };
+    let record = state.engine.key_info(&caller).await?;
+    Ok(JsonOut(json!({"data": views::key_info(&record)})).into_response())
+}

@@ -1,0 +1,192 @@
+//! Request-wide concerns: a request id for every answer, limits checked before routing,
+//! keys in URLs refused, and an access log that cannot contain a secret.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use keygate_core::Outcome;
+use keygate_edge::client_ip::client_ip;
+use keygate_edge::credentials::query_carries_key;
+use keygate_edge::request_id::{self, new_request_id};
+use keygate_edge::{AuthFailed, EdgeOutcome};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::{ApiError, AppState};
+
+/// Puts `routes` inside the request context every listener shares: the body limit, a
+/// panic answered as a JSON 500, and [`request_context`].
+pub fn wrap(routes: Router<AppState>, state: AppState) -> Router {
+    routes
+        .layer(DefaultBodyLimit::max(state.http.body_limit))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal.into_response()
+        }))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
+        .with_state(state)
+}
+
+/// Makes a path safe to log: percent-escapes decoded first (so `kg%5Flive%5F…` is seen),
+/// then anything that starts like a key of this deployment, and any long run of hex (a
+/// key body without its prefix), replaced.
+pub fn redact(text: &str, prefix: &str) -> String {
+    let decoded = keygate_edge::credentials::decode(text);
+    let marker = format!("{prefix}_");
+    let mut out = String::with_capacity(decoded.len());
+    let mut rest = decoded.as_str();
+    while let Some(pos) = rest.find(&marker) {
+        out.push_str(&rest[..pos]);
+        out.push_str("[redacted]");
+        let tail = &rest[pos..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    redact_hex_runs(&out)
+}
+
+/// Replaces runs of 32 or more hex digits.
+fn redact_hex_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        flush_run(&mut out, &mut run);
+        out.push(c);
+    }
+    flush_run(&mut out, &mut run);
+    out
+}
+
+fn flush_run(out: &mut String, run: &mut String) {
+    if run.len() >= 32 {
+        out.push_str("[redacted]");
+    } else {
+        out.push_str(run);
+    }
+    run.clear();
+}
+
+pub async fn request_context(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let id = new_request_id();
+    request_id::scope(id.clone(), async move {
+        // The access log line's fields, made only when the line is written (at the
+        // default `info`; `KEYGATE_LOG=warn` skips the redaction's allocations).
+        let logged = tracing::enabled!(tracing::Level::INFO).then(|| {
+            let prefix = state.engine.key_format().prefix();
+            (
+                Instant::now(),
+                request.method().clone(),
+                redact(request.uri().path(), prefix),
+            )
+        });
+        let throttled_ip = throttled_address(&state, &request);
+        let mut response = match precheck(&state, &request, throttled_ip) {
+            Err(e) => e.into_response(),
+            Ok(()) => next.run(request).await,
+        };
+        if let Some(EdgeOutcome(outcome)) = response.extensions().get::<EdgeOutcome>() {
+            state.engine.metrics().count_outcome(*outcome);
+        }
+        if response.extensions().get::<AuthFailed>().is_some() {
+            if let (Some(throttle), Some(ip)) = (&state.http.failed_auth, throttled_ip) {
+                throttle.note_failure(ip);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", v);
+        }
+        if let Some((started, method, path)) = logged {
+            tracing::info!(
+                request_id = %id,
+                %method,
+                %path,
+                status = response.status().as_u16(),
+                micros = started.elapsed().as_micros() as u64,
+                "request"
+            );
+        }
+        response
+    })
+    .await
+}
+
+/// The address failed authentications are counted against: the client, unless it is a
+/// trusted proxy itself (then every client behind it would share one bucket).
+fn throttled_address(state: &AppState, request: &Request) -> Option<IpAddr> {
+    state.http.failed_auth.as_ref()?;
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let trusted = &state.http.trusted_proxies;
+    let ip = client_ip(peer, request.headers(), trusted)?;
+    (!trusted.iter().any(|n| n.contains(&ip))).then_some(ip)
+}
+
+fn precheck(
+    state: &AppState,
+    request: &Request,
+    throttled_ip: Option<IpAddr>,
+) -> Result<(), ApiError> {
+    if let (Some(throttle), Some(ip)) = (&state.http.failed_auth, throttled_ip) {
+        if let Some(secs) = throttle.blocked_for(ip) {
+            state.engine.metrics().count_auth_throttled();
+            return Err(ApiError::Throttled(secs));
+        }
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > state.http.header_limit {
+        return Err(ApiError::HeadersTooLarge);
+    }
+    if let Some(query) = request.uri().query() {
+        if query_carries_key(query, state.engine.key_format()) {
+            return Err(Outcome::KeyInUrl.into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn keys_are_redacted_from_paths() {
+        assert_eq!(
+            redact("/v1/x/kg_live_abc123/y?kg_test_9", "kg"),
+            "/v1/x/[redacted]/y?[redacted]"
+        );
+        assert_eq!(redact("/v1/api-keys", "kg"), "/v1/api-keys");
+        assert_eq!(redact("/v1/x/kg%5Flive%5Fabc", "kg"), "/v1/x/[redacted]");
+        let body = "ab".repeat(32);
+        assert_eq!(
+            redact(&format!("/v1/x/{body}/y"), "kg"),
+            "/v1/x/[redacted]/y"
+        );
+        assert_eq!(
+            redact("/v1/api-keys/key_0123456789abcdef01234567", "kg"),
+            "/v1/api-keys/key_0123456789abcdef01234567"
+        );
+    }
+}

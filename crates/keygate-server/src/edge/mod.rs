@@ -1,0 +1,23 @@
+//! What every listener of this crate shares: the connection layer, the request context
+//! (request id, prechecks, access log, metrics of edge outcomes) and the JSON extractor.
+
+pub mod json;
+pub mod listener;
+pub mod middleware;
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::ConnectInfo;
+use axum::http::request::Parts;
+use keygate_edge::client_ip::client_ip;
+
+use crate::AppState;
+
+/// The client address of a request: the socket peer, or what a trusted proxy says.
+pub fn request_ip(parts: &Parts, state: &AppState) -> Option<IpAddr> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    client_ip(peer, &parts.headers, &state.http.trusted_proxies)
+}
