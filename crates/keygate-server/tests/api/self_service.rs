@@ -963,10 +963,23 @@ async fn key_info_returns_the_callers_own_record_and_never_the_secret() {
     r.assert_error(403, "forbidden");
     let r = app.call(Method::GET, "/v1/api-key-info", None, None).await;
     r.assert_error(401, "missing_credentials");
+    // Judged like any verification: a malformed key is `malformed_key`, an unknown or
+    // revoked one `invalid_key` (not the admin API's "Invalid admin token or API key").
     let r = app
         .call(Method::GET, "/v1/api-key-info", Some("garbage"), None)
         .await;
-    assert_eq!(r.status.as_u16(), 401, "{}", r.body);
+    r.assert_error(401, "malformed_key");
+    let unknown = crate::helpers::unknown_key(keygate_core::Environment::Live);
+    let r = app
+        .call(Method::GET, "/v1/api-key-info", Some(&unknown), None)
+        .await;
+    r.assert_error(401, "invalid_key");
+    let r = app
+        .admin(Method::POST, &format!("/v1/api-keys/{plain_id}/revoke"), Some(json!({})))
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let r = as_key(app, &plain, Method::GET, "/v1/api-key-info", None).await;
+    r.assert_error(401, "invalid_key");
     // The other header forms work too.
     let r = crate::helpers::answer(
         app.client
