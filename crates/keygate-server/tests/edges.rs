@@ -602,3 +602,38 @@ async fn limits_answer_with_the_right_status() {
     assert_eq!(r.status, Some(200));
     assert!(text.contains("HTTP/1.1 404"), "{text}");
 }
+
+#[tokio::test]
+async fn a_broken_chunked_body_is_400_and_an_oversized_one_413() {
+    let app = spawn().await;
+    let head = format!(
+        "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        app.admin
+    );
+    for (what, body) in [
+        ("bad chunk size", "zz\r\n{}\r\n0\r\n\r\n".to_owned()),
+        ("chunk without its CRLF", "2\r\n{}XX0\r\n\r\n".to_owned()),
+    ] {
+        let r = exchange(
+            app.addr,
+            format!("{head}{body}").as_bytes(),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert_eq!(r.status, Some(400), "{what}: {r:?}");
+        assert_eq!(json_code(&r).as_deref(), Some("bad_request"), "{what}");
+    }
+    let mut over = String::new();
+    for _ in 0..70 {
+        over.push_str(&format!("400\r\n{}\r\n", "x".repeat(1024)));
+    }
+    over.push_str("0\r\n\r\n");
+    let r = exchange(
+        app.addr,
+        format!("{head}{over}").as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(r.status, Some(413), "{r:?}");
+    assert_eq!(json_code(&r).as_deref(), Some("payload_too_large"));
+}

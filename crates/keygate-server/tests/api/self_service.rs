@@ -975,7 +975,11 @@ async fn key_info_returns_the_callers_own_record_and_never_the_secret() {
         .await;
     r.assert_error(401, "invalid_key");
     let r = app
-        .admin(Method::POST, &format!("/v1/api-keys/{plain_id}/revoke"), Some(json!({})))
+        .admin(
+            Method::POST,
+            &format!("/v1/api-keys/{plain_id}/revoke"),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.body);
     let r = as_key(app, &plain, Method::GET, "/v1/api-key-info", None).await;
