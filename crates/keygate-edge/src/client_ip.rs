@@ -19,7 +19,7 @@ pub fn client_ip(
     if !is_trusted(&peer) {
         return Some(peer);
     }
-    let forwarded: Vec<IpAddr> = headers
+    let mut forwarded: Vec<IpAddr> = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -27,6 +27,9 @@ pub fn client_ip(
         .filter_map(|s| s.trim().parse::<IpAddr>().ok())
         .map(canonical_ip)
         .collect();
+    if forwarded.is_empty() {
+        forwarded = rfc7239_for(headers);
+    }
     if let Some(ip) = forwarded.iter().rev().find(|ip| !is_trusted(ip)) {
         return Some(*ip);
     }
@@ -36,6 +39,30 @@ pub fn client_ip(
         .and_then(|v| v.trim().parse::<IpAddr>().ok())
         .map(canonical_ip)
         .or(Some(peer))
+}
+
+/// The `for=` addresses of RFC 7239 `Forwarded` headers, in order (`for=192.0.2.1`,
+/// `for="[2001:db8::1]:443"`); obfuscated or unknown nodes are skipped.
+fn rfc7239_for(headers: &HeaderMap) -> Vec<IpAddr> {
+    headers
+        .get_all(axum::http::header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .flat_map(|element| element.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("for") {
+                return None;
+            }
+            let value = value.trim().trim_matches('"');
+            let host = match value.strip_prefix('[') {
+                Some(v6) => v6.split(']').next()?,
+                None => value.split(':').next()?,
+            };
+            host.parse::<IpAddr>().ok().map(canonical_ip)
+        })
+        .collect()
 }
 
 /// Did the client reach us over TLS? Only a trusted proxy's `X-Forwarded-Proto` is
@@ -86,6 +113,29 @@ mod tests {
         assert_eq!(
             client_ip(Some(proxy), &h("10.0.0.1"), &[]),
             Some("127.0.0.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn rfc7239_forwarded_counts_like_x_forwarded_for() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "forwarded",
+            "for=198.51.100.9;proto=https, for=\"[2001:db8::1]:443\", for=10.0.0.2"
+                .parse()
+                .unwrap(),
+        );
+        let peer = |ip: &str| Some(SocketAddr::new(ip.parse().unwrap(), 1));
+        // From a trusted proxy: the nearest untrusted address.
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), &headers, &trusted),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        // From anyone else: the peer, whatever the header claims.
+        assert_eq!(
+            client_ip(peer("203.0.113.4"), &headers, &trusted),
+            Some("203.0.113.4".parse().unwrap())
         );
     }
 

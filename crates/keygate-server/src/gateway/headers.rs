@@ -100,6 +100,30 @@ pub fn prepare_request(headers: &mut HeaderMap, hop: &Hop<'_>) {
             headers.insert("x-forwarded-for", v);
         }
     }
+    // RFC 7239 `Forwarded` says the same as `X-Forwarded-*`: only a trusted proxy's is
+    // passed on (with this hop added); a client's own could claim any address.
+    if !hop.peer_trusted {
+        headers.remove(header::FORWARDED);
+    } else if let (Some(peer), true) = (hop.peer, headers.contains_key(header::FORWARDED)) {
+        let node = match peer {
+            std::net::IpAddr::V4(ip) => format!("for={ip}"),
+            std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+        };
+        let previous: Vec<&str> = headers
+            .get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let value = format!("{}, {node}", previous.join(", "));
+        match HeaderValue::from_str(&value) {
+            Ok(v) => {
+                headers.insert(header::FORWARDED, v);
+            }
+            Err(_) => {
+                headers.remove(header::FORWARDED);
+            }
+        }
+    }
     if !(hop.peer_trusted && headers.contains_key("x-forwarded-proto")) {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
@@ -237,6 +261,7 @@ mod tests {
             ("X-Keygate-Anything", "spoofed"),
             ("x-forwarded-for", "198.51.100.1"),
             ("x-forwarded-proto", "https"),
+            ("forwarded", "for=198.51.100.7;proto=https"),
             ("x-real-ip", "10.9.9.9"),
             ("host", "api.example.com"),
             ("expect", "100-continue"),
@@ -261,6 +286,7 @@ mod tests {
             "expect",
             "transfer-encoding",
             "content-length",
+            "forwarded",
         ] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
@@ -279,6 +305,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "api.example.com"),
             ("x-forwarded-for", "198.51.100.1"),
+            ("forwarded", "for=198.51.100.1;proto=https"),
         ]);
         let hop = Hop {
             peer: Some("127.0.0.1".parse().unwrap()),
@@ -292,6 +319,10 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 127.0.0.1");
+        assert_eq!(
+            h["forwarded"],
+            "for=198.51.100.1;proto=https, for=127.0.0.1"
+        );
         assert_eq!(h["x-real-ip"], "198.51.100.1");
         assert_eq!(h["via"], "2 keygate");
     }
