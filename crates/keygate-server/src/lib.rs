@@ -25,7 +25,7 @@ use keygate_engine::{AdminToken, Engine};
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use gateway::{gateway_router, serve_gateway, GatewayConfig};
+pub use gateway::{gateway_limits, gateway_router, serve_gateway, GatewayConfig};
 pub use listener::{serve_router, serve_router_with, EdgeLimits};
 
 /// Internals the fuzz targets in `fuzz/` drive directly. Not an API: no stability promise.
