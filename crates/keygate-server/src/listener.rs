@@ -20,6 +20,12 @@
 //!   buffer space now and then and is never cut;
 //! - run out the server's file descriptors quietly: accept errors are logged and retried
 //!   after a pause, never a busy loop or an exit.
+//!
+//! Both listeners run on it: the admin router (`serve`) and the gateway
+//! (`gateway::serve_gateway`, without the request timeout and the declared-body cap, which
+//! would cut streams). `keygate serve` sets the client timeouts of both from
+//! `client_header_timeout_seconds` (first request and header read),
+//! `client_idle_timeout_seconds` and `client_send_timeout_seconds`.
 
 use std::convert::Infallible;
 use std::io;
