@@ -19,7 +19,7 @@
 mod admin;
 mod dashboard;
 mod edge;
-pub mod gateway;
+mod gateway;
 
 use std::sync::Arc;
 
@@ -28,8 +28,8 @@ use ipnet::IpNet;
 use keygate_engine::{AdminToken, Engine};
 use tokio::net::TcpListener;
 
-pub use edge::listener::{serve_router, serve_router_with, EdgeLimits};
-pub use gateway::{gateway_router, serve_gateway, GatewayConfig};
+pub use edge::listener::{serve_router_with, EdgeLimits};
+pub use gateway::{serve_gateway, GatewayConfig};
 pub use keygate_edge::ApiError;
 
 /// Internals the fuzz targets in `fuzz/` drive directly. Not an API: no stability promise.
@@ -129,7 +129,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Serves the admin router on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish. The connection limits are `state.http.edge` (see [`serve_router`]).
+/// requests finish. The connection limits are `state.http.edge` (see [`serve_router_with`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,

@@ -12,9 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keygate_server::{AppState, EdgeLimits, HttpConfig};
-use serde_json::Value;
+use raw::{exchange, json_code, read_all, slow_header_sender};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+#[path = "support/raw.rs"]
+mod raw;
 
 const VERIFY_TOKEN: &str = "edges-verify-token-0123456789abcdef";
 
@@ -61,73 +64,6 @@ async fn spawn() -> App {
     }
 }
 
-/// What came back on a raw connection: the status (None: closed without an answer), the
-/// head, the body, and how long until the server closed or went quiet.
-#[derive(Debug)]
-struct Raw {
-    status: Option<u16>,
-    head: String,
-    body: Vec<u8>,
-    closed: bool,
-    took: Duration,
-}
-
-/// Writes `request` (all at once) and reads until the server closes or `quiet` passes
-/// without a byte.
-async fn exchange(addr: SocketAddr, request: &[u8], quiet: Duration) -> Raw {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let started = Instant::now();
-    // The server may close before reading everything; that is an answer too.
-    let _ = stream.write_all(request).await;
-    read_all(&mut stream, started, quiet).await
-}
-
-async fn read_all(stream: &mut TcpStream, started: Instant, quiet: Duration) -> Raw {
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut closed = false;
-    loop {
-        match tokio::time::timeout(quiet, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                closed = true;
-                break;
-            }
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => break,
-        }
-    }
-    let took = started.elapsed();
-    let text = String::from_utf8_lossy(&got).into_owned();
-    let (head, body) = match text.find("\r\n\r\n") {
-        Some(i) => (text[..i].to_owned(), got[i + 4..].to_vec()),
-        None => (text.clone(), Vec::new()),
-    };
-    // Interim answers (100 Continue) come before the real one.
-    let mut head = head;
-    let mut body = body;
-    while head.starts_with("HTTP/1.1 1") {
-        let rest = String::from_utf8_lossy(&body).into_owned();
-        match rest.find("\r\n\r\n") {
-            Some(i) => {
-                head = rest[..i].to_owned();
-                body = body[i + 4..].to_vec();
-            }
-            None => break,
-        }
-    }
-    let status = head
-        .strip_prefix("HTTP/1.")
-        .and_then(|h| h.get(2..5))
-        .and_then(|s| s.parse().ok());
-    Raw {
-        status,
-        head: head.to_ascii_lowercase(),
-        body,
-        closed,
-        took,
-    }
-}
-
 async fn healthy(addr: SocketAddr) {
     let r = exchange(
         addr,
@@ -138,44 +74,14 @@ async fn healthy(addr: SocketAddr) {
     assert_eq!(r.status, Some(200), "the server still serves: {r:?}");
 }
 
-/// The first JSON error body of an answer (chunked or not).
-fn json_code(r: &Raw) -> Option<String> {
-    let text = String::from_utf8_lossy(&r.body);
-    let start = text.find('{')?;
-    let end = text.rfind('}')?;
-    let v: Value = serde_json::from_str(&text[start..=end]).ok()?;
-    v["code"].as_str().map(str::to_owned)
-}
-
 #[tokio::test]
 async fn a_slow_header_sender_is_cut_off() {
     let app = spawn().await;
-    let mut stream = TcpStream::connect(app.addr).await.unwrap();
-    let started = Instant::now();
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
     // One header byte every 200 ms: the head never completes in time.
-    let mut cut_after = None;
-    for i in 0..40 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let byte = [b'a' + (i % 26) as u8];
-        if stream.write_all(&byte).await.is_err() {
-            cut_after = Some(started.elapsed());
-            break;
-        }
-        // Reading with a zero timeout tells whether the server closed.
-        let mut buf = [0u8; 512];
-        if let Ok(Ok(n)) =
-            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await
-        {
-            let _ = n;
-            cut_after = Some(started.elapsed());
-            break;
-        }
-    }
-    let cut_after = cut_after.expect("a slowloris client was never cut off (8 s)");
+    let cut_after =
+        slow_header_sender(app.addr, Duration::from_millis(200), Duration::from_secs(8))
+            .await
+            .expect("a slowloris client was never cut off (8 s)");
     println!("slowloris: cut off after {cut_after:?} (header_read_timeout 1 s)");
     assert!(cut_after < Duration::from_secs(4), "{cut_after:?}");
     healthy(app.addr).await;

@@ -4,6 +4,8 @@
 
 #[path = "api/helpers.rs"]
 mod helpers;
+#[path = "support/raw.rs"]
+mod raw;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +14,8 @@ use std::time::{Duration, Instant};
 use axum::response::IntoResponse;
 use futures::StreamExt;
 use helpers::{answer, spawn, Answer, TestApp};
-use keygate_server::{serve_gateway, AppState, GatewayConfig, HttpConfig};
+use keygate_server::{serve_gateway, AppState, EdgeLimits, GatewayConfig, HttpConfig};
+use raw::{exchange, json_code, read_all, slow_header_sender};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,21 +32,21 @@ async fn upstream(name: &str) -> SocketAddr {
     serve(invoices_api::app_named(name)).await
 }
 
-/// A gateway on `app`'s engine; `trusted` replaces the trusted proxies.
+/// A gateway on `app`'s engine; `http` changes the HTTP configuration (trusted proxies,
+/// connection limits).
 async fn gateway_with(
     app: &TestApp,
     upstream: SocketAddr,
     sandbox: Option<SocketAddr>,
     timeout: Duration,
     key_info_path: &str,
-    trusted: Option<Vec<ipnet::IpNet>>,
+    http: Option<fn(&mut HttpConfig)>,
 ) -> String {
     let mut state: AppState = app.state.clone();
-    if let Some(trusted) = trusted {
-        state.http = Arc::new(HttpConfig {
-            trusted_proxies: trusted,
-            ..(*app.state.http).clone()
-        });
+    if let Some(change) = http {
+        let mut config = (*app.state.http).clone();
+        change(&mut config);
+        state.http = Arc::new(config);
     }
     let config = GatewayConfig::new(
         &format!("http://{upstream}"),
@@ -61,6 +64,26 @@ async fn gateway_with(
         std::future::pending(),
     ));
     format!("http://{addr}")
+}
+
+/// Client timeouts short enough to watch (1 s for a first request or a head, 2 s for a
+/// client that stops reading). The idle timeout stays long so that it cannot be what cuts
+/// a stalled download; `request_timeout` is set to show that the gateway does without one.
+fn short_edges(http: &mut HttpConfig) {
+    http.edge = EdgeLimits {
+        first_request_timeout: Duration::from_secs(1),
+        header_read_timeout: Duration::from_secs(1),
+        request_timeout: Some(Duration::from_secs(1)),
+        idle_timeout: Duration::from_secs(60),
+        send_timeout: SEND_TIMEOUT,
+        ..EdgeLimits::default()
+    };
+}
+
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn socket_addr(base: &str) -> SocketAddr {
+    base.trim_start_matches("http://").parse().unwrap()
 }
 
 async fn gateway(app: &TestApp, upstream: SocketAddr) -> String {
@@ -494,7 +517,7 @@ async fn a_client_that_stalls_its_body_gets_408_and_a_slow_header_sender_is_drop
         None,
         Duration::from_secs(1),
         "/v1/api-key-info",
-        None,
+        Some(short_edges),
     )
     .await;
     let acct = app.create_account("Acme", "unlimited").await;
@@ -799,7 +822,7 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
         None,
         Duration::from_secs(10),
         "/v1/api-key-info",
-        Some(vec!["127.0.0.0/8".parse().unwrap()]),
+        Some(|http| http.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]),
     )
     .await;
     let a = echo(&behind, "203.0.113.7").await;
@@ -987,4 +1010,240 @@ async fn forward_auth_refusals_carry_their_code_in_headers() {
         .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
     assert!(a.header("x-keygate-code").is_none());
+}
+
+#[tokio::test]
+async fn silent_and_slow_header_clients_are_cut_at_the_gateway_edge() {
+    let app = spawn().await;
+    let up = upstream("live").await;
+    // The upstream timeout (10 s) is not what cuts these: the client timeouts (1 s) are.
+    let gw = gateway_with(
+        &app,
+        up,
+        None,
+        Duration::from_secs(10),
+        "/v1/api-key-info",
+        Some(short_edges),
+    )
+    .await;
+    let addr = socket_addr(&gw);
+
+    let r = exchange(addr, b"", Duration::from_secs(8)).await;
+    println!("silent connection closed after {:?}", r.took);
+    assert!(r.closed && r.status.is_none(), "{r:?}");
+    assert!(
+        r.took >= Duration::from_millis(900) && r.took < Duration::from_secs(3),
+        "silent: {:?}",
+        r.took
+    );
+
+    // One header byte every 300 ms.
+    let cut = slow_header_sender(addr, Duration::from_millis(300), Duration::from_secs(8))
+        .await
+        .expect("a slow header sender was never cut off (8 s)");
+    println!("slow header sender cut off after {cut:?} (header read timeout 1 s)");
+    assert!(cut < Duration::from_secs(3), "{cut:?}");
+
+    let a = call(Method::GET, &format!("{gw}/api/v1/invoices"), None, None).await;
+    a.assert_error(401, "missing_credentials");
+}
+
+#[tokio::test]
+async fn two_hosts_and_long_targets_are_refused_below_the_router() {
+    let app = spawn().await;
+    let up = upstream("live").await;
+    let gw = gateway(&app, up).await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let addr = socket_addr(&gw);
+
+    // With a valid key: without the edge's checks these would reach the upstream.
+    let two_hosts = format!(
+        "GET /api/v1/invoices HTTP/1.1\r\nHost: {addr}\r\nHost: other.example\r\n\
+         Authorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    let long_target = format!(
+        "GET /api/v1/invoices?q={} HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {key}\r\nConnection: close\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    for (request, status, code) in [
+        (two_hosts, 400, "bad_request"),
+        (long_target, 414, "uri_too_long"),
+    ] {
+        let at_gateway = exchange(addr, request.as_bytes(), Duration::from_secs(3)).await;
+        assert_eq!(at_gateway.status, Some(status), "{at_gateway:?}");
+        assert_eq!(json_code(&at_gateway).as_deref(), Some(code));
+        assert!(
+            at_gateway.head.contains("content-type: application/json"),
+            "{at_gateway:?}"
+        );
+        // The admin listener's answer to the same request, field for field.
+        let at_admin = exchange(app.addr, request.as_bytes(), Duration::from_secs(3)).await;
+        assert_eq!(at_admin.status, Some(status), "{at_admin:?}");
+        let fields = |r: &raw::Raw| -> Vec<String> {
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(fields(&at_gateway), fields(&at_admin));
+        let gateway_body: Value = serde_json::from_slice(&at_gateway.body).unwrap();
+        let admin_body: Value = serde_json::from_slice(&at_admin.body).unwrap();
+        assert_eq!(gateway_body["error"], admin_body["error"]);
+    }
+}
+
+/// Connects with a small receive buffer (no autotuning), so that a client that stops
+/// reading fills it, and the gateway's send buffer, within a moment.
+async fn small_window_connect(addr: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(256 * 1024).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Reads one answer head (and whatever body came with it); returns the body bytes read.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> usize {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer head in time")
+            .unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            return got.len() - end - 4;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_a_slow_reader_is_not() {
+    let app = spawn().await;
+    let up = upstream("live").await;
+    let gw = gateway_with(
+        &app,
+        up,
+        None,
+        Duration::from_secs(10),
+        "/v1/api-key-info",
+        Some(short_edges),
+    )
+    .await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let addr = socket_addr(&gw);
+    const SIZE: usize = 64 * 1024 * 1024;
+    let request = format!(
+        "GET /api/v1/downloads/{SIZE} HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+
+    // Reads the head, then nothing: once the buffers are full the gateway's writes wait,
+    // and SEND_TIMEOUT later it drops the connection.
+    let mut stalled = small_window_connect(addr).await;
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut received = read_head(&mut stalled).await;
+    let slack = Duration::from_secs(3);
+    tokio::time::sleep(SEND_TIMEOUT + slack).await;
+    // What the buffers held arrives, then the end: far short of the download.
+    let resumed = Instant::now();
+    let mut buf = vec![0u8; 256 * 1024];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => received += n,
+            Err(_) => break false,
+        }
+    };
+    println!(
+        "stalled reader: {received} bytes before the gateway closed (of {SIZE}); the buffered rest read in {:?}",
+        resumed.elapsed()
+    );
+    assert!(
+        closed,
+        "still open {:?} after it stopped reading",
+        SEND_TIMEOUT + slack
+    );
+    assert!(
+        received < SIZE / 2,
+        "{received} bytes: the download went on"
+    );
+
+    // Reads 256 KiB every 100 ms (a slow link) for three send timeouts: the socket is full
+    // most of the time but keeps taking bytes, so the client is not cut; then the rest.
+    let mut slow = small_window_connect(addr).await;
+    slow.write_all(request.as_bytes()).await.unwrap();
+    let mut body = read_head(&mut slow).await;
+    let started = Instant::now();
+    let mut chunk = vec![0u8; 256 * 1024];
+    while started.elapsed() < SEND_TIMEOUT * 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::timeout(Duration::from_secs(5), slow.read_exact(&mut chunk))
+            .await
+            .expect("bytes in time")
+            .unwrap_or_else(|e| panic!("a slow reader was cut after {:?}: {e}", started.elapsed()));
+        body += chunk.len();
+    }
+    let slowly = body;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut rest))
+        .await
+        .expect("the rest in time")
+        .unwrap();
+    body += rest.len();
+    println!(
+        "slow reader: {slowly} bytes in {:?}, then the rest",
+        started.elapsed()
+    );
+    assert_eq!(body, SIZE);
+}
+
+#[tokio::test]
+async fn a_request_body_that_keeps_moving_is_never_cut() {
+    let app = spawn().await;
+    let up = upstream("live").await;
+    // Upstream timeout 2 s: the proxy's own stall detection watches the body too.
+    let gw = gateway_with(
+        &app,
+        up,
+        None,
+        Duration::from_secs(2),
+        "/v1/api-key-info",
+        Some(short_edges),
+    )
+    .await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let addr = socket_addr(&gw);
+    const PIECES: usize = 15;
+    const PIECE: usize = 1000;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/uploads HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        PIECES * PIECE
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // 4.5 s in all: longer than the header, request and send timeouts and the upstream
+    // timeout, but never still for long.
+    let started = Instant::now();
+    for _ in 0..PIECES {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream.write_all(&[b'x'; PIECE]).await.unwrap();
+    }
+    let sent_in = started.elapsed();
+    let r = read_all(&mut stream, Instant::now(), Duration::from_secs(10)).await;
+    println!(
+        "slow upload of {} bytes over {sent_in:?}: {:?}",
+        PIECES * PIECE,
+        r.status
+    );
+    assert_eq!(r.status, Some(200), "{r:?}");
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["bytes"], (PIECES * PIECE) as u64);
 }

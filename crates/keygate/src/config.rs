@@ -39,6 +39,18 @@ pub struct ServeArgs {
     /// Address of the gateway listener [default: 127.0.0.1:8081 when an upstream is set].
     #[arg(long)]
     pub gateway_listen: Option<String>,
+    /// Both listeners: seconds a client may take to send a request's headers, from
+    /// connecting or from the previous answer [default: 10].
+    #[arg(long)]
+    pub client_header_timeout_seconds: Option<u64>,
+    /// Both listeners: seconds an HTTP/2 connection (or an answered HTTP/1 one) may sit
+    /// with nothing moving [default: 120].
+    #[arg(long)]
+    pub client_idle_timeout_seconds: Option<u64>,
+    /// Both listeners: seconds a client may stop reading an answer before its connection
+    /// is dropped [default: 30].
+    #[arg(long)]
+    pub client_send_timeout_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Default, Clone, PartialEq)]
@@ -94,6 +106,12 @@ pub struct Config {
     pub gateway_listen: Option<String>,
     pub upstream_timeout_seconds: u64,
     pub gateway_key_info_path: String,
+    /// Both listeners: to send a request's headers (first request and keep-alive).
+    pub client_header_timeout_seconds: u64,
+    /// Both listeners: a connection with nothing moving and no request in flight.
+    pub client_idle_timeout_seconds: u64,
+    /// Both listeners: a client that takes no answer bytes for this long is dropped.
+    pub client_send_timeout_seconds: u64,
 }
 
 impl Default for Config {
@@ -127,6 +145,9 @@ impl Default for Config {
             gateway_listen: None,
             upstream_timeout_seconds: 30,
             gateway_key_info_path: "/v1/api-key-info".into(),
+            client_header_timeout_seconds: 10,
+            client_idle_timeout_seconds: 120,
+            client_send_timeout_seconds: 30,
         }
     }
 }
@@ -210,6 +231,18 @@ impl Config {
                 &mut self.negative_cache_ttl_seconds,
                 "KEYGATE_NEGATIVE_CACHE_TTL_SECONDS",
             ),
+            (
+                &mut self.client_header_timeout_seconds,
+                "KEYGATE_CLIENT_HEADER_TIMEOUT_SECONDS",
+            ),
+            (
+                &mut self.client_idle_timeout_seconds,
+                "KEYGATE_CLIENT_IDLE_TIMEOUT_SECONDS",
+            ),
+            (
+                &mut self.client_send_timeout_seconds,
+                "KEYGATE_CLIENT_SEND_TIMEOUT_SECONDS",
+            ),
         ] {
             if let Some(v) = env(name) {
                 *target = v
@@ -245,6 +278,52 @@ impl Config {
                 *target = Some(v.clone());
             }
         }
+        for (target, flag) in [
+            (
+                &mut self.client_header_timeout_seconds,
+                args.client_header_timeout_seconds,
+            ),
+            (
+                &mut self.client_idle_timeout_seconds,
+                args.client_idle_timeout_seconds,
+            ),
+            (
+                &mut self.client_send_timeout_seconds,
+                args.client_send_timeout_seconds,
+            ),
+        ] {
+            if let Some(v) = flag {
+                *target = v;
+            }
+        }
+    }
+
+    /// The connection limits of both listeners (admin and gateway): the defaults of
+    /// `EdgeLimits` with the `client_*` settings. The upstream has its own timeout.
+    pub fn edge_limits(&self) -> anyhow::Result<keygate_server::EdgeLimits> {
+        let seconds = |value: u64, name: &str| {
+            if value == 0 {
+                bail!("{name} must be at least 1");
+            }
+            Ok(std::time::Duration::from_secs(value))
+        };
+        let header = seconds(
+            self.client_header_timeout_seconds,
+            "client_header_timeout_seconds",
+        )?;
+        Ok(keygate_server::EdgeLimits {
+            first_request_timeout: header,
+            header_read_timeout: header,
+            idle_timeout: seconds(
+                self.client_idle_timeout_seconds,
+                "client_idle_timeout_seconds",
+            )?,
+            send_timeout: seconds(
+                self.client_send_timeout_seconds,
+                "client_send_timeout_seconds",
+            )?,
+            ..keygate_server::EdgeLimits::default()
+        })
     }
 
     /// The gateway listener's address and configuration, or `None` without an upstream.
@@ -494,5 +573,97 @@ mod tests {
             ..Config::default()
         };
         assert!(bad_path.gateway().is_err());
+    }
+
+    #[test]
+    fn client_timeouts_from_file_environment_and_flags() {
+        use std::time::Duration;
+        let none = |_: &str| None;
+        let edge = Config::load(&ServeArgs::default(), &none)
+            .unwrap()
+            .edge_limits()
+            .unwrap();
+        let defaults = keygate_server::EdgeLimits::default();
+        assert_eq!(
+            (
+                edge.header_read_timeout,
+                edge.idle_timeout,
+                edge.send_timeout
+            ),
+            (
+                defaults.header_read_timeout,
+                defaults.idle_timeout,
+                defaults.send_timeout
+            )
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(
+            &path,
+            "client_header_timeout_seconds = 3\nclient_idle_timeout_seconds = 40\nclient_send_timeout_seconds = 7\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let edge = Config::load(&args, &none).unwrap().edge_limits().unwrap();
+        assert_eq!(edge.first_request_timeout, Duration::from_secs(3));
+        assert_eq!(edge.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(edge.idle_timeout, Duration::from_secs(40));
+        assert_eq!(edge.send_timeout, Duration::from_secs(7));
+        // The upstream's timeout is its own.
+        assert_eq!(edge.request_timeout, defaults.request_timeout);
+
+        let env = |name: &str| match name {
+            "KEYGATE_CLIENT_HEADER_TIMEOUT_SECONDS" => Some("4".to_owned()),
+            "KEYGATE_CLIENT_IDLE_TIMEOUT_SECONDS" => Some("50".to_owned()),
+            "KEYGATE_CLIENT_SEND_TIMEOUT_SECONDS" => Some("8".to_owned()),
+            _ => None,
+        };
+        let edge = Config::load(&args, &env).unwrap().edge_limits().unwrap();
+        assert_eq!(
+            (
+                edge.header_read_timeout,
+                edge.idle_timeout,
+                edge.send_timeout
+            ),
+            (
+                Duration::from_secs(4),
+                Duration::from_secs(50),
+                Duration::from_secs(8)
+            )
+        );
+
+        let args = ServeArgs {
+            client_header_timeout_seconds: Some(5),
+            client_idle_timeout_seconds: Some(60),
+            client_send_timeout_seconds: Some(9),
+            ..args
+        };
+        let edge = Config::load(&args, &env).unwrap().edge_limits().unwrap();
+        assert_eq!(
+            (
+                edge.header_read_timeout,
+                edge.idle_timeout,
+                edge.send_timeout
+            ),
+            (
+                Duration::from_secs(5),
+                Duration::from_secs(60),
+                Duration::from_secs(9)
+            )
+        );
+
+        let zero = Config {
+            client_send_timeout_seconds: 0,
+            ..Config::default()
+        };
+        let e = zero.edge_limits().unwrap_err().to_string();
+        assert!(e.contains("client_send_timeout_seconds"), "{e}");
+        let word =
+            |n: &str| (n == "KEYGATE_CLIENT_IDLE_TIMEOUT_SECONDS").then(|| "soon".to_owned());
+        assert!(Config::load(&ServeArgs::default(), &word).is_err());
     }
 }

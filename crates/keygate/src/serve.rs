@@ -37,6 +37,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .failed_auth_limit()?
         .map(|limit| Arc::new(keygate_engine::FailureThrottle::new(limit)));
     let gateway = config.gateway()?;
+    let edge = config.edge_limits()?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -87,6 +88,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             body_limit: config.body_limit_bytes,
             trusted_proxies,
             failed_auth,
+            edge,
             ..HttpConfig::default()
         }),
     };

@@ -1,4 +1,5 @@
-//! Ten thousand concurrent idle connections against the real `keygate serve`: the server
+//! Ten thousand concurrent idle connections against the real `keygate serve`, on the admin
+//! port and then on the gateway port (`--upstream`, the same connection layer): the server
 //! accepts them all, keeps answering new clients promptly while they sit there, and closes
 //! them itself once they have sent no request for `first_request_timeout` (10 s by
 //! default), returning to its idle file-descriptor count.
@@ -57,6 +58,14 @@ impl Drop for Server {
     }
 }
 
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections_do_not_exhaust_the_server() {
     // Room for the connections: raise the soft limit to the hard one if needed.
@@ -80,11 +89,12 @@ async fn ten_thousand_idle_connections_do_not_exhaust_the_server() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let port = StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
+    let gateway_port = free_port();
+    // The gateway listener in front of the example upstream.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    tokio::spawn(invoices_api::serve(upstream, "live"));
     // Above the rest of a busy machine (as root; elsewhere `nice` warns and runs it as is),
     // so that a loaded CI box does not starve its accept loop.
     let mut command = Command::new("nice");
@@ -98,7 +108,15 @@ async fn ten_thousand_idle_connections_do_not_exhaust_the_server() {
         .arg("serve")
         .current_dir(dir.path())
         .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("KEYGATE_ADMIN_TOKEN", "connections-admin-token-0123456789")
+        .env(
+            "KEYGATE_GATEWAY_LISTEN",
+            format!("127.0.0.1:{gateway_port}"),
+        )
+        .env(
+            "KEYGATE_UPSTREAM",
+            format!("http://127.0.0.1:{upstream_port}"),
+        )
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("KEYGATE_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -108,15 +126,54 @@ async fn ten_thousand_idle_connections_do_not_exhaust_the_server() {
     let pid = child.id();
     let _server = Server(child);
     let base = format!("http://127.0.0.1:{port}");
+    let gateway = format!("http://127.0.0.1:{gateway_port}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status() == 200) {
+    loop {
+        let admin_up =
+            matches!(http.get(format!("{base}/healthz")).send().await, Ok(r) if r.status() == 200);
+        let gateway_up = http
+            .get(format!("{gateway}/api/v1/invoices"))
+            .send()
+            .await
+            .is_ok();
+        if admin_up && gateway_up {
+            break;
+        }
         assert!(Instant::now() < deadline, "keygate did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // The admin port: health and an admin call answer while the connections wait.
+    let admin_probes = [
+        (format!("{base}/healthz"), None, 200),
+        (format!("{base}/v1/accounts"), Some(ADMIN_TOKEN), 200),
+    ];
+    idle_connections(&http, pid, port, n, &admin_probes).await;
+    // The gateway port, on the same connection layer: its own refusal (no key) answers.
+    let gateway_probes = [(format!("{gateway}/api/v1/invoices"), None, 401)];
+    idle_connections(&http, pid, gateway_port, n, &gateway_probes).await;
+
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+const ADMIN_TOKEN: &str = "connections-admin-token-0123456789";
+
+/// Opens `n` idle connections to `port` of the server `pid`, checks that the server holds
+/// them and still answers each probe (URL, bearer token, status) promptly, then
+/// that it closes them itself (no request within `first_request_timeout`, 10 s) and
+/// returns to its idle file-descriptor count.
+async fn idle_connections(
+    http: &reqwest::Client,
+    pid: u32,
+    port: u16,
+    n: usize,
+    probes: &[(String, Option<&str>, u16)],
+) {
     let server_limit = nofile_limits(&pid.to_string()).0;
     let idle_fds = open_fds(pid);
     let idle_rss = rss_kib(pid);
@@ -155,20 +212,15 @@ async fn ten_thousand_idle_connections_do_not_exhaust_the_server() {
     // New clients are still served, promptly.
     let mut worst = Duration::ZERO;
     for _ in 0..20 {
-        let t = Instant::now();
-        let r = http.get(format!("{base}/healthz")).send().await.unwrap();
-        assert_eq!(r.status().as_u16(), 200);
-        worst = worst.max(t.elapsed());
+        for probe in probes {
+            let t = Instant::now();
+            send_probe(http, probe).await;
+            worst = worst.max(t.elapsed());
+        }
     }
-    let auth = http
-        .get(format!("{base}/v1/accounts"))
-        .bearer_auth("connections-admin-token-0123456789")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(auth.status().as_u16(), 200);
     println!(
-        "{n} idle connections opened in {opened_in:?}; server fds {idle_fds} -> {held_fds} (limit {server_limit}), RSS {idle_rss} KiB -> {held_rss} KiB; /healthz while they wait: worst of 20 {worst:?}"
+        "port {port}: {n} idle connections opened in {opened_in:?}; server fds {idle_fds} -> {held_fds} (limit {server_limit}), RSS {idle_rss} KiB -> {held_rss} KiB; probes while they wait: worst of {} {worst:?}",
+        20 * probes.len()
     );
     assert!(
         held_fds >= idle_fds + n * 95 / 100,
@@ -193,14 +245,22 @@ async fn ten_thousand_idle_connections_do_not_exhaust_the_server() {
     }
     let after_fds = open_fds(pid);
     println!(
-        "the server closed {closed} of {n} idle connections within {closed_in:?}; server fds back to {after_fds}"
+        "port {port}: the server closed {closed} of {n} idle connections within {closed_in:?}; server fds back to {after_fds}"
     );
-    assert_eq!(closed, n, "idle connections left open");
+    assert_eq!(closed, n, "idle connections left open on port {port}");
     assert!(after_fds <= idle_fds + 50, "fds not released: {after_fds}");
-    let r = http.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    for probe in probes {
+        send_probe(http, probe).await;
+    }
+}
+
+async fn send_probe(http: &reqwest::Client, (url, token, status): &(String, Option<&str>, u16)) {
+    let mut request = http.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let r = request.send().await.unwrap();
+    assert_eq!(r.status().as_u16(), *status, "{url}");
 }
 
 /// Opens `k` connections concurrently.

@@ -14,8 +14,18 @@
 //!   than `max_uri_bytes` (414);
 //! - keep an HTTP/2 connection with nothing moving: `idle_timeout` without a byte either
 //!   way and no request in flight, then GOAWAY;
+//! - stop reading an answer (a download, or answers piling up behind pipelined requests):
+//!   when the socket has not taken a byte for `send_timeout` while the server had bytes to
+//!   write, the connection is dropped. A client that reads slowly but keeps reading frees
+//!   buffer space now and then and is never cut;
 //! - run out the server's file descriptors quietly: accept errors are logged and retried
 //!   after a pause, never a busy loop or an exit.
+//!
+//! Both listeners run on it: the admin router (`serve`) and the gateway
+//! (`gateway::serve_gateway`, without the request timeout and the declared-body cap, which
+//! would cut streams). `keygate serve` sets the client timeouts of both from
+//! `client_header_timeout_seconds` (first request and header read),
+//! `client_idle_timeout_seconds` and `client_send_timeout_seconds`.
 
 use std::convert::Infallible;
 use std::io;
@@ -49,6 +59,9 @@ pub struct EdgeLimits {
     pub request_timeout: Option<Duration>,
     /// Without a byte either way and no request in flight, a connection is closed.
     pub idle_timeout: Duration,
+    /// How long a write may wait on a socket that takes no bytes (the client stopped
+    /// reading) before the connection is dropped.
+    pub send_timeout: Duration,
     /// Largest request head hyper buffers (HTTP/1), and header list (HTTP/2), in bytes.
     pub max_head_bytes: usize,
     /// Longest request target (path and query), in bytes.
@@ -72,6 +85,7 @@ impl Default for EdgeLimits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Some(Duration::from_secs(30)),
             idle_timeout: Duration::from_secs(120),
+            send_timeout: Duration::from_secs(30),
             max_head_bytes: 32 * 1024,
             max_uri_bytes: 8 * 1024,
             max_declared_body: None,
@@ -82,17 +96,8 @@ impl Default for EdgeLimits {
     }
 }
 
-/// Serves `router` on `listener` with the default [`EdgeLimits`] until `shutdown`
-/// resolves, then lets in-flight requests finish (up to the drain timeout).
-pub async fn serve_router(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    serve_router_with(listener, router, EdgeLimits::default(), shutdown).await
-}
-
-/// [`serve_router`] with explicit limits.
+/// Serves `router` on `listener` within `limits` until `shutdown` resolves, then lets
+/// in-flight requests finish (up to the drain timeout).
 pub async fn serve_router_with(
     listener: TcpListener,
     router: Router,
@@ -151,25 +156,53 @@ pub async fn serve_router_with(
     Ok(())
 }
 
-/// What a connection's watchdog knows: when bytes last moved, how many requests started,
-/// how many are in flight.
+/// `Activity::write_blocked_ms` when no write is waiting.
+const NOT_BLOCKED: u64 = u64::MAX;
+
+/// What a connection's watchdog knows: when bytes last moved, since when a write has been
+/// waiting on a full socket, how many requests started, how many are in flight.
 struct Activity {
     born: Instant,
     /// Milliseconds after `born` of the last byte read or written.
     last_io_ms: AtomicU64,
+    /// Milliseconds after `born` of the first write the socket refused (`Pending`) since
+    /// it last took bytes; `NOT_BLOCKED` when no write is waiting.
+    write_blocked_ms: AtomicU64,
     requests: AtomicUsize,
     in_flight: AtomicUsize,
 }
 
 impl Activity {
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        let ms = self.born.elapsed().as_millis() as u64;
-        self.last_io_ms.store(ms, Ordering::Relaxed);
+        self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     fn idle_for(&self) -> Duration {
-        let now = self.born.elapsed().as_millis() as u64;
+        let now = self.now_ms();
         Duration::from_millis(now.saturating_sub(self.last_io_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Notes how a write went: `Pending` starts the blocked clock unless it runs already;
+    /// anything else (bytes taken, or an error that ends the connection) stops it.
+    fn write_polled(&self, result: &Poll<io::Result<usize>>) {
+        if result.is_pending() {
+            if self.write_blocked_ms.load(Ordering::Relaxed) == NOT_BLOCKED {
+                self.write_blocked_ms
+                    .store(self.now_ms(), Ordering::Relaxed);
+            }
+        } else {
+            self.write_blocked_ms.store(NOT_BLOCKED, Ordering::Relaxed);
+        }
+    }
+
+    /// How long a write has been waiting on a socket that takes nothing (`None`: none is).
+    fn write_blocked_for(&self) -> Option<Duration> {
+        let since = self.write_blocked_ms.load(Ordering::Relaxed);
+        (since != NOT_BLOCKED).then(|| Duration::from_millis(self.now_ms().saturating_sub(since)))
     }
 }
 
@@ -195,6 +228,7 @@ async fn connection(
     let activity = Arc::new(Activity {
         born: Instant::now(),
         last_io_ms: AtomicU64::new(0),
+        write_blocked_ms: AtomicU64::new(NOT_BLOCKED),
         requests: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
     });
@@ -227,7 +261,10 @@ async fn connection(
     loop {
         let wake = match force_close {
             Some(at) => at,
-            None => tokio::time::Instant::now() + next_check(&activity, &limits),
+            None => {
+                let wait = next_check(&activity, &limits).min(send_stall_left(&activity, &limits));
+                tokio::time::Instant::now() + wait
+            }
         };
         tokio::select! {
             result = conn.as_mut() => {
@@ -246,6 +283,11 @@ async fn connection(
             _ = tokio::time::sleep_until(wake) => {
                 if force_close.is_some() {
                     tracing::debug!(%peer, "dropping a connection that did not finish");
+                    return;
+                }
+                // A graceful close would wait on the very writes that are stuck: drop it.
+                if send_stall_left(&activity, &limits).is_zero() {
+                    tracing::debug!(%peer, "dropping a connection whose client stopped reading");
                     return;
                 }
                 if next_check(&activity, &limits).is_zero() {
@@ -269,6 +311,15 @@ fn next_check(activity: &Activity, limits: &EdgeLimits) -> Duration {
         return limits.idle_timeout;
     }
     limits.idle_timeout.saturating_sub(activity.idle_for())
+}
+
+/// How long until a blocked write has waited `send_timeout`. Without one, `send_timeout`
+/// itself: a write that blocks after this check is then caught at its deadline exactly.
+fn send_stall_left(activity: &Activity, limits: &EdgeLimits) -> Duration {
+    match activity.write_blocked_for() {
+        Some(blocked) => limits.send_timeout.saturating_sub(blocked),
+        None => limits.send_timeout,
+    }
 }
 
 /// One request through the router, with the target-length check and the request timeout.
@@ -369,15 +420,12 @@ impl hyper::rt::Write for Watched {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = result {
-            if n > 0 {
-                self.activity.touch();
-            }
-        }
+        self.wrote(&result);
         result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Not a sign of the socket taking bytes (a TCP flush is a no-op): only writes count.
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
@@ -395,11 +443,18 @@ impl hyper::rt::Write for Watched {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&result);
+        result
+    }
+}
+
+impl Watched {
+    fn wrote(&self, result: &Poll<io::Result<usize>>) {
+        self.activity.write_polled(result);
         if let Poll::Ready(Ok(n)) = result {
-            if n > 0 {
+            if *n > 0 {
                 self.activity.touch();
             }
         }
-        result
     }
 }

@@ -4,30 +4,31 @@
 //! go to the sandbox upstream when one is configured. Refusals are the same JSON answers
 //! as everywhere else (`keygate_edge::authorize`). The key-info path is answered here.
 //!
+//! The connection layer is the admin listener's (`listener.rs`, [`gateway_limits`]): a
+//! client gets the same first-request, header-read, idle and send-stall timeouts and the
+//! same target, head and `Host` checks (400/414/431 before the router). What streaming
+//! needs is kept: no whole-request timeout and no body cap; a body that keeps moving is
+//! never cut, one that stalls for the upstream timeout is (`proxy.rs`).
+//!
 //! Never logged: the key, the query string, any header. The access log is the shared one
-//! (`middleware::request_context`: redacted path, status, time).
+//! (`edge::middleware::request_context`: redacted path, status, time).
 
 mod headers;
 mod proxy;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Uri};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 
-use crate::{edge, ApiError, AppState};
+use crate::{edge, serve_router_with, ApiError, AppState, EdgeLimits};
 
-pub use proxy::Proxy;
+use proxy::Proxy;
 
 /// An upstream API: `http://host[:port][/base-path]`.
 #[derive(Clone, Debug)]
@@ -89,7 +90,8 @@ pub struct GatewayConfig {
     /// Where requests with test keys go; without it they go to `upstream`.
     pub sandbox_upstream: Option<Upstream>,
     /// How long the upstream may stay silent (connect, answer head, each body chunk), and
-    /// how long a client may take to send its headers or stall its body.
+    /// how long a client may stall its request body (the proxy's stall detection). The
+    /// client's connection timeouts are the listener's (`HttpConfig::edge`).
     pub timeout: Duration,
     /// Where the gateway answers key info itself (`GET`), e.g. `/v1/api-key-info`.
     pub key_info_path: String,
@@ -130,7 +132,7 @@ impl GatewayConfig {
 
 /// The gateway listener's router: key info at the configured path, every other request
 /// verified and forwarded.
-pub fn gateway_router(state: AppState, config: GatewayConfig) -> Router {
+fn gateway_router(state: AppState, config: GatewayConfig) -> Router {
     let key_info_path = config.key_info_path.clone();
     let proxy = Arc::new(Proxy::new(config));
     let forward = move |State(state): State<AppState>, request: Request| {
@@ -144,59 +146,28 @@ pub fn gateway_router(state: AppState, config: GatewayConfig) -> Router {
     edge::middleware::wrap(routes, state)
 }
 
+/// The gateway's connection limits: the admin listener's (`state.http.edge`: first
+/// request, header read, idle, send stall, target and head sizes, bounded drain) less what
+/// would cut streaming: no whole-request timeout (an upload or a long answer may take as
+/// long as it keeps moving; the proxy cuts a side that stalls for the upstream timeout) and
+/// no cap on a declared body (uploads stream through).
+pub fn gateway_limits(edge: &EdgeLimits) -> EdgeLimits {
+    EdgeLimits {
+        request_timeout: None,
+        max_declared_body: None,
+        ..edge.clone()
+    }
+}
+
 /// Serves the gateway on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish. HTTP/1.1 and HTTP/2 (prior knowledge); a client gets `timeout` to send
-/// its request headers.
+/// requests finish (up to the drain timeout). The connection layer is the admin
+/// listener's ([`serve_router_with`]) with [`gateway_limits`].
 pub async fn serve_gateway(
     listener: TcpListener,
     state: AppState,
     config: GatewayConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let header_timeout = config.timeout;
-    let router = gateway_router(state, config);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, do not spin.
-                    tracing::warn!(error = %e, "gateway accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let service = hyper::service::service_fn(
-            move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request
-                    .extensions_mut()
-                    .insert(ConnectInfo::<SocketAddr>(peer));
-                router.clone().oneshot(request.map(axum::body::Body::new))
-            },
-        );
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "gateway connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    let limits = gateway_limits(&state.http.edge);
+    serve_router_with(listener, gateway_router(state, config), limits, shutdown).await
 }
