@@ -23,7 +23,8 @@ pub(crate) const PEPPER_CHECK_MESSAGE: &[u8] = b"keygate pepper check v1";
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args, &|name| std::env::var(name).ok())?;
-    init_logging(&config)?;
+    // Held until `run` returns: dropping it writes out the lines still queued.
+    let _log_writer = init_logging(&config)?;
     // Everything that can be wrong in the configuration is checked, and the port taken,
     // before anything is created: a failed first start must not use up the one-time print
     // of the admin token.
@@ -137,20 +138,34 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(config: &Config) -> anyhow::Result<()> {
+/// Logs go to stderr through a buffered writer on its own thread: a request only formats
+/// its access-log line and queues it; the lines are written in batches (one `write` per
+/// burst, not per line). Nothing is dropped: a sink slower than the traffic slows the
+/// queue down instead (`lossy(false)`). The returned guard flushes the queue when dropped.
+fn init_logging(config: &Config) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_new(format!("{},sqlx=warn", config.log))
         .context("invalid log filter (KEYGATE_LOG)")?;
     use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("keygate-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi)
+        .with_writer(writer);
     let result = match config.log_format.as_str() {
         "json" => builder.json().try_init(),
         "text" => builder.try_init(),
         other => bail!("log_format must be text or json, not {other:?}"),
     };
-    result.map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+    result.map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))?;
+    Ok(guard)
 }
 
 pub(crate) fn redact_url(url: &str) -> String {
@@ -189,7 +204,7 @@ pub async fn open_store(url: &str, migrate: bool) -> anyhow::Result<Arc<dyn Stor
 /// `keygate migrate`: apply the schema migrations and exit.
 pub async fn migrate(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args, &|name| std::env::var(name).ok())?;
-    init_logging(&config)?;
+    let _log_writer = init_logging(&config)?;
     open_store(&config.database_url, true).await?;
     eprintln!("migrations applied to {}", redact_url(&config.database_url));
     Ok(())
