@@ -139,5 +139,6 @@ pub async fn serve(
         max_declared_body: Some(state.http.body_limit as u64),
         ..state.http.edge.clone()
     };
-    serve_router_with(listener, router(state), limits, shutdown).await
+    let service = admin::FastPath::new(state.clone(), router(state));
+    serve_router_with(listener, service, limits, shutdown).await
 }

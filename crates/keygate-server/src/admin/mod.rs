@@ -5,6 +5,7 @@
 mod accounts;
 mod auth;
 mod extract;
+mod fast_path;
 mod health;
 mod keys;
 mod openapi;
@@ -18,6 +19,7 @@ use axum::Router;
 use crate::{ApiError, AppState};
 
 pub use auth::Auth;
+pub use fast_path::FastPath;
 
 /// The admin API's routes, before the shared request context (`edge::middleware::wrap`).
 pub fn routes() -> Router<AppState> {

@@ -39,7 +39,6 @@ use std::time::{Duration, Instant};
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -96,14 +95,19 @@ impl Default for EdgeLimits {
     }
 }
 
-/// Serves `router` on `listener` within `limits` until `shutdown` resolves, then lets
-/// in-flight requests finish (up to the drain timeout).
-pub async fn serve_router_with(
+/// Serves `service` (an `axum::Router`, or a router behind a fast path) on `listener` within
+/// `limits` until `shutdown` resolves, then lets in-flight requests finish (up to the
+/// drain timeout).
+pub async fn serve_router_with<S>(
     listener: TcpListener,
-    router: Router,
+    router: S,
     limits: EdgeLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: EdgeService,
+    S::Future: Send + 'static,
+{
     let limits = Arc::new(limits);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -154,6 +158,26 @@ pub async fn serve_router_with(
     drop(done_tx);
     let _ = done_rx.recv().await;
     Ok(())
+}
+
+/// What the connection layer can serve: any infallible tower service of axum requests,
+/// such as an `axum::Router`.
+pub trait EdgeService:
+    tower::Service<axum::extract::Request, Response = Response, Error = Infallible>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> EdgeService for S where
+    S: tower::Service<axum::extract::Request, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// `Activity::write_blocked_ms` when no write is waiting.
@@ -216,15 +240,18 @@ impl Drop for InFlight {
     }
 }
 
-async fn connection(
+async fn connection<S>(
     stream: TcpStream,
     peer: SocketAddr,
-    router: Router,
+    router: S,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: Arc<EdgeLimits>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     _done: tokio::sync::mpsc::Sender<()>,
-) {
+) where
+    S: EdgeService,
+    S::Future: Send + 'static,
+{
     let activity = Arc::new(Activity {
         born: Instant::now(),
         last_io_ms: AtomicU64::new(0),
@@ -323,12 +350,16 @@ fn send_stall_left(activity: &Activity, limits: &EdgeLimits) -> Duration {
 }
 
 /// One request through the router, with the target-length check and the request timeout.
-async fn answer(
-    router: Router,
+async fn answer<S>(
+    router: S,
     mut request: hyper::Request<Incoming>,
     peer: SocketAddr,
     limits: &EdgeLimits,
-) -> Response {
+) -> Response
+where
+    S: EdgeService,
+    S::Future: Send + 'static,
+{
     let target_len = request
         .uri()
         .path_and_query()

@@ -79,11 +79,24 @@ fn flush_run(out: &mut String, run: &mut String) {
     run.clear();
 }
 
+/// The request context as axum middleware (see [`in_context`]).
 pub async fn request_context(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
+    in_context(&state, request, |request| next.run(request)).await
+}
+
+/// Answers `request` with `inner` inside the request context every listener shares: a
+/// request id (answer header, error bodies), the prechecks (failed-auth throttle, header
+/// size, keys in the query), metrics of edge outcomes, failed authentications noted, and
+/// the access log line.
+pub async fn in_context<F, Fut>(state: &AppState, request: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let id = new_request_id();
     request_id::scope(id.clone(), async move {
         // The access log line's fields, made only when the line is written (at the
@@ -96,10 +109,10 @@ pub async fn request_context(
                 redact(request.uri().path(), prefix),
             )
         });
-        let throttled_ip = throttled_address(&state, &request);
-        let mut response = match precheck(&state, &request, throttled_ip) {
+        let throttled_ip = throttled_address(state, &request);
+        let mut response = match precheck(state, &request, throttled_ip) {
             Err(e) => e.into_response(),
-            Ok(()) => next.run(request).await,
+            Ok(()) => inner(request).await,
         };
         if let Some(EdgeOutcome(outcome)) = response.extensions().get::<EdgeOutcome>() {
             state.engine.metrics().count_outcome(*outcome);
