@@ -81,10 +81,13 @@ impl PostgresStore {
                 };
                 match active.try_recv().await {
                     Ok(Some(n)) => {
-                        let change =
-                            KeyDigest::from_hex(n.payload()).map_or(Change::Resync, Change::Key);
-                        if tx.send(change).await.is_err() {
-                            return;
+                        // One digest, or several comma-separated (a bulk import).
+                        for digest in n.payload().split(',') {
+                            let change =
+                                KeyDigest::from_hex(digest).map_or(Change::Resync, Change::Key);
+                            if tx.send(change).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Ok(None) | Err(_) => {

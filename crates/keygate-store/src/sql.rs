@@ -76,6 +76,45 @@ pub const KEY_COLUMNS: &str = "id, account_id, name, display_prefix, digest, env
     permissions, ip_allowlist, rate_limit, quota, quota_used, meta, created_at, last_used_at, \
     expires_at, revoked_at, rotated_from, recent_ips, quota_refilled_at";
 
+/// Rows per multi-row statement: 500 keys are 9 500 bound values, under SQLite's 32 766
+/// and PostgreSQL's 65 535.
+pub const ROWS_PER_STATEMENT: usize = 500;
+
+/// Digests per change notification: PostgreSQL's payload holds 8 000 bytes, a digest in hex
+/// and its comma 65.
+pub const DIGESTS_PER_NOTIFICATION: usize = 100;
+
+/// A flush's changes to one key's row, several updates of the same key merged.
+pub struct KeyUsageRow<'a> {
+    pub key_id: &'a str,
+    pub last_used_at: i64,
+    pub quota_used_delta: i64,
+    pub quota_refilled_at: Option<i64>,
+    pub recent_ips: Option<&'a Vec<crate::SeenIp>>,
+}
+
+impl<'a> From<&'a crate::UsageUpdate> for KeyUsageRow<'a> {
+    fn from(u: &'a crate::UsageUpdate) -> Self {
+        KeyUsageRow {
+            key_id: &u.key_id,
+            last_used_at: u.last_used_at,
+            quota_used_delta: u.quota_used_delta,
+            quota_refilled_at: u.quota_refilled_at,
+            recent_ips: u.recent_ips.as_ref(),
+        }
+    }
+}
+
+impl<'a> KeyUsageRow<'a> {
+    /// Merges a later update of the same key.
+    pub fn add(&mut self, later: &'a crate::UsageUpdate) {
+        self.last_used_at = self.last_used_at.max(later.last_used_at);
+        self.quota_used_delta += later.quota_used_delta;
+        self.quota_refilled_at = later.quota_refilled_at.max(self.quota_refilled_at);
+        self.recent_ips = later.recent_ips.as_ref().or(self.recent_ips);
+    }
+}
+
 /// Implements [`crate::Store`] for `$store`, which must have `pool()`, `write()` (a write
 /// transaction) and a `DIALECT` constant.
 macro_rules! sql_store {
@@ -86,7 +125,10 @@ macro_rules! sql_store {
             use sqlx::{Row, Transaction};
 
             use super::$store;
-            use crate::sql::{corrupt, db_error, from_json, is_active, to_json, KEY_COLUMNS};
+            use crate::sql::{
+                corrupt, db_error, from_json, is_active, to_json, KeyUsageRow,
+                DIGESTS_PER_NOTIFICATION, KEY_COLUMNS, ROWS_PER_STATEMENT,
+            };
             use crate::{
                 Account, AuditEvent, KeyPatch, KeyRecord, Result, Store, StoreError,
                 UsageUpdate,
@@ -195,52 +237,83 @@ macro_rules! sql_store {
             }
 
             async fn insert_audit(tx: &mut Tx, ev: &AuditEvent) -> Result<()> {
-                sqlx::query(
-                    "INSERT INTO audit_events (id, at, account_id, actor, action, target_id, client_ip, details) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(&ev.id)
-                .bind(ev.at)
-                .bind(&ev.account_id)
-                .bind(&ev.actor)
-                .bind(&ev.action)
-                .bind(&ev.target_id)
-                .bind(&ev.client_ip)
-                .bind(to_json(&ev.details)?)
-                .execute(&mut **tx)
-                .await
-                .map_err(db_error)?;
-                Ok(())
+                insert_audits(tx, std::slice::from_ref(ev), "").await.map(|_| ())
+            }
+
+            /// Inserts audit events with multi-row statements, each followed by `on_conflict`
+            /// (empty: a conflict is an error). Returns the rows inserted.
+            async fn insert_audits(tx: &mut Tx, events: &[AuditEvent], on_conflict: &str) -> Result<u64> {
+                let details = events.iter().map(|ev| to_json(&ev.details)).collect::<Result<Vec<_>>>()?;
+                let mut inserted = 0;
+                for (events, details) in events.chunks(ROWS_PER_STATEMENT).zip(details.chunks(ROWS_PER_STATEMENT)) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO audit_events (id, at, account_id, actor, action, target_id, client_ip, details) ",
+                    );
+                    q.push_values(events.iter().zip(details), |mut row, (ev, details)| {
+                        row.push_bind(&ev.id)
+                            .push_bind(ev.at)
+                            .push_bind(&ev.account_id)
+                            .push_bind(&ev.actor)
+                            .push_bind(&ev.action)
+                            .push_bind(&ev.target_id)
+                            .push_bind(&ev.client_ip)
+                            .push_bind(details);
+                    });
+                    q.push(on_conflict);
+                    inserted += q.build().execute(&mut **tx).await.map_err(db_error)?.rows_affected();
+                }
+                Ok(inserted)
             }
 
             async fn insert_key(tx: &mut Tx, k: &KeyRecord) -> Result<()> {
-                sqlx::query(&format!(
-                    "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES \
-                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
-                ))
-                .bind(&k.id)
-                .bind(&k.account_id)
-                .bind(&k.name)
-                .bind(&k.display_prefix)
-                .bind(&k.digest.0[..])
-                .bind(k.environment.as_str())
-                .bind(to_json(&k.permissions)?)
-                .bind(to_json(&k.ip_allowlist)?)
-                .bind(k.rate_limit.as_ref().map(to_json).transpose()?)
-                .bind(k.quota.as_ref().map(to_json).transpose()?)
-                .bind(k.quota_used)
-                .bind(to_json(&k.meta)?)
-                .bind(k.created_at)
-                .bind(k.last_used_at)
-                .bind(k.expires_at)
-                .bind(k.revoked_at)
-                .bind(&k.rotated_from)
-                .bind(if k.recent_ips.is_empty() { None } else { Some(to_json(&k.recent_ips)?) })
-                .bind(k.quota_refilled_at)
-                .execute(&mut **tx)
-                .await
-                .map_err(db_error)?;
-                Ok(())
+                insert_keys(tx, std::slice::from_ref(k), "").await.map(|_| ())
+            }
+
+            /// Inserts `keys` with multi-row statements, each followed by `on_conflict`
+            /// (empty: a conflict is an error). Returns the rows inserted.
+            async fn insert_keys(tx: &mut Tx, keys: &[KeyRecord], on_conflict: &str) -> Result<u64> {
+                // The JSON columns, encoded before the statement (binding cannot fail).
+                let json = keys
+                    .iter()
+                    .map(|k| {
+                        Ok([
+                            Some(to_json(&k.permissions)?),
+                            Some(to_json(&k.ip_allowlist)?),
+                            k.rate_limit.as_ref().map(to_json).transpose()?,
+                            k.quota.as_ref().map(to_json).transpose()?,
+                            Some(to_json(&k.meta)?),
+                            if k.recent_ips.is_empty() { None } else { Some(to_json(&k.recent_ips)?) },
+                        ])
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut inserted = 0;
+                for (keys, json) in keys.chunks(ROWS_PER_STATEMENT).zip(json.chunks(ROWS_PER_STATEMENT)) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO api_keys ({KEY_COLUMNS}) "));
+                    q.push_values(keys.iter().zip(json), |mut row, (k, [permissions, allowlist, rate_limit, quota, meta, ips])| {
+                        row.push_bind(&k.id)
+                            .push_bind(&k.account_id)
+                            .push_bind(&k.name)
+                            .push_bind(&k.display_prefix)
+                            .push_bind(&k.digest.0[..])
+                            .push_bind(k.environment.as_str())
+                            .push_bind(permissions)
+                            .push_bind(allowlist)
+                            .push_bind(rate_limit)
+                            .push_bind(quota)
+                            .push_bind(k.quota_used)
+                            .push_bind(meta)
+                            .push_bind(k.created_at)
+                            .push_bind(k.last_used_at)
+                            .push_bind(k.expires_at)
+                            .push_bind(k.revoked_at)
+                            .push_bind(&k.rotated_from)
+                            .push_bind(ips)
+                            .push_bind(k.quota_refilled_at);
+                    });
+                    q.push(on_conflict);
+                    inserted += q.build().execute(&mut **tx).await.map_err(db_error)?.rows_affected();
+                }
+                Ok(inserted)
             }
 
             /// Reads a key about to be changed, locking its row where the dialect must.
@@ -258,21 +331,27 @@ macro_rules! sql_store {
                 key_from_row(&row)
             }
 
-            /// Whether `sql` (selecting `id` by `$1`) finds a row: imports skip rows already there.
-            async fn exists(tx: &mut Tx, sql: &str, id: &str) -> Result<bool> {
-                let found: Option<String> = sqlx::query_scalar(sql)
-                    .bind(id)
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .map_err(db_error)?;
-                Ok(found.is_some())
-            }
-
             /// Tells other nodes that the key behind `digest` changed (delivered at commit).
             async fn announce(tx: &mut Tx, digest: &KeyDigest) -> Result<()> {
                 if let Some(sql) = $store::DIALECT.notify_key_change {
                     sqlx::query(sql)
                         .bind(digest.to_hex())
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(db_error)?;
+                }
+                Ok(())
+            }
+
+            /// [`announce`] for many keys: one notification per hundred digests.
+            async fn announce_all(tx: &mut Tx, digests: impl Iterator<Item = &KeyDigest>) -> Result<()> {
+                let Some(sql) = $store::DIALECT.notify_key_change else {
+                    return Ok(());
+                };
+                let digests: Vec<String> = digests.map(KeyDigest::to_hex).collect();
+                for chunk in digests.chunks(DIGESTS_PER_NOTIFICATION) {
+                    sqlx::query(sql)
+                        .bind(chunk.join(","))
                         .execute(&mut **tx)
                         .await
                         .map_err(db_error)?;
@@ -552,37 +631,62 @@ macro_rules! sql_store {
                     if batch.is_empty() {
                         return Ok(());
                     }
+                    // One multi-row statement per 500 keys for the key columns and one per
+                    // 500 counters, instead of a statement per key and per counter: a flush of
+                    // many keys holds the write lock briefly.
+                    // One row per key (a multi-row UPDATE sees each key once): the latest
+                    // time, the sum of the deltas, the latest addresses and refill.
+                    let mut rows: Vec<KeyUsageRow> = Vec::with_capacity(batch.len());
+                    let mut row_of = std::collections::HashMap::<&str, usize>::new();
+                    for u in batch {
+                        match row_of.get(u.key_id.as_str()) {
+                            Some(&i) => rows[i].add(u),
+                            None => {
+                                row_of.insert(&u.key_id, rows.len());
+                                rows.push(KeyUsageRow::from(u));
+                            }
+                        }
+                    }
+                    let ips = rows
+                        .iter()
+                        .map(|r| r.recent_ips.map(to_json).transpose())
+                        .collect::<Result<Vec<_>>>()?;
+                    let mut counts = std::collections::BTreeMap::<(&str, i64, &str), i64>::new();
+                    for u in batch {
+                        for c in &u.counts {
+                            *counts.entry((&u.key_id, c.bucket, &c.outcome)).or_default() += c.count;
+                        }
+                    }
+                    let counts: Vec<_> = counts.into_iter().collect();
                     let key_sql = format!(
-                        "UPDATE api_keys SET last_used_at = NULLIF({g}(COALESCE(last_used_at, 0), $1), 0), \
-                         quota_used = {g}(0, quota_used + $2), recent_ips = COALESCE($3, recent_ips), \
-                         quota_refilled_at = COALESCE($5, quota_refilled_at) WHERE id = $4",
+                        "UPDATE api_keys SET last_used_at = NULLIF({g}(COALESCE(api_keys.last_used_at, 0), v.column2), 0), \
+                         quota_used = {g}(0, api_keys.quota_used + v.column3), recent_ips = COALESCE(v.column4, api_keys.recent_ips), \
+                         quota_refilled_at = COALESCE(v.column5, api_keys.quota_refilled_at) FROM (",
                         g = $store::DIALECT.greatest
                     );
                     let mut tx = self.write().await?;
-                    for u in batch {
-                        let ips = u.recent_ips.as_ref().map(to_json).transpose()?;
-                        sqlx::query(&key_sql)
-                            .bind(u.last_used_at)
-                            .bind(u.quota_used_delta)
-                            .bind(ips)
-                            .bind(&u.key_id)
-                            .bind(u.quota_refilled_at)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(db_error)?;
-                        for c in &u.counts {
-                            sqlx::query(
-                                "INSERT INTO usage_counts (key_id, bucket, outcome, count) VALUES ($1, $2, $3, $4) \
-                                 ON CONFLICT (key_id, bucket, outcome) DO UPDATE SET count = usage_counts.count + excluded.count",
-                            )
-                            .bind(&u.key_id)
-                            .bind(c.bucket)
-                            .bind(&c.outcome)
-                            .bind(c.count)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(db_error)?;
-                        }
+                    for (updates, ips) in rows.chunks(ROWS_PER_STATEMENT).zip(ips.chunks(ROWS_PER_STATEMENT)) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(&key_sql);
+                        // Typed, as PostgreSQL reads an untyped VALUES parameter as text.
+                        q.push_values(updates.iter().zip(ips), |mut row, (u, ips)| {
+                            row.push("CAST(").push_bind_unseparated(u.key_id).push_unseparated(" AS TEXT)");
+                            row.push("CAST(").push_bind_unseparated(u.last_used_at).push_unseparated(" AS BIGINT)");
+                            row.push("CAST(").push_bind_unseparated(u.quota_used_delta).push_unseparated(" AS BIGINT)");
+                            row.push("CAST(").push_bind_unseparated(ips).push_unseparated(" AS TEXT)");
+                            row.push("CAST(").push_bind_unseparated(u.quota_refilled_at).push_unseparated(" AS BIGINT)");
+                        });
+                        q.push(") AS v WHERE api_keys.id = v.column1");
+                        q.build().execute(&mut *tx).await.map_err(db_error)?;
+                    }
+                    for counts in counts.chunks(ROWS_PER_STATEMENT) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO usage_counts (key_id, bucket, outcome, count) ",
+                        );
+                        q.push_values(counts, |mut row, ((key_id, bucket, outcome), count)| {
+                            row.push_bind(*key_id).push_bind(*bucket).push_bind(*outcome).push_bind(*count);
+                        });
+                        q.push(" ON CONFLICT (key_id, bucket, outcome) DO UPDATE SET count = usage_counts.count + excluded.count");
+                        q.build().execute(&mut *tx).await.map_err(db_error)?;
                     }
                     tx.commit().await.map_err(db_error)
                 }
@@ -663,19 +767,13 @@ macro_rules! sql_store {
                 async fn import_accounts(&self, accounts: &[Account]) -> Result<u64> {
                     let mut tx = self.write().await?;
                     let mut inserted = 0;
-                    for a in accounts {
-                        let done = sqlx::query(
-                            "INSERT INTO accounts (id, name, plan, created_at) VALUES ($1, $2, $3, $4) \
-                             ON CONFLICT (id) DO NOTHING",
-                        )
-                        .bind(&a.id)
-                        .bind(&a.name)
-                        .bind(&a.plan)
-                        .bind(a.created_at)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                        inserted += done.rows_affected();
+                    for chunk in accounts.chunks(ROWS_PER_STATEMENT) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new("INSERT INTO accounts (id, name, plan, created_at) ");
+                        q.push_values(chunk, |mut row, a| {
+                            row.push_bind(&a.id).push_bind(&a.name).push_bind(&a.plan).push_bind(a.created_at);
+                        });
+                        q.push(" ON CONFLICT (id) DO NOTHING");
+                        inserted += q.build().execute(&mut *tx).await.map_err(db_error)?.rows_affected();
                     }
                     tx.commit().await.map_err(db_error)?;
                     Ok(inserted)
@@ -683,27 +781,18 @@ macro_rules! sql_store {
 
                 async fn import_keys(&self, keys: &[KeyRecord]) -> Result<u64> {
                     let mut tx = self.write().await?;
-                    let mut inserted = 0;
-                    for k in keys {
-                        if !exists(&mut tx, "SELECT id FROM api_keys WHERE id = $1", &k.id).await? {
-                            insert_key(&mut tx, k).await?;
-                            announce(&mut tx, &k.digest).await?;
-                            inserted += 1;
-                        }
-                    }
+                    // A key already here (same id) is left as it is; another key with a digest
+                    // already here is refused.
+                    let inserted = insert_keys(&mut tx, keys, " ON CONFLICT (id) DO NOTHING").await?;
+                    // New keys matter to other nodes only through their negative caches.
+                    announce_all(&mut tx, keys.iter().map(|k| &k.digest)).await?;
                     tx.commit().await.map_err(db_error)?;
                     Ok(inserted)
                 }
 
                 async fn import_audit(&self, events: &[AuditEvent]) -> Result<u64> {
                     let mut tx = self.write().await?;
-                    let mut inserted = 0;
-                    for ev in events {
-                        if !exists(&mut tx, "SELECT id FROM audit_events WHERE id = $1", &ev.id).await? {
-                            insert_audit(&mut tx, ev).await?;
-                            inserted += 1;
-                        }
-                    }
+                    let inserted = insert_audits(&mut tx, events, " ON CONFLICT (id) DO NOTHING").await?;
                     tx.commit().await.map_err(db_error)?;
                     Ok(inserted)
                 }
@@ -711,19 +800,15 @@ macro_rules! sql_store {
                 async fn import_usage(&self, key_id: &str, counts: &[crate::UsageCount]) -> Result<u64> {
                     let mut tx = self.write().await?;
                     let mut inserted = 0;
-                    for c in counts {
-                        let done = sqlx::query(
-                            "INSERT INTO usage_counts (key_id, bucket, outcome, count) VALUES ($1, $2, $3, $4) \
-                             ON CONFLICT (key_id, bucket, outcome) DO NOTHING",
-                        )
-                        .bind(key_id)
-                        .bind(c.bucket)
-                        .bind(&c.outcome)
-                        .bind(c.count)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                        inserted += done.rows_affected();
+                    for chunk in counts.chunks(ROWS_PER_STATEMENT) {
+                        let mut q = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO usage_counts (key_id, bucket, outcome, count) ",
+                        );
+                        q.push_values(chunk, |mut row, c| {
+                            row.push_bind(key_id).push_bind(c.bucket).push_bind(&c.outcome).push_bind(c.count);
+                        });
+                        q.push(" ON CONFLICT (key_id, bucket, outcome) DO NOTHING");
+                        inserted += q.build().execute(&mut *tx).await.map_err(db_error)?.rows_affected();
                     }
                     tx.commit().await.map_err(db_error)?;
                     Ok(inserted)

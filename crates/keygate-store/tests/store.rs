@@ -156,6 +156,7 @@ on_each_backend!(
     everything_survives_a_reopen,
     migrations_apply_once,
     import_copies_records_as_they_are_and_can_run_again,
+    bulk_import_and_usage_flush_span_several_statements,
 );
 
 // --- records -------------------------------------------------------------------------------
@@ -1771,4 +1772,76 @@ async fn import_copies_records_as_they_are_and_can_run_again(target: Arc<dyn Sto
     assert!(matches!(err, StoreError::Duplicate), "{err:?}");
     let err = target.import_keys(&[key("acct_ghost")]).await.unwrap_err();
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+}
+
+/// More rows than one multi-row statement holds (500): every row lands once, a second run
+/// adds nothing, and a usage flush of every key updates each one.
+async fn bulk_import_and_usage_flush_span_several_statements(store: Arc<dyn Store>, _db: TestDb) {
+    add_account(&store, "acct_bulk").await;
+    let keys: Vec<KeyRecord> = (0..1_201).map(|_| key("acct_bulk")).collect();
+    assert_eq!(store.import_keys(&keys).await.unwrap(), 1_201);
+    assert_eq!(store.import_keys(&keys).await.unwrap(), 0);
+    assert_eq!(
+        store.list_keys(Some("acct_bulk")).await.unwrap().len(),
+        1_201
+    );
+
+    let flush: Vec<UsageUpdate> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| UsageUpdate {
+            counts: vec![UsageCount {
+                bucket: NOW,
+                outcome: "valid".to_owned(),
+                count: 2,
+            }],
+            ..usage(&k.id, NOW + i as i64, 1)
+        })
+        .collect();
+    store.record_usage(&flush).await.unwrap();
+    store.record_usage(&flush).await.unwrap();
+    for (i, k) in keys.iter().enumerate().step_by(97) {
+        let got = get(&store, &k.id).await;
+        assert_eq!(
+            (got.last_used_at, got.quota_used),
+            (Some(NOW + i as i64), 2)
+        );
+        let counts = store.usage_counts(&k.id, NOW, NOW + 1).await.unwrap();
+        assert_eq!(counts.iter().map(|c| c.count).sum::<i64>(), 4, "{counts:?}");
+    }
+}
+
+/// A bulk import tells the other nodes about every key, a hundred digests a notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_bulk_import_announces_every_key() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let listening = PostgresStore::open(
+        match &db {
+            TestDb::Postgres(url) => url,
+            TestDb::Sqlite(_) => unreachable!("postgres() makes a PostgreSQL database"),
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let mut feed = listening.change_feed().await.unwrap().unwrap();
+    let store = db.open().await;
+    add_account(&store, "acct_feed").await;
+    let keys: Vec<KeyRecord> = (0..250).map(|_| key("acct_feed")).collect();
+    store.import_keys(&keys).await.unwrap();
+
+    let mut heard = std::collections::HashSet::new();
+    while heard.len() < keys.len() {
+        let change = tokio::time::timeout(std::time::Duration::from_secs(5), feed.recv())
+            .await
+            .expect("every imported key announced within 5 s")
+            .unwrap();
+        match change {
+            keygate_store::Change::Key(digest) => heard.insert(digest.to_hex()),
+            keygate_store::Change::Resync => panic!("a bulk notification read as a resync"),
+        };
+    }
+    assert!(keys.iter().all(|k| heard.contains(&k.digest.to_hex())));
 }
