@@ -25,13 +25,9 @@ impl Drop for Redis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../keygate/tests/support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 async fn start_redis() -> Option<Redis> {
     let port = free_port();

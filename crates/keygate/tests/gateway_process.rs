@@ -16,13 +16,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 const ADMIN_TOKEN: &str = "kgadm_gateway_process_test_token_0123456789";
 const STREAM_BYTES: u64 = 200 * 1024 * 1024;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 fn listening(port: u16) -> bool {
     TcpStream::connect(("127.0.0.1", port)).is_ok()

@@ -27,10 +27,9 @@ const ADMIN_PREFIX: &str = "kgadm_";
 // ---------------------------------------------------------------------------------------
 
 /// A port nothing listens on (bound, read, released).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// `n` bytes of the OS CSPRNG as lowercase hex.
 fn random_hex(n: usize) -> String {
