@@ -125,10 +125,9 @@ async fn poll_key_changes(pool: SqlitePool, mut last_seq: i64, tx: mpsc::Sender<
         };
         // Rows pruned before this reader saw them: what they said is unknown.
         let gap = changes.first().is_some_and(|(seq, _)| *seq > last_seq + 1);
-        if std::mem::take(&mut failing) || gap {
-            if tx.send(Change::Resync).await.is_err() {
-                return;
-            }
+        let resync = std::mem::take(&mut failing) || gap;
+        if resync && tx.send(Change::Resync).await.is_err() {
+            return;
         }
         for (seq, digests) in changes {
             last_seq = seq;
