@@ -1,0 +1,192 @@
+//! The tower [`Layer`] and its [`Service`]: judge each request on the one authorize path,
+//! pass an allowed one on with its [`Identity`], answer a refused one.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::extract::ConnectInfo;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, Request, Uri};
+use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
+use keygate_edge::authorize::AuthorizeRequest;
+use keygate_edge::client_ip::client_ip;
+use keygate_edge::{authorize, rate_limit_headers, Authorization, Credential, Target};
+use keygate_engine::Engine;
+use tokio::task::JoinHandle;
+use tower::{Layer, Service};
+
+use crate::embedded::Embedded;
+
+/// keygate's API-key check for a tower service. Cheap to clone: clones share one engine,
+/// cache and set of background tasks.
+#[derive(Clone)]
+pub struct KeygateLayer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Arc<Engine>,
+    trusted_proxies: Vec<IpNet>,
+    background: Mutex<Background>,
+}
+
+#[derive(Default)]
+struct Background {
+    flusher: Option<JoinHandle<()>>,
+    listener: Option<JoinHandle<()>>,
+}
+
+impl KeygateLayer {
+    /// A layer that opens the keygate database at `database_url` (`sqlite://PATH` or
+    /// `postgres://…`) with the server's pepper (hex) and verifies in process. Adjust the
+    /// settings on the returned [`Embedded`], then [`Embedded::open`] it.
+    pub fn embedded(database_url: &str, pepper_hex: &str) -> Embedded {
+        Embedded::new(database_url, pepper_hex)
+    }
+
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        trusted_proxies: Vec<IpNet>,
+        flusher: JoinHandle<()>,
+        listener: Option<JoinHandle<()>>,
+    ) -> KeygateLayer {
+        KeygateLayer {
+            shared: Arc::new(Shared {
+                engine,
+                trusted_proxies,
+                background: Mutex::new(Background {
+                    flusher: Some(flusher),
+                    listener,
+                }),
+            }),
+        }
+    }
+
+    /// The engine, for what the layer does not cover (metrics, a manual usage flush).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.shared.engine
+    }
+
+    /// Judges one request as the layer would: for services that are not tower services.
+    pub async fn authorize(&self, request: &Parts) -> Authorization {
+        let peer = request
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        self.shared
+            .authorize(&request.method, &request.uri, &request.headers, peer)
+            .await
+    }
+
+    /// Stops the background tasks and writes the usage still counted in memory. Call it
+    /// once the service has stopped taking requests.
+    pub async fn shutdown(&self) {
+        let engine = &self.shared.engine;
+        engine.stop_background();
+        let Background { flusher, listener } = std::mem::take(
+            &mut *self
+                .shared
+                .background
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if let Some(flusher) = flusher {
+            // Let a flush in progress finish: aborting it could drop its batch.
+            let _ = flusher.await;
+        }
+        if let Some(listener) = listener {
+            listener.abort();
+        }
+        if let Err(e) = engine.flush_usage().await {
+            tracing::error!(error = %e, "keygate: could not write usage at shutdown");
+        }
+    }
+}
+
+impl Shared {
+    async fn authorize(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Authorization {
+        // With the query: a key in the URL is refused, as everywhere in keygate.
+        let path = uri.path_and_query().map_or("/", |path| path.as_str());
+        authorize(
+            &self.engine,
+            &AuthorizeRequest {
+                credential: Credential::Headers(headers),
+                target: Target::Request {
+                    method: method.as_str(),
+                    path,
+                },
+                client_ip: client_ip(peer, headers, &self.trusted_proxies),
+            },
+        )
+        .await
+    }
+}
+
+impl<S> Layer<S> for KeygateLayer {
+    type Service = KeygateService<S>;
+
+    fn layer(&self, inner: S) -> KeygateService<S> {
+        KeygateService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service [`KeygateLayer`] wraps around yours.
+#[derive(Clone)]
+pub struct KeygateService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, B> Service<Request<B>> for KeygateService<S>
+where
+    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The service that was polled ready is the one that gets the request.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let peer = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0);
+            let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+            let identity = match shared.authorize(method, uri, headers, peer).await {
+                Authorization::Allowed(identity) => identity,
+                // The refusal alone: the caller is not told which key was found.
+                Authorization::Refused { error, .. } => return Ok(error.into_response()),
+            };
+            let rate_limit = identity.rate_limit;
+            request.extensions_mut().insert(identity);
+            let mut response = inner.call(request).await?;
+            if let Some(rate) = &rate_limit {
+                rate_limit_headers(response.headers_mut(), rate);
+            }
+            Ok(response)
+        })
+    }
+}

@@ -1,0 +1,52 @@
+//! keygate as a [tower] layer: a Rust service checks its callers' API keys in process, against
+//! the database a keygate server manages, with no second process on the request path.
+//!
+//! The layer opens the same database (an SQLite file or a PostgreSQL URL, plus the pepper)
+//! and judges every request with keygate's own engine and cache, through the same
+//! authorize path as the server's forward-auth: the same outcomes, status codes and JSON
+//! errors, the same route table deciding which permission a request needs. Keys are
+//! issued, rotated and revoked on the keygate server (admin API, CLI, dashboard); the
+//! layer hears about changes through the database: PostgreSQL's notifications (what
+//! keygate nodes use between themselves) or SQLite's change table, polled every 250 ms.
+//!
+//! An allowed request reaches the inner service with an [`Identity`] in its extensions; a
+//! refused one is answered by the layer (401, 403, 429, 503 with keygate's JSON error body).
+//! Usage (last used, quotas, hourly counts) is counted in memory and written in batches,
+//! like the server does; call [`KeygateLayer::shutdown`] when the service stops to write
+//! what is still pending.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use axum::{routing::get, Extension, Router};
+//! use keygate_tower::{Identity, KeygateLayer};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // The database and pepper of the keygate server that issues the keys.
+//! let pepper = std::env::var("KEYGATE_PEPPER")?;
+//! let keygate = KeygateLayer::embedded("sqlite://keygate.db", &pepper)
+//!     .open()
+//!     .await?;
+//!
+//! let app = Router::new()
+//!     .route(
+//!         "/api/v1/invoices",
+//!         get(|Extension(caller): Extension<Identity>| async move {
+//!             format!("invoices of {}", caller.account_id())
+//!         }),
+//!     )
+//!     .layer(keygate.clone());
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await?;
+//! keygate.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod embedded;
+mod layer;
+
+pub use embedded::{Embedded, OpenError};
+pub use keygate_edge::Identity;
+pub use layer::{KeygateLayer, KeygateService};
