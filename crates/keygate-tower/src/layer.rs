@@ -7,14 +7,17 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, Request, Uri};
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
+use keygate_core::{Permission, PermissionError, Required};
 use keygate_edge::authorize::AuthorizeRequest;
 use keygate_edge::client_ip::client_ip;
-use keygate_edge::{authorize, rate_limit_headers, Authorization, Credential, Target};
+use keygate_edge::{
+    authorize, rate_limit_headers, ApiError, Authorization, Credential, Identity, Target,
+};
 use keygate_engine::Engine;
 use tokio::task::JoinHandle;
 use tower::{Layer, Service};
@@ -26,6 +29,28 @@ use crate::embedded::Embedded;
 #[derive(Clone)]
 pub struct KeygateLayer {
     shared: Arc<Shared>,
+    needs: Needs,
+}
+
+/// What a request must be allowed to do.
+#[derive(Clone, Debug)]
+enum Needs {
+    /// What its method and path need, by the route table (as forward-auth decides).
+    FromRequest,
+    /// One permission, whatever the method and path.
+    Permission(Required),
+    /// Any valid key.
+    AnyKey,
+}
+
+impl Needs {
+    fn target<'a>(&'a self, method: &'a str, path: &'a str) -> Target<'a> {
+        match self {
+            Needs::FromRequest => Target::Request { method, path },
+            Needs::Permission(required) => Target::Required(required.clone()),
+            Needs::AnyKey => Target::AnyPermission,
+        }
+    }
 }
 
 struct Shared {
@@ -63,6 +88,26 @@ impl KeygateLayer {
                     listener,
                 }),
             }),
+            needs: Needs::FromRequest,
+        }
+    }
+
+    /// The same layer for routes that need `permission` (such as `invoices.read`) whatever
+    /// their method and path: `.route("/reports", get(report).layer(keygate.require("reports.read")?))`.
+    pub fn require(&self, permission: &str) -> Result<KeygateLayer, PermissionError> {
+        Ok(KeygateLayer {
+            shared: self.shared.clone(),
+            needs: Needs::Permission(Required::Permission(Permission::parse_concrete(
+                permission,
+            )?)),
+        })
+    }
+
+    /// The same layer for routes that any valid key may call (a `whoami`).
+    pub fn any_key(&self) -> KeygateLayer {
+        KeygateLayer {
+            shared: self.shared.clone(),
+            needs: Needs::AnyKey,
         }
     }
 
@@ -78,7 +123,13 @@ impl KeygateLayer {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0);
         self.shared
-            .authorize(&request.method, &request.uri, &request.headers, peer)
+            .authorize(
+                &self.needs,
+                &request.method,
+                &request.uri,
+                &request.headers,
+                peer,
+            )
             .await
     }
 
@@ -110,6 +161,7 @@ impl KeygateLayer {
 impl Shared {
     async fn authorize(
         &self,
+        needs: &Needs,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
@@ -121,10 +173,7 @@ impl Shared {
             &self.engine,
             &AuthorizeRequest {
                 credential: Credential::Headers(headers),
-                target: Target::Request {
-                    method: method.as_str(),
-                    path,
-                },
+                target: needs.target(method.as_str(), path),
                 client_ip: client_ip(peer, headers, &self.trusted_proxies),
             },
         )
@@ -139,6 +188,7 @@ impl<S> Layer<S> for KeygateLayer {
         KeygateService {
             inner,
             shared: self.shared.clone(),
+            needs: self.needs.clone(),
         }
     }
 }
@@ -148,6 +198,7 @@ impl<S> Layer<S> for KeygateLayer {
 pub struct KeygateService<S> {
     inner: S,
     shared: Arc<Shared>,
+    needs: Needs,
 }
 
 impl<S, B> Service<Request<B>> for KeygateService<S>
@@ -169,13 +220,14 @@ where
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let shared = self.shared.clone();
+        let needs = self.needs.clone();
         Box::pin(async move {
             let peer = request
                 .extensions()
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|info| info.0);
             let (method, uri, headers) = (request.method(), request.uri(), request.headers());
-            let identity = match shared.authorize(method, uri, headers, peer).await {
+            let identity = match shared.authorize(&needs, method, uri, headers, peer).await {
                 Authorization::Allowed(identity) => identity,
                 // The refusal alone: the caller is not told which key was found.
                 Authorization::Refused { error, .. } => return Ok(error.into_response()),
@@ -188,5 +240,25 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+/// The caller of an allowed request, as an axum extractor:
+/// `async fn handler(Caller(identity): Caller)`. A handler outside the layer answers 500
+/// (a wiring mistake, not the client's).
+#[derive(Clone, Debug)]
+pub struct Caller(pub Identity);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Caller, Response> {
+        match parts.extensions.get::<Identity>() {
+            Some(identity) => Ok(Caller(identity.clone())),
+            None => {
+                tracing::error!("keygate_tower::Caller used on a route without the keygate layer");
+                Err(ApiError::Internal.into_response())
+            }
+        }
     }
 }

@@ -49,4 +49,4 @@ mod layer;
 
 pub use embedded::{Embedded, OpenError};
 pub use keygate_edge::Identity;
-pub use layer::{KeygateLayer, KeygateService};
+pub use layer::{Caller, KeygateLayer, KeygateService};
