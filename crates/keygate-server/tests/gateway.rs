@@ -53,8 +53,14 @@ async fn gateway_with(
         sandbox.map(|s| format!("http://{s}")).as_deref(),
         timeout,
         key_info_path,
+        None,
     )
     .unwrap();
+    start_gateway(state, config).await
+}
+
+/// Serves a gateway with `config` on `state`'s engine, on a random loopback port.
+async fn start_gateway(state: AppState, config: GatewayConfig) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve_gateway(
@@ -1246,4 +1252,175 @@ async fn a_request_body_that_keeps_moving_is_never_cut() {
     assert_eq!(r.status, Some(200), "{r:?}");
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["bytes"], (PIECES * PIECE) as u64);
+}
+
+/// A test PKI: a CA and a leaf certificate for `names` signed by it. Returns the CA's
+/// PEM and a TLS server configuration presenting the leaf.
+fn test_pki(names: &[&str]) -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "keygate test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key.into())
+    .unwrap();
+    (ca.pem(), Arc::new(server))
+}
+
+/// Serves `router` over TLS with `tls` on a random loopback port.
+async fn serve_tls(router: axum::Router, tls: Arc<rustls::ServerConfig>) -> SocketAddr {
+    use tower::ServiceExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            tokio::spawn(async move {
+                // A handshake the gateway gives up on (unknown CA, wrong name) ends here.
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                    router.clone().oneshot(request.map(axum::body::Body::new))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A gateway in front of `upstream_url`, trusting `ca_file` besides the system's roots.
+async fn tls_gateway(app: &TestApp, upstream_url: &str, ca_file: &std::path::Path) -> String {
+    let config = GatewayConfig::new(
+        upstream_url,
+        None,
+        Duration::from_secs(10),
+        "/v1/api-key-info",
+        Some(ca_file),
+    )
+    .unwrap();
+    start_gateway(app.state.clone(), config).await
+}
+
+#[tokio::test]
+async fn https_upstreams_are_reached_only_with_a_trusted_certificate_for_their_name() {
+    let app = spawn().await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let (ca_pem, tls) = test_pki(&["localhost"]);
+    let up = serve_tls(invoices_api::app_named("tls"), tls).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let (other_ca_pem, _) = test_pki(&["localhost"]);
+    let other_ca_file = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca_file, other_ca_pem).unwrap();
+
+    // The upstream's CA trusted and its name matching: the request goes through.
+    let by_name = format!("https://localhost:{}", up.port());
+    let gw = tls_gateway(&app, &by_name, &ca_file).await;
+    let a = call(
+        Method::GET,
+        &format!("{gw}/api/v1/echo/x"),
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.header("x-upstream"), Some("tls"));
+    assert_eq!(
+        echoed_one(&a, "host"),
+        Some(format!("localhost:{}", up.port()))
+    );
+    assert!(echoed_one(&a, "authorization").is_none());
+    // Refusals stay the gateway's own.
+    let a = call(Method::GET, &format!("{gw}/api/v1/echo/x"), None, None).await;
+    a.assert_error(401, "missing_credentials");
+
+    // A CA that did not sign the upstream's certificate: no connection, a 502.
+    let untrusted = tls_gateway(&app, &by_name, &other_ca_file).await;
+    let a = call(
+        Method::GET,
+        &format!("{untrusted}/api/v1/echo/x"),
+        Some(&key),
+        None,
+    )
+    .await;
+    a.assert_error(502, "upstream_unavailable");
+
+    // The right CA, but the certificate is for localhost, not 127.0.0.1: a 502 too.
+    let by_address = format!("https://127.0.0.1:{}", up.port());
+    let wrong_name = tls_gateway(&app, &by_address, &ca_file).await;
+    let a = call(
+        Method::GET,
+        &format!("{wrong_name}/api/v1/echo/x"),
+        Some(&key),
+        None,
+    )
+    .await;
+    a.assert_error(502, "upstream_unavailable");
+}
+
+#[tokio::test]
+async fn an_upstream_ca_file_without_certificates_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (ca_pem, _) = test_pki(&["localhost"]);
+    let broken_pem = ca_pem.replace("CERTIFICATE-----\n", "CERTIFICATE-----\n!!");
+    for (file, says) in [
+        (write("empty.pem", ""), "holds no certificate"),
+        (
+            write("notes.txt", "not a certificate\n"),
+            "holds no certificate",
+        ),
+        (
+            write("broken.pem", &broken_pem),
+            "not a PEM certificate file",
+        ),
+        (dir.path().join("missing.pem"), "cannot be read"),
+    ] {
+        let e = GatewayConfig::new(
+            "https://localhost:8443",
+            None,
+            Duration::from_secs(10),
+            "/v1/api-key-info",
+            Some(&file),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("upstream_ca_file") && e.contains(says),
+            "{}: {e}",
+            file.display()
+        );
+    }
 }

@@ -17,6 +17,7 @@ use axum::http::{HeaderValue, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -36,7 +37,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The forwarding half of the gateway: configuration and the pooled upstream client.
 pub struct Proxy {
     config: GatewayConfig,
-    client: Client<HttpConnector, ClientBody>,
+    client: Client<HttpsConnector<HttpConnector>, ClientBody>,
     /// The moment `Progress` timestamps count from.
     epoch: Instant,
 }
@@ -46,6 +47,13 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeout));
+        // The TLS layer below decides the scheme; the TCP connector must let https through.
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*config.upstream_tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
