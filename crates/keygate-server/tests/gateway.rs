@@ -1424,3 +1424,118 @@ async fn an_upstream_ca_file_without_certificates_is_refused_at_start() {
         );
     }
 }
+
+/// A WebSocket upstream on a random loopback port that echoes every text and binary
+/// message; it keeps the head of each handshake it accepts.
+async fn websocket_echo_upstream() -> (
+    SocketAddr,
+    Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>>,
+) {
+    use futures::SinkExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                // The callback's type, large error and all, is tungstenite's.
+                #[allow(clippy::result_large_err)]
+                let keep_head =
+                    |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                     response| {
+                        seen.lock().unwrap().push(request.headers().clone());
+                        Ok(response)
+                    };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, keep_head).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, handshakes)
+}
+
+#[tokio::test]
+async fn websockets_are_verified_then_passed_through() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+    let app = spawn().await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (key_id, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let (up, handshakes) = websocket_echo_upstream().await;
+    let gw = gateway(&app, up).await;
+    let url = format!("{}/api/v1/stream", gw.replacen("http://", "ws://", 1));
+
+    // Without a key: the gateway's own 401, and the upstream never hears of it.
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(WsError::Http(refusal)) => {
+            let body: Value =
+                serde_json::from_slice(refusal.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(refusal.status(), StatusCode::UNAUTHORIZED, "{body}");
+            assert_eq!(body["code"], "missing_credentials", "{body}");
+        }
+        other => panic!("expected a 401, got {other:?}"),
+    }
+    assert!(handshakes.lock().unwrap().is_empty());
+
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for message in [
+        Message::text("hello through keygate"),
+        Message::binary(vec![0u8, 1, 2, 255]),
+    ] {
+        ws.send(message.clone()).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("an echo in time")
+            .expect("the tunnel is open")
+            .unwrap();
+        assert_eq!(echo, message);
+    }
+    ws.close(None).await.unwrap();
+
+    // The upstream got the upgrade with the identity headers, not the key.
+    let heads = handshakes.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1);
+    let head = &heads[0];
+    assert!(head.get("authorization").is_none());
+    assert_eq!(head["x-keygate-key-id"], key_id.as_str());
+    assert_eq!(head["upgrade"], "websocket");
+    assert!(!head["sec-websocket-key"].is_empty());
+}
+
+#[tokio::test]
+async fn an_upgrade_the_upstream_declines_is_an_ordinary_answer() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let app = spawn().await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    // The example API speaks no WebSocket: it answers the upgrade request as a GET.
+    let gw = gateway(&app, upstream("live").await).await;
+    let url = format!("{}/api/v1/invoices", gw.replacen("http://", "ws://", 1));
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(WsError::Http(answer)) => {
+            assert_eq!(answer.status(), StatusCode::OK);
+            assert!(answer.headers().get("upgrade").is_none());
+        }
+        other => panic!("expected the upstream's plain answer, got {other:?}"),
+    }
+}
