@@ -1425,36 +1425,29 @@ async fn an_upstream_ca_file_without_certificates_is_refused_at_start() {
     }
 }
 
-/// A WebSocket upstream on a random loopback port that echoes every text and binary
-/// message; it keeps the head of each handshake it accepts.
-async fn websocket_echo_upstream() -> (
-    SocketAddr,
-    Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>>,
-) {
-    use futures::SinkExt;
+/// The heads of the WebSocket handshakes an upstream accepted.
+type Handshakes = Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>>;
+
+/// A WebSocket upstream on a random loopback port (over TLS with `tls`) that echoes every
+/// text and binary message; it keeps the head of each handshake it accepts.
+async fn websocket_echo_upstream(
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (SocketAddr, Handshakes) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let handshakes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handshakes = Handshakes::default();
     let seen = handshakes.clone();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let seen = seen.clone();
+            let (seen, acceptor) = (seen.clone(), acceptor.clone());
             tokio::spawn(async move {
-                // The callback's type, large error and all, is tungstenite's.
-                #[allow(clippy::result_large_err)]
-                let keep_head =
-                    |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                     response| {
-                        seen.lock().unwrap().push(request.headers().clone());
-                        Ok(response)
-                    };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, keep_head).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
-                    {
-                        return;
+                match acceptor {
+                    None => echo_websocket(tcp, seen).await,
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(tcp).await {
+                            echo_websocket(stream, seen).await;
+                        }
                     }
                 }
             });
@@ -1463,31 +1456,35 @@ async fn websocket_echo_upstream() -> (
     (addr, handshakes)
 }
 
-#[tokio::test]
-async fn websockets_are_verified_then_passed_through() {
+async fn echo_websocket<S>(stream: S, seen: Handshakes)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::SinkExt;
+    // The callback's type, large error and all, is tungstenite's.
+    #[allow(clippy::result_large_err)]
+    let keep_head = |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                     response| {
+        seen.lock().unwrap().push(request.headers().clone());
+        Ok(response)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, keep_head).await else {
+        return;
+    };
+    while let Some(Ok(message)) = ws.next().await {
+        if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Opens a WebSocket to `url` with `key` as a bearer token, sends a text and a binary
+/// message, checks that each comes back, and closes.
+async fn websocket_round_trip(url: &str, key: &str) {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-    let app = spawn().await;
-    let acct = app.create_account("Acme", "unlimited").await;
-    let (key_id, key) = app.create_key(&acct, json!({"scope": "all"})).await;
-    let (up, handshakes) = websocket_echo_upstream().await;
-    let gw = gateway(&app, up).await;
-    let url = format!("{}/api/v1/stream", gw.replacen("http://", "ws://", 1));
-
-    // Without a key: the gateway's own 401, and the upstream never hears of it.
-    match tokio_tungstenite::connect_async(url.as_str()).await {
-        Err(WsError::Http(refusal)) => {
-            let body: Value =
-                serde_json::from_slice(refusal.body().as_deref().unwrap_or_default()).unwrap();
-            assert_eq!(refusal.status(), StatusCode::UNAUTHORIZED, "{body}");
-            assert_eq!(body["code"], "missing_credentials", "{body}");
-        }
-        other => panic!("expected a 401, got {other:?}"),
-    }
-    assert!(handshakes.lock().unwrap().is_empty());
-
-    let mut request = url.as_str().into_client_request().unwrap();
+    use tokio_tungstenite::tungstenite::Message;
+    let mut request = url.into_client_request().unwrap();
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
@@ -1506,6 +1503,31 @@ async fn websockets_are_verified_then_passed_through() {
         assert_eq!(echo, message);
     }
     ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn websockets_are_verified_then_passed_through() {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let app = spawn().await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (key_id, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let (up, handshakes) = websocket_echo_upstream(None).await;
+    let gw = gateway(&app, up).await;
+    let url = format!("{}/api/v1/stream", gw.replacen("http://", "ws://", 1));
+
+    // Without a key: the gateway's own 401, and the upstream never hears of it.
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(WsError::Http(refusal)) => {
+            let body: Value =
+                serde_json::from_slice(refusal.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(refusal.status(), StatusCode::UNAUTHORIZED, "{body}");
+            assert_eq!(body["code"], "missing_credentials", "{body}");
+        }
+        other => panic!("expected a 401, got {other:?}"),
+    }
+    assert!(handshakes.lock().unwrap().is_empty());
+
+    websocket_round_trip(&url, &key).await;
 
     // The upstream got the upgrade with the identity headers, not the key.
     let heads = handshakes.lock().unwrap().clone();
@@ -1538,4 +1560,23 @@ async fn an_upgrade_the_upstream_declines_is_an_ordinary_answer() {
         }
         other => panic!("expected the upstream's plain answer, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn websockets_pass_through_to_an_https_upstream() {
+    let app = spawn().await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let (ca_pem, tls) = test_pki(&["localhost"]);
+    let (up, handshakes) = websocket_echo_upstream(Some(tls)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let gw = tls_gateway(&app, &format!("https://localhost:{}", up.port()), &ca_file).await;
+    websocket_round_trip(
+        &format!("{}/api/v1/stream", gw.replacen("http://", "ws://", 1)),
+        &key,
+    )
+    .await;
+    assert_eq!(handshakes.lock().unwrap().len(), 1);
 }

@@ -3,6 +3,8 @@
 //! forwarded to the upstream without its credential and with identity headers; test keys
 //! go to the sandbox upstream when one is configured. Refusals are the same JSON answers
 //! as everywhere else (`keygate_edge::authorize`). The key-info path is answered here.
+//! An upstream may be `https://` (`tls.rs`: system roots plus `upstream_ca_file`), and
+//! WebSocket upgrades pass through once verified (`proxy.rs`).
 //!
 //! The connection layer is the admin listener's (`listener.rs`, [`gateway_limits`]): a
 //! client gets the same first-request, header-read, idle and send-stall timeouts and the
