@@ -53,8 +53,14 @@ async fn gateway_with(
         sandbox.map(|s| format!("http://{s}")).as_deref(),
         timeout,
         key_info_path,
+        None,
     )
     .unwrap();
+    start_gateway(state, config).await
+}
+
+/// Serves a gateway with `config` on `state`'s engine, on a random loopback port.
+async fn start_gateway(state: AppState, config: GatewayConfig) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve_gateway(
@@ -1246,4 +1252,331 @@ async fn a_request_body_that_keeps_moving_is_never_cut() {
     assert_eq!(r.status, Some(200), "{r:?}");
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["bytes"], (PIECES * PIECE) as u64);
+}
+
+/// A test PKI: a CA and a leaf certificate for `names` signed by it. Returns the CA's
+/// PEM and a TLS server configuration presenting the leaf.
+fn test_pki(names: &[&str]) -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "keygate test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key.into())
+    .unwrap();
+    (ca.pem(), Arc::new(server))
+}
+
+/// Serves `router` over TLS with `tls` on a random loopback port.
+async fn serve_tls(router: axum::Router, tls: Arc<rustls::ServerConfig>) -> SocketAddr {
+    use tower::ServiceExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            tokio::spawn(async move {
+                // A handshake the gateway gives up on (unknown CA, wrong name) ends here.
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                    router.clone().oneshot(request.map(axum::body::Body::new))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A gateway in front of `upstream_url`, trusting `ca_file` besides the system's roots.
+async fn tls_gateway(app: &TestApp, upstream_url: &str, ca_file: &std::path::Path) -> String {
+    let config = GatewayConfig::new(
+        upstream_url,
+        None,
+        Duration::from_secs(10),
+        "/v1/api-key-info",
+        Some(ca_file),
+    )
+    .unwrap();
+    start_gateway(app.state.clone(), config).await
+}
+
+#[tokio::test]
+async fn https_upstreams_are_reached_only_with_a_trusted_certificate_for_their_name() {
+    let app = spawn().await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let (ca_pem, tls) = test_pki(&["localhost"]);
+    let up = serve_tls(invoices_api::app_named("tls"), tls).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let (other_ca_pem, _) = test_pki(&["localhost"]);
+    let other_ca_file = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca_file, other_ca_pem).unwrap();
+
+    // The upstream's CA trusted and its name matching: the request goes through.
+    let by_name = format!("https://localhost:{}", up.port());
+    let gw = tls_gateway(&app, &by_name, &ca_file).await;
+    let a = call(
+        Method::GET,
+        &format!("{gw}/api/v1/echo/x"),
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.header("x-upstream"), Some("tls"));
+    assert_eq!(
+        echoed_one(&a, "host"),
+        Some(format!("localhost:{}", up.port()))
+    );
+    assert!(echoed_one(&a, "authorization").is_none());
+    // Refusals stay the gateway's own.
+    let a = call(Method::GET, &format!("{gw}/api/v1/echo/x"), None, None).await;
+    a.assert_error(401, "missing_credentials");
+
+    // A CA that did not sign the upstream's certificate: no connection, a 502.
+    let untrusted = tls_gateway(&app, &by_name, &other_ca_file).await;
+    let a = call(
+        Method::GET,
+        &format!("{untrusted}/api/v1/echo/x"),
+        Some(&key),
+        None,
+    )
+    .await;
+    a.assert_error(502, "upstream_unavailable");
+
+    // The right CA, but the certificate is for localhost, not 127.0.0.1: a 502 too.
+    let by_address = format!("https://127.0.0.1:{}", up.port());
+    let wrong_name = tls_gateway(&app, &by_address, &ca_file).await;
+    let a = call(
+        Method::GET,
+        &format!("{wrong_name}/api/v1/echo/x"),
+        Some(&key),
+        None,
+    )
+    .await;
+    a.assert_error(502, "upstream_unavailable");
+}
+
+#[tokio::test]
+async fn an_upstream_ca_file_without_certificates_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (ca_pem, _) = test_pki(&["localhost"]);
+    let broken_pem = ca_pem.replace("CERTIFICATE-----\n", "CERTIFICATE-----\n!!");
+    for (file, says) in [
+        (write("empty.pem", ""), "holds no certificate"),
+        (
+            write("notes.txt", "not a certificate\n"),
+            "holds no certificate",
+        ),
+        (
+            write("broken.pem", &broken_pem),
+            "not a PEM certificate file",
+        ),
+        (dir.path().join("missing.pem"), "cannot be read"),
+    ] {
+        let e = GatewayConfig::new(
+            "https://localhost:8443",
+            None,
+            Duration::from_secs(10),
+            "/v1/api-key-info",
+            Some(&file),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("upstream_ca_file") && e.contains(says),
+            "{}: {e}",
+            file.display()
+        );
+    }
+}
+
+/// The heads of the WebSocket handshakes an upstream accepted.
+type Handshakes = Arc<std::sync::Mutex<Vec<axum::http::HeaderMap>>>;
+
+/// A WebSocket upstream on a random loopback port (over TLS with `tls`) that echoes every
+/// text and binary message; it keeps the head of each handshake it accepts.
+async fn websocket_echo_upstream(
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (SocketAddr, Handshakes) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Handshakes::default();
+    let seen = handshakes.clone();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (seen, acceptor) = (seen.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                match acceptor {
+                    None => echo_websocket(tcp, seen).await,
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(tcp).await {
+                            echo_websocket(stream, seen).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, handshakes)
+}
+
+async fn echo_websocket<S>(stream: S, seen: Handshakes)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::SinkExt;
+    // The callback's type, large error and all, is tungstenite's.
+    #[allow(clippy::result_large_err)]
+    let keep_head = |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                     response| {
+        seen.lock().unwrap().push(request.headers().clone());
+        Ok(response)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, keep_head).await else {
+        return;
+    };
+    while let Some(Ok(message)) = ws.next().await {
+        if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Opens a WebSocket to `url` with `key` as a bearer token, sends a text and a binary
+/// message, checks that each comes back, and closes.
+async fn websocket_round_trip(url: &str, key: &str) {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for message in [
+        Message::text("hello through keygate"),
+        Message::binary(vec![0u8, 1, 2, 255]),
+    ] {
+        ws.send(message.clone()).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("an echo in time")
+            .expect("the tunnel is open")
+            .unwrap();
+        assert_eq!(echo, message);
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn websockets_are_verified_then_passed_through() {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let app = spawn().await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (key_id, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let (up, handshakes) = websocket_echo_upstream(None).await;
+    let gw = gateway(&app, up).await;
+    let url = format!("{}/api/v1/stream", gw.replacen("http://", "ws://", 1));
+
+    // Without a key: the gateway's own 401, and the upstream never hears of it.
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(WsError::Http(refusal)) => {
+            let body: Value =
+                serde_json::from_slice(refusal.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(refusal.status(), StatusCode::UNAUTHORIZED, "{body}");
+            assert_eq!(body["code"], "missing_credentials", "{body}");
+        }
+        other => panic!("expected a 401, got {other:?}"),
+    }
+    assert!(handshakes.lock().unwrap().is_empty());
+
+    websocket_round_trip(&url, &key).await;
+
+    // The upstream got the upgrade with the identity headers, not the key.
+    let heads = handshakes.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1);
+    let head = &heads[0];
+    assert!(head.get("authorization").is_none());
+    assert_eq!(head["x-keygate-key-id"], key_id.as_str());
+    assert_eq!(head["upgrade"], "websocket");
+    assert!(!head["sec-websocket-key"].is_empty());
+}
+
+#[tokio::test]
+async fn an_upgrade_the_upstream_declines_is_an_ordinary_answer() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let app = spawn().await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    // The example API speaks no WebSocket: it answers the upgrade request as a GET.
+    let gw = gateway(&app, upstream("live").await).await;
+    let url = format!("{}/api/v1/invoices", gw.replacen("http://", "ws://", 1));
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(WsError::Http(answer)) => {
+            assert_eq!(answer.status(), StatusCode::OK);
+            assert!(answer.headers().get("upgrade").is_none());
+        }
+        other => panic!("expected the upstream's plain answer, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn websockets_pass_through_to_an_https_upstream() {
+    let app = spawn().await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let (ca_pem, tls) = test_pki(&["localhost"]);
+    let (up, handshakes) = websocket_echo_upstream(Some(tls)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let gw = tls_gateway(&app, &format!("https://localhost:{}", up.port()), &ca_file).await;
+    websocket_round_trip(
+        &format!("{}/api/v1/stream", gw.replacen("http://", "ws://", 1)),
+        &key,
+    )
+    .await;
+    assert_eq!(handshakes.lock().unwrap().len(), 1);
 }

@@ -30,12 +30,16 @@ pub struct ServeArgs {
     /// Plan of new accounts [default: basic].
     #[arg(long)]
     pub default_plan: Option<String>,
-    /// Gateway mode: the API to forward verified requests to (`http://host:port[/base]`).
+    /// Gateway mode: the API to forward verified requests to (`http[s]://host:port[/base]`).
     #[arg(long)]
     pub upstream: Option<String>,
     /// Gateway mode: where requests with test keys go.
     #[arg(long)]
     pub sandbox_upstream: Option<String>,
+    /// Gateway mode: a PEM file of CA certificates trusted for https upstreams, besides
+    /// the system's.
+    #[arg(long)]
+    pub upstream_ca_file: Option<String>,
     /// Address of the gateway listener [default: 127.0.0.1:8081 when an upstream is set].
     #[arg(long)]
     pub gateway_listen: Option<String>,
@@ -103,6 +107,8 @@ pub struct Config {
     pub log_format: String,
     pub upstream: Option<String>,
     pub sandbox_upstream: Option<String>,
+    /// PEM CA certificates trusted for https upstreams besides the system's.
+    pub upstream_ca_file: Option<String>,
     pub gateway_listen: Option<String>,
     pub upstream_timeout_seconds: u64,
     pub gateway_key_info_path: String,
@@ -142,6 +148,7 @@ impl Default for Config {
             log_format: "text".into(),
             upstream: None,
             sandbox_upstream: None,
+            upstream_ca_file: None,
             gateway_listen: None,
             upstream_timeout_seconds: 30,
             gateway_key_info_path: "/v1/api-key-info".into(),
@@ -201,6 +208,7 @@ impl Config {
         for (target, name) in [
             (&mut self.upstream, "KEYGATE_UPSTREAM"),
             (&mut self.sandbox_upstream, "KEYGATE_SANDBOX_UPSTREAM"),
+            (&mut self.upstream_ca_file, "KEYGATE_UPSTREAM_CA_FILE"),
             (&mut self.gateway_listen, "KEYGATE_GATEWAY_LISTEN"),
             (&mut self.admin_token, "KEYGATE_ADMIN_TOKEN"),
             (&mut self.verify_token, "KEYGATE_VERIFY_TOKEN"),
@@ -272,6 +280,7 @@ impl Config {
         for (target, flag) in [
             (&mut self.upstream, &args.upstream),
             (&mut self.sandbox_upstream, &args.sandbox_upstream),
+            (&mut self.upstream_ca_file, &args.upstream_ca_file),
             (&mut self.gateway_listen, &args.gateway_listen),
         ] {
             if let Some(v) = flag {
@@ -329,8 +338,11 @@ impl Config {
     /// The gateway listener's address and configuration, or `None` without an upstream.
     pub fn gateway(&self) -> anyhow::Result<Option<(String, keygate_server::GatewayConfig)>> {
         let Some(upstream) = &self.upstream else {
-            if self.sandbox_upstream.is_some() || self.gateway_listen.is_some() {
-                bail!("sandbox_upstream and gateway_listen need an upstream (KEYGATE_UPSTREAM or --upstream)");
+            if self.sandbox_upstream.is_some()
+                || self.gateway_listen.is_some()
+                || self.upstream_ca_file.is_some()
+            {
+                bail!("sandbox_upstream, upstream_ca_file and gateway_listen need an upstream (KEYGATE_UPSTREAM or --upstream)");
             }
             return Ok(None);
         };
@@ -339,6 +351,7 @@ impl Config {
             self.sandbox_upstream.as_deref(),
             std::time::Duration::from_secs(self.upstream_timeout_seconds),
             &self.gateway_key_info_path,
+            self.upstream_ca_file.as_deref().map(std::path::Path::new),
         )
         .map_err(|e| anyhow::anyhow!("invalid gateway configuration: {e}"))?;
         let listen = self
@@ -551,7 +564,7 @@ mod tests {
         assert_eq!(gw.key_info_path, "/v1/api-key-info");
 
         for bad in [
-            "https://api.example.com",
+            "ws://api.example.com",
             "ftp://x",
             "not a url",
             "http://u:p@h:1",
@@ -573,6 +586,62 @@ mod tests {
             ..Config::default()
         };
         assert!(bad_path.gateway().is_err());
+    }
+
+    #[test]
+    fn upstream_ca_file_from_file_environment_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["upstream.test".to_owned()]).unwrap();
+        let pem = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, ca.cert.pem()).unwrap();
+            path.display().to_string()
+        };
+        let (in_file, in_env, in_flag) = (pem("file.pem"), pem("env.pem"), pem("flag.pem"));
+        let toml = dir.path().join("keygate.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "upstream = \"https://upstream.test:8443/api\"\nupstream_ca_file = {in_file:?}\n"
+            ),
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(toml),
+            ..Default::default()
+        };
+        let ca_file_of = |args: &ServeArgs, env: Env<'_>| {
+            let (_, gw) = Config::load(args, env).unwrap().gateway().unwrap().unwrap();
+            assert_eq!(gw.upstream.as_str(), "https://upstream.test:8443/api");
+            gw.upstream_ca_file.unwrap().display().to_string()
+        };
+        assert_eq!(ca_file_of(&args, &|_| None), in_file);
+        let env_value = in_env.clone();
+        let env = move |n: &str| (n == "KEYGATE_UPSTREAM_CA_FILE").then(|| env_value.clone());
+        assert_eq!(ca_file_of(&args, &env), in_env);
+        let args = ServeArgs {
+            upstream_ca_file: Some(in_flag.clone()),
+            ..args
+        };
+        assert_eq!(ca_file_of(&args, &env), in_flag);
+
+        // A file that cannot be read stops the start (the kinds of bad file: gateway tests).
+        let missing = Config {
+            upstream: Some("https://upstream.test".into()),
+            upstream_ca_file: Some(dir.path().join("missing.pem").display().to_string()),
+            ..Config::default()
+        };
+        let e = format!("{:#}", missing.gateway().unwrap_err());
+        assert!(
+            e.contains("upstream_ca_file") && e.contains("cannot be read"),
+            "{e}"
+        );
+        // Without an upstream the setting is a mistake, not silently ignored.
+        let orphan = Config {
+            upstream_ca_file: Some(in_file),
+            ..Config::default()
+        };
+        assert!(orphan.gateway().is_err());
     }
 
     #[test]

@@ -276,13 +276,21 @@ async fn gateway_streams_with_flat_memory_and_stops_on_sigterm() {
 
 #[test]
 fn a_bad_gateway_configuration_is_refused_before_anything_is_created() {
+    let files = tempfile::tempdir().unwrap();
+    let empty_ca = files.path().join("empty-ca.pem");
+    std::fs::write(&empty_ca, "").unwrap();
     for (args, env) in [
+        (
+            vec!["--upstream".to_owned(), "ftp://api.example.com".to_owned()],
+            vec![],
+        ),
+        // A CA file with no certificate in it: refused with a reason, not a panic.
         (
             vec![
                 "--upstream".to_owned(),
                 "https://api.example.com".to_owned(),
             ],
-            vec![],
+            vec![("KEYGATE_UPSTREAM_CA_FILE", empty_ca.display().to_string())],
         ),
         (
             vec![],
@@ -318,6 +326,10 @@ fn a_bad_gateway_configuration_is_refused_before_anything_is_created() {
             log.contains("upstream") || log.contains("gateway"),
             "{args:?}: {log}"
         );
+        assert!(!log.contains("panicked"), "{args:?}: {log}");
+        if env.iter().any(|(k, _)| *k == "KEYGATE_UPSTREAM_CA_FILE") {
+            assert!(log.contains("holds no certificate"), "{log}");
+        }
         assert!(
             !Path::new(&path).join("keygate.db").exists(),
             "{args:?}: a database was created"

@@ -279,7 +279,10 @@ async fn connection<S>(
             }
         })
     };
-    let conn = builder.serve_connection(io, service);
+    // With upgrades: the gateway passes WebSocket connections through (after a `101`,
+    // hyper hands the socket over and this connection is done; the admin router never
+    // answers `101`).
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     // When set, the connection was asked to finish and is dropped at this instant.
     let mut force_close: Option<tokio::time::Instant> = None;

@@ -30,12 +30,8 @@ const IDENTITY_PREFIX: &str = "x-keygate-";
 /// Removes the hop-by-hop headers: the fixed list, every `Proxy-*` header, and every
 /// header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut doomed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let mut doomed: Vec<HeaderName> = connection_options(headers)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     doomed.extend(
         headers
@@ -46,6 +42,37 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in doomed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
+}
+
+/// The options the `Connection` headers list (`keep-alive`, `upgrade`, header names).
+fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|option| !option.is_empty())
+}
+
+/// Whether the headers ask for (a request) or agree to (a `101` answer) a switch to
+/// WebSocket: `Connection: upgrade` and `Upgrade: websocket`. Other protocols are not
+/// passed through: a tunnelled `h2c`, say, would carry requests keygate never verifies.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let upgrade_option = connection_options(headers).any(|o| o.eq_ignore_ascii_case("upgrade"));
+    let websocket = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|protocol| protocol.trim().eq_ignore_ascii_case("websocket"));
+    upgrade_option && websocket
+}
+
+/// Puts back what [`strip_hop_by_hop`] removed from a WebSocket upgrade, for the next hop.
+pub fn keep_websocket_upgrade(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
 }
 
 /// Facts about the connection the request came in on.
@@ -248,6 +275,26 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["accept"]);
+    }
+
+    #[test]
+    fn only_a_websocket_upgrade_is_one() {
+        let upgrade = |pairs: &[(&str, &str)]| is_websocket_upgrade(&map(pairs));
+        assert!(upgrade(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket")
+        ]));
+        assert!(upgrade(&[
+            ("connection", "keep-alive, upgrade"),
+            ("upgrade", "WebSocket")
+        ]));
+        assert!(!upgrade(&[("upgrade", "websocket")]));
+        assert!(!upgrade(&[
+            ("connection", "close"),
+            ("upgrade", "websocket")
+        ]));
+        assert!(!upgrade(&[("connection", "upgrade"), ("upgrade", "h2c")]));
+        assert!(!upgrade(&[("connection", "upgrade")]));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! forwarded to the upstream without its credential and with identity headers; test keys
 //! go to the sandbox upstream when one is configured. Refusals are the same JSON answers
 //! as everywhere else (`keygate_edge::authorize`). The key-info path is answered here.
+//! An upstream may be `https://` (`tls.rs`: system roots plus `upstream_ca_file`), and
+//! WebSocket upgrades pass through once verified (`proxy.rs`).
 //!
 //! The connection layer is the admin listener's (`listener.rs`, [`gateway_limits`]): a
 //! client gets the same first-request, header-read, idle and send-stall timeouts and the
@@ -15,7 +17,9 @@
 
 mod headers;
 mod proxy;
+mod tls;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,32 +34,30 @@ use crate::{edge, serve_router_with, ApiError, AppState, EdgeLimits};
 
 use proxy::Proxy;
 
-/// An upstream API: `http://host[:port][/base-path]`.
+/// An upstream API: `http[s]://host[:port][/base-path]`.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    /// `http://host:port` plus the base path without its trailing slash.
+    /// `http[s]://host[:port]` plus the base path without its trailing slash.
     base: String,
+    /// Reached over TLS.
+    https: bool,
     /// `host[:port]`, sent as `Host`.
     host: HeaderValue,
 }
 
 impl Upstream {
-    /// Parses an upstream URL. Only plain `http://` (the upstream is on the same host or
-    /// network; terminate TLS in front of the gateway); no query, fragment or user info.
+    /// Parses an upstream URL: `http://` or `https://` (certificate checked against the
+    /// host name), no query, fragment or user info.
     pub fn parse(url: &str) -> Result<Upstream, String> {
         let uri: Uri = url
             .trim()
             .parse()
             .map_err(|_| format!("{url:?} is not a URL such as http://127.0.0.1:3000"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "{url:?}: https upstreams are not supported; use http:// to an upstream on a private network"
-                ))
-            }
-            _ => return Err(format!("{url:?} must start with http://")),
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("{url:?} must start with http:// or https://")),
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| format!("{url:?} has no host"))?;
@@ -70,13 +72,15 @@ impl Upstream {
         let base_path = uri.path().trim_end_matches('/');
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| format!("{url:?} has an invalid host"))?;
+        let scheme = if https { "https" } else { "http" };
         Ok(Upstream {
-            base: format!("http://{}{base_path}", authority.as_str()),
+            base: format!("{scheme}://{}{base_path}", authority.as_str()),
+            https,
             host,
         })
     }
 
-    /// `http://host:port[/base]`.
+    /// `http[s]://host[:port][/base]`.
     pub fn as_str(&self) -> &str {
         &self.base
     }
@@ -95,15 +99,21 @@ pub struct GatewayConfig {
     pub timeout: Duration,
     /// Where the gateway answers key info itself (`GET`), e.g. `/v1/api-key-info`.
     pub key_info_path: String,
+    /// A PEM file of certificates trusted for https upstreams besides the system's.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// TLS for https upstreams, built (and the CA file read) when the configuration is.
+    upstream_tls: Arc<rustls::ClientConfig>,
 }
 
 impl GatewayConfig {
-    /// Checks and builds the configuration.
+    /// Checks and builds the configuration; reads `upstream_ca_file` and, when an upstream
+    /// is https, the system's root certificates.
     pub fn new(
         upstream: &str,
         sandbox_upstream: Option<&str>,
         timeout: Duration,
         key_info_path: &str,
+        upstream_ca_file: Option<&Path>,
     ) -> Result<GatewayConfig, String> {
         let upstream = Upstream::parse(upstream).map_err(|e| format!("upstream: {e}"))?;
         let sandbox_upstream = sandbox_upstream
@@ -121,11 +131,16 @@ impl GatewayConfig {
                 "gateway_key_info_path {key_info_path:?} must be a plain path starting with '/'"
             ));
         }
+        let https_needed = upstream.https || sandbox_upstream.as_ref().is_some_and(|u| u.https);
+        let upstream_tls =
+            tls::client_config(upstream_ca_file, https_needed).map_err(|e| e.to_string())?;
         Ok(GatewayConfig {
             upstream,
             sandbox_upstream,
             timeout,
             key_info_path: key_info_path.to_owned(),
+            upstream_ca_file: upstream_ca_file.map(Path::to_path_buf),
+            upstream_tls,
         })
     }
 }

@@ -2,6 +2,10 @@
 //! headers, and stream the request to a pooled upstream connection and the answer back.
 //! Neither body is ever held whole; a stall of either side longer than the timeout ends
 //! the exchange instead of holding the gateway.
+//!
+//! A WebSocket upgrade is verified like any request, then forwarded with its upgrade
+//! headers; when the upstream agrees (`101`), both connections are handed over by hyper
+//! and the gateway copies bytes both ways until either side closes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,13 +17,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{HeaderValue, Uri, Version};
+use axum::http::{HeaderValue, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use hyper::upgrade::OnUpgrade;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use keygate_core::{Environment, Outcome};
 use keygate_edge::authorize::{authorize, AuthorizeRequest, Credential, Target};
 use keygate_edge::client_ip::client_ip;
@@ -27,7 +33,10 @@ use keygate_edge::credentials::key_from_headers;
 use keygate_edge::Authorization;
 use tokio::time::{Instant, Sleep};
 
-use super::headers::{forwardable_path, prepare_request, strip_hop_by_hop, Hop};
+use super::headers::{
+    forwardable_path, is_websocket_upgrade, keep_websocket_upgrade, prepare_request,
+    strip_hop_by_hop, Hop,
+};
 use super::{GatewayConfig, Upstream};
 use crate::{ApiError, AppState};
 
@@ -36,7 +45,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The forwarding half of the gateway: configuration and the pooled upstream client.
 pub struct Proxy {
     config: GatewayConfig,
-    client: Client<HttpConnector, ClientBody>,
+    client: Client<HttpsConnector<HttpConnector>, ClientBody>,
     /// The moment `Progress` timestamps count from.
     epoch: Instant,
 }
@@ -46,6 +55,13 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeout));
+        // The TLS layer below decides the scheme; the TCP connector must let https through.
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*config.upstream_tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -118,6 +134,7 @@ impl Proxy {
                     .authority()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
+        let websocket = parts.version == Version::HTTP_11 && is_websocket_upgrade(&parts.headers);
         prepare_request(
             &mut parts.headers,
             &Hop {
@@ -130,6 +147,15 @@ impl Proxy {
             },
         );
         keygate_edge::identity_headers(&mut parts.headers, &identity.key);
+        // The client's side of a WebSocket upgrade (HTTP/1.1 only: hyper hands it over
+        // once the `101` is sent).
+        let client_upgrade = match parts.extensions.remove::<OnUpgrade>() {
+            Some(upgrade) if websocket => {
+                keep_websocket_upgrade(&mut parts.headers);
+                Some(upgrade)
+            }
+            _ => None,
+        };
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         parts.extensions = Default::default();
@@ -143,9 +169,23 @@ impl Proxy {
         let mut response = self
             .send(hyper::Request::from_parts(parts, body), &progress)
             .await?;
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upstream_agreed = switched && is_websocket_upgrade(response.headers());
         strip_hop_by_hop(response.headers_mut());
         if let Some(rate) = &identity.rate_limit {
             keygate_edge::rate_limit_headers(response.headers_mut(), rate);
+        }
+        if switched {
+            let (Some(client_upgrade), true) = (client_upgrade, upstream_agreed) else {
+                tracing::warn!(
+                    "upstream switched protocols without a WebSocket upgrade asked and agreed"
+                );
+                return Err(ApiError::UpstreamUnavailable);
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            keep_websocket_upgrade(response.headers_mut());
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            return Ok(response.map(|_| Body::empty()));
         }
         let timeout = self.config.timeout;
         Ok(response.map(|incoming| Body::new(UpstreamBody::new(incoming, timeout))))
@@ -189,6 +229,25 @@ impl Proxy {
                 }
             }
         }
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and the upstream's, once
+/// hyper has handed both over, until either side closes.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %error_chain(&e), "upgrade did not complete");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((to_upstream, to_client)) => {
+            tracing::debug!(to_upstream, to_client, "WebSocket tunnel closed");
+        }
+        Err(e) => tracing::debug!(error = %e, "WebSocket tunnel broke off"),
     }
 }
 
