@@ -6,6 +6,7 @@
 set -euo pipefail
 # Micro: criterion runs each benchmark once as a test; the cached-keys one at 1 k keys.
 cargo test --locked -p keygate-engine --benches
+cargo test --locked -p keygate-tower --benches
 KEYGATE_BENCH_SIZES=1000 cargo test --locked -p keygate-bench --benches
 # The profiling loop.
 cargo run --locked -q -p keygate-bench --bin verify-loop -- verify,floor,invalid 10000 100
