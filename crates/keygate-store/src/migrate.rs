@@ -15,6 +15,7 @@ macro_rules! migrations {
             migration!($backend, 1, "init"),
             migration!($backend, 2, "usage"),
             migration!($backend, 3, "quota_refill"),
+            migration!($backend, 4, "list_order"),
         ]
     };
 }
