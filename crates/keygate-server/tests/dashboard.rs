@@ -131,6 +131,114 @@ impl HttpSession {
     }
 }
 
+/// The "Next page" link of a dashboard page, if any (HTML-unescaped).
+fn next_page_link(html: &str) -> Option<String> {
+    let marker = r#"rel="next" href=""#;
+    let start = html.find(marker)? + marker.len();
+    Some(html[start..].split('"').next()?.replace("&amp;", "&"))
+}
+
+/// Follows "Next page" from `path`; returns, per page, what follows each `marker` up to the
+/// next quote (in order).
+async fn walk_dashboard(session: &HttpSession, path: &str, marker: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut next = Some(path.to_owned());
+    while let Some(path) = next {
+        let page = session.get(&path).await;
+        assert_eq!(page.status(), 200, "{path}");
+        let html = page.text().await.unwrap();
+        pages.push(
+            html.split(marker)
+                .skip(1)
+                .map(|rest| rest.split('"').next().unwrap().to_owned())
+                .collect(),
+        );
+        next = next_page_link(&html);
+        assert!(pages.len() < 100, "the pages do not end");
+    }
+    pages
+}
+
+#[tokio::test]
+async fn key_and_account_tables_page_with_a_next_link() {
+    let app = spawn().await;
+    let account = app.create_account("Many keys", "unlimited").await;
+    let now = keygate_engine::now_ms();
+    let keys = helpers::import_keys(&app, &account, 230, |i, k| {
+        if i % 2 == 1 {
+            k.revoked_at = Some(now - 1_000);
+        }
+    })
+    .await;
+    let session = HttpSession::sign_in(&app, &app.admin_token).await;
+
+    let pages = walk_dashboard(
+        &session,
+        &format!("/dashboard/accounts/{account}"),
+        "data-key-id=\"",
+    )
+    .await;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![100, 100, 30]
+    );
+    let mut shown: Vec<String> = pages.concat();
+    shown.sort();
+    shown.dedup();
+    let mut all: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+    all.sort();
+    assert_eq!(shown, all, "every key once over the pages");
+
+    // The status filter is kept from page to page.
+    let revoked = walk_dashboard(
+        &session,
+        &format!("/dashboard/accounts/{account}?status=revoked"),
+        "data-key-id=\"",
+    )
+    .await;
+    assert_eq!(
+        revoked.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![100, 15]
+    );
+    let revoked_ids: Vec<&String> = revoked.iter().flatten().collect();
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(revoked_ids.contains(&&k.id), i % 2 == 1, "{}", k.id);
+    }
+
+    // Accounts: the one above and 120 more, a hundred a page.
+    let more: Vec<keygate_store::Account> = (0..120)
+        .map(|i| keygate_store::Account {
+            id: format!("acct_{}", keygate_core::key::random_hex(10).unwrap()),
+            name: format!("Imported {i}"),
+            plan: "pro".into(),
+            created_at: now + i,
+        })
+        .collect();
+    app.store.import_accounts(&more).await.unwrap();
+    let pages = walk_dashboard(
+        &session,
+        "/dashboard/accounts",
+        "href=\"/dashboard/accounts/acct_",
+    )
+    .await;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![100, 21]
+    );
+    let mut shown = pages.concat();
+    shown.sort();
+    shown.dedup();
+    assert_eq!(shown.len(), 121);
+
+    // An unknown cursor is a clear 400 page, not an empty table.
+    let bad = session
+        .get(&format!(
+            "/dashboard/accounts/{account}?starting_after=key_nope"
+        ))
+        .await;
+    assert_eq!(bad.status(), 400);
+}
+
 async fn audit_actions(app: &TestApp) -> Vec<Value> {
     let log = app.admin(Method::GET, "/v1/audit-log", None).await;
     log.body["data"].as_array().cloned().unwrap_or_default()

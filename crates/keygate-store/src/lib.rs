@@ -13,12 +13,12 @@ mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use keygate_core::KeyDigest;
+use keygate_core::{Environment, KeyDigest};
 
 pub use error::StoreError;
 pub use model::{
-    Account, AuditEvent, KeyPatch, KeyRecord, Quota, RateLimit, Refill, SeenIp, UsageCount,
-    UsageUpdate,
+    Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, Quota, RateLimit, Refill, SeenIp,
+    UsageCount, UsageUpdate,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -45,6 +45,41 @@ pub struct AuditQuery<'a> {
     pub limit: u32,
 }
 
+/// Where a page of a list starts: after the record created at `created_at` with id `id`.
+/// Lists are ordered by `(created_at, id)`, so a page never repeats or skips a record
+/// however many are created meanwhile (a new record sorts after every existing one).
+#[derive(Clone, Copy, Debug)]
+pub struct Cursor<'a> {
+    pub created_at: i64,
+    pub id: &'a str,
+}
+
+/// Which keys to list, oldest first.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyQuery<'a> {
+    pub account_id: Option<&'a str>,
+    /// Status judged at `now`.
+    pub status: Option<KeyStatus>,
+    pub now: i64,
+    pub environment: Option<Environment>,
+    /// A substring of the name, case-insensitive (on SQLite for ASCII letters only).
+    pub name_contains: Option<&'a str>,
+    pub after: Option<Cursor<'a>>,
+    pub limit: u32,
+}
+
+/// Which accounts to list, oldest first.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccountQuery<'a> {
+    /// Only this account (a tenant's own).
+    pub id: Option<&'a str>,
+    pub plan: Option<&'a str>,
+    /// A substring of the name, case-insensitive (on SQLite for ASCII letters only).
+    pub name_contains: Option<&'a str>,
+    pub after: Option<Cursor<'a>>,
+    pub limit: u32,
+}
+
 /// Everything keygate keeps. Times are unix milliseconds.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -61,7 +96,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_account(&self, account: &Account, audit: &AuditEvent) -> Result<()>;
     async fn get_account(&self, id: &str) -> Result<Option<Account>>;
+    /// Every account, oldest first (exports; lists page with [`Store::query_accounts`]).
     async fn list_accounts(&self) -> Result<Vec<Account>>;
+    /// At most `query.limit` accounts matching `query`, ordered by `(created_at, id)`.
+    async fn query_accounts(&self, query: &AccountQuery<'_>) -> Result<Vec<Account>>;
     /// Changes name and/or plan. `NotFound` if there is no such account.
     async fn update_account(
         &self,
@@ -82,8 +120,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>>;
     async fn find_key_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>>;
-    /// Keys of one account (or all), oldest first.
+    /// Keys of one account (or all), oldest first (exports, counts; lists page with
+    /// [`Store::query_keys`]).
     async fn list_keys(&self, account_id: Option<&str>) -> Result<Vec<KeyRecord>>;
+    /// At most `query.limit` keys matching `query`, ordered by `(created_at, id)`.
+    async fn query_keys(&self, query: &KeyQuery<'_>) -> Result<Vec<KeyRecord>>;
     /// Applies `patch` to a key that is neither revoked nor expired at `now`
     /// (`NotActive` otherwise: a revoked key stays revoked).
     async fn update_key(

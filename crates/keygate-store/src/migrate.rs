@@ -16,6 +16,7 @@ macro_rules! migrations {
             migration!($backend, 2, "usage"),
             migration!($backend, 3, "quota_refill"),
             migration!($backend, 4, "key_changes"),
+            migration!($backend, 5, "list_order"),
         ]
     };
 }

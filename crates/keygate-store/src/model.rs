@@ -1,4 +1,5 @@
-use keygate_core::{Environment, KeyDigest};
+use keygate_core::policy::liveness;
+use keygate_core::{Environment, InvalidReason, KeyDigest};
 use serde::{Deserialize, Serialize};
 
 /// A customer business: the tenant that owns keys.
@@ -129,4 +130,40 @@ pub struct AuditEvent {
     pub target_id: Option<String>,
     pub client_ip: Option<String>,
     pub details: serde_json::Value,
+}
+
+/// A key's state at a moment, derived from `revoked_at` and `expires_at` (a revocation
+/// wins over an expiry, as in verification).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl KeyStatus {
+    pub fn of(record: &KeyRecord, now: i64) -> KeyStatus {
+        match liveness(record.revoked_at, record.expires_at, now) {
+            Ok(()) => KeyStatus::Active,
+            Err(InvalidReason::Expired) => KeyStatus::Expired,
+            Err(_) => KeyStatus::Revoked,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Expired => "expired",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyStatus> {
+        match s {
+            "active" => Some(KeyStatus::Active),
+            "expired" => Some(KeyStatus::Expired),
+            "revoked" => Some(KeyStatus::Revoked),
+            _ => None,
+        }
+    }
 }

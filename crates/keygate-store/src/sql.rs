@@ -72,6 +72,20 @@ pub fn is_active(k: &KeyRecord, now: i64) -> bool {
     keygate_core::policy::liveness(k.revoked_at, k.expires_at, now).is_ok()
 }
 
+/// A `LIKE` pattern (with `ESCAPE '\'`) matching `text` anywhere in a lowercased column.
+pub fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
 pub const KEY_COLUMNS: &str = "id, account_id, name, display_prefix, digest, environment, \
     permissions, ip_allowlist, rate_limit, quota, quota_used, meta, created_at, last_used_at, \
     expires_at, revoked_at, rotated_from, recent_ips, quota_refilled_at";
@@ -126,12 +140,12 @@ macro_rules! sql_store {
 
             use super::$store;
             use crate::sql::{
-                corrupt, db_error, from_json, is_active, to_json, KeyUsageRow,
+                contains_pattern, corrupt, db_error, from_json, is_active, to_json, KeyUsageRow,
                 DIGESTS_PER_NOTIFICATION, KEY_COLUMNS, ROWS_PER_STATEMENT,
             };
             use crate::{
-                Account, AuditEvent, KeyPatch, KeyRecord, Result, Store, StoreError,
-                UsageUpdate,
+                Account, AccountQuery, AuditEvent, Cursor, KeyPatch, KeyQuery, KeyRecord, KeyStatus,
+                Result, Store, StoreError, UsageUpdate,
             };
 
             type Tx = Transaction<'static, $db>;
@@ -359,6 +373,52 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            /// Ends a list query (whose `WHERE` is open): the records after `after` in
+            /// `(created_at, id)` order, at most `limit`.
+            fn push_page(q: &mut sqlx::QueryBuilder<'_, $db>, after: Option<Cursor<'_>>, limit: u32) {
+                if let Some(after) = after {
+                    q.push(" AND (created_at > ")
+                        .push_bind(after.created_at)
+                        .push(" OR (created_at = ")
+                        .push_bind(after.created_at)
+                        .push(" AND id > ")
+                        .push_bind(after.id.to_owned())
+                        .push("))");
+                }
+                q.push(" ORDER BY created_at, id LIMIT ").push_bind(i64::from(limit));
+            }
+
+            fn push_name_contains(q: &mut sqlx::QueryBuilder<'_, $db>, text: Option<&str>) {
+                if let Some(text) = text {
+                    q.push(" AND LOWER(name) LIKE ")
+                        .push_bind(contains_pattern(text))
+                        .push(" ESCAPE '\\'");
+                }
+            }
+
+            /// The status conditions mirror `keygate_core::policy::liveness`: a revocation
+            /// at or before `now` wins, then an expiry at or before `now`.
+            fn push_status(q: &mut sqlx::QueryBuilder<'_, $db>, status: KeyStatus, now: i64) {
+                match status {
+                    KeyStatus::Revoked => {
+                        q.push(" AND revoked_at <= ").push_bind(now);
+                    }
+                    KeyStatus::Expired => {
+                        q.push(" AND (revoked_at IS NULL OR revoked_at > ")
+                            .push_bind(now)
+                            .push(") AND expires_at <= ")
+                            .push_bind(now);
+                    }
+                    KeyStatus::Active => {
+                        q.push(" AND (revoked_at IS NULL OR revoked_at > ")
+                            .push_bind(now)
+                            .push(") AND (expires_at IS NULL OR expires_at > ")
+                            .push_bind(now)
+                            .push(")");
+                    }
+                }
+            }
+
             async fn set_revoked_at(tx: &mut Tx, key: &mut KeyRecord, at: i64) -> Result<()> {
                 sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2")
                     .bind(at)
@@ -428,6 +488,27 @@ macro_rules! sql_store {
 
                 async fn list_accounts(&self) -> Result<Vec<Account>> {
                     sqlx::query("SELECT id, name, plan, created_at FROM accounts ORDER BY created_at, id")
+                        .fetch_all(self.pool())
+                        .await
+                        .map_err(db_error)?
+                        .iter()
+                        .map(account_from_row)
+                        .collect()
+                }
+
+                async fn query_accounts(&self, query: &AccountQuery<'_>) -> Result<Vec<Account>> {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT id, name, plan, created_at FROM accounts WHERE 1 = 1",
+                    );
+                    if let Some(id) = query.id {
+                        q.push(" AND id = ").push_bind(id.to_owned());
+                    }
+                    if let Some(plan) = query.plan {
+                        q.push(" AND plan = ").push_bind(plan.to_owned());
+                    }
+                    push_name_contains(&mut q, query.name_contains);
+                    push_page(&mut q, query.after, query.limit);
+                    q.build()
                         .fetch_all(self.pool())
                         .await
                         .map_err(db_error)?
@@ -533,6 +614,30 @@ macro_rules! sql_store {
                     .iter()
                     .map(key_from_row)
                     .collect()
+                }
+
+                async fn query_keys(&self, query: &KeyQuery<'_>) -> Result<Vec<KeyRecord>> {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(format!(
+                        "SELECT {KEY_COLUMNS} FROM api_keys WHERE 1 = 1"
+                    ));
+                    if let Some(account_id) = query.account_id {
+                        q.push(" AND account_id = ").push_bind(account_id.to_owned());
+                    }
+                    if let Some(environment) = query.environment {
+                        q.push(" AND environment = ").push_bind(environment.as_str());
+                    }
+                    if let Some(status) = query.status {
+                        push_status(&mut q, status, query.now);
+                    }
+                    push_name_contains(&mut q, query.name_contains);
+                    push_page(&mut q, query.after, query.limit);
+                    q.build()
+                        .fetch_all(self.pool())
+                        .await
+                        .map_err(db_error)?
+                        .iter()
+                        .map(key_from_row)
+                        .collect()
                 }
 
                 async fn update_key(

@@ -44,6 +44,13 @@ enum Command {
         #[command(subcommand)]
         command: client::KeysCommand,
     },
+    /// Read the audit log of a running server.
+    Audit {
+        #[command(flatten)]
+        conn: client::Connection,
+        #[command(subcommand)]
+        command: client::AuditCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,6 +97,7 @@ fn main() -> ExitCode {
             },
             Command::Accounts { conn, command } => client::run_accounts(&conn, command).await,
             Command::Keys { conn, command } => client::run_keys(&conn, command).await,
+            Command::Audit { conn, command } => client::run_audit(&conn, command).await,
         }
     })
 }

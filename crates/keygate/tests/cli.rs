@@ -588,3 +588,369 @@ fn unreachable_server_exits_4() {
     );
     run.assert_code(4);
 }
+
+/// The first column of a table's rows (the header left out).
+fn first_column(run: &Run) -> Vec<String> {
+    run.stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn json_ids(run: &Run) -> Vec<String> {
+    run.json()["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|r| r["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[test]
+fn keys_list_reads_one_page_or_all_of_them() {
+    let server = Server::start();
+    let account = server.account("Paged");
+    let other = server.account("Other");
+    let mut ids: Vec<String> = (0..7)
+        .map(|i| {
+            let env = if i % 3 == 0 { "test" } else { "live" };
+            let run = server.run(&[
+                "keys",
+                "create",
+                "--account",
+                &account,
+                "--name",
+                "k",
+                "--env",
+                env,
+                "--json",
+            ]);
+            run.assert_code(0);
+            run.json()["id"].as_str().expect("id").to_owned()
+        })
+        .collect();
+    server.key(&other, &[]);
+    let renamed = server.run(&["keys", "update", &ids[4], "--name", "Billing export"]);
+    renamed.assert_code(0);
+
+    // The first page, and a note on stderr saying how to go on.
+    let first = server.run(&["keys", "list", "--account", &account, "--limit", "3"]);
+    first.assert_code(0);
+    assert_eq!(first_column(&first), ids[..3].to_vec());
+    assert!(first.stderr.contains("more keys follow"), "{first:#?}");
+    assert!(
+        first
+            .stderr
+            .contains(&format!("--starting-after {}", ids[2])),
+        "{first:#?}"
+    );
+    let second = server.run(&[
+        "keys",
+        "list",
+        "--account",
+        &account,
+        "--limit",
+        "3",
+        "--starting-after",
+        &ids[2],
+    ]);
+    assert_eq!(first_column(&second), ids[3..6].to_vec());
+
+    // --all follows every page; without it the server's default page holds all seven.
+    let all = server.run(&[
+        "keys",
+        "list",
+        "--account",
+        &account,
+        "--limit",
+        "3",
+        "--all",
+    ]);
+    all.assert_code(0);
+    assert_eq!(first_column(&all), ids);
+    assert!(all.stderr.is_empty(), "{all:#?}");
+    let all_json = server.run(&[
+        "keys",
+        "list",
+        "--account",
+        &account,
+        "--limit",
+        "2",
+        "--all",
+        "--json",
+    ]);
+    assert_eq!(json_ids(&all_json), ids);
+    let default = server.run(&["keys", "list", "--account", &account]);
+    assert_eq!(first_column(&default), ids);
+    assert!(default.stderr.is_empty(), "{default:#?}");
+    let one_page_json = server.run(&[
+        "keys",
+        "list",
+        "--account",
+        &account,
+        "--limit",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(one_page_json.json()["has_more"], true);
+    assert_eq!(one_page_json.json()["next_cursor"], ids[4].as_str());
+
+    // Filters.
+    let test_keys = server.run(&["keys", "list", "--account", &account, "--env", "test"]);
+    let expected: Vec<String> = ids.iter().step_by(3).cloned().collect();
+    assert_eq!(first_column(&test_keys), expected);
+    let named = server.run(&["keys", "list", "--name", "BILLING"]);
+    assert_eq!(first_column(&named), vec![ids[4].clone()]);
+    server.run(&["keys", "revoke", &ids[0]]).assert_code(0);
+    let revoked = server.run(&["keys", "list", "--status", "revoked", "--all"]);
+    assert_eq!(first_column(&revoked), vec![ids.remove(0)]);
+
+    // Bad paging arguments: usage errors before any request, or the server's 400.
+    for bad in [
+        ["--limit", "0"],
+        ["--limit", "1001"],
+        ["--starting-after", "a/b"],
+    ] {
+        let mut args = vec!["keys", "list"];
+        args.extend_from_slice(&bad);
+        server.run(&args).assert_code(2);
+    }
+    let unknown = server.run(&["keys", "list", "--starting-after", "key_nope"]);
+    unknown.assert_code(3);
+    assert!(unknown.stderr.contains("starting_after"), "{unknown:#?}");
+}
+
+#[test]
+fn keys_update_sends_the_fields_given_and_clears_on_request() {
+    let server = Server::start();
+    let account = server.account("Update");
+    let (id, _) = server.key(&account, &["--permission", "invoices.read"]);
+
+    let updated = server.run(&[
+        "keys",
+        "update",
+        &id,
+        "--name",
+        "renamed",
+        "--permissions",
+        "invoice.read,order.*",
+        "--allowed-ips",
+        "10.0.0.0/8",
+        "--allowed-ips",
+        "192.0.2.7",
+        "--expires-at",
+        "2031-01-31T00:00:00Z",
+        "--rate-limit",
+        "5/60",
+        "--quota",
+        "100",
+    ]);
+    updated.assert_code(0);
+    assert_eq!(updated.field("name"), "renamed");
+    let key = server.run(&["keys", "get", &id, "--json"]).json();
+    assert_eq!(
+        key["permissions"],
+        serde_json::json!(["invoice.read", "order.*"])
+    );
+    assert_eq!(
+        key["ip_allowlist"],
+        serde_json::json!(["10.0.0.0/8", "192.0.2.7"])
+    );
+    assert_eq!(key["expires_at"], "2031-01-31T00:00:00.000Z");
+    assert_eq!(
+        key["rate_limit"],
+        serde_json::json!({"requests": 5, "per_seconds": 60})
+    );
+    assert_eq!(key["quota"]["requests"], 100);
+
+    let cleared = server.run(&[
+        "keys",
+        "update",
+        &id,
+        "--no-expiry",
+        "--no-rate-limit",
+        "--no-quota",
+        "--any-ip",
+        "--json",
+    ]);
+    cleared.assert_code(0);
+    let key = cleared.json();
+    assert_eq!(key["name"], "renamed", "untouched fields stay");
+    assert_eq!(key["expires_at"], Value::Null);
+    assert_eq!(key["rate_limit"], Value::Null);
+    assert_eq!(key["quota"], Value::Null);
+    assert_eq!(key["ip_allowlist"], serde_json::json!([]));
+
+    server.run(&["keys", "update", &id]).assert_code(2);
+    server
+        .run(&[
+            "keys",
+            "update",
+            &id,
+            "--expires-at",
+            "2031-01-31T00:00:00Z",
+            "--no-expiry",
+        ])
+        .assert_code(2);
+    let bad = server.run(&["keys", "update", &id, "--allowed-ips", "not-an-ip"]);
+    bad.assert_code(3);
+    assert!(bad.stderr.contains("validation_error"), "{bad:#?}");
+    server
+        .run(&["keys", "update", "key_doesnotexist", "--name", "x"])
+        .assert_code(3);
+}
+
+#[test]
+fn keys_usage_reports_a_keys_verifications() {
+    let server = Server::start();
+    let account = server.account("Usage");
+    let (id, secret) = server.key(&account, &["--permission", "invoices.read"]);
+    server
+        .verify(&secret, &["--permission", "invoices.read"])
+        .assert_code(0);
+    server
+        .verify(&secret, &["--permission", "orders.read"])
+        .assert_code(1);
+
+    let json = server.run(&["keys", "usage", &id, "--granularity", "day", "--json"]);
+    json.assert_code(0);
+    let report = json.json();
+    assert_eq!(report["key_id"], id.as_str());
+    assert_eq!(report["granularity"], "day");
+    assert!(report["data"].is_array(), "{report}");
+
+    let human = server.run(&["keys", "usage", &id]);
+    human.assert_code(0);
+    assert_eq!(human.field("key_id"), id);
+    assert_eq!(human.field("granularity"), "hour");
+    server
+        .run(&["keys", "usage", &id, "--from", "yesterday"])
+        .assert_code(2);
+    server
+        .run(&["keys", "usage", "key_doesnotexist"])
+        .assert_code(3);
+}
+
+#[test]
+fn audit_list_filters_and_pages() {
+    let server = Server::start();
+    let account = server.account("Audited");
+    let other = server.account("Elsewhere");
+    let (id, _) = server.key(&account, &[]);
+    server.key(&other, &[]);
+    server.run(&["keys", "revoke", &id]).assert_code(0);
+
+    let log = server.run(&["audit", "list", "--account", &account]);
+    log.assert_code(0);
+    let header: Vec<&str> = log
+        .stdout
+        .lines()
+        .next()
+        .expect("header")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["AT", "ACTION", "ACTOR", "ACCOUNT", "TARGET", "CLIENT", "IP"]
+    );
+    let actions: Vec<String> = log
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        .collect();
+    assert_eq!(
+        actions,
+        ["key.revoke", "key.create", "account.create"],
+        "{log:#?}"
+    );
+    assert!(!log.stdout.contains(&other), "{log:#?}");
+
+    let of_key = server.run(&["audit", "list", "--target", &id, "--json"]);
+    let events = of_key.json()["data"].as_array().expect("data").clone();
+    assert_eq!(events.len(), 2);
+
+    // One event a page: a note with --before, and --all reads them all.
+    let first = server.run(&["audit", "list", "--account", &account, "--limit", "1"]);
+    assert!(first.stderr.contains("more events follow"), "{first:#?}");
+    assert!(first.stderr.contains("--before "), "{first:#?}");
+    let all = server.run(&[
+        "audit",
+        "list",
+        "--account",
+        &account,
+        "--limit",
+        "1",
+        "--all",
+        "--json",
+    ]);
+    all.assert_code(0);
+    let actions: Vec<Value> = all.json()["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|e| e["action"].clone())
+        .collect();
+    assert_eq!(actions, ["key.revoke", "key.create", "account.create"]);
+    let everything = server.run(&["audit", "list", "--all", "--limit", "2", "--json"]);
+    assert_eq!(everything.json()["data"].as_array().expect("data").len(), 5);
+
+    server
+        .run(&["audit", "list", "--from", "last week"])
+        .assert_code(2);
+    server
+        .run(&[
+            "audit",
+            "list",
+            "--account",
+            "acct_doesnotexist_but_well_formed",
+        ])
+        .assert_code(0);
+}
+
+#[test]
+fn accounts_get_and_update() {
+    let server = Server::start();
+    let account = server.account("Acme");
+    server.key(&account, &[]);
+
+    let get = server.run(&["accounts", "get", &account]);
+    get.assert_code(0);
+    assert_eq!(get.field("name"), "Acme");
+    assert_eq!(get.field("plan"), "pro");
+    assert_eq!(get.field("active_keys"), "1");
+    assert_eq!(get.field("max_keys"), "20");
+
+    let renamed = server.run(&[
+        "accounts", "update", &account, "--name", "Acme Ltd", "--plan", "basic",
+    ]);
+    renamed.assert_code(0);
+    assert_eq!(renamed.field("name"), "Acme Ltd");
+    assert_eq!(renamed.field("plan"), "basic");
+    assert_eq!(renamed.field("max_keys"), "2");
+    let json = server.run(&["accounts", "get", &account, "--json"]).json();
+    assert_eq!(json["plan"], "basic");
+
+    server.run(&["accounts", "update", &account]).assert_code(2);
+    let bad = server.run(&["accounts", "update", &account, "--plan", "platinum"]);
+    bad.assert_code(3);
+    assert!(bad.stderr.contains("plan"), "{bad:#?}");
+    server
+        .run(&["accounts", "get", "acct_doesnotexist"])
+        .assert_code(3);
+
+    // The accounts list pages too.
+    for name in ["B", "C"] {
+        server.account(name);
+    }
+    let first = server.run(&["accounts", "list", "--limit", "2"]);
+    assert_eq!(first_column(&first).len(), 2);
+    assert!(first.stderr.contains("more accounts follow"), "{first:#?}");
+    let all = server.run(&["accounts", "list", "--limit", "2", "--all", "--json"]);
+    assert_eq!(json_ids(&all).len(), 3);
+    assert_eq!(json_ids(&all)[0], account);
+    let named = server.run(&["accounts", "list", "--name", "acme"]);
+    assert_eq!(first_column(&named), vec![account]);
+}

@@ -57,14 +57,6 @@ impl Engine {
         Ok(account)
     }
 
-    pub async fn list_accounts(&self, caller: &Caller) -> Result<Vec<Account>> {
-        caller.require("accounts", "read")?;
-        match caller.own_account() {
-            None => Ok(self.store.list_accounts().await?),
-            Some(own) => Ok(self.store.get_account(own).await?.into_iter().collect()),
-        }
-    }
-
     pub async fn get_account(&self, caller: &Caller, id: &str) -> Result<Account> {
         caller.require("accounts", "read")?;
         super::known_shape(id, "account")?;

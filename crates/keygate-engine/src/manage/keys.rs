@@ -1,8 +1,8 @@
 use std::sync::atomic::Ordering;
 
 use keygate_core::ip::IpAllowlist;
-use keygate_core::policy::liveness;
-use keygate_core::{ApiKeySecret, Environment, InvalidReason, PermissionSet};
+use keygate_core::{ApiKeySecret, Environment, PermissionSet};
+pub use keygate_store::KeyStatus;
 use keygate_store::{KeyPatch, KeyRecord, Quota, RateLimit};
 use serde_json::{json, Value};
 
@@ -13,41 +13,6 @@ use crate::{now_ms, Engine, Error, Result};
 /// Longest expiry and grace period accepted.
 const MAX_EXPIRES_IN_SECONDS: i64 = 100 * 365 * 24 * 3600;
 const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
-
-/// A key's state at a moment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyStatus {
-    Active,
-    Expired,
-    Revoked,
-}
-
-impl KeyStatus {
-    pub fn of(record: &KeyRecord, now: i64) -> KeyStatus {
-        match liveness(record.revoked_at, record.expires_at, now) {
-            Ok(()) => KeyStatus::Active,
-            Err(InvalidReason::Expired) => KeyStatus::Expired,
-            Err(_) => KeyStatus::Revoked,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyStatus::Active => "active",
-            KeyStatus::Expired => "expired",
-            KeyStatus::Revoked => "revoked",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<KeyStatus> {
-        match s {
-            "active" => Some(KeyStatus::Active),
-            "expired" => Some(KeyStatus::Expired),
-            "revoked" => Some(KeyStatus::Revoked),
-            _ => None,
-        }
-    }
-}
 
 /// `POST /v1/api-keys`, with JSON types already checked.
 #[derive(Clone, Debug, Default)]
@@ -327,7 +292,7 @@ impl Engine {
         Ok(self.with_live_usage(record))
     }
 
-    fn with_live_usage(&self, mut record: KeyRecord) -> KeyRecord {
+    pub(super) fn with_live_usage(&self, mut record: KeyRecord) -> KeyRecord {
         let cell = self.usage.cell(&record);
         let last = cell.last_used();
         if last > 0 {
@@ -341,6 +306,8 @@ impl Engine {
         record
     }
 
+    /// Every key the caller may see, unpaged: for summaries over all of them (the
+    /// dashboard's permission catalog). Lists for people page with [`Engine::key_page`].
     pub async fn list_keys(
         &self,
         caller: &Caller,
@@ -348,14 +315,7 @@ impl Engine {
         status: Option<KeyStatus>,
     ) -> Result<Vec<KeyRecord>> {
         caller.require("api_keys", "read")?;
-        if let Some(id) = account_id {
-            known_shape(id, "account")?;
-        }
-        let account_id = match (caller.own_account(), account_id) {
-            (Some(own), Some(asked)) if own != asked => return Err(Error::NotFound("account")),
-            (Some(own), _) => Some(own),
-            (None, asked) => asked,
-        };
+        let account_id = self.visible_account_filter(caller, account_id)?;
         let now = now_ms();
         Ok(self
             .store

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod keys;
+mod pages;
 mod sign_in;
 mod usage;
 mod validate;
@@ -21,6 +22,7 @@ use crate::{now_ms, Engine, Error, Result};
 
 pub use accounts::{AccountPatch, NewAccount};
 pub use keys::{KeyStatus, KeyUpdate, NewKey, Rotated};
+pub use pages::{AccountFilter, KeyFilter, Page, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
 pub use usage::{Granularity, UsageBucket, UsageReport};
 
 /// Who is asking.
@@ -144,14 +146,7 @@ impl Engine {
         mut query: AuditQuery<'_>,
     ) -> Result<Vec<AuditEvent>> {
         caller.require("api_keys", "read")?;
-        if let Some(id) = query.account_id {
-            known_shape(id, "account")?;
-        }
-        query.account_id = match (caller.own_account(), query.account_id) {
-            (Some(own), Some(asked)) if own != asked => return Err(Error::NotFound("account")),
-            (Some(own), _) => Some(own),
-            (None, asked) => asked,
-        };
+        query.account_id = self.visible_account_filter(caller, query.account_id)?;
         query.limit = query.limit.clamp(1, 1000);
         Ok(self.store.query_audit(&query).await?)
     }

@@ -2,10 +2,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json as JsonOut;
-use keygate_engine::manage::{AccountPatch, NewAccount};
+use keygate_engine::manage::{AccountFilter, AccountPatch, NewAccount};
 use serde::Deserialize;
 
-use super::extract::Id;
+use super::extract::{Id, Query};
 use super::views;
 use super::Auth;
 use crate::edge::json::Json;
@@ -57,14 +57,23 @@ pub async fn create(
     ))
 }
 
+/// `GET /v1/accounts`: a page of accounts, filtered by `plan` and `name` (a
+/// case-insensitive substring).
 pub async fn list(
     State(state): State<AppState>,
     Auth(caller): Auth,
+    query: Query,
 ) -> Result<impl IntoResponse, ApiError> {
-    let accounts = state.engine.list_accounts(&caller).await?;
-    Ok(JsonOut(views::list(
-        accounts.iter().map(views::account).collect(),
-    )))
+    let query = query.only(&["plan", "name", "limit", "starting_after"])?;
+    let filter = AccountFilter {
+        plan: query.get("plan").map(str::to_owned),
+        name: query.get("name").map(str::to_owned),
+    };
+    let page = state
+        .engine
+        .account_page(&caller, &filter, &query.page()?)
+        .await?;
+    Ok(JsonOut(views::page(&page, |a| &a.id, views::account)))
 }
 
 pub async fn get(

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
+use keygate_engine::manage::PageRequest;
 use keygate_engine::Error;
 
 use crate::{ApiError, AppState};
@@ -46,6 +47,14 @@ impl Query {
             .into()),
             None => Ok(self),
         }
+    }
+
+    /// `limit` and `starting_after`, for the engine to check.
+    pub fn page(&self) -> Result<PageRequest, ApiError> {
+        Ok(PageRequest {
+            limit: self.number::<i64>("limit")?,
+            starting_after: self.get("starting_after").map(str::to_owned),
+        })
     }
 
     pub fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {

@@ -2,7 +2,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json as JsonOut;
-use keygate_engine::manage::{Granularity, KeyStatus, KeyUpdate, NewKey};
+use keygate_core::Environment;
+use keygate_engine::manage::{Granularity, KeyFilter, KeyStatus, KeyUpdate, NewKey};
 use keygate_engine::Error;
 use keygate_store::{AuditQuery, Quota, RateLimit};
 use serde::Deserialize;
@@ -85,12 +86,21 @@ pub async fn create(
     Ok((StatusCode::CREATED, JsonOut(with_secret(&record, &secret))))
 }
 
+/// `GET /v1/api-keys`: a page of keys, filtered by `account_id`, `status`, `environment`
+/// and `name` (a case-insensitive substring).
 pub async fn list(
     State(state): State<AppState>,
     Auth(caller): Auth,
     query: Query,
 ) -> Result<impl IntoResponse, ApiError> {
-    let query = query.only(&["account_id", "status"])?;
+    let query = query.only(&[
+        "account_id",
+        "status",
+        "environment",
+        "name",
+        "limit",
+        "starting_after",
+    ])?;
     let status = query
         .get("status")
         .map(|s| {
@@ -99,11 +109,24 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let keys = state
+    let environment = query
+        .get("environment")
+        .map(|s| {
+            Environment::parse(s)
+                .ok_or_else(|| Error::validation("environment", "environment must be live or test"))
+        })
+        .transpose()?;
+    let filter = KeyFilter {
+        account_id: query.get("account_id").map(str::to_owned),
+        status,
+        environment,
+        name: query.get("name").map(str::to_owned),
+    };
+    let page = state
         .engine
-        .list_keys(&caller, query.get("account_id"), status)
+        .key_page(&caller, &filter, &query.page()?)
         .await?;
-    Ok(JsonOut(views::list(keys.iter().map(views::key).collect())))
+    Ok(JsonOut(views::page(&page, |k| &k.id, views::key)))
 }
 
 pub async fn get(

@@ -34,9 +34,9 @@ pub async fn document() -> impl IntoResponse {
                                "request_id": {"type": "string"}, "field": {"type": "string"}}}}}}}
         },
         "paths": {
-            "/v1/accounts": {"get": op("List accounts", "accounts", "200"), "post": op("Create an account", "accounts", "201")},
+            "/v1/accounts": {"get": op("List accounts, a page at a time (limit, starting_after; plan, name)", "accounts", "200"), "post": op("Create an account", "accounts", "201")},
             "/v1/accounts/{id}": {"get": op("Read an account", "accounts", "200"), "patch": op("Change an account's name or plan", "accounts", "200")},
-            "/v1/api-keys": {"get": op("List keys (never the secret)", "api-keys", "200"), "post": op("Create a key (the secret is in this answer only)", "api-keys", "201")},
+            "/v1/api-keys": {"get": op("List keys, a page at a time (limit, starting_after; account_id, status, environment, name), never the secret", "api-keys", "200"), "post": op("Create a key (the secret is in this answer only)", "api-keys", "201")},
             "/v1/api-keys/{id}": {"get": op("Read a key", "api-keys", "200"), "patch": op("Update a key", "api-keys", "200")},
             "/v1/api-keys/{id}/revoke": {"post": op("Revoke a key, permanently", "api-keys", "200")},
             "/v1/api-keys/{id}/rotate": {"post": op("Replace a key (optional grace period)", "api-keys", "201")},

@@ -1,7 +1,7 @@
 //! How records look on the wire: RFC 3339 UTC times, never a secret.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use keygate_engine::manage::{KeyStatus, UsageReport};
+use keygate_engine::manage::{KeyStatus, Page, UsageReport};
 use keygate_engine::now_ms;
 use keygate_store::{Account, AuditEvent, KeyRecord};
 use serde_json::{json, Value};
@@ -134,4 +134,14 @@ pub fn audit(e: &AuditEvent) -> Value {
 
 pub fn list(items: Vec<Value>) -> Value {
     json!({ "data": items })
+}
+
+/// A page of a list: `{data, has_more, next_cursor}`, the cursor being the last record's id
+/// when more follow (pass it back as `starting_after`).
+pub fn page<T>(page: &Page<T>, id: impl Fn(&T) -> &str, view: impl Fn(&T) -> Value) -> Value {
+    json!({
+        "data": page.items.iter().map(view).collect::<Vec<_>>(),
+        "has_more": page.has_more,
+        "next_cursor": page.next_cursor(id),
+    })
 }

@@ -3,7 +3,9 @@
 use axum::extract::Path;
 use axum::http::{StatusCode, Uri};
 use keygate_core::Outcome;
-use keygate_engine::manage::{AccountPatch, KeyStatus, NewAccount};
+use keygate_engine::manage::{
+    AccountFilter, AccountPatch, KeyFilter, KeyStatus, NewAccount, PageRequest,
+};
 use keygate_engine::{now_ms, Error};
 use keygate_store::{Account, KeyRecord};
 use maud::{html, Markup};
@@ -43,17 +45,58 @@ fn plan_options(ctx: &Ctx, selected: &str) -> Markup {
 }
 
 /// `GET /dashboard/accounts`: the operator's list. A key session has one account: its own.
-pub async fn list(ctx: Ctx) -> Page {
+/// A page at a time (`?starting_after=`), like the API.
+pub async fn list(ctx: Ctx, uri: Uri) -> Page {
     if let Some(own) = ctx.own_account() {
         return Ok(see_other(&format!("/dashboard/accounts/{own}")));
     }
-    render_list(&ctx, None, StatusCode::OK).await
+    render_list(&ctx, page_request(&uri), None, StatusCode::OK).await
 }
 
-async fn render_list(ctx: &Ctx, error: Option<&str>, status: StatusCode) -> Page {
-    let accounts = ctx.engine().list_accounts(&ctx.caller).await?;
-    let mut rows = Vec::with_capacity(accounts.len());
-    for a in &accounts {
+/// The page a dashboard list shows: the default size, after `?starting_after=`.
+fn page_request(uri: &Uri) -> PageRequest {
+    PageRequest {
+        limit: None,
+        starting_after: query_value(uri, "starting_after").map(str::to_owned),
+    }
+}
+
+/// A query parameter's raw value (the dashboard's own links carry only ids and names).
+fn query_value<'a>(uri: &'a Uri, name: &str) -> Option<&'a str> {
+    uri.query()?
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
+}
+
+/// "Next page" (and back to the first) under a paged table; `base` is the list's URL with
+/// its filters, ending in `?` or `&`.
+fn pager(base: &str, paged: bool, next: Option<&str>) -> Markup {
+    html! {
+        @if paged || next.is_some() {
+            nav.pager aria-label="Pages" {
+                @if paged { a.button href=(base.trim_end_matches(['?', '&'])) { "First page" } }
+                @if let Some(id) = next { a.button rel="next" href={(base) "starting_after=" (id)} { "Next page" } }
+            }
+        }
+    }
+}
+
+async fn render_list(
+    ctx: &Ctx,
+    page_request: PageRequest,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Page {
+    let accounts = ctx
+        .engine()
+        .account_page(&ctx.caller, &AccountFilter::default(), &page_request)
+        .await?;
+    let next = accounts.next_cursor(|a| &a.id);
+    let mut rows = Vec::with_capacity(accounts.items.len());
+    for a in &accounts.items {
         let (active, cap) = ctx.engine().account_key_usage(a).await?;
         rows.push((a, active, cap));
     }
@@ -104,6 +147,7 @@ async fn render_list(ctx: &Ctx, error: Option<&str>, status: StatusCode) -> Page
                     }
                 }
             }
+            (pager("/dashboard/accounts?", page_request.starting_after.is_some(), next))
         }
     };
     Ok(respond(
@@ -124,7 +168,13 @@ pub async fn create(Posted { ctx, form }: Posted) -> Page {
             Ok(see_other(&format!("/dashboard/accounts/{}", account.id)))
         }
         Err(Error::Validation { message, .. }) => {
-            render_list(&ctx, Some(&message), StatusCode::BAD_REQUEST).await
+            render_list(
+                &ctx,
+                PageRequest::default(),
+                Some(&message),
+                StatusCode::BAD_REQUEST,
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     }
@@ -180,31 +230,35 @@ pub async fn account_view(ctx: &Ctx, id: &str) -> Result<AccountView, Failure> {
     }
 }
 
-fn status_filter(uri: &Uri) -> Option<KeyStatus> {
-    uri.query()?
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| *k == "status")
-        .and_then(|(_, v)| KeyStatus::parse(v))
-}
-
-/// `GET /dashboard/accounts/{id}?status=`: the account and its keys.
+/// `GET /dashboard/accounts/{id}?status=&starting_after=`: the account and a page of its
+/// keys.
 pub async fn show(ctx: Ctx, Path(id): Path<String>, uri: Uri) -> Page {
-    render_show(&ctx, &id, status_filter(&uri), None, StatusCode::OK).await
+    let filter = query_value(&uri, "status").and_then(KeyStatus::parse);
+    render_show(&ctx, &id, filter, page_request(&uri), None, StatusCode::OK).await
 }
 
 async fn render_show(
     ctx: &Ctx,
     id: &str,
     filter: Option<KeyStatus>,
+    page_request: PageRequest,
     plan_error: Option<&str>,
     status: StatusCode,
 ) -> Page {
     let view = account_view(ctx, id).await?;
+    let key_filter = KeyFilter {
+        account_id: Some(id.to_owned()),
+        status: filter,
+        ..KeyFilter::default()
+    };
     let keys = ctx
         .engine()
-        .list_keys(&ctx.caller, Some(id), filter)
+        .key_page(&ctx.caller, &key_filter, &page_request)
         .await?;
+    let list_url = match filter {
+        None => format!("/dashboard/accounts/{}?", view.id),
+        Some(s) => format!("/dashboard/accounts/{}?status={}&", view.id, s.as_str()),
+    };
     let title = if ctx.is_admin() {
         view.title().to_owned()
     } else {
@@ -253,7 +307,8 @@ async fn render_show(
                     a.filter href=(href) aria-current=[(value == filter).then_some("page")] { (label) }
                 }
             }
-            (keys_table(&keys, filter))
+            (keys_table(&keys.items, filter))
+            (pager(&list_url, page_request.starting_after.is_some(), keys.next_cursor(|k| &k.id)))
         }
     };
     Ok(respond(
@@ -321,7 +376,15 @@ pub async fn change_plan(Path(id): Path<String>, Posted { ctx, form }: Posted) -
             Ok(see_other(&format!("/dashboard/accounts/{id}")))
         }
         Err(Error::Validation { message, .. }) => {
-            render_show(&ctx, &id, None, Some(&message), StatusCode::BAD_REQUEST).await
+            render_show(
+                &ctx,
+                &id,
+                None,
+                PageRequest::default(),
+                Some(&message),
+                StatusCode::BAD_REQUEST,
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     }

@@ -19,6 +19,8 @@ pub struct TestApp {
     pub admin_token: String,
     pub client: reqwest::Client,
     pub engine: Arc<Engine>,
+    /// The server's store, for setting up many records at once (imports).
+    pub store: Arc<dyn Store>,
     pub addr: SocketAddr,
     /// What the server was started with (to start a gateway on the same engine).
     pub state: AppState,
@@ -130,7 +132,7 @@ pub async fn spawn_node(node: Node, options: Options, dir: tempfile::TempDir) ->
     } = node;
     let admin = AdminToken::from_secret(&pepper, &admin_token);
     let engine = Engine::new(
-        store,
+        store.clone(),
         EngineConfig {
             key_format: KeyFormat::new("kg", true).unwrap(),
             pepper: pepper.clone(),
@@ -172,6 +174,7 @@ pub async fn spawn_node(node: Node, options: Options, dir: tempfile::TempDir) ->
         admin_token,
         client: reqwest::Client::new(),
         engine,
+        store,
         addr,
         state,
         _dir: dir,
@@ -320,6 +323,52 @@ impl TestApp {
     pub async fn verify(&self, body: Value) -> Answer {
         self.admin(Method::POST, "/v1/verify", Some(body)).await
     }
+}
+
+/// `count` keys of `account_id` written straight into the store (an import: no plan cap,
+/// no audit, one statement per 500 keys), for lists longer than creating them one request
+/// at a time allows. `shape` adjusts each before it is stored; ids are random, created_at
+/// is shared by runs of three keys so that pages must order by id within a moment.
+pub async fn import_keys(
+    app: &TestApp,
+    account_id: &str,
+    count: usize,
+    shape: impl Fn(usize, &mut keygate_store::KeyRecord),
+) -> Vec<keygate_store::KeyRecord> {
+    let base = keygate_engine::now_ms() - 86_400_000;
+    let keys: Vec<_> = (0..count)
+        .map(|i| {
+            let mut digest = [0u8; 32];
+            let random = keygate_core::key::random_hex(16).unwrap();
+            digest.copy_from_slice(random.as_bytes());
+            let mut key = keygate_store::KeyRecord {
+                id: format!("key_{}", keygate_core::key::random_hex(12).unwrap()),
+                account_id: account_id.to_owned(),
+                name: format!("imported {i}"),
+                display_prefix: format!("kg_{}", &random[..8]),
+                digest: keygate_core::KeyDigest(digest),
+                environment: Environment::Live,
+                permissions: vec!["invoices.read".into()],
+                ip_allowlist: Vec::new(),
+                rate_limit: None,
+                quota: None,
+                quota_used: 0,
+                quota_refilled_at: None,
+                meta: json!({}),
+                created_at: base + (i / 3) as i64,
+                last_used_at: None,
+                expires_at: None,
+                revoked_at: None,
+                rotated_from: None,
+                recent_ips: Vec::new(),
+            };
+            shape(i, &mut key);
+            key
+        })
+        .collect();
+    let inserted = app.store.import_keys(&keys).await.unwrap();
+    assert_eq!(inserted, count as u64);
+    keys
 }
 
 /// A well-formed key (right shape and checksum) that no database holds: generated, so no

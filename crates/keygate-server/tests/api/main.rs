@@ -8,6 +8,7 @@ mod lifecycle;
 mod limits;
 mod malformed;
 mod outcomes;
+mod pages;
 mod scopes;
 mod self_service;
 mod uniform;

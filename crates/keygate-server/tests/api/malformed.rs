@@ -953,7 +953,9 @@ async fn query_strings_are_checked() {
             .no_auth()
             .header("x-forwarded-uri", hv(&format!("/api/v1/invoices?k={live}")))
             .expect(400, "key_in_url"),
-            get("/v1/api-keys?limit=5".into()).invalid("limit"),
+            get("/v1/api-keys?limit=0".into()).invalid("limit"),
+            get("/v1/accounts?limit=1001".into()).invalid("limit"),
+            get("/v1/api-keys?starting_after=key_nope".into()).invalid("starting_after"),
             get("/v1/api-keys?acount_id=x".into()).invalid("acount_id"),
             get("/v1/api-keys?status=deleted".into()).invalid("status"),
             get("/v1/api-keys?status=ACTIVE".into()).invalid("status"),

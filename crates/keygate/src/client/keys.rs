@@ -1,4 +1,4 @@
-//! `keygate keys create|list|get|revoke|rotate|verify`.
+//! `keygate keys create|list|get|update|usage|revoke|rotate|verify`.
 
 use std::io::{BufRead, IsTerminal, Read};
 
@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::http::{Api, Failure};
 use super::output::{fields, short_time, text};
+use super::pages::{self, PageArgs, Paging};
 use super::parse::{parse_id, parse_meta, parse_rate, parse_time};
 use super::table::Table;
 use super::{Connection, Done, EXIT_CODES};
@@ -59,21 +60,32 @@ pub enum KeysCommand {
     /// Create a key; its secret is printed once and never again.
     #[command(after_help = EXIT_CODES)]
     Create(CreateArgs),
-    /// List keys (display prefixes only, never secrets).
+    /// List keys (display prefixes only, never secrets), oldest first, a page at a time.
     #[command(after_help = EXIT_CODES)]
-    List {
-        /// Only this account's keys.
-        #[arg(long, value_name = "ACCOUNT_ID", value_parser = parse_id)]
-        account: Option<String>,
-        /// Only keys with this status.
-        #[arg(long, value_enum)]
-        status: Option<Status>,
-    },
+    List(ListArgs),
     /// Show one key.
     #[command(after_help = EXIT_CODES)]
     Get {
         #[arg(value_parser = parse_id)]
         id: String,
+    },
+    /// Change a key: name, permissions, allowed addresses, expiry, rate limit, quota.
+    #[command(after_help = EXIT_CODES)]
+    Update(UpdateArgs),
+    /// A key's usage: counts by outcome per hour or day, last use, recent addresses.
+    #[command(after_help = EXIT_CODES)]
+    Usage {
+        #[arg(value_parser = parse_id)]
+        id: String,
+        /// Start of the period (RFC 3339; server default: 24 hours or 30 days ago).
+        #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+        from: Option<String>,
+        /// End of the period (RFC 3339; default: now).
+        #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+        to: Option<String>,
+        /// Bucket size (server default: hour).
+        #[arg(long, value_enum)]
+        granularity: Option<Granularity>,
     },
     /// Revoke a key, immediately and permanently.
     #[command(after_help = EXIT_CODES)]
@@ -134,6 +146,75 @@ pub struct CreateArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only this account's keys.
+    #[arg(long, value_name = "ACCOUNT_ID", value_parser = parse_id)]
+    account: Option<String>,
+    /// Only keys with this status.
+    #[arg(long, value_enum)]
+    status: Option<Status>,
+    /// Only keys of this environment.
+    #[arg(long, value_enum)]
+    env: Option<Env>,
+    /// Only keys whose name contains this (case-insensitive).
+    #[arg(long)]
+    name: Option<String>,
+    /// Start after this key (the `next_cursor` of a previous page).
+    #[arg(long, value_name = "KEY_ID", value_parser = parse_id)]
+    starting_after: Option<String>,
+    #[command(flatten)]
+    pages: PageArgs,
+}
+
+/// The fields of `PATCH /v1/api-keys/{id}`; what is not given stays as it is.
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    #[arg(value_parser = parse_id)]
+    id: String,
+    /// New name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Replace the permissions (comma-separated or repeated), e.g. invoices.read,orders.*.
+    #[arg(long = "permissions", visible_alias = "permission", value_name = "PERMISSION",
+          value_delimiter = ',', num_args = 1.., conflicts_with = "scope")]
+    permissions: Option<Vec<String>>,
+    /// Replace the permissions by a preset set.
+    #[arg(long, value_enum)]
+    scope: Option<Scope>,
+    /// Replace the allowed client addresses or CIDRs (comma-separated or repeated).
+    #[arg(long = "allowed-ips", visible_alias = "ip", value_name = "ADDR_OR_CIDR",
+          value_delimiter = ',', num_args = 1.., conflicts_with = "any_ip")]
+    allowed_ips: Option<Vec<String>>,
+    /// Clear the allowlist: any address may use the key.
+    #[arg(long)]
+    any_ip: bool,
+    /// Expire the key at this time (RFC 3339).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time,
+          conflicts_with_all = ["expires_in", "no_expiry"])]
+    expires_at: Option<String>,
+    /// Expire the key this many seconds from now.
+    #[arg(long, value_name = "SECONDS", conflicts_with = "no_expiry",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    expires_in: Option<u64>,
+    /// Remove the expiry.
+    #[arg(long)]
+    no_expiry: bool,
+    /// Rate limit as REQUESTS/SECONDS, e.g. 100/60.
+    #[arg(long, value_name = "REQUESTS/SECONDS", value_parser = parse_rate,
+          conflicts_with = "no_rate_limit")]
+    rate_limit: Option<(u64, u64)>,
+    /// Remove the rate limit.
+    #[arg(long)]
+    no_rate_limit: bool,
+    /// Usage quota: total requests the key may make (starts counting afresh).
+    #[arg(long, value_name = "N", conflicts_with = "no_quota")]
+    quota: Option<u64>,
+    /// Remove the quota.
+    #[arg(long)]
+    no_quota: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct VerifyArgs {
     /// Permission the request needs, e.g. invoices.read.
     #[arg(long, conflicts_with_all = ["method", "path"])]
@@ -164,6 +245,12 @@ enum Scope {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Granularity {
+    Hour,
+    Day,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum Status {
     Active,
     Revoked,
@@ -190,17 +277,60 @@ pub async fn run(conn: &Connection, cmd: KeysCommand) -> Result<Done, Failure> {
             let reply = api.post(&["v1", "api-keys"], &args.body()).await?;
             reply.emit(conn, |key| with_secret(key, fields(key, KEY_FIELDS, &[])))
         }
-        KeysCommand::List { account, status } => {
-            let status = status.map(wire);
-            let mut query = Vec::new();
-            if let Some(account) = &account {
-                query.push(("account_id", account.as_str()));
-            }
-            if let Some(status) = &status {
-                query.push(("status", status.as_str()));
-            }
-            let reply = api.get(&["v1", "api-keys"], &query).await?;
-            reply.emit(conn, |_| key_table(reply.data()?))
+        KeysCommand::List(args) => {
+            let filters = [
+                ("account_id", args.account),
+                ("status", args.status.map(wire)),
+                ("environment", args.env.map(wire)),
+                ("name", args.name),
+            ];
+            let query: Vec<(&str, String)> = filters
+                .into_iter()
+                .filter_map(|(name, value)| Some((name, value?)))
+                .collect();
+            let paging = Paging::by_id("keys");
+            let listing = pages::fetch(
+                &api,
+                &["v1", "api-keys"],
+                &query,
+                &paging,
+                &args.pages,
+                args.starting_after,
+            )
+            .await?;
+            listing.emit(conn, &paging, key_table)
+        }
+        KeysCommand::Update(args) => {
+            let body = args.body()?;
+            let reply = api
+                .call(
+                    Method::PATCH,
+                    &["v1", "api-keys", &args.id],
+                    &[],
+                    Some(&body),
+                )
+                .await?;
+            let reply = api.expect_success(reply)?;
+            reply.emit(conn, |key| Ok(fields(key, KEY_FIELDS, &[])))
+        }
+        KeysCommand::Usage {
+            id,
+            from,
+            to,
+            granularity,
+        } => {
+            let options = [
+                ("from", from),
+                ("to", to),
+                ("granularity", granularity.map(wire)),
+            ];
+            let query: Vec<(&str, String)> = options
+                .into_iter()
+                .filter_map(|(name, value)| Some((name, value?)))
+                .collect();
+            let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let reply = api.get(&["v1", "api-keys", &id, "usage"], &pairs).await?;
+            reply.emit(conn, |usage| Ok(usage_report(usage, reply.data()?)))
         }
         KeysCommand::Get { id } => {
             let reply = api.get(&["v1", "api-keys", &id], &[]).await?;
@@ -275,6 +405,61 @@ impl CreateArgs {
             body.insert("meta".into(), meta.into());
         }
         Value::Object(body)
+    }
+}
+
+impl UpdateArgs {
+    /// The PATCH body; at least one change, or a usage error before any request.
+    fn body(&self) -> Result<Value, Failure> {
+        let mut body = Map::new();
+        if let Some(name) = &self.name {
+            body.insert("name".into(), name.clone().into());
+        }
+        if let Some(permissions) = &self.permissions {
+            body.insert("permissions".into(), json!(permissions));
+        }
+        if let Some(scope) = self.scope {
+            body.insert("scope".into(), wire(scope).into());
+        }
+        if let Some(ips) = &self.allowed_ips {
+            body.insert("ip_allowlist".into(), json!(ips));
+        }
+        if self.any_ip {
+            body.insert("ip_allowlist".into(), json!([]));
+        }
+        if let Some(at) = &self.expires_at {
+            body.insert("expires_at".into(), at.clone().into());
+        }
+        if let Some(seconds) = self.expires_in {
+            body.insert("expires_in".into(), seconds.into());
+        }
+        if self.no_expiry {
+            body.insert("expires_at".into(), Value::Null);
+        }
+        if let Some((requests, per_seconds)) = self.rate_limit {
+            body.insert(
+                "rate_limit".into(),
+                json!({ "requests": requests, "per_seconds": per_seconds }),
+            );
+        }
+        if self.no_rate_limit {
+            body.insert("rate_limit".into(), Value::Null);
+        }
+        if let Some(requests) = self.quota {
+            body.insert("quota".into(), json!({ "requests": requests }));
+        }
+        if self.no_quota {
+            body.insert("quota".into(), Value::Null);
+        }
+        if body.is_empty() {
+            return Err(Failure::Usage(
+                "nothing to change: give at least one of --name, --permissions, --scope, \
+                 --allowed-ips, --any-ip, --expires-at, --expires-in, --no-expiry, \
+                 --rate-limit, --no-rate-limit, --quota, --no-quota"
+                    .to_owned(),
+            ));
+        }
+        Ok(Value::Object(body))
     }
 }
 
@@ -356,7 +541,46 @@ fn previous_summary(previous: &Value) -> String {
     summary
 }
 
-fn key_table(keys: &[Value]) -> Result<String, Failure> {
+/// Field order of a usage report's summary.
+const USAGE_FIELDS: &[&str] = &[
+    "key_id",
+    "granularity",
+    "from",
+    "to",
+    "last_used_at",
+    "quota",
+    "totals",
+    "recent_ips",
+];
+
+/// The summary, then the buckets that saw any verification.
+fn usage_report(usage: &Value, buckets: &[Value]) -> String {
+    let mut out = fields(usage, USAGE_FIELDS, &["data"]);
+    let mut table = Table::new(&["START", "VALID", "REFUSED", "OUTCOMES"]);
+    let mut any = false;
+    for bucket in buckets {
+        let count = |name: &str| bucket[name].as_i64().unwrap_or(0);
+        if count("valid") == 0 && count("refused") == 0 {
+            continue;
+        }
+        any = true;
+        table.push(vec![
+            short_time(&bucket["start"], "-"),
+            count("valid").to_string(),
+            count("refused").to_string(),
+            text(&bucket["outcomes"]),
+        ]);
+    }
+    out.push('\n');
+    if any {
+        out.push_str(&table.render());
+    } else {
+        out.push_str("no verifications in this period\n");
+    }
+    out
+}
+
+fn key_table(keys: &[Value]) -> String {
     let mut table = Table::new(&[
         "ID",
         "NAME",
@@ -388,7 +612,7 @@ fn key_table(keys: &[Value]) -> Result<String, Failure> {
             short_time(&key["expires_at"], "never"),
         ]);
     }
-    Ok(table.render())
+    table.render()
 }
 
 /// The key to verify: the first line of standard input, trimmed.

@@ -1,6 +1,6 @@
 //! The CLI's management verbs: a small HTTP client of a running keygate's admin API.
 //!
-//! `keygate accounts …` and `keygate keys …` talk to the server named by `--url`
+//! `keygate accounts …`, `keygate keys …` and `keygate audit …` talk to the server named by `--url`
 //! (`KEYGATE_URL`, default `http://127.0.0.1:8080`) with the operator's admin token
 //! (`KEYGATE_ADMIN_TOKEN`; the `--admin-token` flag exists but shows up in `ps`). The admin
 //! token is never printed. Output is a human table (or `field: value` lines for one object)
@@ -20,14 +20,19 @@
 //! | 3 | the server answered with a 4xx error (`error: <message> (<code>)` on stderr) |
 //! | 4 | the server could not be reached, timed out (30 s) or answered 5xx |
 //!
-//! Layout: [`http`] holds the one request/response/error path every verb uses, [`output`]
-//! and [`table`] the rendering, [`parse`] the argument checks, [`accounts`] and [`keys`]
-//! the verbs themselves.
+//! Lists read one page (`--limit`, server default 100) and say on stderr when more follow;
+//! `--all` reads every page.
+//!
+//! Layout: [`http`] holds the one request/response/error path every verb uses, [`pages`]
+//! the walk over a list's pages, [`output`] and [`table`] the rendering, [`parse`] the
+//! argument checks, [`accounts`], [`keys`] and [`audit`] the verbs themselves.
 
 mod accounts;
+mod audit;
 mod http;
 mod keys;
 mod output;
+mod pages;
 mod parse;
 mod table;
 
@@ -37,6 +42,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 pub use accounts::AccountsCommand;
+pub use audit::AuditCommand;
 pub use keys::KeysCommand;
 
 use http::Failure;
@@ -99,6 +105,10 @@ pub(crate) enum Done {
 
 pub async fn run_accounts(conn: &Connection, cmd: AccountsCommand) -> ExitCode {
     finish(accounts::run(conn, cmd).await)
+}
+
+pub async fn run_audit(conn: &Connection, cmd: AuditCommand) -> ExitCode {
+    finish(audit::run(conn, cmd).await)
 }
 
 pub async fn run_keys(conn: &Connection, cmd: KeysCommand) -> ExitCode {
