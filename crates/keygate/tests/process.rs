@@ -958,3 +958,57 @@ async fn percent_encoded_key_in_path_is_not_logged() {
         "the key's body is in the log:\n{stderr}"
     );
 }
+
+/// Issue 16: a start that refuses must not leave a freshly generated `.pepper` file
+/// behind: neither one that fails on its configuration (a too-short admin token is found
+/// only after the pepper was settled before), nor one whose database was made with
+/// another pepper (the lost-file case: a new file would hide the loss on the next start).
+#[tokio::test]
+async fn a_refused_start_leaves_no_new_pepper_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pepper = dir.path().join("keygate.pepper");
+    let (status, stderr) = Launch::listening(dir.path(), "short-token", free_port())
+        .env("KEYGATE_ADMIN_TOKEN", "short")
+        .run_to_exit()
+        .await;
+    assert!(!status.success(), "stderr:\n{stderr}");
+    assert!(stderr.contains("admin token"), "{stderr}");
+    assert_no_panic(&stderr);
+    assert!(
+        !pepper.exists(),
+        "a refused start created {}",
+        pepper.display()
+    );
+    assert!(!dir.path().join("keygate.db").exists());
+
+    let (status, stderr) = Launch::listening(dir.path(), "short-pepper", free_port())
+        .env("KEYGATE_PEPPER", random_hex(16))
+        .run_to_exit()
+        .await;
+    assert!(!status.success(), "stderr:\n{stderr}");
+    assert!(stderr.contains("at least 64 hex"), "{stderr}");
+    assert!(
+        !pepper.exists(),
+        "a refused start created {}",
+        pepper.display()
+    );
+
+    // A database made with a pepper whose file is then lost.
+    let port = free_port();
+    let server = Launch::listening(dir.path(), "first", port)
+        .start(port)
+        .await;
+    the_printed_token(&server.stderr());
+    server.stop().await;
+    std::fs::remove_file(&pepper).unwrap();
+    let (status, stderr) = Launch::listening(dir.path(), "lost-pepper", free_port())
+        .run_to_exit()
+        .await;
+    assert!(!status.success(), "stderr:\n{stderr}");
+    assert!(stderr.contains("pepper is not the one"), "{stderr}");
+    assert_no_panic(&stderr);
+    assert!(
+        !pepper.exists(),
+        "a start refused for the wrong pepper left a new pepper file behind"
+    );
+}
