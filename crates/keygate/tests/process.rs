@@ -1012,3 +1012,50 @@ async fn a_refused_start_leaves_no_new_pepper_file() {
         "a start refused for the wrong pepper left a new pepper file behind"
     );
 }
+
+/// `text` with every byte percent-escaped, then the escapes escaped `times - 1` more times
+/// (`_` → `%5F` → `%255F` → `%25255F`).
+fn percent_encode_times(text: &str, times: usize) -> String {
+    let mut out: String = text.bytes().map(|b| format!("%{b:02X}")).collect();
+    for _ in 1..times {
+        out = out.replace('%', "%25");
+    }
+    out
+}
+
+/// Issue 16: a key escaped once, twice or three times, in the path or in the query, is
+/// redacted from the access log (decoded until stable) and refused in the query.
+#[tokio::test]
+async fn a_key_escaped_several_times_is_not_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Launch::listening(dir.path(), "escaped", port)
+        .start(port)
+        .await;
+    let token = the_printed_token(&server.stderr());
+    let account = server.create_account(&token, "Acme").await;
+    let (_, key, _) = server.create_key(&token, &account, "secret").await;
+    let body = &key[key.len() - 64..];
+    for times in 1..=3 {
+        let encoded = percent_encode_times(&key, times);
+        let in_path = server.get(&token, &format!("/v1/api-keys/{encoded}")).await;
+        assert!(!in_path.body.to_string().contains(body));
+        let in_query = server
+            .get(&token, &format!("/v1/api-keys/{encoded}?q={encoded}"))
+            .await;
+        assert_json_error(&in_query, StatusCode::BAD_REQUEST, "key_in_url");
+    }
+    let stderr = server.stop().await;
+    // Not the key's body, nor any escaped form of a part of it.
+    for times in 0..=3 {
+        let part = if times == 0 {
+            body[..24].to_owned()
+        } else {
+            percent_encode_times(&body[..12], times)
+        };
+        assert!(
+            !stderr.contains(&part),
+            "the key (escaped {times} times) is in the log:\n{stderr}"
+        );
+    }
+}
