@@ -130,6 +130,8 @@ impl Engine {
                 self.metrics
                     .usage_flushed_at
                     .store(now_ms() as u64, Relaxed);
+                // Counts are in the store now: idle cells can go.
+                self.usage.evict_idle(self.monotonic_ns());
                 n
             }
             Err(e) => {
