@@ -50,7 +50,7 @@ async fn start_redis() -> Option<Redis> {
         .stderr(Stdio::null())
         .spawn();
     let Ok(child) = child else {
-        println!("skipped: redis-server not installed");
+        keygate_test_support::skip("redis-server not installed");
         return None;
     };
     for _ in 0..100 {

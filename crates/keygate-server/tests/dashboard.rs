@@ -564,7 +564,7 @@ fn find_program(name: &str) -> Option<PathBuf> {
 
 async fn browser() -> Option<Browser> {
     let Some(chromedriver) = find_program("chromedriver") else {
-        println!("skipped: chromium-driver not installed");
+        keygate_test_support::skip("chromium-driver not installed");
         return None;
     };
     let port = TcpListener::bind("127.0.0.1:0")

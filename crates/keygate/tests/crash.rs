@@ -543,8 +543,7 @@ async fn sigkill_loses_no_acknowledged_write_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_write_postgres() {
-    let Ok(base) = std::env::var("KEYGATE_TEST_POSTGRES") else {
-        println!("skipped PostgreSQL: KEYGATE_TEST_POSTGRES unset");
+    let Some(base) = keygate_test_support::postgres_url() else {
         return;
     };
     let name = format!("kg_crash_{}", random_hex(6));

@@ -156,8 +156,7 @@ async fn fresh_postgres_database(server: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sqlite_installation_moves_to_postgresql_without_reissuing_keys() {
-    let Ok(postgres) = std::env::var("KEYGATE_TEST_POSTGRES") else {
-        eprintln!("skipped PostgreSQL: KEYGATE_TEST_POSTGRES unset");
+    let Some(postgres) = keygate_test_support::postgres_url() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
