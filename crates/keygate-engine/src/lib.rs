@@ -153,6 +153,12 @@ impl Engine {
         Ok(written)
     }
 
+    /// How many keys' usage cells this node keeps: the keys in use, as idle cells are
+    /// dropped after a flush.
+    pub fn usage_cell_count(&self) -> usize {
+        self.usage.cell_count()
+    }
+
     /// Starts the task that flushes usage every `interval`. It ends after
     /// [`Engine::stop_background`] (finishing a flush in progress) or when the engine is
     /// dropped.
