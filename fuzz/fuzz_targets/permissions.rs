@@ -9,13 +9,13 @@
 //! - coverage implies allowance: if A covers B and B allows R, A allows R (for R drawn from
 //!   B's own grants, with wildcards filled by ordinary and restricted resource names);
 //! - every set covers itself and its subsets; the empty set allows nothing;
-//! - restricted resources (`webhook`, `api_key`, `account`) are reached only by `*` or by a
-//!   grant naming them;
+//! - restricted resources (`webhook`, `api_key`, `account`, in any spelling) are reached
+//!   only by `*` or by a grant naming them (singular or plural);
 //! - a concrete permission is never a wildcard, and a route's required permission is
 //!   allowed by a set iff the set's printed form says so.
 #![no_main]
 
-use keygate_core::permission::{Part, RESTRICTED_RESOURCES};
+use keygate_core::permission::{is_restricted as restricted_name, same_resource, Part};
 use keygate_core::{Permission, PermissionSet};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -30,7 +30,9 @@ struct Input {
 }
 
 const PRESETS: &[&str] = &["all", "read", "write", "webhooks"];
-const FILL_RESOURCES: &[&str] = &["invoice", "webhook", "api_key", "account", "zz"];
+const FILL_RESOURCES: &[&str] = &[
+    "invoice", "invoices", "webhook", "webhooks", "api_key", "api-keys", "account", "zz",
+];
 const FILL_ACTIONS: &[&str] = &["read", "create", "update", "delete", "send"];
 
 fn parse(grants: &[String]) -> Option<PermissionSet> {
@@ -59,7 +61,7 @@ fn samples(g: &Permission) -> Vec<Permission> {
 }
 
 fn is_restricted(p: &Permission) -> bool {
-    matches!(&p.resource, Part::Name(n) if RESTRICTED_RESOURCES.contains(&n.as_str()))
+    matches!(&p.resource, Part::Name(n) if restricted_name(n))
 }
 
 fn check_set(set: &PermissionSet, inputs: &[String], requests: &[Permission]) {
@@ -86,7 +88,10 @@ fn check_set(set: &PermissionSet, inputs: &[String], requests: &[Permission]) {
                     || set
                         .grants()
                         .iter()
-                        .any(|g| g.resource == req.resource),
+                        .any(|g| matches!(
+                            (&g.resource, &req.resource),
+                            (Part::Name(a), Part::Name(b)) if same_resource(a, b)
+                        )),
                 "{printed:?} reaches restricted {req}"
             );
         }

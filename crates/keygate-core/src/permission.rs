@@ -1,14 +1,17 @@
 //! Permissions: `resource.action` grants, their accepted spellings and how they match.
 //!
-//! Accepted input, all normalised to one canonical form:
-//! - `invoices.read`, `invoices:read` (ordermonk style), any case;
+//! Accepted input, kept as written except for what the SPEC rewrites:
+//! - `invoices.read`, `invoices:read` (ordermonk style, kept as `invoices.read`), any case
+//!   (kept in lowercase: names are case-insensitive and stored that way);
 //! - wildcards `*` (everything), `invoices.*` (every action on one resource), `*.read`
 //!   (one action on every ordinary resource);
 //! - the presets `all`, `read`, `write`, `webhooks` (online-invoice-maker's scope table);
 //! - the action alias `write` (`products:write` = create + update + delete).
 //!
-//! Resource names are compared in singular form, so `invoice.read` and `invoices.read` are
-//! the same grant; the canonical spelling is the singular one.
+//! Resource names keep the operator's spelling (a key created with `invoices.read` is
+//! listed and forwarded as `invoices.read`), but they are compared in singular form with
+//! `-` and `_` alike, so `invoice.read` and `invoices.read` allow the same requests. Keys
+//! stored before 0.2 hold the singular spelling; it keeps working because of that matching.
 //!
 //! Restricted resources (`webhook`, `api_key`, `account`) are reached only by a grant that
 //! names them or by `*`: a resource wildcard such as `*.read` does not cover them. That is
@@ -31,7 +34,8 @@ pub enum Part {
     Name(String),
 }
 
-/// A canonical grant, or a concrete permission a request needs.
+/// A grant as written (lowercase, `.`-separated), or a concrete permission a request needs.
+/// Derived equality compares spellings; [`Permission::covers`] compares meaning.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Permission {
     pub resource: Part,
@@ -56,7 +60,7 @@ impl Permission {
             reason,
         };
         Ok(Permission {
-            resource: Part::Name(canonical_resource(resource).map_err(err)?),
+            resource: Part::Name(resource_name(resource).map_err(err)?),
             action: Part::Name(canonical_action(action).map_err(err)?),
         })
     }
@@ -95,7 +99,7 @@ impl Permission {
             return true;
         }
         let resource_ok = match (&self.resource, &other.resource) {
-            (Part::Name(a), Part::Name(b)) => a == b,
+            (Part::Name(a), Part::Name(b)) => same_resource(a, b),
             // `*.x` covers named resources except the restricted ones.
             (Part::Any, Part::Name(b)) => !is_restricted(b),
             (Part::Any, Part::Any) => true,
@@ -126,7 +130,9 @@ impl fmt::Display for Permission {
     }
 }
 
-/// A key's grants in canonical form: sorted, without duplicates or covered entries.
+/// A key's grants: sorted, without duplicates or covered entries. Of two grants that
+/// differ only in the resource's spelling (`invoice.read`, `invoices.read`) the first in
+/// sort order is kept.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PermissionSet(Vec<Permission>);
 
@@ -159,11 +165,19 @@ impl PermissionSet {
     fn from_grants(mut grants: Vec<Permission>) -> Self {
         grants.sort();
         grants.dedup();
-        // Drop grants that another grant already covers, so the set reads simply.
+        // Drop grants that another grant already covers, so the set reads simply; of two
+        // equivalent spellings (each covers the other) keep the earlier one.
+        let dropped = |i: usize, g: &Permission| {
+            grants
+                .iter()
+                .enumerate()
+                .any(|(j, other)| j != i && other.covers(g) && (j < i || !g.covers(other)))
+        };
         let kept: Vec<Permission> = grants
             .iter()
-            .filter(|g| !grants.iter().any(|other| other != *g && other.covers(g)))
-            .cloned()
+            .enumerate()
+            .filter(|(i, g)| !dropped(*i, g))
+            .map(|(_, g)| g.clone())
             .collect();
         PermissionSet(kept)
     }
@@ -199,8 +213,11 @@ impl PermissionSet {
     }
 }
 
-fn is_restricted(resource: &str) -> bool {
-    RESTRICTED_RESOURCES.contains(&resource)
+/// Is `resource` (in any spelling) one that resource wildcards do not reach?
+pub fn is_restricted(resource: &str) -> bool {
+    RESTRICTED_RESOURCES
+        .iter()
+        .any(|restricted| same_resource(restricted, resource))
 }
 
 fn preset_grants(name: &str) -> Option<Vec<Permission>> {
@@ -250,7 +267,7 @@ fn parse_grant(raw: &str) -> Result<Vec<Permission>, PermissionError> {
     let resource = if resource == "*" {
         Part::Any
     } else {
-        Part::Name(canonical_resource(resource).map_err(err)?)
+        Part::Name(resource_name(resource).map_err(err)?)
     };
     let actions: Vec<Part> = match action {
         "*" => vec![Part::Any],
@@ -289,11 +306,24 @@ fn valid_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Lowercase, `-` as `_`, singular.
-pub fn canonical_resource(name: &str) -> Result<String, &'static str> {
-    let name = name.to_ascii_lowercase().replace('-', "_");
+/// A resource name as written, in lowercase, once it is known to be valid. Its spelling is
+/// kept; matching goes through [`same_resource`].
+pub fn resource_name(name: &str) -> Result<String, &'static str> {
+    let name = name.to_ascii_lowercase();
     valid_name(&name)?;
-    Ok(singular(&name))
+    Ok(name)
+}
+
+/// Do two (lowercase) resource names name the same resource? Compared in singular form with
+/// `-` and `_` alike: `invoices` = `invoice`, `api-keys` = `api_key`. Allocation-free, as
+/// it runs for every grant on every verification.
+pub fn same_resource(a: &str, b: &str) -> bool {
+    let (a_stem, a_tail) = singular_parts(a);
+    let (b_stem, b_tail) = singular_parts(b);
+    let unify = |c: u8| if c == b'-' { b'_' } else { c };
+    let a_bytes = a_stem.bytes().chain(a_tail.bytes()).map(unify);
+    let b_bytes = b_stem.bytes().chain(b_tail.bytes()).map(unify);
+    a_bytes.eq(b_bytes)
 }
 
 fn canonical_action(name: &str) -> Result<String, &'static str> {
@@ -306,23 +336,30 @@ fn canonical_action(name: &str) -> Result<String, &'static str> {
 /// `invoices` → `invoice`, `categories` → `category`, `taxes` → `tax`, `status` stays.
 /// Only the last word of a snake_case name changes (`api_keys` → `api_key`).
 pub fn singular(word: &str) -> String {
-    let w = word;
-    let strip = |n: usize| w[..w.len() - n].to_owned();
+    let (stem, tail) = singular_parts(word);
+    format!("{stem}{tail}")
+}
+
+/// The singular of `word` as a prefix of it and a suffix to append (`categories` →
+/// (`categor`, `y`)), so that comparing needs no allocation. ASCII suffixes only, so the
+/// slicing stays on character boundaries.
+fn singular_parts(w: &str) -> (&str, &'static str) {
+    let strip = |n: usize| &w[..w.len() - n];
     if w.len() > 3 && w.ends_with("ies") {
-        return format!("{}y", strip(3));
+        return (strip(3), "y");
     }
     for suffix in ["sses", "shes", "ches", "xes", "zes", "uses"] {
         if w.len() > suffix.len() && w.ends_with(suffix) {
-            return strip(2);
+            return (strip(2), "");
         }
     }
     if w.ends_with("ss") || w.ends_with("us") || w.ends_with("is") {
-        return w.to_owned();
+        return (w, "");
     }
     if w.len() > 1 && w.ends_with('s') {
-        return strip(1);
+        return (strip(1), "");
     }
-    w.to_owned()
+    (w, "")
 }
 
 #[cfg(test)]
@@ -339,16 +376,48 @@ mod tests {
     }
 
     #[test]
-    fn spellings_normalise_to_one_form() {
-        assert_eq!(set(&["invoices:read"]).to_strings(), ["invoice.read"]);
-        assert_eq!(set(&["Invoice.Read"]).to_strings(), ["invoice.read"]);
-        assert_eq!(set(&["api-keys.*"]).to_strings(), ["api_key.*"]);
+    fn spellings_are_kept_except_the_separator_and_presets() {
+        assert_eq!(set(&["invoices:read"]).to_strings(), ["invoices.read"]);
+        assert_eq!(set(&["orders:read"]).to_strings(), ["orders.read"]);
+        assert_eq!(
+            set(&["invoices.read", "clients.*"]).to_strings(),
+            ["clients.*", "invoices.read"]
+        );
+        assert_eq!(set(&["invoice.read"]).to_strings(), ["invoice.read"]);
+        assert_eq!(set(&["Invoices.Read"]).to_strings(), ["invoices.read"]);
+        assert_eq!(set(&["api-keys.*"]).to_strings(), ["api-keys.*"]);
         assert_eq!(
             set(&["products:write"]).to_strings(),
-            ["product.create", "product.delete", "product.update"]
+            ["products.create", "products.delete", "products.update"]
         );
         assert_eq!(set(&["*.*"]).to_strings(), ["*"]);
-        assert_eq!(set(&["client.*", "client.read"]).to_strings(), ["client.*"]);
+        assert_eq!(
+            set(&["clients.*", "client.read"]).to_strings(),
+            ["clients.*"]
+        );
+        // Two spellings of one grant: one is kept (the first in sort order).
+        assert_eq!(
+            set(&["invoices.read", "invoice.read"]).to_strings(),
+            ["invoice.read"]
+        );
+    }
+
+    #[test]
+    fn plural_and_singular_grants_allow_both_spellings() {
+        for grant in ["invoices.read", "invoice.read", "invoices:read"] {
+            for required in ["invoices.read", "invoice.read"] {
+                assert!(
+                    set(&[grant]).allows(&need(required)),
+                    "{grant} / {required}"
+                );
+            }
+        }
+        assert!(set(&["api-keys.*"]).allows(&need("api_keys.create")));
+        assert!(set(&["api_key.*"]).allows(&need("api-keys.create")));
+        assert!(!set(&["*.read"]).allows(&need("api-keys.read")));
+        assert!(!set(&["*.read"]).allows(&need("webhook.read")));
+        assert!(set(&["categories.read"]).allows(&need("category.read")));
+        assert!(!set(&["invoices.read"]).allows(&need("invoicing.read")));
     }
 
     #[test]
@@ -532,7 +601,8 @@ mod tests {
         #[test]
         fn resource_wildcard_allows_exactly_its_resource(req in arb_required(), r in "[a-z]{1,6}|invoices") {
             let grant = set(&[format!("{r}.*").as_str()]);
-            prop_assert_eq!(grant.allows(&req), req.resource == Part::Name(singular(&r)));
+            let same = matches!(&req.resource, Part::Name(n) if singular(n) == singular(&r));
+            prop_assert_eq!(grant.allows(&req), same);
         }
 
         #[test]

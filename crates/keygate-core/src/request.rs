@@ -7,7 +7,7 @@
 //! first (`%2e%2e`, `..`, `//`, `\`) so that what we check is what an upstream would serve.
 //! A request the rule cannot map needs the full wildcard `*`: unknown means denied.
 
-use crate::permission::{canonical_resource, Permission, PermissionError};
+use crate::permission::{resource_name, Permission, PermissionError};
 
 /// What a request needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl RouteTable {
         RouteTable(routes)
     }
 
-    /// The permissions the routes name, in table order (e.g. `invoice.send`).
+    /// The permissions the routes name, in table order (e.g. `invoices.send`).
     pub fn permissions(&self) -> impl Iterator<Item = &Permission> {
         self.0.iter().map(|r| &r.permission)
     }
@@ -137,7 +137,7 @@ impl RouteTable {
             .enumerate()
             .find(|(i, s)| (*i != 0 || s.as_str() != "api") && !is_version(s))
             .map(|(_, s)| s);
-        match resource.map(|r| canonical_resource(r)) {
+        match resource.map(|r| resource_name(r)) {
             Some(Ok(resource)) => Permission::concrete(&resource, action)
                 .map(Required::Permission)
                 .unwrap_or(Required::Unmapped),
@@ -208,17 +208,23 @@ mod tests {
         let t = RouteTable::default();
         assert_eq!(
             t.required("GET", "/api/v1/invoices/42"),
-            need("invoice.read")
+            need("invoices.read")
         );
-        assert_eq!(t.required("HEAD", "/api/v1/invoices"), need("invoice.read"));
-        assert_eq!(t.required("POST", "/api/v1/clients"), need("client.create"));
-        assert_eq!(t.required("PUT", "/v2/clients/1"), need("client.update"));
-        assert_eq!(t.required("PATCH", "/clients/1"), need("client.update"));
+        assert_eq!(
+            t.required("HEAD", "/api/v1/invoices"),
+            need("invoices.read")
+        );
+        assert_eq!(
+            t.required("POST", "/api/v1/clients"),
+            need("clients.create")
+        );
+        assert_eq!(t.required("PUT", "/v2/clients/1"), need("clients.update"));
+        assert_eq!(t.required("PATCH", "/clients/1"), need("clients.update"));
         assert_eq!(
             t.required("DELETE", "/api/v1/products/9?x=1"),
-            need("product.delete")
+            need("products.delete")
         );
-        assert_eq!(t.required("GET", "/api/v1/webhooks"), need("webhook.read"));
+        assert_eq!(t.required("GET", "/api/v1/webhooks"), need("webhooks.read"));
     }
 
     #[test]
@@ -239,19 +245,19 @@ mod tests {
         let t = RouteTable::default();
         assert_eq!(
             t.required("GET", "/api/v1/invoices/../webhooks"),
-            need("webhook.read")
+            need("webhooks.read")
         );
         assert_eq!(
             t.required("GET", "/api/v1/invoices/%2e%2e/webhooks"),
-            need("webhook.read")
+            need("webhooks.read")
         );
         assert_eq!(
             t.required("GET", "//api//v1//%69nvoices"),
-            need("invoice.read")
+            need("invoices.read")
         );
         assert_eq!(
             t.required("GET", "/api/v1/x/..\\..\\webhooks"),
-            need("webhook.read")
+            need("webhooks.read")
         );
     }
 
@@ -263,20 +269,20 @@ mod tests {
         ]);
         assert_eq!(
             t.required("POST", "/api/v1/invoices/42/send"),
-            need("invoice.send")
+            need("invoices.send")
         );
         assert_eq!(
             t.required("post", "/api/v1/invoices/42/send/"),
-            need("invoice.send")
+            need("invoices.send")
         );
         assert_eq!(
             t.required("GET", "/api/v1/invoices/42/send"),
-            need("invoice.read")
+            need("invoices.read")
         );
         assert_eq!(t.required("DELETE", "/reports/a/b"), need("analytics.read"));
         assert_eq!(
             t.required("POST", "/api/v1/invoices/42/send/x"),
-            need("invoice.create")
+            need("invoices.create")
         );
     }
 

@@ -52,14 +52,36 @@ pub fn query_carries_key(query: &str, format: &KeyFormat) -> bool {
     ];
     query.split('&').any(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode(name).to_ascii_lowercase();
-        let value = decode(value);
+        // Decoded until stable: a key escaped several times is still a key in the URL, and
+        // a pair that never settles is treated as one.
+        let (Some(name), Some(value)) = (decode_fully(name), decode_fully(value)) else {
+            return true;
+        };
+        let name = name.to_ascii_lowercase();
         (CREDENTIAL_PARAMS.contains(&name.as_str()) && !value.is_empty())
             || markers.iter().any(|m| {
                 value.trim_start().starts_with(m.as_str())
                     || name.trim_start().starts_with(m.as_str())
             })
     })
+}
+
+/// Most rounds of [`decode_fully`]: a text still changing after these many is taken to hide
+/// something (each round costs a pass over the text, so the bound keeps it cheap).
+pub const MAX_DECODE_ROUNDS: usize = 8;
+
+/// Decodes until nothing changes, so a key escaped twice or more (`%255F` → `%5F` → `_`)
+/// is seen as the key. `None` when the text still changes after [`MAX_DECODE_ROUNDS`].
+pub fn decode_fully(s: &str) -> Option<String> {
+    let mut current = decode(s);
+    for _ in 1..MAX_DECODE_ROUNDS {
+        let next = decode(&current);
+        if next == current {
+            return Some(current);
+        }
+        current = next;
+    }
+    (decode(&current) == current).then_some(current)
 }
 
 /// `application/x-www-form-urlencoded` decoding; undecodable bytes are kept as they are.

@@ -132,6 +132,8 @@ impl Engine {
                 self.metrics
                     .usage_flushed_at
                     .store(now_ms() as u64, Relaxed);
+                // Counts are in the store now: idle cells can go.
+                self.usage.evict_idle(self.monotonic_ns());
                 n
             }
             Err(e) => {
@@ -151,6 +153,12 @@ impl Engine {
             }
         }
         Ok(written)
+    }
+
+    /// How many keys' usage cells this node keeps: the keys in use, as idle cells are
+    /// dropped after a flush.
+    pub fn usage_cell_count(&self) -> usize {
+        self.usage.cell_count()
     }
 
     /// Starts the task that flushes usage every `interval`. It ends after

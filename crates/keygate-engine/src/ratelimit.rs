@@ -69,6 +69,11 @@ impl Gcra {
 }
 
 impl Gcra {
+    /// Has the limiter recovered fully by `now`, so that a fresh one would answer alike?
+    pub(crate) fn is_at_rest(&self, now: u64) -> bool {
+        self.tat.load(Ordering::Acquire) <= now
+    }
+
     /// Would a request at `now` be refused? Seconds until it would not; takes nothing.
     pub fn blocked_for(&self, limit: RateLimit, now: u64) -> Option<u64> {
         let requests = limit.requests.max(1);

@@ -93,6 +93,8 @@ pub struct KeyUsage {
     quota_refilled_at: AtomicI64,
     refill_dirty: AtomicBool,
     dirty: AtomicBool,
+    /// Recorded since the last eviction pass ([`UsageRecorder::evict_idle`]).
+    touched: AtomicBool,
     pending: Mutex<Pending>,
     pub(crate) limiter: Gcra,
 }
@@ -121,6 +123,7 @@ impl KeyUsage {
             ),
             refill_dirty: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            touched: AtomicBool::new(true),
             pending: Mutex::new(Pending {
                 recent_ips,
                 ..Pending::default()
@@ -232,6 +235,22 @@ impl KeyUsage {
         seen(&p.recent_ips)
     }
 
+    /// Is everything counted here already in the store (nothing to flush)?
+    fn is_flushed(&self) -> bool {
+        if self.dirty.load(Ordering::Acquire)
+            || self.refill_dirty.load(Ordering::Acquire)
+            || self.quota_used.load(Ordering::Acquire) != self.flushed_quota.load(Ordering::Acquire)
+            || self
+                .hour_counts
+                .iter()
+                .any(|c| c.load(Ordering::Acquire) != 0)
+        {
+            return false;
+        }
+        let p = lock(&self.pending);
+        p.counts.is_empty() && !p.ips_changed
+    }
+
     /// Moves what `hour_counts` hold into `p.counts` under `hour` (call with the lock).
     fn take_hour_counts(&self, p: &mut Pending, hour: i64) {
         for (i, counter) in self.hour_counts.iter().enumerate() {
@@ -305,7 +324,9 @@ impl KeyUsage {
     }
 }
 
-/// Keys used since the last flush, and the usage state of every key seen.
+/// Keys used since the last flush, and the usage state of every key in use: a cell nobody
+/// else holds and idle since the previous eviction pass is dropped ([`Self::evict_idle`]),
+/// so a node that sees many distinct keys does not keep a cell for each forever.
 #[derive(Default)]
 pub(crate) struct UsageRecorder {
     dirty: Mutex<Vec<Arc<KeyUsage>>>,
@@ -326,6 +347,9 @@ impl UsageRecorder {
     pub fn record(&self, usage: &Arc<KeyUsage>, outcome: Outcome, ip: Option<IpAddr>, now: i64) {
         // Plain loads first: under load the time rarely moves within a millisecond and the
         // key is already marked, so most calls write neither atomic.
+        if !usage.touched.load(Ordering::Relaxed) {
+            usage.touched.store(true, Ordering::Relaxed);
+        }
         if outcome.is_valid() && usage.last_used.load(Ordering::Relaxed) < now {
             usage.last_used.fetch_max(now, Ordering::Relaxed);
         }
@@ -335,6 +359,31 @@ impl UsageRecorder {
         if !usage.dirty.load(Ordering::Acquire) && !usage.dirty.swap(true, Ordering::AcqRel) {
             lock(&self.dirty).push(usage.clone());
         }
+    }
+
+    /// Drops the cells that are idle: held by nothing else (no cache entry, no flush in
+    /// progress), not recorded to since the previous pass, with every count flushed and the
+    /// rate limiter at rest at `now_ns`. Run after each flush, so a cell goes after one idle
+    /// flush interval. A dropped cell is made again from the stored record on next use,
+    /// which then holds everything it held. Returns how many cells were dropped.
+    pub fn evict_idle(&self, now_ns: u64) -> usize {
+        let mut cells = lock(&self.cells);
+        let before = cells.len();
+        cells.retain(|_, cell| {
+            // Cleared on every cell, so that the next pass sees only newer use.
+            let touched = cell.touched.swap(false, Ordering::AcqRel);
+            // Under the `cells` lock a cell held only here cannot be handed out meanwhile.
+            Arc::strong_count(cell) > 1
+                || touched
+                || !cell.limiter.is_at_rest(now_ns)
+                || !cell.is_flushed()
+        });
+        before - cells.len()
+    }
+
+    /// How many usage cells are kept.
+    pub fn cell_count(&self) -> usize {
+        lock(&self.cells).len()
     }
 
     pub async fn flush(&self, store: &dyn Store) -> Result<usize> {
@@ -516,5 +565,89 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(counts(&u).iter().map(|c| c.2).sum::<i64>(), 40_000);
+    }
+
+    fn record_with_id(id: String) -> KeyRecord {
+        KeyRecord {
+            id,
+            ..crate::cache::tests::record(1)
+        }
+    }
+
+    async fn valid_count(store: &dyn Store, key_id: &str) -> i64 {
+        store
+            .usage_counts(key_id, 0, i64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|c| c.outcome == "valid")
+            .map(|c| c.count)
+            .sum()
+    }
+
+    /// Issue 16: a cell per distinct key was kept forever. Idle cells go once their counts
+    /// are flushed; held, unflushed and recently used ones stay; nothing counted is lost.
+    #[tokio::test]
+    async fn idle_cells_are_evicted_after_their_counts_are_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("usage.db").display());
+        let store = keygate_store::sqlite::SqliteStore::open(&url)
+            .await
+            .unwrap();
+        let recorder = UsageRecorder::default();
+        const KEYS: usize = 100_000;
+        for i in 0..KEYS {
+            let cell = recorder.cell(&record_with_id(format!("key_{i}")));
+            recorder.record(&cell, Outcome::Valid, None, H + 1);
+        }
+        // Held like a cache entry holds it.
+        let held = recorder.cell(&record_with_id("key_0".into()));
+        assert_eq!(recorder.cell_count(), KEYS);
+        assert_eq!(recorder.flush(&store).await.unwrap(), KEYS);
+        // Used within this interval: kept by the first pass, dropped by the next.
+        assert_eq!(recorder.evict_idle(0), 0);
+        // Counted but not flushed yet: kept.
+        let unflushed = recorder.cell(&record_with_id("key_1".into()));
+        recorder.record(&unflushed, Outcome::Valid, None, H + 2);
+        drop(unflushed);
+        let evicted = recorder.evict_idle(0);
+        assert_eq!(evicted, KEYS - 2);
+        assert_eq!(
+            recorder.cell_count(),
+            2,
+            "only the held and the unflushed cell"
+        );
+        // Counts made after eviction, on a cell made again, are flushed exactly.
+        let again = recorder.cell(&record_with_id("key_7".into()));
+        for _ in 0..3 {
+            recorder.record(&again, Outcome::Valid, None, H + 3);
+        }
+        recorder.record(&held, Outcome::Valid, None, H + 3);
+        recorder.flush(&store).await.unwrap();
+        assert_eq!(valid_count(&store, "key_7").await, 1 + 3);
+        assert_eq!(valid_count(&store, "key_0").await, 1 + 1);
+        assert_eq!(valid_count(&store, "key_1").await, 1 + 1);
+        assert_eq!(valid_count(&store, "key_99999").await, 1);
+        drop((again, held));
+        recorder.evict_idle(0);
+        recorder.evict_idle(0);
+        assert_eq!(recorder.cell_count(), 0);
+    }
+
+    /// A cell whose rate limiter is still catching up stays, so dropping it cannot reset
+    /// the key's limit.
+    #[test]
+    fn a_cell_with_a_busy_limiter_is_kept() {
+        let recorder = UsageRecorder::default();
+        let cell = recorder.cell(&record_with_id("key_rl".into()));
+        let limit = keygate_store::RateLimit {
+            requests: 1,
+            per_seconds: 60,
+        };
+        cell.limiter.check(limit, 1_000);
+        drop(cell);
+        recorder.evict_idle(2_000);
+        assert_eq!(recorder.evict_idle(2_000), 0);
+        assert_eq!(recorder.evict_idle(120 * 1_000_000_000), 1);
     }
 }

@@ -25,9 +25,7 @@ impl Drop for Redis {
     }
 }
 
-#[path = "../../keygate/tests/support/ports.rs"]
-mod ports;
-use ports::free_port;
+use keygate_test_support::free_port;
 
 async fn start_redis() -> Option<Redis> {
     let port = free_port();
@@ -46,7 +44,7 @@ async fn start_redis() -> Option<Redis> {
         .stderr(Stdio::null())
         .spawn();
     let Ok(child) = child else {
-        println!("skipped: redis-server not installed");
+        keygate_test_support::skip("redis-server not installed");
         return None;
     };
     for _ in 0..100 {

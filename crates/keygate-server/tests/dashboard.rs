@@ -459,8 +459,8 @@ async fn the_secret_is_shown_once_and_never_in_a_url() {
                 ("name", "Zapier Integration"),
                 ("environment", "live"),
                 ("access", "custom"),
-                ("permission", "invoice.read"),
-                ("permission", "client.*"),
+                ("permission", "invoices.read"),
+                ("permission", "clients.*"),
                 ("extra_permissions", "orders:read"),
                 ("ip_allowlist", ""),
                 ("expiry", "90"),
@@ -508,7 +508,7 @@ async fn the_secret_is_shown_once_and_never_in_a_url() {
         .await;
     assert_eq!(
         key.body["permissions"],
-        json!(["client.*", "invoice.read", "order.read"])
+        json!(["clients.*", "invoices.read", "orders.read"])
     );
     assert_eq!(
         key.body["rate_limit"],
@@ -672,7 +672,7 @@ fn find_program(name: &str) -> Option<PathBuf> {
 
 async fn browser() -> Option<Browser> {
     let Some(chromedriver) = find_program("chromedriver") else {
-        println!("skipped: chromium-driver not installed");
+        keygate_test_support::skip("chromium-driver not installed");
         return None;
     };
     let port = TcpListener::bind("127.0.0.1:0")
@@ -907,22 +907,22 @@ async fn operator_creates_uses_and_revokes_a_key_in_the_browser() {
             format!("/dashboard/accounts/{account_id}/keys/new")
         );
         for resource in [
-            "invoice",
-            "client",
-            "quotation",
-            "product",
-            "webhook",
-            "api_key",
+            "invoices",
+            "clients",
+            "quotations",
+            "products",
+            "webhooks",
+            "api_keys",
         ] {
             c.find(Locator::Css(&format!("#perm-{resource}-read")))
                 .await
                 .unwrap_or_else(|_| panic!("checklist row for {resource}"));
         }
         // The route table's own permission is offered too.
-        c.find(Locator::Css("#perm-invoice-send")).await.unwrap();
+        c.find(Locator::Css("#perm-invoices-send")).await.unwrap();
         fill(&c, "#name", "Zapier Integration").await;
-        click(&c, "#perm-invoice-read").await;
-        click(&c, "#perm-client-all").await;
+        click(&c, "#perm-invoices-read").await;
+        click(&c, "#perm-clients-all").await;
         fill(&c, "#rate_requests", "100").await;
         click(&c, "#expiry-90").await;
         shot(&c, "04-create-key-form").await;
@@ -1151,7 +1151,7 @@ async fn a_self_service_session_cannot_see_another_account_in_the_browser() {
             .await
             .unwrap();
         fill(&c, "#name", "Webhook relay").await;
-        click(&c, "#perm-webhook-all").await;
+        click(&c, "#perm-webhooks-all").await;
         follow(&c, "form.key-form button[type=submit]").await;
         assert!(text(&c, "#form-error").await.contains("does not hold"));
         assert_eq!(
@@ -1166,8 +1166,8 @@ async fn a_self_service_session_cannot_see_another_account_in_the_browser() {
             "the form keeps what was typed"
         );
         shot(&c, "22-self-service-refused-grant").await;
-        click(&c, "#perm-webhook-all").await;
-        click(&c, "#perm-invoice-read").await;
+        click(&c, "#perm-webhooks-all").await;
+        click(&c, "#perm-invoices-read").await;
         follow(&c, "form.key-form button[type=submit]").await;
         assert!(text(&c, "#new-secret").await.starts_with("kg_live_"));
 
@@ -1176,7 +1176,7 @@ async fn a_self_service_session_cannot_see_another_account_in_the_browser() {
             .await
             .unwrap();
         fill(&c, "#name", "One too many").await;
-        click(&c, "#perm-invoice-read").await;
+        click(&c, "#perm-invoices-read").await;
         follow(&c, "form.key-form button[type=submit]").await;
         shot(&c, "23-self-service-plan-limit").await;
         assert!(text(&c, "#form-error").await.contains("limit reached"));

@@ -41,10 +41,7 @@ impl Deployment {
     /// A fresh database on the `KEYGATE_TEST_POSTGRES` server, migrated once (as
     /// `keygate migrate` would), or `None` (and a note) when it is unset.
     async fn new() -> Option<Deployment> {
-        if std::env::var_os("KEYGATE_TEST_POSTGRES").is_none() {
-            eprintln!("skipped PostgreSQL: KEYGATE_TEST_POSTGRES unset");
-            return None;
-        }
+        keygate_test_support::postgres_url()?;
         let one_at_a_time = ONE_AT_A_TIME.lock().await;
         let url = helpers::fresh_postgres_database().await;
         PostgresStore::open(&url, true).await.unwrap();

@@ -176,7 +176,7 @@ fn echoed_one(a: &Answer, name: &str) -> Option<String> {
 #[tokio::test]
 async fn the_documented_nginx_config_works() {
     let Some(binary) = find_nginx() else {
-        println!("skipped: nginx not installed");
+        keygate_test_support::skip("nginx not installed");
         return;
     };
     let app = spawn_with(Options {

@@ -199,8 +199,7 @@ fn summarize(label: &str, samples: &[&Sample]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_outage_cached_keys_keep_working_others_get_503_and_nodes_recover() {
-    if std::env::var_os("KEYGATE_TEST_POSTGRES").is_none() {
-        eprintln!("skipped PostgreSQL: KEYGATE_TEST_POSTGRES unset");
+    if keygate_test_support::postgres_url().is_none() {
         return;
     }
     let cluster = Cluster::init();

@@ -42,10 +42,7 @@ impl TestDb {
     /// A fresh database on the `KEYGATE_TEST_POSTGRES` server, or `None` (and a note on
     /// stderr) when it is unset.
     async fn postgres() -> Option<TestDb> {
-        let Ok(server) = std::env::var("KEYGATE_TEST_POSTGRES") else {
-            eprintln!("skipped PostgreSQL: KEYGATE_TEST_POSTGRES unset");
-            return None;
-        };
+        let server = keygate_test_support::postgres_url()?;
         Some(TestDb::Postgres(fresh_postgres_database(&server).await))
     }
 

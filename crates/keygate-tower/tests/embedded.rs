@@ -234,12 +234,7 @@ async fn sqlite_embedded_layer_honours_issued_and_revoked_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_embedded_layer_honours_issued_and_revoked_keys() {
-    let Ok(server) = std::env::var("KEYGATE_TEST_POSTGRES") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "KEYGATE_TEST_POSTGRES must be set in CI"
-        );
-        println!("skipped: KEYGATE_TEST_POSTGRES is not set");
+    let Some(server) = keygate_test_support::postgres_url() else {
         return;
     };
     let url = fresh_postgres_database(&server).await;

@@ -17,9 +17,7 @@ use tokio::net::TcpListener;
 use crate::config::{Config, ServeArgs};
 
 pub(crate) const ADMIN_DIGEST_SETTING: &str = "admin_token_digest";
-pub(crate) const PEPPER_CHECK_SETTING: &str = "pepper_check";
-/// A fixed message whose digest tells whether the pepper is the one the keys were made with.
-pub(crate) const PEPPER_CHECK_MESSAGE: &[u8] = b"keygate pepper check v1";
+pub(crate) use keygate_engine::PEPPER_CHECK_SETTING;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args, &|name| std::env::var(name).ok())?;
@@ -39,6 +37,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(|limit| Arc::new(keygate_engine::FailureThrottle::new(limit)));
     let gateway = config.gateway()?;
     let edge = config.edge_limits()?;
+    check_admin_token(config.admin_token.as_deref())?;
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -222,23 +221,45 @@ pub(crate) fn pepper_path(database_url: &str) -> Option<PathBuf> {
     Some(Path::new(path).with_extension("pepper"))
 }
 
+const WRONG_PEPPER: &str = "the pepper is not the one this database's keys were made with; every key would be refused. Restore the original pepper (KEYGATE_PEPPER or the .pepper file beside the database)";
+
 /// The configured pepper, or the one in the file beside the database (created 0600 on the
 /// first start). Refuses to start with a pepper other than the one the keys were made with.
+///
+/// A generated pepper is written only once it is known to be accepted: just before the
+/// database records its check, so a start that refuses leaves no new `.pepper` file behind
+/// (issue 16), while a database never records a pepper that is not on disk.
 async fn settle_pepper(config: &Config, store: &dyn Store) -> anyhow::Result<Pepper> {
-    let pepper = match &config.pepper {
-        Some(p) => parse_pepper(p)?,
+    let (pepper, unsaved) = match &config.pepper {
+        Some(p) => (parse_pepper(p)?, None),
         None => {
             let path = pepper_path(&config.database_url)
                 .context("no pepper configured: set KEYGATE_PEPPER")?;
-            read_or_create_pepper(&path)?
+            match read_pepper_file(&path)? {
+                Some(pepper) => (pepper, None),
+                None => {
+                    let (pepper, bytes) = Pepper::generate().context("cannot generate a pepper")?;
+                    (pepper, Some((path, keygate_core::key::to_hex(&bytes))))
+                }
+            }
         }
     };
-    let check = pepper.digest(PEPPER_CHECK_MESSAGE).to_hex();
-    store
-        .insert_setting_if_absent(PEPPER_CHECK_SETTING, &check)
-        .await?;
-    if store.get_setting(PEPPER_CHECK_SETTING).await?.as_deref() != Some(check.as_str()) {
-        bail!("the pepper is not the one this database's keys were made with; every key would be refused. Restore the original pepper (KEYGATE_PEPPER or the .pepper file beside the database)");
+    let check = keygate_engine::pepper_check(&pepper);
+    match store.get_setting(PEPPER_CHECK_SETTING).await? {
+        Some(stored) if stored == check => return Ok(pepper),
+        Some(_) => bail!(WRONG_PEPPER),
+        None => {}
+    }
+    if let Some((path, hex)) = &unsaved {
+        write_private(path, hex)?;
+        tracing::info!(path = %path.display(), "generated a new pepper");
+    }
+    if !keygate_engine::pepper_matches(store, &pepper).await? {
+        // Another node recorded its pepper first: ours is not the database's.
+        if let Some((path, _)) = &unsaved {
+            let _ = std::fs::remove_file(path);
+        }
+        bail!(WRONG_PEPPER);
     }
     Ok(pepper)
 }
@@ -251,22 +272,27 @@ pub(crate) fn parse_pepper(hex: &str) -> anyhow::Result<Pepper> {
     Ok(Pepper::new(bytes))
 }
 
-fn read_or_create_pepper(path: &Path) -> anyhow::Result<Pepper> {
+/// The pepper in the file at `path`, or `None` when there is no such file.
+fn read_pepper_file(path: &Path) -> anyhow::Result<Option<Pepper>> {
     match std::fs::read_to_string(path) {
         Ok(hex) => {
             let bytes = keygate_core::key::from_hex(hex.trim())
                 .filter(|b| b.len() >= 32)
                 .with_context(|| format!("{} does not hold a pepper", path.display()))?;
-            Ok(Pepper::new(bytes))
+            Ok(Some(Pepper::new(bytes)))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (pepper, bytes) = Pepper::generate().context("cannot generate a pepper")?;
-            write_private(path, &keygate_core::key::to_hex(&bytes))?;
-            tracing::info!(path = %path.display(), "generated a new pepper");
-            Ok(pepper)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// A configured admin token must be long enough; checked with the rest of the
+/// configuration, before the database or the pepper file is created.
+fn check_admin_token(token: Option<&str>) -> anyhow::Result<()> {
+    if token.is_some_and(|t| t.len() < 16) {
+        bail!("the admin token must be at least 16 characters");
+    }
+    Ok(())
 }
 
 /// Writes a new file readable by its owner only.
@@ -294,9 +320,7 @@ async fn settle_admin_token(
     pepper: &Pepper,
 ) -> anyhow::Result<AdminToken> {
     if let Some(token) = &config.admin_token {
-        if token.len() < 16 {
-            bail!("the admin token must be at least 16 characters");
-        }
+        check_admin_token(Some(token))?;
         return Ok(AdminToken::from_secret(pepper, token));
     }
     if let Some(hex) = store.get_setting(ADMIN_DIGEST_SETTING).await? {

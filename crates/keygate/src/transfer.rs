@@ -22,8 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ServeArgs};
 use crate::serve::{
-    open_store, parse_pepper, pepper_path, redact_url, ADMIN_DIGEST_SETTING, PEPPER_CHECK_MESSAGE,
-    PEPPER_CHECK_SETTING,
+    open_store, parse_pepper, pepper_path, redact_url, ADMIN_DIGEST_SETTING, PEPPER_CHECK_SETTING,
 };
 
 const FORMAT: &str = "keygate-export";
@@ -558,7 +557,7 @@ async fn check_pepper(
     }
     if let Some(hex) = &config.pepper {
         let pepper = parse_pepper(hex)?;
-        if pepper.digest(PEPPER_CHECK_MESSAGE).to_hex() != exported {
+        if keygate_engine::pepper_check(&pepper) != exported {
             bail!("KEYGATE_PEPPER is not the pepper the exported keys were made with: they would all be refused. Use the source installation's pepper");
         }
     }

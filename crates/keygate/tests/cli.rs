@@ -35,9 +35,7 @@ fn random_hex(n: usize) -> String {
 }
 
 /// A port nothing listens on (bound, read, released).
-#[path = "support/ports.rs"]
-mod ports;
-use ports::free_port;
+use keygate_test_support::free_port;
 
 fn get_status(port: u16, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;

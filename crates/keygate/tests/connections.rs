@@ -57,9 +57,7 @@ impl Drop for Server {
     }
 }
 
-#[path = "support/ports.rs"]
-mod ports;
-use ports::free_port;
+use keygate_test_support::free_port;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_connections_do_not_exhaust_the_server() {

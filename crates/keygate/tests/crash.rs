@@ -27,9 +27,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A path that a `read` key may reach.
 const PERMITTED: &str = "/api/v1/invoices/1";
 
-#[path = "support/ports.rs"]
-mod ports;
-use ports::free_port;
+use keygate_test_support::free_port;
 
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; n];
@@ -538,8 +536,7 @@ async fn sigkill_loses_no_acknowledged_write_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_write_postgres() {
-    let Ok(base) = std::env::var("KEYGATE_TEST_POSTGRES") else {
-        println!("skipped PostgreSQL: KEYGATE_TEST_POSTGRES unset");
+    let Some(base) = keygate_test_support::postgres_url() else {
         return;
     };
     let name = format!("kg_crash_{}", random_hex(6));

@@ -16,9 +16,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 const ADMIN_TOKEN: &str = "kgadm_gateway_process_test_token_0123456789";
 const STREAM_BYTES: u64 = 200 * 1024 * 1024;
 
-#[path = "support/ports.rs"]
-mod ports;
-use ports::free_port;
+use keygate_test_support::free_port;
 
 fn listening(port: u16) -> bool {
     TcpStream::connect(("127.0.0.1", port)).is_ok()

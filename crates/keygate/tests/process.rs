@@ -27,9 +27,7 @@ const ADMIN_PREFIX: &str = "kgadm_";
 // ---------------------------------------------------------------------------------------
 
 /// A port nothing listens on (bound, read, released).
-#[path = "support/ports.rs"]
-mod ports;
-use ports::free_port;
+use keygate_test_support::free_port;
 
 /// `n` bytes of the OS CSPRNG as lowercase hex.
 fn random_hex(n: usize) -> String {
@@ -956,4 +954,105 @@ async fn percent_encoded_key_in_path_is_not_logged() {
         !stderr.contains(&key[key.len() - 64..]),
         "the key's body is in the log:\n{stderr}"
     );
+}
+
+/// Issue 16: a start that refuses must not leave a freshly generated `.pepper` file
+/// behind: neither one that fails on its configuration (a too-short admin token is found
+/// only after the pepper was settled before), nor one whose database was made with
+/// another pepper (the lost-file case: a new file would hide the loss on the next start).
+#[tokio::test]
+async fn a_refused_start_leaves_no_new_pepper_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pepper = dir.path().join("keygate.pepper");
+    let (status, stderr) = Launch::listening(dir.path(), "short-token", free_port())
+        .env("KEYGATE_ADMIN_TOKEN", "short")
+        .run_to_exit()
+        .await;
+    assert!(!status.success(), "stderr:\n{stderr}");
+    assert!(stderr.contains("admin token"), "{stderr}");
+    assert_no_panic(&stderr);
+    assert!(
+        !pepper.exists(),
+        "a refused start created {}",
+        pepper.display()
+    );
+    assert!(!dir.path().join("keygate.db").exists());
+
+    let (status, stderr) = Launch::listening(dir.path(), "short-pepper", free_port())
+        .env("KEYGATE_PEPPER", random_hex(16))
+        .run_to_exit()
+        .await;
+    assert!(!status.success(), "stderr:\n{stderr}");
+    assert!(stderr.contains("at least 64 hex"), "{stderr}");
+    assert!(
+        !pepper.exists(),
+        "a refused start created {}",
+        pepper.display()
+    );
+
+    // A database made with a pepper whose file is then lost.
+    let port = free_port();
+    let server = Launch::listening(dir.path(), "first", port)
+        .start(port)
+        .await;
+    the_printed_token(&server.stderr());
+    server.stop().await;
+    std::fs::remove_file(&pepper).unwrap();
+    let (status, stderr) = Launch::listening(dir.path(), "lost-pepper", free_port())
+        .run_to_exit()
+        .await;
+    assert!(!status.success(), "stderr:\n{stderr}");
+    assert!(stderr.contains("pepper is not the one"), "{stderr}");
+    assert_no_panic(&stderr);
+    assert!(
+        !pepper.exists(),
+        "a start refused for the wrong pepper left a new pepper file behind"
+    );
+}
+
+/// `text` with every byte percent-escaped, then the escapes escaped `times - 1` more times
+/// (`_` → `%5F` → `%255F` → `%25255F`).
+fn percent_encode_times(text: &str, times: usize) -> String {
+    let mut out: String = text.bytes().map(|b| format!("%{b:02X}")).collect();
+    for _ in 1..times {
+        out = out.replace('%', "%25");
+    }
+    out
+}
+
+/// Issue 16: a key escaped once, twice or three times, in the path or in the query, is
+/// redacted from the access log (decoded until stable) and refused in the query.
+#[tokio::test]
+async fn a_key_escaped_several_times_is_not_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Launch::listening(dir.path(), "escaped", port)
+        .start(port)
+        .await;
+    let token = the_printed_token(&server.stderr());
+    let account = server.create_account(&token, "Acme").await;
+    let (_, key, _) = server.create_key(&token, &account, "secret").await;
+    let body = &key[key.len() - 64..];
+    for times in 1..=3 {
+        let encoded = percent_encode_times(&key, times);
+        let in_path = server.get(&token, &format!("/v1/api-keys/{encoded}")).await;
+        assert!(!in_path.body.to_string().contains(body));
+        let in_query = server
+            .get(&token, &format!("/v1/api-keys/{encoded}?q={encoded}"))
+            .await;
+        assert_json_error(&in_query, StatusCode::BAD_REQUEST, "key_in_url");
+    }
+    let stderr = server.stop().await;
+    // Not the key's body, nor any escaped form of a part of it.
+    for times in 0..=3 {
+        let part = if times == 0 {
+            body[..24].to_owned()
+        } else {
+            percent_encode_times(&body[..12], times)
+        };
+        assert!(
+            !stderr.contains(&part),
+            "the key (escaped {times} times) is in the log:\n{stderr}"
+        );
+    }
 }

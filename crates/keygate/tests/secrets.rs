@@ -24,9 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
 
-#[path = "support/ports.rs"]
-mod ports;
-use ports::free_port;
+use keygate_test_support::free_port;
 
 fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];

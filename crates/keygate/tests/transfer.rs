@@ -50,9 +50,7 @@ impl Drop for Server {
     }
 }
 
-#[path = "support/ports.rs"]
-mod ports;
-use ports::free_port;
+use keygate_test_support::free_port;
 
 impl Server {
     async fn start(dir: &Path, env: &[(&str, &str)]) -> Server {
@@ -155,8 +153,7 @@ async fn fresh_postgres_database(server: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sqlite_installation_moves_to_postgresql_without_reissuing_keys() {
-    let Ok(postgres) = std::env::var("KEYGATE_TEST_POSTGRES") else {
-        eprintln!("skipped PostgreSQL: KEYGATE_TEST_POSTGRES unset");
+    let Some(postgres) = keygate_test_support::postgres_url() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-#[path = "../../../crates/keygate/tests/support/ports.rs"]
-mod ports;
-use ports::free_port;
+use keygate_test_support::free_port;
 
 const EXAMPLE: &str = env!("CARGO_BIN_EXE_axum-embedded");
 

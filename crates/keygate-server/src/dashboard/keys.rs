@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
 use keygate_core::ip::IpAllowlist;
-use keygate_core::permission::{canonical_resource, Part};
+use keygate_core::permission::{resource_name, Part};
 use keygate_core::{Outcome, PermissionSet};
 use keygate_engine::manage::{Granularity, KeyStatus, KeyUpdate, NewKey};
 use keygate_engine::{now_ms, Error};
@@ -108,10 +108,7 @@ fn note_grant(map: &mut BTreeMap<String, BTreeSet<String>>, resource: &Part, act
 /// every resource the caller's visible keys already hold.
 async fn catalog(ctx: &Ctx) -> Result<Catalog, Failure> {
     let canonical = |names: &[&str]| -> Vec<String> {
-        names
-            .iter()
-            .filter_map(|n| canonical_resource(n).ok())
-            .collect()
+        names.iter().filter_map(|n| resource_name(n).ok()).collect()
     };
     let mut ordinary: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let reference = canonical(REFERENCE_RESOURCES);

@@ -33,11 +33,14 @@ pub fn wrap(routes: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Makes a path safe to log: percent-escapes decoded first (so `kg%5Flive%5F…` is seen),
-/// then anything that starts like a key of this deployment, and any long run of hex (a
-/// key body without its prefix), replaced.
+/// Makes a path safe to log: percent-escapes decoded until stable first (so `kg%5Flive%5F…`
+/// and `kg%255Flive…` are seen), then anything that starts like a key of this deployment,
+/// and any long run of hex (a key body without its prefix), replaced. A text that does not
+/// settle within the decoding bound is replaced whole.
 pub fn redact(text: &str, prefix: &str) -> String {
-    let decoded = keygate_edge::credentials::decode(text);
+    let Some(decoded) = keygate_edge::credentials::decode_fully(text) else {
+        return "[redacted]".to_owned();
+    };
     let marker = format!("{prefix}_");
     let mut out = String::with_capacity(decoded.len());
     let mut rest = decoded.as_str();
@@ -192,6 +195,13 @@ mod tests {
         );
         assert_eq!(redact("/v1/api-keys", "kg"), "/v1/api-keys");
         assert_eq!(redact("/v1/x/kg%5Flive%5Fabc", "kg"), "/v1/x/[redacted]");
+        assert_eq!(
+            redact("/v1/x/kg%255Flive%255Fabc", "kg"),
+            "/v1/x/[redacted]"
+        );
+        // Escaped more often than the decoding bound: hidden whole.
+        let nested = format!("/v1/%{}41", "25".repeat(9));
+        assert_eq!(redact(&nested, "kg"), "[redacted]");
         let body = "ab".repeat(32);
         assert_eq!(
             redact(&format!("/v1/x/{body}/y"), "kg"),

@@ -33,7 +33,7 @@ async fn create_shows_the_secret_once_and_lists_never() {
     assert!(secret.starts_with("kg_test_") && secret.len() == 8 + 64);
     let b = &created.body;
     assert_eq!(b["display_prefix"], &secret[..16]);
-    assert_eq!(b["permissions"], json!(["client.*", "invoice.read"]));
+    assert_eq!(b["permissions"], json!(["client.*", "invoices.read"]));
     assert_eq!(b["ip_allowlist"], json!(["10.0.0.0/8"]));
     assert_eq!(b["status"], "active");
     assert_eq!(b["expires_at"], "2099-01-01T00:00:00.000Z");
@@ -194,7 +194,7 @@ async fn rotate_without_grace_revokes_the_old_key_now() {
     let new = r.body["key"].as_str().unwrap();
     assert_ne!(new, old);
     assert_eq!(r.body["name"], "prod");
-    assert_eq!(r.body["permissions"], json!(["invoice.read"]));
+    assert_eq!(r.body["permissions"], json!(["invoices.read"]));
     assert_eq!(r.body["meta"], json!({"a": 1}));
     assert_eq!(r.body["rotated_from"], id.as_str());
     assert_eq!(r.body["previous"]["status"], "revoked");

@@ -214,3 +214,68 @@ async fn path_tricks_do_not_escape_a_scope() {
     )
     .await;
 }
+
+/// Issue 16: permissions come back as the operator wrote them (only `:` becomes `.`), on
+/// every surface that shows them, and plural and singular resource names still match.
+#[tokio::test]
+async fn permissions_come_back_as_written() {
+    let app = spawn().await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let written = json!(["clients.*", "invoices.read", "orders.read"]);
+    let (id, key) = app
+        .create_key(
+            &acct,
+            json!({"permissions": ["invoices.read", "clients.*", "orders:read"]}),
+        )
+        .await;
+    let one = app
+        .admin(Method::GET, &format!("/v1/api-keys/{id}"), None)
+        .await;
+    assert_eq!(one.body["permissions"], written, "{}", one.body);
+    let list = app
+        .admin(
+            Method::GET,
+            &format!("/v1/api-keys?account_id={acct}"),
+            None,
+        )
+        .await;
+    let listed = list.body["data"]
+        .as_array()
+        .and_then(|keys| keys.iter().find(|k| k["id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("key not listed: {}", list.body));
+    assert_eq!(listed["permissions"], written);
+    let verified = app.verify(json!({"key": key})).await;
+    assert_eq!(verified.body["permissions"], written, "{}", verified.body);
+    let forwarded = app
+        .forward_auth(Some(&key), "GET", "/api/v1/invoices")
+        .await;
+    assert_eq!(forwarded.status.as_u16(), 204, "{}", forwarded.body);
+    assert_eq!(
+        forwarded.header("x-keygate-permissions"),
+        Some("clients.*,invoices.read,orders.read")
+    );
+    // A plural grant allows a singular-resource route; a singular grant (the form keys
+    // stored before 0.2 hold) allows a plural one.
+    check(
+        &app,
+        &key,
+        &[
+            ("GET", "/api/v1/invoice/42", true),
+            ("DELETE", "/api/v1/client/5", true),
+            ("GET", "/api/v1/order", true),
+            ("POST", "/api/v1/invoice", false),
+        ],
+    )
+    .await;
+    let singular = key_with(&app, &acct, json!({"permissions": ["invoice.read"]})).await;
+    check(
+        &app,
+        &singular,
+        &[
+            ("GET", "/api/v1/invoices/42", true),
+            ("GET", "/api/v1/invoice/42", true),
+            ("POST", "/api/v1/invoices", false),
+        ],
+    )
+    .await;
+}

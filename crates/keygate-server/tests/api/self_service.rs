@@ -239,7 +239,7 @@ async fn a_self_service_key_manages_its_own_accounts_keys() {
     .await;
     assert_eq!(rotated.status.as_u16(), 201, "{}", rotated.body);
     assert_eq!(rotated.body["account_id"], json!(w.a));
-    assert_eq!(rotated.body["permissions"], json!(["api_key.read"]));
+    assert_eq!(rotated.body["permissions"], json!(["api_keys.read"]));
     assert!(rotated.body["key"]
         .as_str()
         .unwrap()
@@ -435,7 +435,10 @@ async fn a_key_cannot_grant_what_it_does_not_hold() {
     let me = app
         .admin(Method::GET, &format!("/v1/api-keys/{holder_id}"), None)
         .await;
-    assert_eq!(me.body["permissions"], json!(["api_key.*", "invoice.read"]));
+    assert_eq!(
+        me.body["permissions"],
+        json!(["api_keys.*", "invoices.read"])
+    );
     let ok = as_key(
         app,
         &holder,
@@ -445,7 +448,7 @@ async fn a_key_cannot_grant_what_it_does_not_hold() {
     )
     .await;
     assert_eq!(ok.status.as_u16(), 200, "{}", ok.body);
-    assert_eq!(ok.body["permissions"], json!(["invoice.read"]));
+    assert_eq!(ok.body["permissions"], json!(["invoices.read"]));
 }
 
 #[tokio::test]
