@@ -4,21 +4,23 @@ use axum::response::IntoResponse;
 use axum::Json as JsonOut;
 use keygate_engine::manage::{AccountPatch, NewAccount};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::extract::Id;
-use super::views;
+use super::openapi::{AuthErrors, BodyErrors, RecordErrors};
+use super::views::{self, AccountList, AccountWithKeys};
 use super::Auth;
 use crate::edge::json::Json;
 use crate::{ApiError, AppState};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     name: String,
     plan: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAccount {
     name: Option<String>,
@@ -36,6 +38,16 @@ async fn with_usage(
     Ok(v)
 }
 
+/// Create an account (operator only).
+#[utoipa::path(
+    post,
+    operation_id = "create_account",
+    path = "/v1/accounts",
+    tag = "accounts",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    request_body = CreateAccount,
+    responses((status = 201, description = "The new account", body = AccountWithKeys), AuthErrors, BodyErrors)
+)]
 pub async fn create(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -57,6 +69,15 @@ pub async fn create(
     ))
 }
 
+/// List accounts (a self-service key sees its own).
+#[utoipa::path(
+    get,
+    operation_id = "list_accounts",
+    path = "/v1/accounts",
+    tag = "accounts",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    responses((status = 200, description = "The accounts", body = AccountList), AuthErrors)
+)]
 pub async fn list(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -67,6 +88,16 @@ pub async fn list(
     )))
 }
 
+/// Read an account.
+#[utoipa::path(
+    get,
+    operation_id = "get_account",
+    path = "/v1/accounts/{id}",
+    tag = "accounts",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    params(("id" = String, Path, description = "The account's id")),
+    responses((status = 200, description = "The account", body = AccountWithKeys), AuthErrors, RecordErrors)
+)]
 pub async fn get(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -76,6 +107,17 @@ pub async fn get(
     Ok(JsonOut(with_usage(&state, &account).await?))
 }
 
+/// Change an account's name or plan (operator only).
+#[utoipa::path(
+    patch,
+    operation_id = "update_account",
+    path = "/v1/accounts/{id}",
+    tag = "accounts",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    params(("id" = String, Path, description = "The account's id")),
+    request_body = UpdateAccount,
+    responses((status = 200, description = "The changed account", body = AccountWithKeys), AuthErrors, RecordErrors, BodyErrors)
+)]
 pub async fn update(
     State(state): State<AppState>,
     Auth(caller): Auth,
