@@ -156,7 +156,7 @@ pub async fn create(
     tag = "api-keys",
     security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
     params(KeyListQuery),
-    responses((status = 200, description = "The keys", body = ApiKeyList), AuthErrors)
+    responses((status = 200, description = "The keys", body = ApiKeyList), AuthErrors, RecordErrors)
 )]
 pub async fn list(
     State(state): State<AppState>,
@@ -323,7 +323,7 @@ pub async fn usage(
     tag = "audit",
     security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
     params(AuditLogQuery),
-    responses((status = 200, description = "A page of events", body = AuditLog), AuthErrors)
+    responses((status = 200, description = "A page of events", body = AuditLog), AuthErrors, RecordErrors)
 )]
 pub async fn audit_log(
     State(state): State<AppState>,

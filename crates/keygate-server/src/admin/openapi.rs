@@ -93,6 +93,10 @@ error_set!(
     ConflictErrors = [409]
 );
 error_set!(
+    /// Any request, authenticated or not: an address with too many failed attempts waits.
+    ThrottleErrors = [429]
+);
+error_set!(
     /// Readiness: the store.
     StoreErrors = [503]
 );
@@ -168,7 +172,7 @@ pub fn document_bytes() -> Bytes {
     operation_id = "openapi_document",
     path = "/openapi.json",
     tag = "health",
-    responses((status = 200, description = "This document", content_type = "application/json", body = Object))
+    responses((status = 200, description = "This document", content_type = "application/json", body = Object), ThrottleErrors)
 )]
 pub async fn document() -> impl IntoResponse {
     (
