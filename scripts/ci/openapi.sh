@@ -66,13 +66,18 @@ validate(document, cls=OpenAPIV31SpecValidator)
 print(f"openapi: the document is valid OpenAPI {document['openapi']} ({len(document['paths'])} paths)")
 PY
 
-# A few examples per operation keep this short; the cap guards against a hang.
+# A few examples per operation keep this short; the cap guards against a hang. The
+# coverage phase is left out: its negative-value generator sometimes trips over a
+# hypothesis bug ("AST constructor recursion depth mismatch") that fails the run as a
+# schemathesis error with no request sent; fuzzing and the stateful phase still cover
+# every operation.
 status=0
-timeout 180 schemathesis run "$URL/openapi.json" \
+# Run from the temp dir: schemathesis writes a cache (.schemathesis/) where it runs.
+(cd "$WORK" && timeout 180 schemathesis run "$URL/openapi.json" \
     --header "Authorization: Bearer $ADMIN_TOKEN" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-    --max-examples 10 --seed 1 --workers 2 --request-timeout 10 \
-    --suppress-health-check all --no-color || status=$?
+    --phases examples,fuzzing,stateful --max-examples 25 --seed 1 --workers 2 --request-timeout 10 \
+    --suppress-health-check all --no-color) || status=$?
 if ((status != 0)); then
     say "schemathesis failed (exit $status); server log (last 40 lines):" >&2
     tail -n 40 "$WORK/server.log" | sed 's/^/    /' >&2

@@ -120,7 +120,7 @@ fn with_secret(record: &keygate_store::KeyRecord, secret: &keygate_core::ApiKeyS
     tag = "api-keys",
     security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
     request_body = CreateKey,
-    responses((status = 201, description = "The new key with its secret", body = ApiKeyWithSecret), AuthErrors, BodyErrors)
+    responses((status = 201, description = "The new key with its secret", body = ApiKeyWithSecret), AuthErrors, RecordErrors, BodyErrors)
 )]
 pub async fn create(
     State(state): State<AppState>,

@@ -81,7 +81,7 @@ error_set!(
     AuthErrors = [400, 401, 403, 429, 503]
 );
 error_set!(
-    /// A request about one record by its `{id}`.
+    /// A request about one record by its `{id}`, or naming one (an `account_id`).
     RecordErrors = [404]
 );
 error_set!(
