@@ -13,6 +13,7 @@ pub struct Account {
 
 /// `requests` per `per_seconds`, per key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RateLimit {
     pub requests: u32,
     pub per_seconds: u32,
@@ -21,6 +22,7 @@ pub struct RateLimit {
 /// A usage budget: this many valid requests, given back `refill.amount` at a time every
 /// `refill.every` seconds (never above `requests`), or once and for all without a refill.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
     pub requests: u64,
@@ -30,6 +32,7 @@ pub struct Quota {
 
 /// How a quota comes back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Refill {
     pub amount: u64,

@@ -4,21 +4,23 @@ use axum::response::IntoResponse;
 use axum::Json as JsonOut;
 use keygate_engine::manage::{AccountFilter, AccountPatch, NewAccount};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Id, Query};
-use super::views;
+use super::openapi::{AuthErrors, BodyErrors, RecordErrors};
+use super::views::{self, AccountList, AccountWithKeys};
 use super::Auth;
 use crate::edge::json::Json;
 use crate::{ApiError, AppState};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
     name: String,
     plan: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAccount {
     name: Option<String>,
@@ -36,6 +38,16 @@ async fn with_usage(
     Ok(v)
 }
 
+/// Create an account (operator only).
+#[utoipa::path(
+    post,
+    operation_id = "create_account",
+    path = "/v1/accounts",
+    tag = "accounts",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    request_body = CreateAccount,
+    responses((status = 201, description = "The new account", body = AccountWithKeys), AuthErrors, BodyErrors)
+)]
 pub async fn create(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -57,8 +69,33 @@ pub async fn create(
     ))
 }
 
+/// `GET /v1/accounts`'s query parameters (documentation: the handler reads them by name).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AccountListQuery {
+    /// Only accounts on this plan.
+    plan: Option<String>,
+    /// Only accounts whose name contains this (case-insensitive).
+    name: Option<String>,
+    /// Page size, 1 to 1000 (100 by default).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The previous page's `next_cursor`: the page starts after this account.
+    starting_after: Option<String>,
+}
+
 /// `GET /v1/accounts`: a page of accounts, filtered by `plan` and `name` (a
 /// case-insensitive substring).
+#[utoipa::path(
+    get,
+    operation_id = "list_accounts",
+    path = "/v1/accounts",
+    tag = "accounts",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    params(AccountListQuery),
+    responses((status = 200, description = "The accounts", body = AccountList), AuthErrors)
+)]
 pub async fn list(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -76,6 +113,16 @@ pub async fn list(
     Ok(JsonOut(views::page(&page, |a| &a.id, views::account)))
 }
 
+/// Read an account.
+#[utoipa::path(
+    get,
+    operation_id = "get_account",
+    path = "/v1/accounts/{id}",
+    tag = "accounts",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    params(("id" = String, Path, description = "The account's id")),
+    responses((status = 200, description = "The account", body = AccountWithKeys), AuthErrors, RecordErrors)
+)]
 pub async fn get(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -85,6 +132,17 @@ pub async fn get(
     Ok(JsonOut(with_usage(&state, &account).await?))
 }
 
+/// Change an account's name or plan (operator only).
+#[utoipa::path(
+    patch,
+    operation_id = "update_account",
+    path = "/v1/accounts/{id}",
+    tag = "accounts",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    params(("id" = String, Path, description = "The account's id")),
+    request_body = UpdateAccount,
+    responses((status = 200, description = "The changed account", body = AccountWithKeys), AuthErrors, RecordErrors, BodyErrors)
+)]
 pub async fn update(
     State(state): State<AppState>,
     Auth(caller): Auth,

@@ -8,14 +8,20 @@ use keygate_engine::Error;
 use keygate_store::{AuditQuery, Quota, RateLimit};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Id, Query};
-use super::views::{self, parse_time};
+use super::openapi::{AuthErrors, BodyErrors, ConflictErrors, RecordErrors};
+use super::views::{
+    self, parse_time, ApiKeyList, ApiKeyWithSecret, AuditLog, EnvironmentName, GranularityName,
+    KeyStatusName,
+    KeyView, RotatedKey, UsageView,
+};
 use super::Auth;
 use crate::edge::json::{nullable, Json, OptionalJson};
 use crate::{ApiError, AppState};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     account_id: Option<String>,
@@ -31,7 +37,7 @@ pub struct CreateKey {
     meta: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
     name: Option<String>,
@@ -48,10 +54,67 @@ pub struct UpdateKey {
     meta: Option<Value>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
     grace_period_seconds: Option<u64>,
+}
+
+/// `GET /v1/api-keys`'s query parameters (documentation: the handler reads them by name).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct KeyListQuery {
+    /// Only this account's keys.
+    account_id: Option<String>,
+    /// Only keys in this state.
+    status: Option<KeyStatusName>,
+    /// Only keys of this environment.
+    environment: Option<EnvironmentName>,
+    /// Only keys whose name contains this (case-insensitive).
+    name: Option<String>,
+    /// Page size, 1 to 1000 (100 by default).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// The previous page's `next_cursor`: the page starts after this key.
+    starting_after: Option<String>,
+}
+
+/// `GET /v1/api-keys/{id}/usage`'s query parameters.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct UsageQuery {
+    /// Start (RFC 3339); defaults to 24 hours (hourly) or 30 days (daily) ago.
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// End (RFC 3339); defaults to now.
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// Bucket size; `hour` by default.
+    granularity: Option<GranularityName>,
+}
+
+/// `GET /v1/audit-log`'s query parameters.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AuditLogQuery {
+    /// Only this account's events.
+    account_id: Option<String>,
+    /// Only events about this record.
+    target_id: Option<String>,
+    /// Events at or after this time (RFC 3339).
+    #[param(format = DateTime)]
+    from: Option<String>,
+    /// Events before this time (RFC 3339).
+    #[param(format = DateTime)]
+    to: Option<String>,
+    /// Events before this `seq` (the previous page's `next_before`).
+    before: Option<i64>,
+    /// Page size, 1 to 1000 (100 by default; larger values are capped).
+    #[param(minimum = 1)]
+    limit: Option<u32>,
 }
 
 fn with_secret(record: &keygate_store::KeyRecord, secret: &keygate_core::ApiKeySecret) -> Value {
@@ -60,6 +123,16 @@ fn with_secret(record: &keygate_store::KeyRecord, secret: &keygate_core::ApiKeyS
     v
 }
 
+/// Create a key. The secret is in this answer only.
+#[utoipa::path(
+    post,
+    operation_id = "create_api_key",
+    path = "/v1/api-keys",
+    tag = "api-keys",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    request_body = CreateKey,
+    responses((status = 201, description = "The new key with its secret", body = ApiKeyWithSecret), AuthErrors, RecordErrors, BodyErrors)
+)]
 pub async fn create(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -88,6 +161,15 @@ pub async fn create(
 
 /// `GET /v1/api-keys`: a page of keys, filtered by `account_id`, `status`, `environment`
 /// and `name` (a case-insensitive substring).
+#[utoipa::path(
+    get,
+    operation_id = "list_api_keys",
+    path = "/v1/api-keys",
+    tag = "api-keys",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    params(KeyListQuery),
+    responses((status = 200, description = "The keys", body = ApiKeyList), AuthErrors, RecordErrors)
+)]
 pub async fn list(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -129,6 +211,16 @@ pub async fn list(
     Ok(JsonOut(views::page(&page, |k| &k.id, views::key)))
 }
 
+/// Read a key.
+#[utoipa::path(
+    get,
+    operation_id = "get_api_key",
+    path = "/v1/api-keys/{id}",
+    tag = "api-keys",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, description = "The key", body = KeyView), AuthErrors, RecordErrors)
+)]
 pub async fn get(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -138,6 +230,17 @@ pub async fn get(
     Ok(JsonOut(views::key(&key)))
 }
 
+/// Update a key: name, permissions, allowed addresses, expiry, rate limit, quota, meta.
+#[utoipa::path(
+    patch,
+    operation_id = "update_api_key",
+    path = "/v1/api-keys/{id}",
+    tag = "api-keys",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    request_body = UpdateKey,
+    responses((status = 200, description = "The changed key", body = KeyView), AuthErrors, RecordErrors, ConflictErrors, BodyErrors)
+)]
 pub async fn update(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -164,6 +267,16 @@ pub async fn update(
     Ok(JsonOut(views::key(&key)))
 }
 
+/// Revoke a key, permanently.
+#[utoipa::path(
+    post,
+    operation_id = "revoke_api_key",
+    path = "/v1/api-keys/{id}/revoke",
+    tag = "api-keys",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, description = "The revoked key", body = KeyView), AuthErrors, RecordErrors, ConflictErrors)
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -173,6 +286,17 @@ pub async fn revoke(
     Ok(JsonOut(views::key(&key)))
 }
 
+/// Replace a key with a new one; the old one stops now or after a grace period.
+#[utoipa::path(
+    post,
+    operation_id = "rotate_api_key",
+    path = "/v1/api-keys/{id}/rotate",
+    tag = "api-keys",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    request_body(content = Option<Rotate>, description = "Optional: `{\"grace_period_seconds\": n}`"),
+    responses((status = 201, description = "The new key with its secret, and the replaced key", body = RotatedKey), AuthErrors, RecordErrors, ConflictErrors, BodyErrors)
+)]
 pub async fn rotate(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -190,6 +314,15 @@ pub async fn rotate(
 
 /// Usage of one key: counts by outcome per hour or day, last use, recent client addresses,
 /// quota. `?from=&to=` (RFC 3339) and `?granularity=hour|day`.
+#[utoipa::path(
+    get,
+    operation_id = "get_api_key_usage",
+    path = "/v1/api-keys/{id}/usage",
+    tag = "api-keys",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    params(("id" = String, Path, description = "The key's id"), UsageQuery),
+    responses((status = 200, description = "The key's usage", body = UsageView), AuthErrors, RecordErrors)
+)]
 pub async fn usage(
     State(state): State<AppState>,
     Auth(caller): Auth,
@@ -214,6 +347,16 @@ pub async fn usage(
     Ok(JsonOut(views::usage(&report)))
 }
 
+/// Lifecycle events, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    operation_id = "list_audit_log",
+    path = "/v1/audit-log",
+    tag = "audit",
+    security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
+    params(AuditLogQuery),
+    responses((status = 200, description = "A page of events", body = AuditLog), AuthErrors, RecordErrors)
+)]
 pub async fn audit_log(
     State(state): State<AppState>,
     Auth(caller): Auth,

@@ -13,8 +13,11 @@ pub(crate) mod verify;
 mod views;
 
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::any;
 use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::{ApiError, AppState};
 
@@ -23,28 +26,70 @@ pub use fast_path::FastPath;
 
 /// The admin API's routes, before the shared request context (`edge::middleware::wrap`).
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(openapi::document))
-        .route("/v1/accounts", get(accounts::list).post(accounts::create))
-        .route(
-            "/v1/accounts/{id}",
-            get(accounts::get).patch(accounts::update),
-        )
-        .route("/v1/api-keys", get(keys::list).post(keys::create))
-        .route("/v1/api-keys/{id}", get(keys::get).patch(keys::update))
-        .route("/v1/api-keys/{id}/revoke", post(keys::revoke))
-        .route("/v1/api-keys/{id}/rotate", post(keys::rotate))
-        .route("/v1/api-keys/{id}/usage", get(keys::usage))
-        .route("/v1/audit-log", get(keys::audit_log))
-        .route("/v1/api-key-info", get(verify::key_info))
-        .route("/v1/verify", post(verify::verify))
-        .route("/v1/auth", any(verify::forward_auth))
-        .route("/v1/auth/{*path}", any(verify::forward_auth))
+    let (router, _) = api().split_for_parts();
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The routes with their OpenAPI operations: one list for the router and the document.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::document))
+        .routes(routes!(accounts::list, accounts::create))
+        .routes(routes!(accounts::get, accounts::update))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::get, keys::update))
+        .routes(routes!(keys::revoke))
+        .routes(routes!(keys::rotate))
+        .routes(routes!(keys::usage))
+        .routes(routes!(keys::audit_log))
+        .routes(routes!(verify::key_info))
+        .routes(routes!(verify::verify))
+        .merge(forward_auth())
+}
+
+/// Forward-auth answers any method (Envoy's ext_authz passes the original one), so its
+/// router is `any`, not the methods the document lists; and its sub-path is a wildcard
+/// (`{*path}`) for axum but one `{path}` parameter for OpenAPI.
+fn forward_auth() -> OpenApiRouter<AppState> {
+    let (schemas, root, _) = routes!(verify::forward_auth);
+    let (more_schemas, sub_path, _) = routes!(verify::forward_auth_path);
+    let mut document = utoipa::openapi::OpenApi::default();
+    document.paths.paths.extend(root.paths);
+    document.paths.paths.extend(sub_path.paths);
+    // One handler for several methods shares one operation id; OpenAPI wants them unique.
+    for (path, item) in document.paths.paths.iter_mut() {
+        let base = if path.ends_with("{path}") {
+            "forward_auth_path"
+        } else {
+            "forward_auth"
+        };
+        let operations = [
+            ("get", &mut item.get),
+            ("post", &mut item.post),
+            ("put", &mut item.put),
+            ("patch", &mut item.patch),
+            ("delete", &mut item.delete),
+            ("head", &mut item.head),
+            ("options", &mut item.options),
+        ];
+        for (method, operation) in operations {
+            if let Some(operation) = operation {
+                operation.operation_id = Some(format!("{base}_{method}"));
+            }
+        }
+    }
+    let components = document.components.get_or_insert_with(Default::default);
+    components
+        .schemas
+        .extend(schemas.into_iter().chain(more_schemas));
+    OpenApiRouter::with_openapi(document)
+        .route("/v1/auth", any(verify::forward_auth))
+        .route("/v1/auth/{*path}", any(verify::forward_auth))
 }
 
 async fn not_found() -> Response {

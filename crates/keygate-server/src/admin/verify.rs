@@ -16,22 +16,61 @@ use keygate_edge::request_id::current_request_id;
 use keygate_edge::{rate_limit_headers, Authorization};
 use keygate_engine::manage::Caller;
 use keygate_engine::{Error, RateLimitStatus};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::ToSchema;
 
-use super::views;
+use super::openapi::{AuthErrors, BodyErrors};
+use super::views::{self, ApiKeyInfoAnswer, EnvironmentName};
 use crate::edge::json::Json;
 use crate::edge::request_ip;
 use crate::{ApiError, AppState};
 
-#[derive(Deserialize)]
+/// What to verify: a key, and either a permission or the method and path of a request (or
+/// neither: any valid key).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyBody {
+    /// The key to verify.
     key: Option<String>,
+    /// A permission the key must have (`resource:action`).
     permission: Option<String>,
+    /// The request's method (`GET` by default); needs `path`.
     method: Option<String>,
+    /// The request's path, starting with `/`.
     path: Option<String>,
+    /// The client's address, for keys with an allowlist.
     ip: Option<String>,
+}
+
+/// The rate limit state of a verified key.
+#[derive(Serialize, ToSchema)]
+pub struct VerifyRateLimit {
+    limit: u32,
+    remaining: u32,
+    reset_seconds: u64,
+}
+
+/// `/v1/verify`'s answer, valid or not (`verdict_json` builds it).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct VerifyAnswer {
+    valid: bool,
+    /// `valid`, or why not (`invalid_key`, `insufficient_permissions`, `rate_limited`, …).
+    code: String,
+    key_id: Option<String>,
+    account_id: Option<String>,
+    environment: Option<EnvironmentName>,
+    permissions: Option<Vec<String>>,
+    expires_at: Option<String>,
+    meta: Option<serde_json::Value>,
+    request_id: String,
+    /// The refusal's message (refusals only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// For keys with a rate limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<VerifyRateLimit>,
 }
 
 /// The caller of `/v1/verify`: the admin token or the verify token.
@@ -126,6 +165,16 @@ fn rate_of(authorization: &Authorization) -> Option<&RateLimitStatus> {
     }
 }
 
+/// Verify a key for a service: the answer says whether it is valid and whose it is.
+#[utoipa::path(
+    post,
+    operation_id = "verify_key",
+    path = "/v1/verify",
+    tag = "verification",
+    security(("verify_token" = []), ("admin_token" = [])),
+    request_body = VerifyBody,
+    responses((status = 200, description = "The verdict, valid or not", body = VerifyAnswer), AuthErrors, BodyErrors)
+)]
 pub async fn verify(
     State(state): State<AppState>,
     _: VerifyCaller,
@@ -194,6 +243,29 @@ fn original_request(parts: &Parts) -> (Option<&str>, Option<String>) {
 /// Forward-auth: `204` with the identity headers, or the refusal. Refusals also carry their
 /// code and message as `X-Keygate-Code` and `X-Keygate-Error`, for proxies that cannot pass
 /// the body on (nginx `auth_request`).
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options),
+    path = "/v1/auth",
+    tag = "verification",
+    security(("api_key" = []), ("api_key_header" = [])),
+    params(
+        ("X-Original-URI" = Option<String>, Header, description = "The original request's path and query (nginx `auth_request`)"),
+        ("X-Original-Method" = Option<String>, Header, description = "The original request's method (nginx)"),
+        ("X-Forwarded-Uri" = Option<String>, Header, description = "The original request's path and query (Traefik ForwardAuth)"),
+        ("X-Forwarded-Method" = Option<String>, Header, description = "The original request's method (Traefik)"),
+    ),
+    responses(
+        (status = 204, description = "Allowed. The identity is in `X-Keygate-Key-Id`, `X-Keygate-Account-Id`, `X-Keygate-Environment` and `X-Keygate-Permissions`",
+            headers(
+                ("X-Keygate-Key-Id" = String, description = "The key's id"),
+                ("X-Keygate-Account-Id" = String, description = "The key's account"),
+                ("X-Keygate-Environment" = String, description = "`live` or `test`"),
+                ("X-Keygate-Permissions" = String, description = "The key's permissions, comma-separated"),
+            )
+        ),
+        AuthErrors
+    )
+)]
 pub async fn forward_auth(
     State(state): State<AppState>,
     request: axum::extract::Request,
@@ -221,9 +293,51 @@ pub async fn forward_auth(
     response
 }
 
+/// Forward-auth with the original path after `/v1/auth` (Envoy `ext_authz`): the method
+/// and path asked about are this request's own. The router sends both paths to
+/// [`forward_auth`]; this is the second path's OpenAPI operation.
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options),
+    path = "/v1/auth/{path}",
+    tag = "verification",
+    security(("api_key" = []), ("api_key_header" = [])),
+    params(
+        ("X-Original-URI" = Option<String>, Header, description = "The original request's path and query (nginx `auth_request`)"),
+        ("X-Original-Method" = Option<String>, Header, description = "The original request's method (nginx)"),
+        ("X-Forwarded-Uri" = Option<String>, Header, description = "The original request's path and query (Traefik ForwardAuth)"),
+        ("X-Forwarded-Method" = Option<String>, Header, description = "The original request's method (Traefik)"),
+        ("path" = String, Path, description = "The original request's path (may contain `/`)"),
+    ),
+    responses(
+        (status = 204, description = "Allowed. The identity is in `X-Keygate-Key-Id`, `X-Keygate-Account-Id`, `X-Keygate-Environment` and `X-Keygate-Permissions`",
+            headers(
+                ("X-Keygate-Key-Id" = String, description = "The key's id"),
+                ("X-Keygate-Account-Id" = String, description = "The key's account"),
+                ("X-Keygate-Environment" = String, description = "`live` or `test`"),
+                ("X-Keygate-Permissions" = String, description = "The key's permissions, comma-separated"),
+            )
+        ),
+        AuthErrors
+    )
+)]
+pub async fn forward_auth_path(
+    state: State<AppState>,
+    request: axum::extract::Request,
+) -> Response {
+    forward_auth(state, request).await
+}
+
 /// `GET /v1/api-key-info`: the key that makes the request reads its own record. It is
 /// judged like any verification (a malformed key is `malformed_key`, an unknown or revoked
 /// one `invalid_key`).
+#[utoipa::path(
+    get,
+    operation_id = "get_api_key_info",
+    path = "/v1/api-key-info",
+    tag = "verification",
+    security(("api_key" = []), ("api_key_header" = [])),
+    responses((status = 200, description = "The calling key's own record", body = ApiKeyInfoAnswer), AuthErrors)
+)]
 pub async fn key_info(
     State(state): State<AppState>,
     request: axum::extract::Request,

@@ -7,6 +7,7 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod malformed;
+mod openapi;
 mod outcomes;
 mod pages;
 mod scopes;
