@@ -14,8 +14,7 @@ use super::extract::{Id, Query};
 use super::openapi::{AuthErrors, BodyErrors, ConflictErrors, RecordErrors};
 use super::views::{
     self, parse_time, ApiKeyList, ApiKeyWithSecret, AuditLog, EnvironmentName, GranularityName,
-    KeyStatusName,
-    KeyView, RotatedKey, UsageView,
+    KeyStatusName, KeyView, RotatedKey, UsageView,
 };
 use super::Auth;
 use crate::edge::json::{nullable, Json, OptionalJson};
