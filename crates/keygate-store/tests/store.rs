@@ -43,7 +43,9 @@ impl TestDb {
     /// stderr) when it is unset.
     async fn postgres() -> Option<TestDb> {
         let server = keygate_test_support::postgres_url()?;
-        Some(TestDb::Postgres(fresh_postgres_database(&server).await))
+        Some(TestDb::Postgres(
+            keygate_test_support::fresh_postgres_database(&server).await,
+        ))
     }
 
     async fn open(&self) -> Arc<dyn Store> {
@@ -82,22 +84,6 @@ impl TestDb {
             }
         }
     }
-}
-
-/// Creates an empty database on `server` (a `postgres://…/db` URL); returns its URL.
-async fn fresh_postgres_database(server: &str) -> String {
-    use sqlx::Connection;
-    let name = format!(
-        "kg_store_test_{}",
-        keygate_core::key::random_hex(8).unwrap()
-    );
-    let mut admin = sqlx::PgConnection::connect(server).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let (base, _) = server.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
 }
 
 /// Declares each named test body (`async fn(Arc<dyn Store>, TestDb)`) as a test on each

@@ -4,8 +4,10 @@
 //! absence fails the test, so a broken install cannot turn a suite green by skipping it.
 
 mod ports;
+mod postgres;
 
 pub use ports::free_port;
+pub use postgres::fresh_postgres_database;
 
 /// The variable that turns every skip into a failure.
 pub const REQUIRE_ALL_VAR: &str = "KEYGATE_TEST_REQUIRE_ALL";

@@ -237,7 +237,7 @@ async fn postgres_embedded_layer_honours_issued_and_revoked_keys() {
     let Some(server) = keygate_test_support::postgres_url() else {
         return;
     };
-    let url = fresh_postgres_database(&server).await;
+    let url = keygate_test_support::fresh_postgres_database(&server).await;
     let store = Arc::new(PostgresStore::open(&url, true).await.unwrap());
     the_layer_honours_the_servers_keys(&url, store).await;
 }
@@ -264,20 +264,4 @@ async fn a_wrong_pepper_or_a_bad_url_is_refused_at_open() {
         matches!(mysql, Some(OpenError::UnsupportedDatabaseUrl)),
         "{mysql:?}"
     );
-}
-
-/// Creates an empty database on `server` (a `postgres://…/db` URL); returns its URL.
-async fn fresh_postgres_database(server: &str) -> String {
-    use sqlx::Connection;
-    let name = format!(
-        "kg_tower_test_{}",
-        keygate_core::key::random_hex(8).unwrap()
-    );
-    let mut admin = sqlx::PgConnection::connect(server).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let (base, _) = server.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
 }

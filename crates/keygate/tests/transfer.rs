@@ -134,23 +134,6 @@ impl Server {
     }
 }
 
-/// Creates an empty database on the `KEYGATE_TEST_POSTGRES` server; returns its URL.
-async fn fresh_postgres_database(server: &str) -> String {
-    use sqlx::Connection;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let name = format!("kg_transfer_{}_{nanos}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(server).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let (base, _) = server.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sqlite_installation_moves_to_postgresql_without_reissuing_keys() {
     let Some(postgres) = keygate_test_support::postgres_url() else {
@@ -236,7 +219,7 @@ async fn an_sqlite_installation_moves_to_postgresql_without_reissuing_keys() {
 
     // Import into a fresh PostgreSQL database: refused with another pepper (nothing
     // written), done with the right one, and a second run adds nothing.
-    let url = fresh_postgres_database(&postgres).await;
+    let url = keygate_test_support::fresh_postgres_database(&postgres).await;
     let other_pepper = "ab".repeat(32);
     let target = |pepper| {
         vec![

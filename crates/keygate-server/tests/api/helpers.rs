@@ -73,17 +73,9 @@ pub async fn test_store(dir: &std::path::Path) -> Arc<dyn Store> {
 
 /// Creates an empty database on the `KEYGATE_TEST_POSTGRES` server; returns its URL.
 pub async fn fresh_postgres_database() -> String {
-    use sqlx::Connection;
     let base = std::env::var("KEYGATE_TEST_POSTGRES")
         .expect("KEYGATE_TEST_POSTGRES must name a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/postgres");
-    let name = format!("kg_test_{}", keygate_core::key::random_hex(8).unwrap());
-    let mut admin = sqlx::PgConnection::connect(&base).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let (server, _) = base.rsplit_once('/').unwrap();
-    format!("{server}/{name}")
+    keygate_test_support::fresh_postgres_database(&base).await
 }
 
 pub async fn spawn_with(options: Options) -> TestApp {
