@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, Request, Uri};
+use axum::http::{Extensions, HeaderMap, Method, Request, Uri};
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 use keygate_core::{Permission, PermissionError, Required};
@@ -29,7 +29,8 @@ use crate::embedded::Embedded;
 #[derive(Clone)]
 pub struct KeygateLayer {
     shared: Arc<Shared>,
-    needs: Needs,
+    /// Shared, so a request clones a pointer, not a permission.
+    needs: Arc<Needs>,
 }
 
 /// What a request must be allowed to do.
@@ -88,7 +89,7 @@ impl KeygateLayer {
                     listener,
                 }),
             }),
-            needs: Needs::FromRequest,
+            needs: Arc::new(Needs::FromRequest),
         }
     }
 
@@ -97,9 +98,9 @@ impl KeygateLayer {
     pub fn require(&self, permission: &str) -> Result<KeygateLayer, PermissionError> {
         Ok(KeygateLayer {
             shared: self.shared.clone(),
-            needs: Needs::Permission(Required::Permission(Permission::parse_concrete(
-                permission,
-            )?)),
+            needs: Arc::new(Needs::Permission(Required::Permission(
+                Permission::parse_concrete(permission)?,
+            ))),
         })
     }
 
@@ -107,7 +108,7 @@ impl KeygateLayer {
     pub fn any_key(&self) -> KeygateLayer {
         KeygateLayer {
             shared: self.shared.clone(),
-            needs: Needs::AnyKey,
+            needs: Arc::new(Needs::AnyKey),
         }
     }
 
@@ -118,10 +119,7 @@ impl KeygateLayer {
 
     /// Judges one request as the layer would: for services that are not tower services.
     pub async fn authorize(&self, request: &Parts) -> Authorization {
-        let peer = request
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0);
+        let peer = peer(&request.extensions);
         self.shared
             .authorize(
                 &self.needs,
@@ -181,6 +179,13 @@ impl Shared {
     }
 }
 
+/// The socket peer, when the service is served with `into_make_service_with_connect_info`.
+fn peer(extensions: &Extensions) -> Option<SocketAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
+}
+
 impl<S> Layer<S> for KeygateLayer {
     type Service = KeygateService<S>;
 
@@ -198,7 +203,8 @@ impl<S> Layer<S> for KeygateLayer {
 pub struct KeygateService<S> {
     inner: S,
     shared: Arc<Shared>,
-    needs: Needs,
+    /// Shared, so a request clones a pointer, not a permission.
+    needs: Arc<Needs>,
 }
 
 impl<S, B> Service<Request<B>> for KeygateService<S>
@@ -222,10 +228,7 @@ where
         let shared = self.shared.clone();
         let needs = self.needs.clone();
         Box::pin(async move {
-            let peer = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0);
+            let peer = peer(request.extensions());
             let (method, uri, headers) = (request.method(), request.uri(), request.headers());
             let identity = match shared.authorize(&needs, method, uri, headers, peer).await {
                 Authorization::Allowed(identity) => identity,
