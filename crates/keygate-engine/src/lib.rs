@@ -55,7 +55,7 @@ pub struct Engine {
     metrics: Metrics,
     /// Whether verifications may ask the store (not while it is down).
     store_health: store_health::StoreHealth,
-    /// Rate limits shared with other nodes; per node when unset.
+    /// Rate limits and quotas shared with other nodes; per node when unset.
     shared_limiter: std::sync::OnceLock<SharedLimiter>,
     started: std::time::Instant,
     /// Tells background tasks to finish what they are doing and stop.
@@ -100,7 +100,8 @@ impl Engine {
         &self.pepper
     }
 
-    /// Shares rate limits with other nodes through Redis from now on (set once, at start).
+    /// Shares rate limits and quotas with other nodes through Redis from now on (set once,
+    /// at start).
     pub fn share_rate_limits(&self, limiter: SharedLimiter) {
         if self.shared_limiter.set(limiter).is_err() {
             tracing::warn!("a shared rate limiter is set already; keeping the first");

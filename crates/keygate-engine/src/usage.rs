@@ -197,6 +197,29 @@ impl KeyUsage {
         }
     }
 
+    /// Takes in Redis's answer to a spend of this key's quota (quotas shared between nodes).
+    /// `quota_used` then moves by this node's own share only (+1 when allowed, minus what
+    /// a refill Redis applied in this call gave back), so the flush adds to the store what
+    /// this node changed and nodes never count one another's spending twice.
+    pub(crate) fn follow_shared_spend(&self, allowed: bool, given_back: i64, refilled_at: i64) {
+        let change = i64::from(allowed) - given_back;
+        if change != 0 {
+            self.quota_used.fetch_add(change, Ordering::AcqRel);
+        }
+        if self.quota_refilled_at.fetch_max(refilled_at, Ordering::AcqRel) < refilled_at {
+            self.refill_dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// Where the quota stands as far as this node knows: the store's count when last read,
+    /// with this node's unflushed spending on top, and the refill clock.
+    pub(crate) fn quota_state(&self) -> crate::shared_limit::QuotaState {
+        crate::shared_limit::QuotaState {
+            used: self.quota_used.load(Ordering::Acquire).max(0),
+            refilled_at: self.refilled_at(),
+        }
+    }
+
     /// Restarts the refill clock (a new quota was set).
     pub(crate) fn restart_refill(&self, at: i64) {
         self.quota_refilled_at.store(at, Ordering::Release);

@@ -12,6 +12,7 @@ use keygate_core::{InvalidReason, KeyDigest, Outcome, Required};
 
 use crate::cache::{CachedKey, Lookup};
 use crate::ratelimit::RateLimitStatus;
+use crate::shared_limit::QuotaAnswer;
 use crate::{clock, now_ms, Engine, Error, Result};
 
 /// One verification question.
@@ -46,7 +47,7 @@ impl Verdict {
 /// What [`Engine::verify`] can tell from memory.
 enum Memory {
     Answer(Verdict),
-    /// A fresh cached key whose rate limit is shared through Redis.
+    /// A fresh cached key whose rate limit or quota is shared through Redis.
     AskLimiter(Arc<CachedKey>),
     /// Not cached or not fresh: the store must be asked (with the stale copy, if any).
     AskStore(KeyDigest, Option<Arc<CachedKey>>),
@@ -90,8 +91,8 @@ impl Engine {
         verdict
     }
 
-    /// The answer when memory has it: a fresh cached key (unless its rate limit is shared
-    /// through Redis), a digest known to be unknown, a string that is not a key.
+    /// The answer when memory has it: a fresh cached key (unless its rate limit or quota is
+    /// shared through Redis), a digest known to be unknown, a string that is not a key.
     fn answer_from_memory(&self, request: &VerifyRequest<'_>, started: u64) -> Memory {
         if request.key.len() > MAX_KEY_LEN {
             return Memory::Answer(Verdict::refused(Outcome::MalformedKey));
@@ -246,8 +247,9 @@ impl Engine {
         decide(&policy, &facts, if timed { now_ms() } else { now })
     }
 
-    /// The verdict for a known key, without waiting; `Err(key)` when its rate limit is
-    /// shared through Redis and must be asked ([`Engine::check_shared`]).
+    /// The verdict for a known key, without waiting; `Err(key)` when its rate limit or
+    /// quota is shared through Redis and must be asked ([`Engine::check_shared`]). A key
+    /// with neither never waits on Redis.
     fn check_now(
         &self,
         key: Arc<CachedKey>,
@@ -258,21 +260,30 @@ impl Engine {
         let mut outcome = self.policy(&key, request, now);
         let mut rate_limit = None;
         if outcome == Outcome::Valid {
+            if self.shared_limiter.get().is_some()
+                && (key.rate_limit().is_some() || key.quota().is_some())
+            {
+                return Err(key);
+            }
             if let Some(limit) = key.rate_limit() {
-                if self.shared_limiter.get().is_some() {
-                    return Err(key);
-                }
                 let status = key.usage.limiter.check(limit, self.monotonic_ns());
                 if status.retry_after_seconds.is_some() {
                     outcome = Outcome::RateLimited;
                 }
                 rate_limit = Some(status);
             }
+            if outcome == Outcome::Valid {
+                if let Some(quota) = key.quota() {
+                    if !key.usage.try_spend(quota, now) {
+                        outcome = Outcome::UsageExceeded;
+                    }
+                }
+            }
         }
         Ok(self.finish(key, request, outcome, rate_limit, now))
     }
 
-    /// [`Engine::check_now`] for a key whose rate limit is shared through Redis.
+    /// [`Engine::check_now`] for a key whose rate limit or quota is shared through Redis.
     async fn check_shared(
         &self,
         key: Arc<CachedKey>,
@@ -282,9 +293,10 @@ impl Engine {
         let now = clock::coarse_now_ms();
         let mut outcome = self.policy(&key, request, now);
         let mut rate_limit = None;
-        if let (Outcome::Valid, Some(limit), Some(shared)) =
-            (outcome, key.rate_limit(), self.shared_limiter.get())
-        {
+        let Some(shared) = self.shared_limiter.get() else {
+            return Ok(self.finish(key, request, outcome, rate_limit, now));
+        };
+        if let (Outcome::Valid, Some(limit)) = (outcome, key.rate_limit()) {
             let asked = Instant::now();
             let status = self.take_shared_rate_limit(shared, &key, limit).await;
             *waited += asked.elapsed();
@@ -294,25 +306,26 @@ impl Engine {
             }
             rate_limit = status;
         }
+        if let (Outcome::Valid, Some(quota)) = (outcome, key.quota()) {
+            let asked = Instant::now();
+            let spent = self.spend_shared_quota(shared, &key, quota, now).await;
+            *waited += asked.elapsed();
+            if !spent? {
+                outcome = Outcome::UsageExceeded;
+            }
+        }
         Ok(self.finish(key, request, outcome, rate_limit, now))
     }
 
-    /// Quota, usage, and the verdict.
+    /// Usage, and the verdict.
     fn finish(
         &self,
         key: Arc<CachedKey>,
         request: &VerifyRequest<'_>,
-        mut outcome: Outcome,
+        outcome: Outcome,
         rate_limit: Option<RateLimitStatus>,
         now: i64,
     ) -> Verdict {
-        if outcome == Outcome::Valid {
-            if let Some(quota) = key.quota() {
-                if !key.usage.try_spend(quota, now) {
-                    outcome = Outcome::UsageExceeded;
-                }
-            }
-        }
         self.usage
             .record(&key.usage, outcome, request.client_ip, now);
         if matches!(outcome, Outcome::InvalidKey(_)) {
@@ -347,6 +360,70 @@ impl Engine {
                         Err(Error::Unavailable(format!("rate limiter: {e}")))
                     }
                 }
+            }
+        }
+    }
+
+    /// Spends one request of the key's quota in Redis, so that all nodes together never
+    /// accept more than the quota (plus its refills); false when it is spent. When Redis has
+    /// no state for the key it is seeded from the store (a restarted Redis does not hand out
+    /// a fresh quota). When Redis cannot answer: fail closed answers "unavailable", fail
+    /// open spends from this node's own count, as without Redis.
+    async fn spend_shared_quota(
+        &self,
+        shared: &crate::SharedLimiter,
+        key: &CachedKey,
+        quota: keygate_store::Quota,
+        now: i64,
+    ) -> Result<bool> {
+        let mut answer = shared.spend_quota(key.id(), quota, None).await;
+        if answer == Ok(QuotaAnswer::NeedsSeed) {
+            self.refresh_quota_from_store(key).await;
+            let seed = key.usage.quota_state();
+            answer = shared.spend_quota(key.id(), quota, Some(seed)).await;
+        }
+        let error = match answer {
+            Ok(QuotaAnswer::Spent {
+                allowed,
+                given_back,
+                state,
+            }) => {
+                key.usage
+                    .follow_shared_spend(allowed, given_back, state.refilled_at);
+                return Ok(allowed);
+            }
+            Ok(QuotaAnswer::NeedsSeed) => "Redis did not keep the quota it was given".to_owned(),
+            Err(e) => e,
+        };
+        self.metrics
+            .rate_limiter_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %error, "shared quota unavailable");
+        match shared.on_failure {
+            crate::LimiterFailure::Open => Ok(key.usage.try_spend(quota, now)),
+            crate::LimiterFailure::Closed => Err(Error::Unavailable(format!("quota: {error}"))),
+        }
+    }
+
+    /// Brings the key's usage cell up to what the store holds (every node's flushed
+    /// spending), to seed Redis with. Best effort: while the store is failing, the cell's
+    /// own count is the seed.
+    async fn refresh_quota_from_store(&self, key: &CachedKey) {
+        let Some(_asking) = self.store_health.may_ask() else {
+            return;
+        };
+        match self.store.get_key(key.id()).await {
+            Ok(record) => {
+                self.store_health.answered();
+                if let Some(record) = record {
+                    key.usage.reconcile(&record);
+                }
+            }
+            Err(e) => {
+                if matches!(e, keygate_store::StoreError::Unavailable(_)) {
+                    self.store_health.failed();
+                }
+                tracing::warn!(error = %e, "cannot read the stored quota to seed Redis with");
             }
         }
     }

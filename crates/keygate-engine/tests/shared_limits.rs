@@ -1,17 +1,19 @@
-//! Rate limits shared by two nodes through a real Redis, and what happens when Redis goes
-//! away (fail open / fail closed). Skips, saying so, when redis-server is not installed.
+//! Rate limits and quotas shared by two nodes through a real Redis, and what happens when
+//! Redis goes away (fail open / fail closed). Skips, saying so, when redis-server is not
+//! installed (or, for the quota tests, when KEYGATE_TEST_POSTGRES is unset).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use keygate_core::{KeyFormat, Pepper, RouteTable};
-use keygate_engine::manage::{Caller, NewAccount, NewKey};
+use keygate_engine::manage::{Caller, KeyUpdate, NewAccount, NewKey};
 use keygate_engine::{
     Engine, EngineConfig, Error, LimiterFailure, Plans, SharedLimiter, VerifyRequest,
 };
+use keygate_store::postgres::PostgresStore;
 use keygate_store::sqlite::SqliteStore;
-use keygate_store::{RateLimit, Store};
+use keygate_store::{Quota, RateLimit, Refill, Store};
 
 struct Redis {
     child: Child,
@@ -187,14 +189,17 @@ async fn redis_down_fails_open_or_closed_as_configured() {
         started.elapsed() < Duration::from_secs(3),
         "a dead Redis must not hang verification"
     );
-    let metrics = open.render_metrics();
-    let errors = metrics
+    assert!(rate_limiter_errors(&open) >= 1);
+}
+
+fn rate_limiter_errors(engine: &Engine) -> u64 {
+    engine
+        .render_metrics()
         .lines()
         .find(|l| l.starts_with("keygate_rate_limiter_errors_total "))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap();
-    assert!(errors >= 1);
+        .unwrap()
 }
 
 /// Quotas across nodes: each node counts exactly what it serves, and learns what the others
@@ -259,4 +264,288 @@ async fn quotas_across_nodes_converge_after_flush_and_refresh() {
         "valid",
         "A has not heard of B's spending yet"
     );
+}
+
+/// Two nodes over one fresh PostgreSQL database sharing one Redis, each hearing the other's
+/// key changes, and a key with `quota`.
+struct QuotaNodes {
+    a: Arc<Engine>,
+    b: Arc<Engine>,
+    store: Arc<dyn Store>,
+    key: String,
+    key_id: String,
+    created_at: i64,
+}
+
+async fn quota_nodes(
+    redis: &Redis,
+    quota: Quota,
+    on_failure: [LimiterFailure; 2],
+) -> Option<QuotaNodes> {
+    let server = keygate_test_support::postgres_url()?;
+    let url = keygate_test_support::fresh_postgres_database(&server).await;
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::open(&url, true).await.unwrap());
+    let (a, b) = (engine(store.clone()), engine(store.clone()));
+    for (node, on_failure) in [(&a, on_failure[0]), (&b, on_failure[1])] {
+        node.share_rate_limits(SharedLimiter::new(&redis.url, on_failure).unwrap());
+        node.spawn_change_listener().await.unwrap();
+    }
+    let admin = Caller::admin(None);
+    let account = a
+        .create_account(
+            &admin,
+            NewAccount {
+                name: "acme".into(),
+                plan: Some("unlimited".into()),
+            },
+        )
+        .await
+        .unwrap();
+    let (record, secret) = a
+        .create_key(
+            &admin,
+            NewKey {
+                account_id: Some(account.id),
+                name: "metered".into(),
+                scope: Some("all".into()),
+                quota: Some(quota),
+                ..NewKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    Some(QuotaNodes {
+        a,
+        b,
+        store,
+        key: secret.expose().to_owned(),
+        key_id: record.id,
+        created_at: record.created_at,
+    })
+}
+
+/// `per_node` verifications on each node at once; how many were valid and how many refused
+/// as `usage_exceeded` (any other outcome fails the test).
+async fn burst(nodes: &QuotaNodes, per_node: usize) -> (usize, usize) {
+    let mut tasks = Vec::new();
+    for i in 0..per_node * 2 {
+        let node = if i % 2 == 0 { &nodes.a } else { &nodes.b }.clone();
+        let key = nodes.key.clone();
+        tasks.push(tokio::spawn(async move { outcome(&node, &key).await }));
+    }
+    let (mut valid, mut exceeded) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            "valid" => valid += 1,
+            "usage_exceeded" => exceeded += 1,
+            other => panic!("unexpected outcome {other}"),
+        }
+    }
+    (valid, exceeded)
+}
+
+async fn stored_quota_used(nodes: &QuotaNodes) -> i64 {
+    nodes
+        .store
+        .get_key(&nodes.key_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .quota_used
+}
+
+async fn flush_both(nodes: &QuotaNodes) {
+    nodes.a.flush_usage().await.unwrap();
+    nodes.b.flush_usage().await.unwrap();
+}
+
+fn quota(requests: u64) -> Quota {
+    Quota {
+        requests,
+        refill: None,
+    }
+}
+
+/// Issue 16: with Redis, a quota is exact across nodes. 400 verifications at once, half on
+/// each node, of a key with a quota of 50: exactly 50 are valid (without Redis each node
+/// spent its own 50). The admin API and, after a flush, the store say 50 were used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quota_is_exact_across_nodes_under_concurrency() {
+    let Some(redis) = start_redis().await else {
+        return;
+    };
+    let Some(nodes) = quota_nodes(&redis, quota(50), [LimiterFailure::Open; 2]).await else {
+        return;
+    };
+    let (valid, exceeded) = burst(&nodes, 200).await;
+    println!("quota 50, 400 verifications over two nodes: {valid} valid, {exceeded} usage_exceeded");
+    assert_eq!((valid, exceeded), (50, 350), "valid across both nodes");
+    // Before any flush, node A reports every node's spending (read from Redis).
+    let admin = Caller::admin(None);
+    let seen = nodes.a.get_key(&admin, &nodes.key_id).await.unwrap();
+    assert_eq!(seen.quota_used, 50);
+    flush_both(&nodes).await;
+    assert_eq!(stored_quota_used(&nodes).await, 50);
+    // A cache hit of a spent key is refused on both nodes.
+    assert_eq!(outcome(&nodes.a, &nodes.key).await.unwrap(), "usage_exceeded");
+    assert_eq!(outcome(&nodes.b, &nodes.key).await.unwrap(), "usage_exceeded");
+}
+
+/// A refill is given back once across nodes, by Redis's clock, and reaches the store once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refill_is_given_back_once_across_nodes() {
+    let Some(redis) = start_redis().await else {
+        return;
+    };
+    let refilled = Quota {
+        requests: 10,
+        refill: Some(Refill {
+            amount: 4,
+            every: 2,
+        }),
+    };
+    let Some(nodes) = quota_nodes(&redis, refilled, [LimiterFailure::Open; 2]).await else {
+        return;
+    };
+    assert_eq!(burst(&nodes, 20).await, (10, 30));
+    assert!(
+        keygate_engine::now_ms() < nodes.created_at + 2_000,
+        "the first burst must end before the first refill is due"
+    );
+    // One refill period later (and less than two): 4 come back, for both nodes together.
+    let wait = nodes.created_at + 2_500 - keygate_engine::now_ms();
+    tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+    assert_eq!(burst(&nodes, 20).await, (4, 36));
+    flush_both(&nodes).await;
+    let stored = nodes.store.get_key(&nodes.key_id).await.unwrap().unwrap();
+    assert_eq!(stored.quota_used, 10, "10 spent, 4 back, 4 spent again");
+    assert_eq!(stored.quota_refilled_at, Some(nodes.created_at + 2_000));
+}
+
+/// Redis loses its data (a restart without persistence, FLUSHALL, eviction): the quota is
+/// seeded again from the store, not handed out afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quota_survives_redis_losing_its_data() {
+    let Some(redis) = start_redis().await else {
+        return;
+    };
+    let Some(nodes) = quota_nodes(&redis, quota(50), [LimiterFailure::Open; 2]).await else {
+        return;
+    };
+    for i in 0..30 {
+        let node = if i % 2 == 0 { &nodes.a } else { &nodes.b };
+        assert_eq!(outcome(node, &nodes.key).await.unwrap(), "valid");
+    }
+    flush_both(&nodes).await;
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let (valid, _) = burst(&nodes, 50).await;
+    println!("quota 50, 30 spent, Redis flushed, 100 more verifications: {valid} valid");
+    assert_eq!(valid, 20, "only what the store says is left");
+    flush_both(&nodes).await;
+    assert_eq!(stored_quota_used(&nodes).await, 50);
+}
+
+/// An admin's change of a key's quota holds on both nodes: what was spent carries over, a
+/// larger quota lets exactly the difference through, a smaller one refuses at once, and
+/// removing the quota removes its Redis state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_quota_change_holds_on_both_nodes() {
+    let Some(redis) = start_redis().await else {
+        return;
+    };
+    let Some(nodes) = quota_nodes(&redis, quota(10), [LimiterFailure::Open; 2]).await else {
+        return;
+    };
+    let admin = Caller::admin(None);
+    assert_eq!(burst(&nodes, 10).await, (10, 10));
+    let set_quota = |node: Arc<Engine>, quota: Option<Quota>| {
+        let (admin, id) = (admin.clone(), nodes.key_id.clone());
+        async move {
+            let update = KeyUpdate {
+                quota: Some(quota),
+                ..KeyUpdate::default()
+            };
+            let updated = node.update_key(&admin, &id, update).await.unwrap();
+            // Other nodes hear of the change within a second (SPEC: revocation).
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+            updated
+        }
+    };
+    let raised = set_quota(nodes.a.clone(), Some(quota(16))).await;
+    assert_eq!(raised.quota_used, 10, "the spent count carries over");
+    assert_eq!(burst(&nodes, 10).await, (6, 14));
+    set_quota(nodes.b.clone(), Some(quota(3))).await;
+    assert_eq!(burst(&nodes, 5).await, (0, 10));
+    set_quota(nodes.a.clone(), None).await;
+    assert_eq!(burst(&nodes, 5).await, (10, 0));
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(format!("keygate:quota:{}", nodes.key_id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "a removed quota leaves nothing in Redis");
+}
+
+/// Redis down: fail closed answers "unavailable" for a key with a quota; fail open spends
+/// from the node's own count (what it knows was spent), so the quota still holds on that
+/// node instead of becoming unlimited. A key without a quota never asks Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_fails_a_quota_open_to_the_node_count_or_closed() {
+    let Some(redis) = start_redis().await else {
+        return;
+    };
+    let Some(nodes) = quota_nodes(
+        &redis,
+        quota(10),
+        [LimiterFailure::Open, LimiterFailure::Closed],
+    )
+    .await
+    else {
+        return;
+    };
+    let (open, closed) = (&nodes.a, &nodes.b);
+    for _ in 0..3 {
+        assert_eq!(outcome(open, &nodes.key).await.unwrap(), "valid");
+    }
+    for _ in 0..2 {
+        assert_eq!(outcome(closed, &nodes.key).await.unwrap(), "valid");
+    }
+    let admin = Caller::admin(None);
+    let (_, unmetered) = open
+        .create_key(
+            &admin,
+            NewKey {
+                account_id: Some(open.get_key(&admin, &nodes.key_id).await.unwrap().account_id),
+                name: "unmetered".into(),
+                scope: Some("all".into()),
+                ..NewKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    let unmetered = unmetered.expose().to_owned();
+    assert_eq!(outcome(closed, &unmetered).await.unwrap(), "valid");
+    drop(redis);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut valid = 0;
+    for _ in 0..20 {
+        if outcome(open, &nodes.key).await.unwrap() == "valid" {
+            valid += 1;
+        }
+    }
+    assert_eq!(valid, 7, "fail open: node A spends what is left of its own count");
+    assert!(matches!(
+        outcome(closed, &nodes.key).await,
+        Err(Error::Unavailable(_))
+    ));
+    assert_eq!(
+        outcome(closed, &unmetered).await.unwrap(),
+        "valid",
+        "a key without a quota or rate limit does not ask Redis"
+    );
+    assert!(rate_limiter_errors(open) >= 20);
 }

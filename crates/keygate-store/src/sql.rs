@@ -766,7 +766,7 @@ macro_rules! sql_store {
                     let key_sql = format!(
                         "UPDATE api_keys SET last_used_at = NULLIF({g}(COALESCE(api_keys.last_used_at, 0), v.column2), 0), \
                          quota_used = {g}(0, api_keys.quota_used + v.column3), recent_ips = COALESCE(v.column4, api_keys.recent_ips), \
-                         quota_refilled_at = COALESCE(v.column5, api_keys.quota_refilled_at) FROM (",
+                         quota_refilled_at = COALESCE({g}(v.column5, api_keys.quota_refilled_at), v.column5, api_keys.quota_refilled_at) FROM (",
                         g = $store::DIALECT.greatest
                     );
                     let mut tx = self.write().await?;

@@ -289,7 +289,33 @@ impl Engine {
             .await?
             .ok_or(Error::NotFound("API key"))?;
         caller.can_see(&record.account_id, "API key")?;
-        Ok(self.with_live_usage(record))
+        Ok(self.with_shared_quota(self.with_live_usage(record)).await)
+    }
+
+    /// With quotas shared through Redis, the quota as Redis holds it: every node's spending,
+    /// flushed or not. Without Redis, or when it cannot answer or has no state for the key,
+    /// the record as it is (the store's count plus this node's unflushed spending). Asked
+    /// for one key at a time (get, usage, key info, rotate); lists show the node's view.
+    async fn with_shared_quota(&self, mut record: KeyRecord) -> KeyRecord {
+        let (Some(quota), Some(shared)) = (record.quota, self.shared_limiter.get()) else {
+            return record;
+        };
+        match shared.quota_state(&record.id).await {
+            Ok(Some(state)) => {
+                record.quota_used = state.used;
+                if quota.refill.is_some() {
+                    record.quota_refilled_at = Some(state.refilled_at);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics
+                    .rate_limiter_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cannot read the shared quota; showing this node's count");
+            }
+        }
+        record
     }
 
     pub(super) fn with_live_usage(&self, mut record: KeyRecord) -> KeyRecord {
@@ -298,7 +324,9 @@ impl Engine {
         if last > 0 {
             record.last_used_at = Some(record.last_used_at.map_or(last, |t| t.max(last)));
         }
-        record.quota_used = cell.quota_used.load(Ordering::Acquire);
+        // With shared quotas, this node's count can dip below 0 when a refill Redis applied
+        // gives back spending the store has not heard of yet.
+        record.quota_used = cell.quota_used.load(Ordering::Acquire).max(0);
         record.recent_ips = cell.recent_ips();
         if record.quota.is_some_and(|q| q.refill.is_some()) {
             record.quota_refilled_at = Some(cell.refilled_at());
@@ -409,7 +437,20 @@ impl Engine {
         if let Some(Some(at)) = patch.quota_refilled_at {
             self.usage.cell(&updated).restart_refill(at);
         }
-        Ok(self.with_live_usage(updated))
+        if let (Some(quota), Some(shared)) = (patch.quota, self.shared_limiter.get()) {
+            // The change is committed: a Redis that cannot follow now is counted and logged,
+            // not reported as a failed update (see `follow_quota_change`).
+            if let Err(e) = shared
+                .follow_quota_change(id, quota, patch.quota_refilled_at.flatten())
+                .await
+            {
+                self.metrics
+                    .rate_limiter_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "the shared quota did not follow a quota change");
+            }
+        }
+        Ok(self.with_shared_quota(self.with_live_usage(updated)).await)
     }
 
     pub async fn revoke_key(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
