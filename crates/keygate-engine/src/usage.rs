@@ -206,7 +206,11 @@ impl KeyUsage {
         if change != 0 {
             self.quota_used.fetch_add(change, Ordering::AcqRel);
         }
-        if self.quota_refilled_at.fetch_max(refilled_at, Ordering::AcqRel) < refilled_at {
+        if self
+            .quota_refilled_at
+            .fetch_max(refilled_at, Ordering::AcqRel)
+            < refilled_at
+        {
             self.refill_dirty.store(true, Ordering::Release);
         }
     }

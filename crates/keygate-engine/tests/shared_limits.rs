@@ -378,17 +378,35 @@ async fn a_quota_is_exact_across_nodes_under_concurrency() {
         return;
     };
     let (valid, exceeded) = burst(&nodes, 200).await;
-    println!("quota 50, 400 verifications over two nodes: {valid} valid, {exceeded} usage_exceeded");
+    println!(
+        "quota 50, 400 verifications over two nodes: {valid} valid, {exceeded} usage_exceeded"
+    );
     assert_eq!((valid, exceeded), (50, 350), "valid across both nodes");
     // Before any flush, node A reports every node's spending (read from Redis).
     let admin = Caller::admin(None);
     let seen = nodes.a.get_key(&admin, &nodes.key_id).await.unwrap();
     assert_eq!(seen.quota_used, 50);
+    // A cache hit of a spent key is refused on both nodes.
+    assert_eq!(
+        outcome(&nodes.a, &nodes.key).await.unwrap(),
+        "usage_exceeded"
+    );
+    assert_eq!(
+        outcome(&nodes.b, &nodes.key).await.unwrap(),
+        "usage_exceeded"
+    );
+    // Rotating is no way to refill: the new key carries every node's spending, flushed
+    // or not.
+    let rotated = nodes
+        .b
+        .rotate_key(&admin, &nodes.key_id, None)
+        .await
+        .unwrap();
+    assert_eq!(rotated.key.quota_used, 50);
+    let new_key = rotated.secret.expose();
+    assert_eq!(outcome(&nodes.a, new_key).await.unwrap(), "usage_exceeded");
     flush_both(&nodes).await;
     assert_eq!(stored_quota_used(&nodes).await, 50);
-    // A cache hit of a spent key is refused on both nodes.
-    assert_eq!(outcome(&nodes.a, &nodes.key).await.unwrap(), "usage_exceeded");
-    assert_eq!(outcome(&nodes.b, &nodes.key).await.unwrap(), "usage_exceeded");
 }
 
 /// A refill is given back once across nodes, by Redis's clock, and reaches the store once.
@@ -519,7 +537,12 @@ async fn redis_down_fails_a_quota_open_to_the_node_count_or_closed() {
         .create_key(
             &admin,
             NewKey {
-                account_id: Some(open.get_key(&admin, &nodes.key_id).await.unwrap().account_id),
+                account_id: Some(
+                    open.get_key(&admin, &nodes.key_id)
+                        .await
+                        .unwrap()
+                        .account_id,
+                ),
                 name: "unmetered".into(),
                 scope: Some("all".into()),
                 ..NewKey::default()
@@ -537,7 +560,10 @@ async fn redis_down_fails_a_quota_open_to_the_node_count_or_closed() {
             valid += 1;
         }
     }
-    assert_eq!(valid, 7, "fail open: node A spends what is left of its own count");
+    assert_eq!(
+        valid, 7,
+        "fail open: node A spends what is left of its own count"
+    );
     assert!(matches!(
         outcome(closed, &nodes.key).await,
         Err(Error::Unavailable(_))
