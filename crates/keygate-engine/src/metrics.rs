@@ -235,7 +235,7 @@ impl Metrics {
             ),
             (
                 "keygate_rate_limiter_errors_total",
-                "Shared rate limiter errors (answered per configuration).",
+                "Redis errors of shared rate limits and quotas (answered per configuration).",
                 get(&self.rate_limiter_errors),
             ),
             (

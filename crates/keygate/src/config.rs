@@ -99,9 +99,9 @@ pub struct Config {
     pub usage_retention_days: u64,
     /// Failed authentications allowed per client address, `REQUESTS/SECONDS`, or `off`.
     pub failed_auth_limit: String,
-    /// Shares rate limits between nodes through this Redis (`redis://host:port/db`).
+    /// Shares rate limits and quotas between nodes through this Redis (`redis://host:port/db`).
     pub redis_url: Option<String>,
-    /// When Redis cannot answer: `open` (do not limit) or `closed` (answer 503).
+    /// When Redis cannot answer: `open` (no shared limit; quotas per node) or `closed` (503).
     pub rate_limit_failure: String,
     pub log: String,
     pub log_format: String,
