@@ -296,6 +296,9 @@ impl Engine {
         let Some(shared) = self.shared_limiter.get() else {
             return Ok(self.finish(key, request, outcome, rate_limit, now));
         };
+        // Set when Redis just failed (open) for the rate limit: the quota then does not wait
+        // on it a second time.
+        let mut failed_open = false;
         if let (Outcome::Valid, Some(limit)) = (outcome, key.rate_limit()) {
             let asked = Instant::now();
             let status = self.take_shared_rate_limit(shared, &key, limit).await;
@@ -304,13 +307,19 @@ impl Engine {
             if status.is_some_and(|s| s.retry_after_seconds.is_some()) {
                 outcome = Outcome::RateLimited;
             }
+            failed_open = status.is_none();
             rate_limit = status;
         }
         if let (Outcome::Valid, Some(quota)) = (outcome, key.quota()) {
-            let asked = Instant::now();
-            let spent = self.spend_shared_quota(shared, &key, quota, now).await;
-            *waited += asked.elapsed();
-            if !spent? {
+            let spent = if failed_open {
+                key.usage.try_spend(quota, now)
+            } else {
+                let asked = Instant::now();
+                let spent = self.spend_shared_quota(shared, &key, quota, now).await;
+                *waited += asked.elapsed();
+                spent?
+            };
+            if !spent {
                 outcome = Outcome::UsageExceeded;
             }
         }

@@ -552,6 +552,31 @@ async fn redis_down_fails_a_quota_open_to_the_node_count_or_closed() {
         .unwrap();
     let unmetered = unmetered.expose().to_owned();
     assert_eq!(outcome(closed, &unmetered).await.unwrap(), "valid");
+    // Rate limited and metered: when the rate limit fails open, the quota is spent on the
+    // node at once, without asking the dead Redis again.
+    let (_, both) = open
+        .create_key(
+            &admin,
+            NewKey {
+                account_id: Some(
+                    open.get_key(&admin, &nodes.key_id)
+                        .await
+                        .unwrap()
+                        .account_id,
+                ),
+                name: "limited and metered".into(),
+                scope: Some("all".into()),
+                rate_limit: Some(RateLimit {
+                    requests: 1000,
+                    per_seconds: 60,
+                }),
+                quota: Some(quota(2)),
+                ..NewKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    let both = both.expose().to_owned();
     drop(redis);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut valid = 0;
@@ -563,6 +588,18 @@ async fn redis_down_fails_a_quota_open_to_the_node_count_or_closed() {
     assert_eq!(
         valid, 7,
         "fail open: node A spends what is left of its own count"
+    );
+    let errors = rate_limiter_errors(open);
+    let both_outcomes = [
+        outcome(open, &both).await.unwrap(),
+        outcome(open, &both).await.unwrap(),
+        outcome(open, &both).await.unwrap(),
+    ];
+    assert_eq!(both_outcomes, ["valid", "valid", "usage_exceeded"]);
+    assert_eq!(
+        rate_limiter_errors(open),
+        errors + 3,
+        "one Redis error per verification, not two"
     );
     assert!(matches!(
         outcome(closed, &nodes.key).await,
