@@ -119,6 +119,10 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditEvent,
     ) -> Result<()>;
     async fn get_key(&self, id: &str) -> Result<Option<KeyRecord>>;
+    /// The key `id` if it belongs to `account_id`. A tenant's lookups use this, so that
+    /// another account's key and a key that does not exist take the same path (one
+    /// indexed miss) and cannot be told apart by timing.
+    async fn get_account_key(&self, account_id: &str, id: &str) -> Result<Option<KeyRecord>>;
     async fn find_key_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>>;
     /// Keys of one account (or all), oldest first (exports, counts; lists page with
     /// [`Store::query_keys`]).

@@ -592,6 +592,24 @@ macro_rules! sql_store {
                         .transpose()
                 }
 
+                async fn get_account_key(
+                    &self,
+                    account_id: &str,
+                    id: &str,
+                ) -> Result<Option<KeyRecord>> {
+                    sqlx::query(&format!(
+                        "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND account_id = $2"
+                    ))
+                    .bind(id)
+                    .bind(account_id)
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(db_error)?
+                    .as_ref()
+                    .map(key_from_row)
+                    .transpose()
+                }
+
                 async fn find_key_by_digest(&self, digest: &KeyDigest) -> Result<Option<KeyRecord>> {
                     sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE digest = $1"))
                         .bind(&digest.0[..])

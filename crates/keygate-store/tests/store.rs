@@ -118,6 +118,7 @@ on_each_backend!(
     update_account_changes_name_and_or_plan,
     every_write_appends_one_audit_event_newest_first_with_pagination,
     create_key_round_trips_every_field,
+    a_key_looked_up_within_an_account_is_found_only_there,
     duplicate_digest_or_id_is_rejected,
     key_for_unknown_account_is_an_error,
     cap_counts_only_active_keys,
@@ -537,6 +538,43 @@ async fn create_key_round_trips_every_field(store: Arc<dyn Store>, _db: TestDb) 
     assert_eq!(
         store.find_key_by_digest(&digest(b"unknown")).await.unwrap(),
         None
+    );
+}
+
+/// Issue 16: a tenant's lookup is scoped in the query, so a foreign key is the same miss as
+/// an unknown one (no row decoded and then refused).
+async fn a_key_looked_up_within_an_account_is_found_only_there(
+    store: Arc<dyn Store>,
+    _db: TestDb,
+) {
+    add_account(&store, "acct_mine").await;
+    add_account(&store, "acct_theirs").await;
+    let mine = key("acct_mine");
+    let theirs = KeyRecord {
+        created_at: NOW + 1,
+        ..key("acct_theirs")
+    };
+    add_key(&store, &mine).await;
+    add_key(&store, &theirs).await;
+    assert_eq!(
+        store.get_account_key("acct_mine", &mine.id).await.unwrap(),
+        Some(mine.clone())
+    );
+    assert_eq!(
+        store.get_account_key("acct_mine", &theirs.id).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get_account_key("acct_mine", "key_nope").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get_account_key("acct_nope", &mine.id).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get_account_key("acct_theirs", &theirs.id).await.unwrap(),
+        Some(theirs)
     );
 }
 

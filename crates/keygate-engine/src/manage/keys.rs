@@ -284,12 +284,19 @@ impl Engine {
     async fn visible_key(&self, caller: &Caller, id: &str) -> Result<KeyRecord> {
         known_shape(id, "API key")?;
         let record = self
-            .store
-            .get_key(id)
+            .scoped_key(caller, id)
             .await?
             .ok_or(Error::NotFound("API key"))?;
-        caller.can_see(&record.account_id, "API key")?;
         Ok(self.with_shared_quota(self.with_live_usage(record)).await)
+    }
+
+    /// The key `id` as the caller may see it: a tenant's lookup is scoped to its account
+    /// in the query, so another account's key is the same miss as an unknown one.
+    pub(super) async fn scoped_key(&self, caller: &Caller, id: &str) -> Result<Option<KeyRecord>> {
+        Ok(match caller.own_account() {
+            Some(own) => self.store.get_account_key(own, id).await?,
+            None => self.store.get_key(id).await?,
+        })
     }
 
     /// With quotas shared through Redis, the quota as Redis holds it: every node's spending,

@@ -113,10 +113,10 @@ impl Engine {
         let after = match page.cursor_id()? {
             None => None,
             Some(id) => {
-                let key = self.store.get_key(id).await?.ok_or_else(unknown_cursor)?;
-                caller
-                    .can_see(&key.account_id, "API key")
-                    .map_err(|_| unknown_cursor())?;
+                let key = self
+                    .scoped_key(caller, id)
+                    .await?
+                    .ok_or_else(unknown_cursor)?;
                 Some(Cursor {
                     created_at: key.created_at,
                     id,
