@@ -543,10 +543,7 @@ async fn create_key_round_trips_every_field(store: Arc<dyn Store>, _db: TestDb) 
 
 /// Issue 16: a tenant's lookup is scoped in the query, so a foreign key is the same miss as
 /// an unknown one (no row decoded and then refused).
-async fn a_key_looked_up_within_an_account_is_found_only_there(
-    store: Arc<dyn Store>,
-    _db: TestDb,
-) {
+async fn a_key_looked_up_within_an_account_is_found_only_there(store: Arc<dyn Store>, _db: TestDb) {
     add_account(&store, "acct_mine").await;
     add_account(&store, "acct_theirs").await;
     let mine = key("acct_mine");
@@ -561,11 +558,17 @@ async fn a_key_looked_up_within_an_account_is_found_only_there(
         Some(mine.clone())
     );
     assert_eq!(
-        store.get_account_key("acct_mine", &theirs.id).await.unwrap(),
+        store
+            .get_account_key("acct_mine", &theirs.id)
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(
-        store.get_account_key("acct_mine", "key_nope").await.unwrap(),
+        store
+            .get_account_key("acct_mine", "key_nope")
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(
@@ -573,7 +576,10 @@ async fn a_key_looked_up_within_an_account_is_found_only_there(
         None
     );
     assert_eq!(
-        store.get_account_key("acct_theirs", &theirs.id).await.unwrap(),
+        store
+            .get_account_key("acct_theirs", &theirs.id)
+            .await
+            .unwrap(),
         Some(theirs)
     );
 }
