@@ -54,9 +54,9 @@ pub struct PermissionError {
 impl Permission {
     /// A concrete permission (`resource.action`, both names), as a request requires.
     pub fn concrete(resource: &str, action: &str) -> Result<Permission, PermissionError> {
-        let input = format!("{resource}.{action}");
+        // Formatted only on error: this runs for every request the rules map.
         let err = |reason| PermissionError {
-            input: input.clone(),
+            input: format!("{resource}.{action}"),
             reason,
         };
         Ok(Permission {

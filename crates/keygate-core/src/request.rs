@@ -7,7 +7,9 @@
 //! first (`%2e%2e`, `..`, `//`, `\`) so that what we check is what an upstream would serve.
 //! A request the rule cannot map needs the full wildcard `*`: unknown means denied.
 
-use crate::permission::{resource_name, Permission, PermissionError};
+use std::borrow::Cow;
+
+use crate::permission::{Permission, PermissionError};
 
 /// What a request needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +83,7 @@ impl Route {
         })
     }
 
-    fn matches(&self, method: &str, segments: &[String]) -> bool {
+    fn matches(&self, method: &str, segments: &[&str]) -> bool {
         if let Some(m) = &self.method {
             if !m.eq_ignore_ascii_case(method) {
                 return false;
@@ -92,7 +94,7 @@ impl Route {
             match seg {
                 Segment::Rest => return true,
                 Segment::Any if i < segments.len() => {}
-                Segment::Literal(l) if segments.get(i) == Some(l) => {}
+                Segment::Literal(l) if segments.get(i) == Some(&l.as_str()) => {}
                 _ => return false,
             }
             i += 1;
@@ -119,31 +121,48 @@ impl RouteTable {
     /// does not percent-decode to UTF-8 is unmapped, whatever the table says: it cannot be
     /// matched against a route (it is not the root path `/`).
     pub fn required(&self, method: &str, path: &str) -> Required {
-        let Some(segments) = try_normalise_path(path) else {
+        // On every request: borrowed segments, no allocation but the one `Vec` (and the
+        // decoded path when it has escapes) before the permission itself.
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let Some(decoded) = percent_decode(path) else {
             return Required::Unmapped;
         };
+        let segments = segments_of(&decoded);
         if let Some(route) = self.0.iter().find(|r| r.matches(method, &segments)) {
             return Required::Permission(route.permission.clone());
         }
-        let action = match method.to_ascii_uppercase().as_str() {
-            "GET" | "HEAD" => "read",
-            "POST" => "create",
-            "PUT" | "PATCH" => "update",
-            "DELETE" => "delete",
-            _ => return Required::Unmapped,
+        let Some(action) = action_of(method) else {
+            return Required::Unmapped;
         };
         let resource = segments
             .iter()
             .enumerate()
-            .find(|(i, s)| (*i != 0 || s.as_str() != "api") && !is_version(s))
-            .map(|(_, s)| s);
-        match resource.map(|r| resource_name(r)) {
-            Some(Ok(resource)) => Permission::concrete(&resource, action)
+            .find(|(i, s)| (*i != 0 || **s != "api") && !is_version(s))
+            .map(|(_, s)| *s);
+        match resource {
+            Some(resource) => Permission::concrete(resource, action)
                 .map(Required::Permission)
                 .unwrap_or(Required::Unmapped),
-            _ => Required::Unmapped,
+            None => Required::Unmapped,
         }
     }
+}
+
+/// The action a method implies: GET/HEAD → read, POST → create, PUT/PATCH → update,
+/// DELETE → delete; any other method maps to none.
+fn action_of(method: &str) -> Option<&'static str> {
+    const ACTIONS: [(&str, &str); 6] = [
+        ("GET", "read"),
+        ("HEAD", "read"),
+        ("POST", "create"),
+        ("PUT", "update"),
+        ("PATCH", "update"),
+        ("DELETE", "delete"),
+    ];
+    ACTIONS
+        .iter()
+        .find(|(m, _)| m.eq_ignore_ascii_case(method))
+        .map(|(_, action)| *action)
 }
 
 fn is_version(segment: &str) -> bool {
@@ -164,20 +183,34 @@ pub fn normalise_path(path: &str) -> Vec<String> {
 pub fn try_normalise_path(path: &str) -> Option<Vec<String>> {
     let path = path.split(['?', '#']).next().unwrap_or("");
     let decoded = percent_decode(path)?;
-    let mut out: Vec<String> = Vec::new();
+    Some(
+        segments_of(&decoded)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// The segments of a decoded path with `.`, `..` and empty ones resolved, borrowed from it.
+fn segments_of(decoded: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::with_capacity(8);
     for seg in decoded.split(['/', '\\']) {
         match seg {
             "" | "." => {}
             ".." => {
                 out.pop();
             }
-            s => out.push(s.to_owned()),
+            s => out.push(s),
         }
     }
-    Some(out)
+    out
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// `s` with its percent-escapes decoded; borrowed when it has none.
+fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -191,7 +224,7 @@ fn percent_decode(s: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 #[cfg(test)]
