@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The benchmarks in a quick smoke mode: they must keep compiling and running (the figures
-# printed here mean nothing). Everything runs on the debug build the test step made: an
-# optimised build of the workspace alone would take CI several minutes. The figures come
-# from `cargo bench` and the scripts' full modes (bench/README.md).
+# printed here mean nothing). Everything runs on the debug build of the whole workspace
+# that .ci/run made before the tests: building with `-p` here would resolve features for a
+# subset and recompile dependencies, which cost CI minutes. The figures come from
+# `cargo bench` and the scripts' full modes (bench/README.md).
 set -euo pipefail
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 # Micro: criterion runs each benchmark once as a test; the cached-keys one at 1 k keys.
-cargo test --locked -p keygate-engine --benches
-cargo test --locked -p keygate-tower --benches
-KEYGATE_BENCH_SIZES=1000 cargo test --locked -p keygate-bench --benches
+KEYGATE_BENCH_SIZES=1000 cargo test --locked --workspace --benches
 # The profiling loop.
-cargo run --locked -q -p keygate-bench --bin verify-loop -- verify,floor,invalid 10000 100
-# HTTP and scale scripts end to end: 1 x 2 s per target; 20 000 keys.
-bash bench/http/run.sh --smoke
-bash bench/scale/run.sh --smoke
+"$TARGET_DIR/debug/verify-loop" verify,floor,invalid 10000 100
+# HTTP and scale scripts end to end on the debug binaries: 1 x 2 s per target; 20 000 keys.
+BUILD=0 bash bench/http/run.sh --smoke
+BUILD=0 bash bench/scale/run.sh --smoke

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The gateway benchmark in its smoke mode (a few seconds of load, 20 MB streams): the
-# script, the release binaries and the nginx comparison must keep working.
+# script, the binaries and the nginx comparison must keep working. It uses the debug build
+# .ci/run made of the whole workspace (BUILD=0).
 set -euo pipefail
-bash bench/gateway/run.sh --smoke
+BUILD=0 bash bench/gateway/run.sh --smoke

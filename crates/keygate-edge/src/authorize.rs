@@ -2,6 +2,7 @@
 //! verify → the identity to pass on, or the refusal. Forward-auth, `/v1/verify`, key info,
 //! the gateway, the dashboard's sign-in and the tower layer all go through [`authorize`].
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -30,8 +31,9 @@ pub enum Target<'a> {
     /// The request as its client sent it: the permission comes from the route table and
     /// the method + path rules. A `path` with a query that carries a key is refused.
     Request { method: &'a str, path: &'a str },
-    /// A permission named explicitly.
-    Required(Required),
+    /// A permission named explicitly (borrowed where the caller keeps it, as a route's
+    /// layer does, so a request does not copy it).
+    Required(Cow<'a, Required>),
     /// The original request is not known (a proxy that forgot `X-Original-URI`): only a
     /// key holding `*` passes, so a misconfiguration never opens everything.
     Unknown,
@@ -153,16 +155,23 @@ pub async fn authorize(engine: &Engine, request: &AuthorizeRequest<'_>) -> Autho
     let Some(key) = key else {
         return Authorization::refused(Outcome::MissingCredentials);
     };
+    let derived;
     let required = match &request.target {
-        Target::Request { method, path } => Some(engine.routes().required(method, path)),
-        Target::Required(required) => Some(required.clone()),
-        Target::Unknown => Some(Required::Unmapped),
+        Target::Request { method, path } => {
+            derived = engine.routes().required(method, path);
+            Some(&derived)
+        }
+        Target::Required(required) => Some(required.as_ref()),
+        Target::Unknown => {
+            derived = Required::Unmapped;
+            Some(&derived)
+        }
         Target::AnyPermission => None,
     };
     let verdict = match engine
         .verify(&VerifyRequest {
             key,
-            required: required.as_ref(),
+            required,
             client_ip: request.client_ip,
         })
         .await

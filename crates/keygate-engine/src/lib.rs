@@ -114,7 +114,11 @@ impl Engine {
 
     /// The Prometheus text for `/metrics`.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(self.cache.entry_count(), now_ms())
+        self.metrics.render(
+            self.cache.entry_count(),
+            self.usage.cell_count() as u64,
+            now_ms(),
+        )
     }
 
     /// Is the store reachable?
@@ -154,12 +158,6 @@ impl Engine {
             }
         }
         Ok(written)
-    }
-
-    /// How many keys' usage cells this node keeps: the keys in use, as idle cells are
-    /// dropped after a flush.
-    pub fn usage_cell_count(&self) -> usize {
-        self.usage.cell_count()
     }
 
     /// Starts the task that flushes usage every `interval`. It ends after

@@ -163,7 +163,9 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, cached_keys: u64, now_ms: i64) -> String {
+    /// `usage_cells`: keys with usage counted in memory (bounded: idle cells are evicted
+    /// after their counts are flushed).
+    pub fn render(&self, cached_keys: u64, usage_cells: u64, now_ms: i64) -> String {
         let mut out = String::with_capacity(4096);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         out.push_str("# HELP keygate_verifications_total Verifications by outcome.\n");
@@ -256,11 +258,16 @@ impl Metrics {
         } else {
             (now_ms - flushed_at).max(0) as f64 / 1000.0
         };
-        let gauges: [(&str, &str, f64); 2] = [
+        let gauges: [(&str, &str, f64); 3] = [
             (
                 "keygate_cache_keys",
                 "Keys in the cache.",
                 cached_keys as f64,
+            ),
+            (
+                "keygate_usage_cells",
+                "Keys whose usage is counted in memory (idle ones are evicted once flushed).",
+                usage_cells as f64,
             ),
             (
                 "keygate_usage_flush_lag_seconds",
@@ -310,7 +317,8 @@ mod tests {
             t.join().unwrap();
         }
         let n = (2 * OWNED_SLOTS + 3) as f64;
-        let text = metrics.render(0, 0);
+        let text = metrics.render(0, 7, 0);
+        assert_eq!(sample(&text, "keygate_usage_cells"), 7.0);
         assert_eq!(
             sample(&text, "keygate_verifications_total{outcome=\"valid\""),
             1000.0 * n

@@ -1,6 +1,7 @@
 //! The tower [`Layer`] and its [`Service`]: judge each request on the one authorize path,
 //! pass an allowed one on with its [`Identity`], answer a refused one.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -48,7 +49,7 @@ impl Needs {
     fn target<'a>(&'a self, method: &'a str, path: &'a str) -> Target<'a> {
         match self {
             Needs::FromRequest => Target::Request { method, path },
-            Needs::Permission(required) => Target::Required(required.clone()),
+            Needs::Permission(required) => Target::Required(Cow::Borrowed(required)),
             Needs::AnyKey => Target::AnyPermission,
         }
     }

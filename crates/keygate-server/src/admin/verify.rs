@@ -2,6 +2,7 @@
 //! (forward-auth for nginx `auth_request`, Traefik ForwardAuth, Envoy ext_authz), and
 //! `GET /v1/api-key-info` (a key reads its own record).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use axum::extract::{FromRequestParts, State};
@@ -104,7 +105,7 @@ fn target_of(body: &VerifyBody) -> Result<Target<'_>, ApiError> {
         )
         .into()),
         (Some(p), None, None) => Permission::parse_concrete(p)
-            .map(|p| Target::Required(Required::Permission(p)))
+            .map(|p| Target::Required(Cow::Owned(Required::Permission(p))))
             .map_err(|e| Error::validation("permission", e.to_string()).into()),
         (None, method, Some(path)) => {
             if !path.starts_with('/') {

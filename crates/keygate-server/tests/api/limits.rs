@@ -177,6 +177,14 @@ async fn metrics_parse_and_move() {
     ] {
         assert!(text.contains(name), "{name} missing");
     }
+    // The keys verified above have usage cells until a flush lets them go.
+    let usage_cells: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("keygate_usage_cells "))
+        .expect("keygate_usage_cells missing")
+        .parse()
+        .unwrap();
+    assert!(usage_cells >= 1.0, "keygate_usage_cells is {usage_cells}");
     assert!(!text.contains(&key[8..]), "a secret in the metrics");
     let key_id = app.admin(Method::GET, "/v1/api-keys", None).await.body["data"][0]["id"]
         .as_str()
