@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use helpers::{spawn, spawn_with, Options, TestApp};
+use hyper_util::client::legacy::connect::HttpConnector;
 use keygate_core::Route;
 use keygate_server::PermissionCatalog;
-use hyper_util::client::legacy::connect::HttpConnector;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -1285,7 +1285,9 @@ async fn the_checklist_offers_the_configured_resources_in_the_browser() {
             record.body["permissions"],
             json!(["orders.read", "shipments.track"])
         );
-        let orders = app.forward_auth(Some(&secret), "GET", "/api/v1/orders").await;
+        let orders = app
+            .forward_auth(Some(&secret), "GET", "/api/v1/orders")
+            .await;
         assert_eq!(orders.status, 204);
         let invoices = app
             .forward_auth(Some(&secret), "GET", "/api/v1/invoices")
@@ -1407,7 +1409,10 @@ async fn a_quota_set_in_the_browser_is_the_keys_quota() {
         // The edit form shows the quota; clearing the refill keeps the quota.
         follow(&c, "a.button[href$='/edit']").await;
         let requests = c.find(Locator::Css("#quota_requests")).await.unwrap();
-        assert_eq!(requests.prop("value").await.unwrap().as_deref(), Some("5000"));
+        assert_eq!(
+            requests.prop("value").await.unwrap().as_deref(),
+            Some("5000")
+        );
         shot(&c, "33-quota-edit").await;
         fill(&c, "#quota_refill_amount", "").await;
         follow(&c, "form.key-form button[type=submit]").await;
@@ -1443,7 +1448,9 @@ async fn a_quota_set_in_the_browser_is_the_keys_quota() {
             .await;
         assert_eq!(answer.status(), 400, "{requests} {amount}");
         let html = answer.text().await.unwrap();
-        let error_at = html.find("id=\"form-error\"").expect("an error above the form");
+        let error_at = html
+            .find("id=\"form-error\"")
+            .expect("an error above the form");
         assert!(
             html[error_at..].contains(message),
             "{requests} {amount}: {}",
@@ -1452,7 +1459,59 @@ async fn a_quota_set_in_the_browser_is_the_keys_quota() {
         assert!(error_at < html.find("<form class=\"key-form\"").unwrap());
     }
     let keys = app
-        .admin(Method::GET, &format!("/v1/api-keys?account_id={account}"), None)
+        .admin(
+            Method::GET,
+            &format!("/v1/api-keys?account_id={account}"),
+            None,
+        )
         .await;
     assert_eq!(keys.body["data"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_key_keeps_periods_the_form_does_not_list() {
+    // Set through the API: a rate limit per 30 s and a refill every 10 minutes, neither
+    // among the form's choices. Saving another change must leave them as they are.
+    let app = spawn().await;
+    let account = app.create_account("Acme", "pro").await;
+    let (key_id, _) = app
+        .create_key(
+            &account,
+            json!({
+                "scope": "read",
+                "rate_limit": {"requests": 10, "per_seconds": 30},
+                "quota": {"requests": 500, "refill": {"amount": 50, "every": 600}},
+            }),
+        )
+        .await;
+    let app = &app;
+    with_browser(|c| async move {
+        sign_in(&c, app, &app.admin_token).await;
+        c.goto(&app.url(&format!("/dashboard/keys/{key_id}/edit")))
+            .await
+            .unwrap();
+        for (css, value) in [("#rate_per", "30"), ("#quota_refill_every", "600")] {
+            let select = c.find(Locator::Css(css)).await.unwrap();
+            assert_eq!(
+                select.prop("value").await.unwrap().as_deref(),
+                Some(value),
+                "{css}"
+            );
+        }
+        fill(&c, "#name", "Renamed").await;
+        follow(&c, "form.key-form button[type=submit]").await;
+        let record = app
+            .admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None)
+            .await;
+        assert_eq!(record.body["name"], "Renamed");
+        assert_eq!(
+            record.body["rate_limit"],
+            json!({"requests": 10, "per_seconds": 30})
+        );
+        assert_eq!(
+            record.body["quota"]["refill"],
+            json!({"amount": 50, "every": 600})
+        );
+    })
+    .await;
 }

@@ -793,7 +793,10 @@ mod tests {
     fn permission_catalog_from_file_and_environment() {
         let none = |_: &str| None;
         let c = Config::load(&ServeArgs::default(), &none).unwrap();
-        assert!(c.permissions.catalog().unwrap().is_empty(), "no built-in resources");
+        assert!(
+            c.permissions.catalog().unwrap().is_empty(),
+            "no built-in resources"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keygate.toml");

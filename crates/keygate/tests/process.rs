@@ -799,7 +799,10 @@ async fn the_permission_catalog_reaches_the_dashboard() {
     let port = free_port();
     let server = Launch::listening(dir.path(), "catalog", port)
         .env("KEYGATE_ADMIN_TOKEN", admin.clone())
-        .env("KEYGATE_PERMISSION_ACTIONS", "shipments.track, parcels.weigh")
+        .env(
+            "KEYGATE_PERMISSION_ACTIONS",
+            "shipments.track, parcels.weigh",
+        )
         .start(port)
         .await;
     let account = server.create_account(&admin, "Acme Shipping").await;

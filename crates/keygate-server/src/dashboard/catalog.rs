@@ -99,7 +99,10 @@ impl Row {
 /// Adds `resource` (and its `actions` beyond [`ACTIONS`]) to the row of the same resource,
 /// or as a new last row.
 fn add<'a>(rows: &mut Vec<Row>, resource: &str, actions: impl IntoIterator<Item = &'a str>) {
-    let index = match rows.iter().position(|r| same_resource(&r.resource, resource)) {
+    let index = match rows
+        .iter()
+        .position(|r| same_resource(&r.resource, resource))
+    {
         Some(i) => i,
         None => {
             rows.push(Row {
@@ -194,7 +197,12 @@ mod tests {
     fn the_catalog_keeps_the_operators_order_and_spelling() {
         let catalog = PermissionCatalog::new(
             &["Shipments", "orders"],
-            &["orders.refund", "orders:cancel", "parcels.track", "orders.read"],
+            &[
+                "orders.refund",
+                "orders:cancel",
+                "parcels.track",
+                "orders.read",
+            ],
         )
         .unwrap();
         let got: Vec<(&str, Vec<&str>)> = catalog.resources().collect();

@@ -276,7 +276,10 @@ mod tests {
     #[test]
     fn quota_fields() {
         let q = |body: &[u8]| quota(&Form::parse(body));
-        assert_eq!(q(b"quota_requests=&quota_refill_every=86400").unwrap(), None);
+        assert_eq!(
+            q(b"quota_requests=&quota_refill_every=86400").unwrap(),
+            None
+        );
         assert_eq!(
             q(b"quota_requests=5000&quota_refill_amount=&quota_refill_every=86400").unwrap(),
             Some(Quota {

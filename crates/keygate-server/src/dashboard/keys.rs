@@ -159,13 +159,8 @@ impl Values {
                 .rate_limit
                 .map(|l| l.per_seconds.to_string())
                 .unwrap_or_else(|| "60".into()),
-            quota_requests: k
-                .quota
-                .map(|q| q.requests.to_string())
-                .unwrap_or_default(),
-            quota_refill_amount: refill
-                .map(|r| r.amount.to_string())
-                .unwrap_or_default(),
+            quota_requests: k.quota.map(|q| q.requests.to_string()).unwrap_or_default(),
+            quota_refill_amount: refill.map(|r| r.amount.to_string()).unwrap_or_default(),
             quota_refill_every: refill
                 .map(|r| r.every.to_string())
                 .unwrap_or_else(|| DEFAULT_REFILL_EVERY.into()),
@@ -220,7 +215,7 @@ fn access_fieldset(values: &Values, catalog: &Checklist) -> Markup {
                 label for="extra_permissions" { "Other permissions" }
                 input #extra_permissions type="text" name="extra_permissions" value=(values.extra)
                     aria-describedby="extra-help" spellcheck="false" autocapitalize="off";
-                p.help #extra-help { "Comma-separated, in any accepted spelling: " code { "orders:read" } ", " code { "*.read" } ", " code { "invoices.send" } "." }
+                p.help #extra-help { "Comma-separated, in any accepted spelling: " code { "orders:read" } ", " code { "*.read" } ", " code { "orders.refund" } "." }
             }
         }
     }
