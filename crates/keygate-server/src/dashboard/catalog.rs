@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use keygate_core::key::obscure;
 use keygate_core::permission::{resource_name, same_resource, Part};
 use keygate_core::Permission;
 
@@ -25,13 +26,14 @@ pub struct PermissionCatalog {
     rows: Vec<Row>,
 }
 
-/// Why a catalog entry is refused.
+/// Why a catalog entry is refused. The message shows the entry with anything key-shaped
+/// hidden, as permission errors do (a key pasted into the wrong setting stays out of logs).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CatalogError {
-    #[error("{input:?} is not a resource name: {reason}")]
+    #[error("{:?} is not a resource name: {reason}", obscure(.input, 64))]
     Resource { input: String, reason: &'static str },
-    #[error("{input:?} is not an action: {reason}")]
-    Action { input: String, reason: String },
+    #[error("{:?} is not a resource.action permission: {reason}", obscure(.input, 64))]
+    Action { input: String, reason: &'static str },
 }
 
 impl PermissionCatalog {
@@ -53,16 +55,15 @@ impl PermissionCatalog {
         }
         for input in actions {
             let input = input.as_ref().trim();
-            let refused = |reason: String| CatalogError::Action {
+            let refused = |reason| CatalogError::Action {
                 input: input.to_owned(),
                 reason,
             };
-            let permission =
-                Permission::parse_concrete(input).map_err(|e| refused(e.reason.to_owned()))?;
+            let permission = Permission::parse_concrete(input).map_err(|e| refused(e.reason))?;
             let (Part::Name(resource), Part::Name(action)) =
                 (&permission.resource, &permission.action)
             else {
-                return Err(refused("expected resource.action".to_owned()));
+                return Err(refused("expected resource.action"));
             };
             add(&mut catalog.rows, resource, [action.as_str()]);
         }
@@ -234,6 +235,9 @@ mod tests {
         }
         let e = PermissionCatalog::new(&["invoices.send"], &[]).unwrap_err();
         assert!(e.to_string().contains("actions"), "{e}");
+        let key = format!("kg_live_{}", "ab12".repeat(16));
+        let e = PermissionCatalog::new(&[key.as_str()], &[]).unwrap_err();
+        assert!(!e.to_string().contains(&key[8..]), "{e}");
     }
 
     #[test]
