@@ -28,6 +28,7 @@ use ipnet::IpNet;
 use keygate_engine::{AdminToken, Engine};
 use tokio::net::TcpListener;
 
+pub use dashboard::{CatalogError, PermissionCatalog};
 pub use edge::listener::{serve_router_with, EdgeLimits};
 pub use gateway::{serve_gateway, GatewayConfig};
 pub use keygate_edge::ApiError;
@@ -97,6 +98,9 @@ pub struct HttpConfig {
     pub edge: EdgeLimits,
     /// Refuses addresses that failed to authenticate too often (`None`: off).
     pub failed_auth: Option<Arc<keygate_engine::FailureThrottle>>,
+    /// The resources the dashboard's permission checklist offers besides those the route
+    /// table and existing keys name (`[permissions]` in `keygate.toml`).
+    pub permission_catalog: PermissionCatalog,
 }
 
 impl Default for HttpConfig {
@@ -107,6 +111,7 @@ impl Default for HttpConfig {
             trusted_proxies: Vec::new(),
             edge: EdgeLimits::default(),
             failed_auth: None,
+            permission_catalog: PermissionCatalog::default(),
         }
     }
 }

@@ -17,6 +17,8 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use helpers::{spawn, spawn_with, Options, TestApp};
 use hyper_util::client::legacy::connect::HttpConnector;
+use keygate_core::Route;
+use keygate_server::PermissionCatalog;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -863,7 +865,12 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_creates_uses_and_revokes_a_key_in_the_browser() {
-    let app = spawn().await;
+    // Configured as the invoicing example is (`examples/invoices-api/keygate.toml`).
+    let app = spawn_with(Options {
+        permission_catalog: helpers::reference_catalog(),
+        ..Options::default()
+    })
+    .await;
     with_browser(|c| async move {
         // A wrong token is refused with a message; the right one signs in.
         sign_in(&c, &app, "not-the-token").await;
@@ -918,7 +925,7 @@ async fn operator_creates_uses_and_revokes_a_key_in_the_browser() {
                 .await
                 .unwrap_or_else(|_| panic!("checklist row for {resource}"));
         }
-        // The route table's own permission is offered too.
+        // The catalog's (and the route table's) own action is offered too.
         c.find(Locator::Css("#perm-invoices-send")).await.unwrap();
         fill(&c, "#name", "Zapier Integration").await;
         click(&c, "#perm-invoices-read").await;
@@ -1100,7 +1107,11 @@ async fn operator_creates_uses_and_revokes_a_key_in_the_browser() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_service_session_cannot_see_another_account_in_the_browser() {
-    let app = spawn().await;
+    let app = spawn_with(Options {
+        permission_catalog: helpers::reference_catalog(),
+        ..Options::default()
+    })
+    .await;
     let mine = app.create_account("Acme Invoicing", "basic").await;
     let theirs = app.create_account("Globex Corporation", "pro").await;
     let (_, manager) = app
@@ -1185,6 +1196,322 @@ async fn a_self_service_session_cannot_see_another_account_in_the_browser() {
             .forward_auth(Some(&their_secret), "GET", "/api/v1/invoices")
             .await;
         assert_eq!(still.status, 204);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The checklist fits the deployment's API; the quota fields
+
+/// The resources of the key form's permission checklist, in order.
+async fn checklist_rows(c: &Client) -> Vec<String> {
+    let rows = c
+        .execute(
+            "return Array.from(document.querySelectorAll('#checklist fieldset.perm-row > legend'))\
+               .map(e => e.textContent.trim());",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(rows).unwrap()
+}
+
+async fn exists(c: &Client, css: &str) -> bool {
+    c.find(Locator::Css(css)).await.is_ok()
+}
+
+/// The resources only the invoicing example's configuration offers.
+const REFERENCE_RESOURCES: &[&str] = &["invoices", "clients", "quotations", "products", "webhooks"];
+
+/// The key id in `/dashboard/keys/{id}/secret`.
+async fn new_key_id(c: &Client) -> String {
+    let path = path_of(c).await;
+    assert!(path.ends_with("/secret"), "{path}");
+    path.trim_start_matches("/dashboard/keys/")
+        .trim_end_matches("/secret")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checklist_offers_the_configured_resources_in_the_browser() {
+    // `[permissions] resources = ["orders", "shipments"]`, `actions = ["shipments.track"]`,
+    // and a route whose permission spells the resource in the singular.
+    let app = spawn_with(Options {
+        routes: vec![Route::new("POST", "/api/v1/orders/{id}/refund", "order.refund").unwrap()],
+        permission_catalog: PermissionCatalog::new(&["orders", "shipments"], &["shipments.track"])
+            .unwrap(),
+        ..Options::default()
+    })
+    .await;
+    let account = app.create_account("Acme Shipping", "pro").await;
+    with_browser(|c| async move {
+        sign_in(&c, &app, &app.admin_token).await;
+        c.goto(&app.url(&format!("/dashboard/accounts/{account}/keys/new")))
+            .await
+            .unwrap();
+        assert_eq!(
+            checklist_rows(&c).await,
+            ["orders", "shipments", "api_keys", "accounts"]
+        );
+        for present in [
+            "#perm-orders-read",
+            "#perm-orders-delete",
+            "#perm-orders-refund",
+            "#perm-shipments-all",
+            "#perm-shipments-track",
+            "#perm-api_keys-create",
+            "#perm-accounts-read",
+        ] {
+            assert!(exists(&c, present).await, "{present} offered");
+        }
+        for resource in REFERENCE_RESOURCES {
+            assert!(
+                !exists(&c, &format!("#perm-{resource}-read")).await,
+                "{resource} is not this API's"
+            );
+        }
+        shot(&c, "30-configured-checklist").await;
+
+        fill(&c, "#name", "Warehouse").await;
+        click(&c, "#perm-orders-read").await;
+        click(&c, "#perm-shipments-track").await;
+        follow(&c, "form.key-form button[type=submit]").await;
+        let secret = text(&c, "#new-secret").await;
+        let key_id = new_key_id(&c).await;
+        let record = app
+            .admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None)
+            .await;
+        assert_eq!(
+            record.body["permissions"],
+            json!(["orders.read", "shipments.track"])
+        );
+        let orders = app
+            .forward_auth(Some(&secret), "GET", "/api/v1/orders")
+            .await;
+        assert_eq!(orders.status, 204);
+        let invoices = app
+            .forward_auth(Some(&secret), "GET", "/api/v1/invoices")
+            .await;
+        assert_eq!(invoices.status, 403);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_catalog_the_checklist_holds_what_the_deployment_names_in_the_browser() {
+    // No `[permissions]`: the route table's permission, those existing keys hold (in
+    // their spelling), and the management resources. Nothing of the invoicing example.
+    let app = spawn_with(Options {
+        routes: vec![
+            Route::new("POST", "/api/v1/shipments/{id}/track", "shipments.track").unwrap(),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let account = app.create_account("Acme Shipping", "pro").await;
+    let (key_id, _) = app
+        .create_key(
+            &account,
+            json!({"name": "Label printer", "permissions": ["parcels.read", "Labels:print"]}),
+        )
+        .await;
+    with_browser(|c| async move {
+        sign_in(&c, &app, &app.admin_token).await;
+        c.goto(&app.url(&format!("/dashboard/accounts/{account}/keys/new")))
+            .await
+            .unwrap();
+        assert_eq!(
+            checklist_rows(&c).await,
+            ["labels", "parcels", "shipments", "api_keys", "accounts"]
+        );
+        for present in [
+            "#perm-labels-print",
+            "#perm-parcels-read",
+            "#perm-shipments-track",
+        ] {
+            assert!(exists(&c, present).await, "{present} offered");
+        }
+        for resource in REFERENCE_RESOURCES.iter().chain(&["orders"]) {
+            assert!(
+                !exists(&c, &format!("#perm-{resource}-read")).await,
+                "{resource} is not this API's"
+            );
+        }
+        shot(&c, "31-checklist-without-catalog").await;
+
+        // The key's edit form ticks exactly what it holds.
+        c.goto(&app.url(&format!("/dashboard/keys/{key_id}/edit")))
+            .await
+            .unwrap();
+        for (css, ticked) in [
+            ("#perm-labels-print", true),
+            ("#perm-parcels-read", true),
+            ("#perm-parcels-create", false),
+        ] {
+            let checkbox = c.find(Locator::Css(css)).await.unwrap();
+            assert_eq!(checkbox.is_selected().await.unwrap(), ticked, "{css}");
+        }
+        let other = c.find(Locator::Css("#extra_permissions")).await.unwrap();
+        assert_eq!(other.prop("value").await.unwrap().as_deref(), Some(""));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_set_in_the_browser_is_the_keys_quota() {
+    let app = spawn().await;
+    let account = app.create_account("Acme", "pro").await;
+    let (app_ref, account_ref) = (&app, account.as_str());
+    with_browser(|c| async move {
+        let (app, account) = (app_ref, account_ref);
+        sign_in(&c, app, &app.admin_token).await;
+        let new_form = app.url(&format!("/dashboard/accounts/{account}/keys/new"));
+        c.goto(&new_form).await.unwrap();
+
+        // A refill without a quota is refused above the form, keeping what was typed.
+        fill(&c, "#name", "Metered").await;
+        click(&c, "#access-read").await;
+        fill(&c, "#quota_refill_amount", "100").await;
+        follow(&c, "form.key-form button[type=submit]").await;
+        assert!(
+            text(&c, "#form-error").await.contains("needs a quota"),
+            "{}",
+            text(&c, "#form-error").await
+        );
+        let refill = c.find(Locator::Css("#quota_refill_amount")).await.unwrap();
+        assert_eq!(refill.prop("value").await.unwrap().as_deref(), Some("100"));
+        shot(&c, "32-quota-refused").await;
+
+        fill(&c, "#quota_requests", "5000").await;
+        c.find(Locator::Css("#quota_refill_every"))
+            .await
+            .unwrap()
+            .select_by_value("3600")
+            .await
+            .unwrap();
+        follow(&c, "form.key-form button[type=submit]").await;
+        let key_id = new_key_id(&c).await;
+        let record = app
+            .admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None)
+            .await;
+        let quota = &record.body["quota"];
+        assert_eq!(quota["requests"], 5000, "{}", record.body);
+        assert_eq!(quota["refill"], json!({"amount": 100, "every": 3600}));
+        c.goto(&app.url(&format!("/dashboard/keys/{key_id}")))
+            .await
+            .unwrap();
+        let details = text(&c, "#key-details").await;
+        assert!(
+            details.contains("0 of 5000 requests used, refills 100 every hour"),
+            "{details}"
+        );
+
+        // The edit form shows the quota; clearing the refill keeps the quota.
+        follow(&c, "a.button[href$='/edit']").await;
+        let requests = c.find(Locator::Css("#quota_requests")).await.unwrap();
+        assert_eq!(
+            requests.prop("value").await.unwrap().as_deref(),
+            Some("5000")
+        );
+        shot(&c, "33-quota-edit").await;
+        fill(&c, "#quota_refill_amount", "").await;
+        follow(&c, "form.key-form button[type=submit]").await;
+        let record = app
+            .admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None)
+            .await;
+        let quota = &record.body["quota"];
+        assert_eq!(quota["requests"], 5000, "{}", record.body);
+        assert!(quota["refill"].is_null(), "{}", record.body);
+    })
+    .await;
+
+    // Values a browser's number field would stop, sent as a form: 400 with the error
+    // above the form, and no key made.
+    let s = HttpSession::sign_in(&app, &app.admin_token).await;
+    for (requests, amount, message) in [
+        ("0", "", "at least 1"),
+        ("ten", "", "whole number"),
+        ("18446744073709551616", "", "whole number"),
+        ("100", "-1", "refill must be"),
+    ] {
+        let answer = s
+            .post(
+                &format!("/dashboard/accounts/{account}/keys"),
+                &[
+                    ("name", "Bad quota"),
+                    ("access", "read"),
+                    ("quota_requests", requests),
+                    ("quota_refill_amount", amount),
+                    ("quota_refill_every", "86400"),
+                ],
+            )
+            .await;
+        assert_eq!(answer.status(), 400, "{requests} {amount}");
+        let html = answer.text().await.unwrap();
+        let error_at = html
+            .find("id=\"form-error\"")
+            .expect("an error above the form");
+        assert!(
+            html[error_at..].contains(message),
+            "{requests} {amount}: {}",
+            &html[error_at..]
+        );
+        assert!(error_at < html.find("<form class=\"key-form\"").unwrap());
+    }
+    let keys = app
+        .admin(
+            Method::GET,
+            &format!("/v1/api-keys?account_id={account}"),
+            None,
+        )
+        .await;
+    assert_eq!(keys.body["data"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_key_keeps_periods_the_form_does_not_list() {
+    // Set through the API: a rate limit per 30 s and a refill every 10 minutes, neither
+    // among the form's choices. Saving another change must leave them as they are.
+    let app = spawn().await;
+    let account = app.create_account("Acme", "pro").await;
+    let (key_id, _) = app
+        .create_key(
+            &account,
+            json!({
+                "scope": "read",
+                "rate_limit": {"requests": 10, "per_seconds": 30},
+                "quota": {"requests": 500, "refill": {"amount": 50, "every": 600}},
+            }),
+        )
+        .await;
+    let app = &app;
+    with_browser(|c| async move {
+        sign_in(&c, app, &app.admin_token).await;
+        c.goto(&app.url(&format!("/dashboard/keys/{key_id}/edit")))
+            .await
+            .unwrap();
+        for (css, value) in [("#rate_per", "30"), ("#quota_refill_every", "600")] {
+            let select = c.find(Locator::Css(css)).await.unwrap();
+            assert_eq!(
+                select.prop("value").await.unwrap().as_deref(),
+                Some(value),
+                "{css}"
+            );
+        }
+        fill(&c, "#name", "Renamed").await;
+        follow(&c, "form.key-form button[type=submit]").await;
+        let record = app
+            .admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None)
+            .await;
+        assert_eq!(record.body["name"], "Renamed");
+        assert_eq!(
+            record.body["rate_limit"],
+            json!({"requests": 10, "per_seconds": 30})
+        );
+        assert_eq!(
+            record.body["quota"]["refill"],
+            json!({"amount": 50, "every": 600})
+        );
     })
     .await;
 }

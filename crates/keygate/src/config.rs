@@ -75,6 +75,51 @@ pub struct RouteConfig {
     pub permission: String,
 }
 
+// --- The dashboard's permission catalog (`[permissions]`) -----------------------------
+
+/// `[permissions]`: the resources of the API behind keygate, offered in the dashboard's
+/// permission checklist besides those the route table and existing keys name.
+#[derive(Deserialize, Debug, Default, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PermissionsConfig {
+    /// Resource names (`orders`), each offered with read, create, update and delete.
+    pub resources: Vec<String>,
+    /// Further concrete permissions (`invoices.send`), each offered on its resource.
+    pub actions: Vec<String>,
+}
+
+impl PermissionsConfig {
+    /// `KEYGATE_PERMISSION_RESOURCES` and `KEYGATE_PERMISSION_ACTIONS`, comma-separated,
+    /// replace the file's lists.
+    fn apply_env(&mut self, env: Env<'_>) {
+        for (target, name) in [
+            (&mut self.resources, "KEYGATE_PERMISSION_RESOURCES"),
+            (&mut self.actions, "KEYGATE_PERMISSION_ACTIONS"),
+        ] {
+            if let Some(v) = env(name) {
+                *target = comma_list(&v);
+            }
+        }
+    }
+
+    /// The checked catalog; a bad entry stops the start, naming the setting.
+    pub fn catalog(&self) -> anyhow::Result<keygate_server::PermissionCatalog> {
+        keygate_server::PermissionCatalog::new(&self.resources, &self.actions).map_err(|e| {
+            let setting = match e {
+                keygate_server::CatalogError::Resource { .. } => {
+                    "permissions.resources (KEYGATE_PERMISSION_RESOURCES)"
+                }
+                keygate_server::CatalogError::Action { .. } => {
+                    "permissions.actions (KEYGATE_PERMISSION_ACTIONS)"
+                }
+            };
+            anyhow::anyhow!("invalid {setting}: {e}")
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
 /// Everything `keygate serve` reads, after merging the three sources.
 #[derive(Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -118,6 +163,8 @@ pub struct Config {
     pub client_idle_timeout_seconds: u64,
     /// Both listeners: a client that takes no answer bytes for this long is dropped.
     pub client_send_timeout_seconds: u64,
+    /// The dashboard's permission catalog.
+    pub permissions: PermissionsConfig,
 }
 
 impl Default for Config {
@@ -155,6 +202,7 @@ impl Default for Config {
             client_header_timeout_seconds: 10,
             client_idle_timeout_seconds: 120,
             client_send_timeout_seconds: 30,
+            permissions: PermissionsConfig::default(),
         }
     }
 }
@@ -222,12 +270,9 @@ impl Config {
             self.env_in_key = parse_bool(&v).context("KEYGATE_ENV_IN_KEY must be true or false")?;
         }
         if let Some(v) = env("KEYGATE_TRUSTED_PROXIES") {
-            self.trusted_proxies = v
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
+            self.trusted_proxies = comma_list(&v);
         }
+        self.permissions.apply_env(env);
         for (target, name) in [
             (&mut self.cache_ttl_seconds, "KEYGATE_CACHE_TTL_SECONDS"),
             (&mut self.usage_flush_seconds, "KEYGATE_USAGE_FLUSH_SECONDS"),
@@ -446,6 +491,14 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// `a, b,c` → `["a", "b", "c"]`.
+fn comma_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -734,5 +787,102 @@ mod tests {
         let word =
             |n: &str| (n == "KEYGATE_CLIENT_IDLE_TIMEOUT_SECONDS").then(|| "soon".to_owned());
         assert!(Config::load(&ServeArgs::default(), &word).is_err());
+    }
+
+    #[test]
+    fn permission_catalog_from_file_and_environment() {
+        let none = |_: &str| None;
+        let c = Config::load(&ServeArgs::default(), &none).unwrap();
+        assert!(
+            c.permissions.catalog().unwrap().is_empty(),
+            "no built-in resources"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(
+            &path,
+            "[permissions]\nresources = [\"orders\", \"Shipments\"]\nactions = [\"orders.refund\", \"parcels:track\"]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let rows = |c: &Config| -> Vec<(String, Vec<String>)> {
+            c.permissions
+                .catalog()
+                .unwrap()
+                .resources()
+                .map(|(r, a)| (r.to_owned(), a.into_iter().map(str::to_owned).collect()))
+                .collect()
+        };
+        let c = Config::load(&args, &none).unwrap();
+        assert_eq!(
+            rows(&c),
+            vec![
+                ("orders".to_owned(), vec!["refund".to_owned()]),
+                ("shipments".to_owned(), vec![]),
+                ("parcels".to_owned(), vec!["track".to_owned()]),
+            ]
+        );
+
+        // The environment replaces the file's lists.
+        let env = |name: &str| match name {
+            "KEYGATE_PERMISSION_RESOURCES" => Some(" invoices, clients ,".to_owned()),
+            _ => None,
+        };
+        let c = Config::load(&args, &env).unwrap();
+        assert_eq!(
+            rows(&c),
+            vec![
+                ("invoices".to_owned(), vec![]),
+                ("clients".to_owned(), vec![]),
+                ("orders".to_owned(), vec!["refund".to_owned()]),
+                ("parcels".to_owned(), vec!["track".to_owned()]),
+            ]
+        );
+
+        // A bad name is an error naming the setting.
+        let bad = |name: &'static str, value: &'static str| {
+            let env = move |n: &str| (n == name).then(|| value.to_owned());
+            let c = Config::load(&ServeArgs::default(), &env).unwrap();
+            format!("{:#}", c.permissions.catalog().unwrap_err())
+        };
+        let e = bad("KEYGATE_PERMISSION_RESOURCES", "orders,sales orders");
+        assert!(
+            e.contains("permissions.resources") && e.contains("sales orders"),
+            "{e}"
+        );
+        let e = bad("KEYGATE_PERMISSION_RESOURCES", "invoices.send");
+        assert!(e.contains("permissions.resources"), "{e}");
+        let e = bad("KEYGATE_PERMISSION_ACTIONS", "orders.*");
+        assert!(e.contains("permissions.actions"), "{e}");
+        let e = bad("KEYGATE_PERMISSION_ACTIONS", "refund");
+        assert!(e.contains("permissions.actions"), "{e}");
+        // An unknown key in the table is refused like any other.
+        std::fs::write(
+            dir.path().join("typo.toml"),
+            "[permissions]\nresource = [\"orders\"]\n",
+        )
+        .unwrap();
+        let typo = ServeArgs {
+            config: Some(dir.path().join("typo.toml")),
+            ..Default::default()
+        };
+        assert!(Config::load(&typo, &none).is_err());
+    }
+
+    #[test]
+    fn the_invoicing_example_configuration_is_valid() {
+        let text = include_str!("../../../examples/invoices-api/keygate.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        let catalog = c.permissions.catalog().unwrap();
+        let resources: Vec<&str> = catalog.resources().map(|(r, _)| r).collect();
+        assert_eq!(
+            resources,
+            ["invoices", "clients", "quotations", "products", "webhooks"]
+        );
+        assert!(c.route_table().is_ok());
     }
 }

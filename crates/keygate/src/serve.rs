@@ -37,6 +37,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(|limit| Arc::new(keygate_engine::FailureThrottle::new(limit)));
     let gateway = config.gateway()?;
     let edge = config.edge_limits()?;
+    let permission_catalog = config.permissions.catalog()?;
     check_admin_token(config.admin_token.as_deref())?;
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -89,6 +90,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             trusted_proxies,
             failed_auth,
             edge,
+            permission_catalog,
             ..HttpConfig::default()
         }),
     };

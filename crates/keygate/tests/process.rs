@@ -742,6 +742,88 @@ async fn configuration_layers() {
     server.stop().await;
 }
 
+/// The dashboard's form to create a key in `account`, as the operator signed in with
+/// `token` sees it (HTML).
+async fn dashboard_new_key_form(server: &Server, token: &str, account: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let session_of = |r: &reqwest::Response| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix("keygate_session="))
+            .map(|v| format!("keygate_session={}", v.split(';').next().unwrap_or("")))
+            .expect("a session cookie")
+    };
+    let page = http
+        .get(server.url("/dashboard/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = session_of(&page);
+    let html = page.text().await.unwrap();
+    let marker = r#"name="csrf" value=""#;
+    let start = html.find(marker).expect("a CSRF field") + marker.len();
+    let csrf = html[start..].split('"').next().unwrap_or("").to_owned();
+    let signed_in = http
+        .post(server.url("/dashboard/sign-in"))
+        .header("cookie", cookie)
+        .form(&[("csrf", csrf.as_str()), ("credential", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::SEE_OTHER, "signed in");
+    let form = http
+        .get(server.url(&format!("/dashboard/accounts/{account}/keys/new")))
+        .header("cookie", session_of(&signed_in))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::OK);
+    form.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_permission_catalog_reaches_the_dashboard() {
+    // Resources from the file, actions from the environment.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keygate.toml"),
+        "[permissions]\nresources = [\"shipments\"]\n",
+    )
+    .unwrap();
+    let admin = format!("operator-token-{}", random_hex(16));
+    let port = free_port();
+    let server = Launch::listening(dir.path(), "catalog", port)
+        .env("KEYGATE_ADMIN_TOKEN", admin.clone())
+        .env(
+            "KEYGATE_PERMISSION_ACTIONS",
+            "shipments.track, parcels.weigh",
+        )
+        .start(port)
+        .await;
+    let account = server.create_account(&admin, "Acme Shipping").await;
+    let html = dashboard_new_key_form(&server, &admin, &account).await;
+    for id in [
+        "perm-shipments-read",
+        "perm-shipments-track",
+        "perm-parcels-weigh",
+        "perm-api_keys-read",
+    ] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "{id} offered");
+    }
+    for resource in ["invoices", "clients", "quotations", "products", "webhooks"] {
+        assert!(
+            !html.contains(&format!("id=\"perm-{resource}-")),
+            "{resource} offered"
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn bad_configuration_fails_clearly() {
     // An unknown field in keygate.toml.
@@ -784,6 +866,23 @@ async fn bad_configuration_fails_clearly() {
         "the error names the plan:\n{stderr}"
     );
     assert_no_panic(&stderr);
+
+    // A resource of the dashboard's permission catalog that is not a name.
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr) = Launch::listening(dir.path(), "permission-resources", free_port())
+        .env("KEYGATE_PERMISSION_RESOURCES", "orders, sales orders")
+        .run_to_exit()
+        .await;
+    assert!(!status.success(), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("permissions.resources") && stderr.contains("\"sales orders\""),
+        "the error names the setting and the entry:\n{stderr}"
+    );
+    assert_no_panic(&stderr);
+    assert!(
+        !dir.path().join("keygate.db").exists(),
+        "nothing is created before the configuration is checked"
+    );
 }
 
 /// A start that fails on its configuration must not first create the database and the

@@ -5,7 +5,7 @@
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use keygate_engine::Error;
-use keygate_store::RateLimit;
+use keygate_store::{Quota, RateLimit, Refill};
 
 use keygate_edge::credentials::decode;
 
@@ -157,6 +157,48 @@ pub fn rate_limit(form: &Form) -> Result<Option<RateLimit>, Error> {
     }))
 }
 
+/// The quota fields: blank requests means no quota, a blank refill amount no refill.
+pub fn quota(form: &Form) -> Result<Option<Quota>, Error> {
+    let refill_amount = form.get("quota_refill_amount");
+    let Some(requests) = form.get("quota_requests") else {
+        return match refill_amount {
+            Some(_) => Err(Error::validation(
+                "quota_requests",
+                "a refill needs a quota: give the quota's number of requests",
+            )),
+            None => Ok(None),
+        };
+    };
+    let requests = at_least_one(requests).ok_or_else(|| {
+        Error::validation(
+            "quota_requests",
+            "the quota must be a whole number of requests, at least 1",
+        )
+    })?;
+    let refill = match refill_amount {
+        None => None,
+        Some(amount) => Some(Refill {
+            amount: at_least_one(amount).ok_or_else(|| {
+                Error::validation(
+                    "quota_refill_amount",
+                    "the refill must be a whole number of requests, at least 1",
+                )
+            })?,
+            every: form
+                .get("quota_refill_every")
+                .and_then(at_least_one)
+                .ok_or_else(|| {
+                    Error::validation("quota_refill_every", "choose how often the quota refills")
+                })?,
+        }),
+    };
+    Ok(Some(Quota { requests, refill }))
+}
+
+fn at_least_one(text: &str) -> Option<u64> {
+    text.parse().ok().filter(|n| *n >= 1)
+}
+
 /// The IP allowlist textarea.
 pub fn allowlist(form: &Form) -> Vec<String> {
     split_list(form.raw("ip_allowlist"))
@@ -229,5 +271,47 @@ mod tests {
         assert!(rate_limit(&Form::parse(b"rate_requests=-1")).is_err());
         assert_eq!(grace(&Form::parse(b"grace=0")).unwrap(), None);
         assert_eq!(grace(&Form::parse(b"grace=3600")).unwrap(), Some(3600));
+    }
+
+    #[test]
+    fn quota_fields() {
+        let q = |body: &[u8]| quota(&Form::parse(body));
+        assert_eq!(
+            q(b"quota_requests=&quota_refill_every=86400").unwrap(),
+            None
+        );
+        assert_eq!(
+            q(b"quota_requests=5000&quota_refill_amount=&quota_refill_every=86400").unwrap(),
+            Some(Quota {
+                requests: 5000,
+                refill: None
+            })
+        );
+        assert_eq!(
+            q(b"quota_requests=5000&quota_refill_amount=100&quota_refill_every=3600").unwrap(),
+            Some(Quota {
+                requests: 5000,
+                refill: Some(Refill {
+                    amount: 100,
+                    every: 3600
+                })
+            })
+        );
+        let field = |body: &[u8]| match q(body) {
+            Err(Error::Validation { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(b"quota_requests=0"), "quota_requests");
+        assert_eq!(field(b"quota_requests=ten"), "quota_requests");
+        assert_eq!(field(b"quota_requests=-5"), "quota_requests");
+        assert_eq!(field(b"quota_refill_amount=10"), "quota_requests");
+        assert_eq!(
+            field(b"quota_requests=5&quota_refill_amount=0&quota_refill_every=60"),
+            "quota_refill_amount"
+        );
+        assert_eq!(
+            field(b"quota_requests=5&quota_refill_amount=1&quota_refill_every=soon"),
+            "quota_refill_every"
+        );
     }
 }

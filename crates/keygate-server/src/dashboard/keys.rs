@@ -1,12 +1,11 @@
 //! One account's keys: create (secret shown once), a key's page (details, usage chart,
 //! recent addresses, audit events), edit, rotate, revoke.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
 use keygate_core::ip::IpAllowlist;
-use keygate_core::permission::{resource_name, Part};
 use keygate_core::{Outcome, PermissionSet};
 use keygate_engine::manage::{Granularity, KeyStatus, KeyUpdate, NewKey};
 use keygate_engine::{now_ms, Error};
@@ -14,6 +13,7 @@ use keygate_store::{AuditEvent, AuditQuery, KeyRecord};
 use maud::{html, Markup};
 
 use super::accounts::{account_view, AccountView};
+use super::catalog::{Checklist, ACTIONS};
 use super::chart::usage_chart;
 use super::forms::{self, Access, Form, PRESETS};
 use super::layout::{self, csrf_field, form_error, page, respond, Nav};
@@ -21,11 +21,8 @@ use super::session::Reveal;
 use super::{see_other, Ctx, Failure, Page, Posted};
 
 const DAY_MS: i64 = 86_400_000;
-/// Resources of the reference APIs, offered even before any key names them.
-const REFERENCE_RESOURCES: &[&str] = &["invoices", "clients", "quotations", "products", "webhooks"];
-/// The self-service resources, offered last.
-const MANAGEMENT_RESOURCES: &[&str] = &["api_keys", "accounts"];
-const ACTIONS: &[&str] = &["read", "create", "update", "delete"];
+/// The refill period a new key's form proposes (a day).
+const DEFAULT_REFILL_EVERY: &str = "86400";
 
 /// An engine error that belongs above the form (the person can fix it), with its status;
 /// anything else becomes an error page.
@@ -49,89 +46,23 @@ fn inline_error(e: Error) -> Result<(StatusCode, String), Failure> {
 // ---------------------------------------------------------------------------------------
 // The permission checklist
 
-/// Rows of the checklist: resource → extra actions (beyond read/create/update/delete)
-/// that the route table or existing keys name.
-struct Catalog {
-    ordinary: BTreeMap<String, BTreeSet<String>>,
-    reference: Vec<String>,
-    management: Vec<String>,
-}
-
-impl Catalog {
-    fn rows(&self) -> Vec<(&str, Vec<&str>)> {
-        let extra = |r: &str| -> Vec<&str> {
-            self.ordinary
-                .get(r)
-                .map(|s| s.iter().map(String::as_str).collect())
-                .unwrap_or_default()
-        };
-        let mut rows: Vec<(&str, Vec<&str>)> = Vec::new();
-        for r in &self.reference {
-            rows.push((r.as_str(), extra(r)));
-        }
-        for r in self.ordinary.keys() {
-            if !self.reference.contains(r) && !self.management.contains(r) {
-                rows.push((r.as_str(), extra(r)));
-            }
-        }
-        for r in &self.management {
-            rows.push((r.as_str(), extra(r)));
-        }
-        rows
-    }
-
-    /// Is `grant` one of the checkboxes?
-    fn has_box(&self, grant: &str) -> bool {
-        let Some((resource, action)) = grant.split_once('.') else {
-            return false;
-        };
-        self.rows().iter().any(|(r, extra)| {
-            *r == resource
-                && (action == "*" || ACTIONS.contains(&action) || extra.contains(&action))
-        })
-    }
-}
-
-fn note_grant(map: &mut BTreeMap<String, BTreeSet<String>>, resource: &Part, action: &Part) {
-    let Part::Name(resource) = resource else {
-        return;
-    };
-    let actions = map.entry(resource.clone()).or_default();
-    if let Part::Name(action) = action {
-        if !ACTIONS.contains(&action.as_str()) {
-            actions.insert(action.clone());
-        }
-    }
-}
-
-/// What the deployment knows: the reference resources, the route table's permissions and
-/// every resource the caller's visible keys already hold.
-async fn catalog(ctx: &Ctx) -> Result<Catalog, Failure> {
-    let canonical = |names: &[&str]| -> Vec<String> {
-        names.iter().filter_map(|n| resource_name(n).ok()).collect()
-    };
-    let mut ordinary: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let reference = canonical(REFERENCE_RESOURCES);
-    let management = canonical(MANAGEMENT_RESOURCES);
-    for r in reference.iter().chain(&management) {
-        ordinary.entry(r.clone()).or_default();
-    }
-    for p in ctx.engine().routes().permissions() {
-        note_grant(&mut ordinary, &p.resource, &p.action);
-    }
+/// The checklist of this deployment: its catalog, the route table's permissions and every
+/// permission the caller's visible keys hold.
+async fn catalog(ctx: &Ctx) -> Result<Checklist, Failure> {
     let keys = ctx.engine().list_keys(&ctx.caller, None, None).await?;
-    for k in &keys {
-        if let Ok(set) = PermissionSet::parse(&k.permissions) {
-            for g in set.grants() {
-                note_grant(&mut ordinary, &g.resource, &g.action);
-            }
-        }
-    }
-    Ok(Catalog {
-        ordinary,
-        reference,
-        management,
-    })
+    let held: Vec<PermissionSet> = keys
+        .iter()
+        .filter_map(|k| PermissionSet::parse(&k.permissions).ok())
+        .collect();
+    let known = ctx
+        .engine()
+        .routes()
+        .permissions()
+        .chain(held.iter().flat_map(|set| set.grants()));
+    Ok(Checklist::build(
+        &ctx.dash.app.http.permission_catalog,
+        known,
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -150,6 +81,9 @@ struct Values {
     expires_on: String,
     rate_requests: String,
     rate_per: String,
+    quota_requests: String,
+    quota_refill_amount: String,
+    quota_refill_every: String,
 }
 
 impl Values {
@@ -159,6 +93,7 @@ impl Values {
             access: "custom".into(),
             expiry: "never".into(),
             rate_per: "60".into(),
+            quota_refill_every: DEFAULT_REFILL_EVERY.into(),
             ..Values::default()
         }
     }
@@ -179,16 +114,23 @@ impl Values {
             expires_on: form.raw("expires_on").to_owned(),
             rate_requests: form.raw("rate_requests").to_owned(),
             rate_per: form.get("rate_per").unwrap_or("60").to_owned(),
+            quota_requests: form.raw("quota_requests").to_owned(),
+            quota_refill_amount: form.raw("quota_refill_amount").to_owned(),
+            quota_refill_every: form
+                .get("quota_refill_every")
+                .unwrap_or(DEFAULT_REFILL_EVERY)
+                .to_owned(),
         }
     }
 
-    fn from_record(k: &KeyRecord, catalog: &Catalog) -> Values {
+    fn from_record(k: &KeyRecord, catalog: &Checklist) -> Values {
         let preset = PRESETS
             .iter()
             .map(|(p, _)| *p)
             .find(|p| PermissionSet::preset(p).is_some_and(|s| s.to_strings() == k.permissions));
         let (boxes, rest): (Vec<&String>, Vec<&String>) =
             k.permissions.iter().partition(|p| catalog.has_box(p));
+        let refill = k.quota.and_then(|q| q.refill);
         Values {
             name: k.name.clone(),
             environment: k.environment.as_str().to_owned(),
@@ -217,6 +159,11 @@ impl Values {
                 .rate_limit
                 .map(|l| l.per_seconds.to_string())
                 .unwrap_or_else(|| "60".into()),
+            quota_requests: k.quota.map(|q| q.requests.to_string()).unwrap_or_default(),
+            quota_refill_amount: refill.map(|r| r.amount.to_string()).unwrap_or_default(),
+            quota_refill_every: refill
+                .map(|r| r.every.to_string())
+                .unwrap_or_else(|| DEFAULT_REFILL_EVERY.into()),
         }
     }
 }
@@ -230,7 +177,7 @@ fn radio(name: &str, value: &str, current: &str, id: &str, label: Markup) -> Mar
     }
 }
 
-fn access_fieldset(values: &Values, catalog: &Catalog) -> Markup {
+fn access_fieldset(values: &Values, catalog: &Checklist) -> Markup {
     html! {
         fieldset.group {
             legend { "Access" }
@@ -268,7 +215,7 @@ fn access_fieldset(values: &Values, catalog: &Catalog) -> Markup {
                 label for="extra_permissions" { "Other permissions" }
                 input #extra_permissions type="text" name="extra_permissions" value=(values.extra)
                     aria-describedby="extra-help" spellcheck="false" autocapitalize="off";
-                p.help #extra-help { "Comma-separated, in any accepted spelling: " code { "orders:read" } ", " code { "*.read" } ", " code { "invoices.send" } "." }
+                p.help #extra-help { "Comma-separated, in any accepted spelling: " code { "orders:read" } ", " code { "*.read" } ", " code { "orders.refund" } "." }
             }
         }
     }
@@ -297,12 +244,37 @@ fn expiry_fieldset(values: &Values, current: Option<Option<i64>>) -> Markup {
     }
 }
 
+/// A `<select>` of periods in seconds. A current value that is none of the choices (set
+/// through the API) is offered too, so saving the form does not change it.
+fn period_select(id: &str, current: &str, choices: &[(&str, &str)]) -> Markup {
+    let custom = current
+        .parse::<u64>()
+        .ok()
+        .filter(|_| !choices.iter().any(|(value, _)| *value == current));
+    html! {
+        select id=(id) name=(id) {
+            @for (value, label) in choices {
+                option value=(value) selected[current == *value] { (label) }
+            }
+            @if let Some(seconds) = custom {
+                option value=(seconds) selected { (human_duration(seconds)) }
+            }
+        }
+    }
+}
+
 fn limits_fieldset(values: &Values) -> Markup {
-    let periods = [
+    let rate_periods = [
         ("1", "second"),
         ("60", "minute"),
         ("3600", "hour"),
         ("86400", "day"),
+    ];
+    let refill_periods = [
+        ("3600", "hour"),
+        ("86400", "day"),
+        ("604800", "7 days"),
+        ("2592000", "30 days"),
     ];
     html! {
         fieldset.group {
@@ -314,11 +286,25 @@ fn limits_fieldset(values: &Values) -> Markup {
                 }
                 div.field {
                     label for="rate_per" { "per" }
-                    select #rate_per name="rate_per" {
-                        @for (value, label) in periods {
-                            option value=(value) selected[values.rate_per == value] { (label) }
-                        }
-                    }
+                    (period_select("rate_per", &values.rate_per, &rate_periods))
+                }
+            }
+        }
+        fieldset.group {
+            legend { "Quota" }
+            p.help #quota-help { "A number of valid requests the key may make in all; when they are spent it gets 429 until the quota refills. Without a refill the quota is spent once." }
+            div.row-form {
+                div.field {
+                    label for="quota_requests" { "Requests (blank: no quota)" }
+                    input #quota_requests type="number" name="quota_requests" min="1" max="9223372036854775807" inputmode="numeric" aria-describedby="quota-help" value=(values.quota_requests);
+                }
+                div.field {
+                    label for="quota_refill_amount" { "Refill (blank: none)" }
+                    input #quota_refill_amount type="number" name="quota_refill_amount" min="1" inputmode="numeric" value=(values.quota_refill_amount);
+                }
+                div.field {
+                    label for="quota_refill_every" { "every" }
+                    (period_select("quota_refill_every", &values.quota_refill_every, &refill_periods))
                 }
             }
         }
@@ -440,7 +426,7 @@ pub async fn create(Path(account_id): Path<String>, Posted { ctx, form }: Posted
             expires_at: forms::expiry(&form, now)?.flatten(),
             expires_in: None,
             rate_limit: forms::rate_limit(&form)?,
-            quota: None,
+            quota: forms::quota(&form)?,
             meta: None,
         };
         ctx.engine().create_key(&ctx.caller, new).await
@@ -630,6 +616,15 @@ fn human_duration(seconds: u64) -> String {
     }
 }
 
+/// A period after "every": "day", "7 days".
+fn period_text(seconds: u64) -> String {
+    let period = human_duration(seconds);
+    match period.strip_prefix("1 ") {
+        Some(unit) => unit.to_owned(),
+        None => period,
+    }
+}
+
 fn actor(label: &str) -> Markup {
     html! {
         @match label.strip_prefix("key:") {
@@ -685,7 +680,10 @@ pub async fn show(ctx: Ctx, Path(key_id): Path<String>) -> Page {
                     }
                     dt { "Rate limit" } dd { (layout::rate_limit_text(key.rate_limit)) }
                     @if let Some(q) = key.quota {
-                        dt { "Quota" } dd { (key.quota_used) " of " (q.requests) " requests used" }
+                        dt { "Quota" } dd {
+                            (key.quota_used) " of " (q.requests) " requests used"
+                            @if let Some(r) = q.refill { ", refills " (r.amount) " every " (period_text(r.every)) }
+                        }
                     }
                     dt { "Created" } dd { (layout::time(key.created_at)) }
                     dt { "Last used" } dd { (layout::opt_time(key.last_used_at, "never")) }
@@ -761,7 +759,7 @@ pub async fn edit_form(ctx: Ctx, Path(key_id): Path<String>) -> Page {
 async fn render_edit(
     ctx: &Ctx,
     key: &KeyRecord,
-    catalog: &Catalog,
+    catalog: &Checklist,
     values: &Values,
     error: Option<&str>,
     status: StatusCode,
@@ -834,6 +832,11 @@ fn update_from(form: &Form, key: &KeyRecord) -> Result<KeyUpdate, Error> {
     if limit != key.rate_limit {
         update.rate_limit = Some(limit);
     }
+    // Only a changed quota is sent: a new quota restarts its refill clock.
+    let quota = forms::quota(form)?;
+    if quota != key.quota {
+        update.quota = Some(quota);
+    }
     Ok(update)
 }
 
@@ -844,6 +847,7 @@ fn is_empty(u: &KeyUpdate) -> bool {
         && u.ip_allowlist.is_none()
         && u.expires_at.is_none()
         && u.rate_limit.is_none()
+        && u.quota.is_none()
 }
 
 /// `POST /dashboard/keys/{id}/edit`.

@@ -13,6 +13,7 @@
 
 mod accounts;
 mod assets;
+mod catalog;
 mod chart;
 mod csrf;
 mod forms;
@@ -35,6 +36,7 @@ use axum::Router;
 use keygate_engine::manage::{Actor, Caller, KeyStatus};
 use keygate_engine::{now_ms, Error};
 
+pub use self::catalog::{CatalogError, PermissionCatalog};
 use self::layout::{error_page, Chrome};
 use self::session::{Principal, SessionStore, SessionView};
 use self::throttle::SignInThrottle;

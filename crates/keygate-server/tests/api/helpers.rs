@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use keygate_core::{Environment, KeyFormat, Pepper, Route, RouteTable};
 use keygate_engine::{AdminToken, Engine, EngineConfig, Plans};
-use keygate_server::{AppState, HttpConfig};
+use keygate_server::{AppState, HttpConfig, PermissionCatalog};
 use keygate_store::postgres::PostgresStore;
 use keygate_store::sqlite::SqliteStore;
 use keygate_store::Store;
@@ -35,6 +35,8 @@ pub struct Options {
     pub plans: Plans,
     /// Failed authentications allowed per address (`None`: no throttling).
     pub failed_auth: Option<keygate_store::RateLimit>,
+    /// The dashboard's permission catalog (`[permissions]`); none by default.
+    pub permission_catalog: PermissionCatalog,
 }
 
 impl Default for Options {
@@ -47,8 +49,18 @@ impl Default for Options {
             verify_token: Some("verify-token-for-tests-0123456789".into()),
             plans: Plans::reference(),
             failed_auth: None,
+            permission_catalog: PermissionCatalog::default(),
         }
     }
+}
+
+/// The invoicing example's catalog (`examples/invoices-api/keygate.toml`).
+pub fn reference_catalog() -> PermissionCatalog {
+    PermissionCatalog::new(
+        &["invoices", "clients", "quotations", "products", "webhooks"],
+        &["invoices.send"],
+    )
+    .unwrap()
 }
 
 pub async fn spawn() -> TestApp {
@@ -151,6 +163,7 @@ pub async fn spawn_node(node: Node, options: Options, dir: tempfile::TempDir) ->
             failed_auth: options
                 .failed_auth
                 .map(|l| Arc::new(keygate_engine::FailureThrottle::new(l))),
+            permission_catalog: options.permission_catalog,
             ..HttpConfig::default()
         }),
     };
