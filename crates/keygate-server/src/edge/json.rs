@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_TYPE;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::{ApiError, AppState};
 
@@ -45,28 +46,54 @@ async fn body_bytes(request: Request, state: &AppState) -> Result<Bytes, ApiErro
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let (field, message) = if inner.is_syntax() || inner.is_eof() {
-            (
-                "body".to_owned(),
-                format!("the body is not valid JSON ({})", position(&inner)),
-            )
-        } else {
-            plain_words(&path, &inner)
-        };
-        ApiError::from(keygate_engine::Error::Validation { field, message })
-    })?;
+    let mut value = serde_json::Value::deserialize(&mut *de)
+        .map_err(|e| body_error(format!("the body is not valid JSON ({})", position(&e))))?;
     // Trailing bytes after the JSON value are an error, not something to ignore.
-    de.end().map_err(|e| keygate_engine::Error::Validation {
-        field: "body".to_owned(),
-        message: format!(
+    de.end().map_err(|e| {
+        body_error(format!(
             "the body is not valid JSON: it goes on after its end ({})",
             position(&e)
-        ),
+        ))
     })?;
-    Ok(value)
+    // serde would read an array as a struct's fields in order; bodies are objects.
+    if value.is_array() {
+        return Err(body_error(
+            "the body must be a JSON object, not an array".into(),
+        ));
+    }
+    integral_floats_to_integers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let (field, message) = plain_words(&path, &e.into_inner());
+        ApiError::from(keygate_engine::Error::Validation { field, message })
+    })
+}
+
+fn body_error(message: String) -> ApiError {
+    ApiError::from(keygate_engine::Error::Validation {
+        field: "body".to_owned(),
+        message,
+    })
+}
+
+/// `5.0` is the integer 5 for JSON (and JSON Schema's `integer`); serde's integer fields
+/// would refuse it as a float.
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Within ±2^63 every integral f64 converts exactly.
+            if f.fract() == 0.0 && f.abs() < 9.2e18 {
+                *value = Value::from(f as i64);
+            } else if f.fract() == 0.0 && f >= 0.0 && f < 1.8e19 {
+                *value = Value::from(f as u64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
@@ -93,7 +120,8 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
         if !json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        parse(&bytes).map(OptionalJson)
+        // `null` is no options too, as an absent body is.
+        parse::<Option<T>>(&bytes).map(|body| OptionalJson(body.unwrap_or_default()))
     }
 }
 
