@@ -267,7 +267,7 @@ fn original_request(parts: &Parts) -> (Option<&str>, Option<String>) {
 /// code and message as `X-Keygate-Code` and `X-Keygate-Error`, for proxies that cannot pass
 /// the body on (nginx `auth_request`).
 #[utoipa::path(
-    method(get, post, put, patch, delete, head, options),
+    method(get, post, put, patch, delete, head, options, trace),
     path = "/v1/auth",
     tag = "verification",
     security(("api_key" = []), ("api_key_header" = [])),
@@ -305,7 +305,7 @@ pub async fn forward_auth(
 /// and path asked about are this request's own. The router sends both paths to
 /// [`forward_auth`]; this is the second path's OpenAPI operation.
 #[utoipa::path(
-    method(get, post, put, patch, delete, head, options),
+    method(get, post, put, patch, delete, head, options, trace),
     path = "/v1/auth/{path}",
     tag = "verification",
     security(("api_key" = []), ("api_key_header" = [])),

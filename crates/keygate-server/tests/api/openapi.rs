@@ -33,7 +33,9 @@ const API: &[(&str, &[&str])] = &[
     ("/v1/auth/{path}", FORWARD_AUTH_METHODS),
 ];
 
-const FORWARD_AUTH_METHODS: &[&str] = &["get", "post", "put", "patch", "delete", "head", "options"];
+const FORWARD_AUTH_METHODS: &[&str] = &[
+    "get", "post", "put", "patch", "delete", "head", "options", "trace",
+];
 
 /// The methods probed on every path.
 const PROBED_METHODS: &[&str] = &["get", "post", "put", "patch", "delete"];
