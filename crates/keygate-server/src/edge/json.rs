@@ -168,7 +168,7 @@ fn integral_floats_to_integers(value: &mut serde_json::Value) {
             // Within ±2^63 every integral f64 converts exactly.
             if f.fract() == 0.0 && f.abs() < 9.2e18 {
                 *value = Value::from(f as i64);
-            } else if f.fract() == 0.0 && f >= 0.0 && f < 1.8e19 {
+            } else if f.fract() == 0.0 && (0.0..1.8e19).contains(&f) {
                 *value = Value::from(f as u64);
             }
         }
