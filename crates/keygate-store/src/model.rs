@@ -15,7 +15,10 @@ pub struct Account {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RateLimit {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub requests: u32,
+    /// At most a year (31 536 000 s).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 31_536_000))]
     pub per_seconds: u32,
 }
 
@@ -25,6 +28,10 @@ pub struct RateLimit {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Quota {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 9_223_372_036_854_775_807_u64)
+    )]
     pub requests: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refill: Option<Refill>,
@@ -35,8 +42,10 @@ pub struct Quota {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Refill {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub amount: u64,
-    /// Seconds between refills.
+    /// Seconds between refills, at most 366 days.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 31_622_400))]
     pub every: u64,
 }
 

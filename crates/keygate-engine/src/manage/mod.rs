@@ -7,7 +7,7 @@ mod keys;
 mod pages;
 mod sign_in;
 mod usage;
-mod validate;
+pub mod validate;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Id, Query};
-use super::openapi::{AuthErrors, BodyErrors, RecordErrors};
+use super::openapi::{AuthErrors, BodyErrors, Name, NameFilter, Plan, RecordErrors};
 use super::views::{self, AccountList, AccountWithKeys};
 use super::Auth;
 use crate::edge::json::Json;
@@ -16,14 +16,19 @@ use crate::{ApiError, AppState};
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
+    #[schema(value_type = Name)]
     name: String,
+    /// The default plan when absent.
+    #[schema(value_type = Option<Plan>)]
     plan: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAccount {
+    #[schema(value_type = Option<Name>)]
     name: Option<String>,
+    #[schema(value_type = Option<Plan>)]
     plan: Option<String>,
 }
 
@@ -76,7 +81,7 @@ pub async fn create(
 pub struct AccountListQuery {
     /// Only accounts on this plan.
     plan: Option<String>,
-    /// Only accounts whose name contains this (case-insensitive).
+    #[param(value_type = Option<NameFilter>, inline)]
     name: Option<String>,
     /// Page size, 1 to 1000 (100 by default).
     #[param(minimum = 1, maximum = 1000)]

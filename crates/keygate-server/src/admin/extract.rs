@@ -28,11 +28,15 @@ impl FromRequestParts<AppState> for Id {
 pub struct Query(HashMap<String, String>);
 
 impl Query {
+    /// A text parameter; empty is the same as absent.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.typed(name).filter(|v| !v.is_empty())
+    }
+
+    /// A parameter with a type (number, time, one of a list): empty is a value, and not a
+    /// valid one, so `?status=` is refused rather than read as "any status".
+    pub fn typed(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
     }
 
     pub fn only(self, allowed: &[&str]) -> Result<Self, ApiError> {
@@ -58,7 +62,7 @@ impl Query {
     }
 
     pub fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, ApiError> {
-        self.get(name)
+        self.typed(name)
             .map(|v| {
                 v.parse::<T>()
                     .map_err(|_| Error::validation(name, format!("{name} must be a number")).into())

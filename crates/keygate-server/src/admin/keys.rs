@@ -11,7 +11,10 @@ use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{Id, Query};
-use super::openapi::{AuthErrors, BodyErrors, ConflictErrors, RecordErrors};
+use super::openapi::{
+    AuthErrors, BodyErrors, ConflictErrors, IpOrNetwork, Name, NameFilter, PermissionGrant,
+    RecordErrors, Scope,
+};
 use super::views::{
     self, parse_time, ApiKeyList, ApiKeyWithSecret, AuditLog, EnvironmentName, GranularityName,
     KeyStatusName, KeyView, RotatedKey, UsageView,
@@ -23,39 +26,68 @@ use crate::{ApiError, AppState};
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// The account the key belongs to. A self-service key may leave it out: its own account.
+    #[schema(value_type = String)]
     account_id: Option<String>,
+    #[schema(value_type = Name)]
     name: String,
+    /// `live` by default.
+    #[schema(value_type = Option<EnvironmentName>)]
     environment: Option<String>,
+    /// The key's permissions; not with `scope`.
+    #[schema(value_type = Option<Vec<PermissionGrant>>, max_items = 256)]
     permissions: Option<Vec<String>>,
+    #[schema(value_type = Option<Scope>)]
     scope: Option<String>,
+    #[schema(value_type = Option<Vec<IpOrNetwork>>, max_items = 256)]
     ip_allowlist: Option<Vec<String>>,
+    /// When the key stops working (RFC 3339, in the future); not with `expires_in`.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
+    /// Seconds from now until the key stops working (up to 100 years); not with `expires_at`.
+    #[schema(minimum = 1, maximum = 3153600000_i64)]
     expires_in: Option<i64>,
     rate_limit: Option<RateLimit>,
     quota: Option<Quota>,
+    /// A JSON object of up to 8 KiB, returned with the key and by `/v1/verify`.
+    #[schema(value_type = Option<Object>)]
     meta: Option<Value>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
+    #[schema(value_type = Option<Name>)]
     name: Option<String>,
+    /// The key's permissions; not with `scope`.
+    #[schema(value_type = Option<Vec<PermissionGrant>>, max_items = 256)]
     permissions: Option<Vec<String>>,
+    #[schema(value_type = Option<Scope>)]
     scope: Option<String>,
+    #[schema(value_type = Option<Vec<IpOrNetwork>>, max_items = 256)]
     ip_allowlist: Option<Vec<String>>,
+    /// When the key stops working (RFC 3339, in the future); `null` for never. Not with
+    /// `expires_in`.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Option<String>>,
+    /// Seconds from now until the key stops working (up to 100 years); not with `expires_at`.
+    #[schema(minimum = 1, maximum = 3153600000_i64)]
     expires_in: Option<i64>,
     #[serde(default, deserialize_with = "nullable")]
     rate_limit: Option<Option<RateLimit>>,
     #[serde(default, deserialize_with = "nullable")]
     quota: Option<Option<Quota>>,
+    /// A JSON object of up to 8 KiB.
+    #[schema(value_type = Option<Object>)]
     meta: Option<Value>,
 }
 
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
+    /// How long the replaced key keeps working, up to 30 days; `0` (the default) revokes it now.
+    #[schema(maximum = 2592000)]
     grace_period_seconds: Option<u64>,
 }
 
@@ -70,7 +102,7 @@ pub struct KeyListQuery {
     status: Option<KeyStatusName>,
     /// Only keys of this environment.
     environment: Option<EnvironmentName>,
-    /// Only keys whose name contains this (case-insensitive).
+    #[param(value_type = Option<NameFilter>, inline)]
     name: Option<String>,
     /// Page size, 1 to 1000 (100 by default).
     #[param(minimum = 1, maximum = 1000)]
@@ -111,8 +143,8 @@ pub struct AuditLogQuery {
     to: Option<String>,
     /// Events before this `seq` (the previous page's `next_before`).
     before: Option<i64>,
-    /// Page size, 1 to 1000 (100 by default; larger values are capped).
-    #[param(minimum = 1)]
+    /// Page size, 100 by default; values outside 1 to 1000 are brought within.
+    #[param(value_type = Option<u64>, maximum = 4294967295_u64)]
     limit: Option<u32>,
 }
 
@@ -183,7 +215,7 @@ pub async fn list(
         "starting_after",
     ])?;
     let status = query
-        .get("status")
+        .typed("status")
         .map(|s| {
             KeyStatus::parse(s).ok_or_else(|| {
                 Error::validation("status", "status must be active, expired or revoked")
@@ -191,7 +223,7 @@ pub async fn list(
         })
         .transpose()?;
     let environment = query
-        .get("environment")
+        .typed("environment")
         .map(|s| {
             Environment::parse(s)
                 .ok_or_else(|| Error::validation("environment", "environment must be live or test"))
@@ -329,16 +361,16 @@ pub async fn usage(
     query: Query,
 ) -> Result<impl IntoResponse, ApiError> {
     let query = query.only(&["from", "to", "granularity"])?;
-    let granularity = match query.get("granularity") {
+    let granularity = match query.typed("granularity") {
         None => Granularity::Hour,
         Some(g) => Granularity::parse(g)
             .ok_or_else(|| Error::validation("granularity", "granularity must be hour or day"))?,
     };
     let from = query
-        .get("from")
+        .typed("from")
         .map(|s| parse_time("from", s))
         .transpose()?;
-    let to = query.get("to").map(|s| parse_time("to", s)).transpose()?;
+    let to = query.typed("to").map(|s| parse_time("to", s)).transpose()?;
     let report = state
         .engine
         .key_usage(&caller, &id, from, to, granularity)
@@ -368,10 +400,10 @@ pub async fn audit_log(
         target_id: query.get("target_id"),
         before: query.number::<i64>("before")?,
         from: query
-            .get("from")
+            .typed("from")
             .map(|s| parse_time("from", s))
             .transpose()?,
-        to: query.get("to").map(|s| parse_time("to", s)).transpose()?,
+        to: query.typed("to").map(|s| parse_time("to", s)).transpose()?,
         limit,
     };
     let events = state.engine.audit_events(&caller, filter).await?;

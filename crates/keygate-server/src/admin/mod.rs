@@ -76,6 +76,7 @@ fn forward_auth() -> OpenApiRouter<AppState> {
             ("delete", &mut item.delete),
             ("head", &mut item.head),
             ("options", &mut item.options),
+            ("trace", &mut item.trace),
         ];
         for (method, operation) in operations {
             if let Some(operation) = operation {

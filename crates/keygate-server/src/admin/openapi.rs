@@ -3,16 +3,22 @@
 //! (`super::api`), so the routes and the document are one list. Built once per process.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use bytes::Bytes;
+use keygate_engine::manage::validate;
+use keygate_engine::Plans;
 use serde::Serialize;
 use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+
+use crate::AppState;
 
 /// Security scheme names, as the handlers' `security(...)` name them.
 pub const ADMIN_TOKEN: &str = "admin_token";
@@ -101,6 +107,136 @@ error_set!(
     StoreErrors = [503]
 );
 
+/// Forward-auth's answers (`/v1/auth`, `/v1/auth/{path}`): `204` with the identity
+/// headers, or a refusal that also carries its code and message in `X-Keygate-Code` and
+/// `X-Keygate-Error` (a proxy's auth request cannot pass the body on).
+pub struct ForwardAuthAnswers;
+
+impl IntoResponses for ForwardAuthAnswers {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let header = |about: &str| HeaderBuilder::new().description(Some(about)).build();
+        let allowed = ResponseBuilder::new()
+            .description(
+                "Allowed: the request may go through. The identity is in the `X-Keygate-*` headers",
+            )
+            .header("X-Keygate-Key-Id", header("The key's id"))
+            .header("X-Keygate-Account-Id", header("The key's account"))
+            .header("X-Keygate-Environment", header("`live` or `test`"))
+            .header(
+                "X-Keygate-Permissions",
+                header("The key's permissions, comma-separated"),
+            )
+            .build();
+        let mut answers = AuthErrors::responses();
+        for answer in answers.values_mut() {
+            if let RefOr::T(refusal) = answer {
+                refusal.headers.insert(
+                    "X-Keygate-Code".into(),
+                    header("The error code, as in the body"),
+                );
+                refusal.headers.insert(
+                    "X-Keygate-Error".into(),
+                    header("The error message, as in the body"),
+                );
+            }
+        }
+        answers.insert("204".into(), RefOr::T(allowed));
+        answers
+    }
+}
+
+/// Whitespace as `str::trim` sees it (Unicode `White_Space`), for [`NAME_PATTERN`].
+const WHITE_SPACE: &str = r"\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+
+/// A name as `keygate_engine::manage::validate::name` takes it: once trimmed, 1 to 200
+/// characters without control characters. The length is in the pattern, not `maxLength`,
+/// because it counts after trimming.
+fn name_pattern() -> String {
+    let controls = r"\x00-\x1f\x7f-\x9f";
+    let inner = validate::MAX_NAME_CHARS - 2;
+    format!("[{WHITE_SPACE}]*[^{WHITE_SPACE}{controls}]([^{controls}]{{0,{inner}}}[^{WHITE_SPACE}{controls}])?[{WHITE_SPACE}]*")
+}
+
+/// Schemas of request fields whose rules the field's Rust type does not carry.
+macro_rules! field_schema {
+    ($(#[$doc:meta])* $name:ident => $schema:expr) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+                $schema.into()
+            }
+        }
+        impl ToSchema for $name {}
+    };
+}
+
+field_schema!(
+    /// An account's or a key's name.
+    Name => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("1 to 200 characters without control characters; spaces around it are trimmed"))
+        .pattern(Some(format!("^{}$", name_pattern())))
+);
+
+field_schema!(
+    /// A list's `name` filter: a name, or empty for no filter.
+    NameFilter => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("Only records whose name contains this (case-insensitive; trimmed, without control characters); empty for all"))
+        .pattern(Some(format!("^({})?$", name_pattern())))
+);
+
+field_schema!(
+    /// One entry of an IP allowlist.
+    IpOrNetwork => AnyOfBuilder::new()
+        .description(Some("An IPv4 or IPv6 address, or a network in CIDR notation (`203.0.113.0/24`, `2001:db8::/32`)"))
+        .item(ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Ipv4))))
+        .item(ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Ipv6))))
+        .item(ObjectBuilder::new().schema_type(Type::String).pattern(Some(
+            r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])$",
+        )))
+);
+
+field_schema!(
+    /// A client address given to `/v1/verify`.
+    IpAddress => AnyOfBuilder::new()
+        .description(Some("An IPv4 or IPv6 address"))
+        .item(ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Ipv4))))
+        .item(ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::Ipv6))))
+);
+
+field_schema!(
+    /// A plan name; the served document lists the configured plans (`document_bytes`).
+    Plan => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("One of the plans this server is configured with (`KEYGATE_PLANS`)"))
+);
+
+field_schema!(
+    /// A permission as a key's `permissions` list takes it.
+    PermissionGrant => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("`resource.action` or `resource:action` (lowercase names of up to 64 characters), `*` for any resource or action, or a preset (`all`, `read`, `write`, `webhooks`). At most 256 grants in all (`write` actions count 3)"))
+        .pattern(Some(r"^(all|read|write|webhooks|(\*|[a-z][a-z0-9_-]{0,63})[.:](\*|[a-z][a-z0-9_-]{0,63}))$"))
+);
+
+field_schema!(
+    /// One definite permission, as `/v1/verify` checks it.
+    RequiredPermission => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("`resource.action` or `resource:action`: lowercase names of up to 64 characters; no wildcard, and not the `write` shorthand"))
+        .pattern(Some(r"^[a-z][a-z0-9_-]{0,63}[.:][a-z][a-z0-9_-]{0,63}$"))
+);
+
+field_schema!(
+    /// A preset set of permissions.
+    Scope => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("A preset instead of `permissions`: `all`, `read`, `write` or `webhooks`"))
+        .enum_values(Some(["all", "read", "write", "webhooks"]))
+);
+
 /// The document's fixed parts; the paths come from the router (`super::api`).
 #[derive(OpenApi)]
 #[openapi(
@@ -154,16 +290,34 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The document as served, serialized once.
-pub fn document_bytes() -> Bytes {
-    static DOCUMENT: OnceLock<Bytes> = OnceLock::new();
-    DOCUMENT
+/// The document as served: the generated one with the configured plans as `Plan`'s values.
+/// Built once per plan list (one per process, but tests run servers of several configurations).
+pub fn document_bytes(plans: &Plans) -> Bytes {
+    static GENERATED: OnceLock<serde_json::Value> = OnceLock::new();
+    static SERVED: Mutex<Option<(Vec<String>, Bytes)>> = Mutex::new(None);
+    let mut names: Vec<String> = plans.names().map(str::to_owned).collect();
+    names.sort();
+    let mut served = SERVED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((cached, bytes)) = served.as_ref() {
+        if *cached == names {
+            return bytes.clone();
+        }
+    }
+    let mut document = GENERATED
         .get_or_init(|| {
             let (_, document) = super::api().split_for_parts();
-            // A document of strings and maps always serializes.
-            Bytes::from(document.to_json().unwrap_or_default())
+            // A document of strings and maps always converts.
+            serde_json::to_value(&document).unwrap_or_default()
         })
-        .clone()
+        .clone();
+    if let Some(plan) = document.pointer_mut("/components/schemas/Plan") {
+        plan["enum"] = serde_json::json!(names);
+    }
+    let bytes = Bytes::from(serde_json::to_vec(&document).unwrap_or_default());
+    *served = Some((names, bytes.clone()));
+    bytes
 }
 
 /// The OpenAPI 3.1 document of this API.
@@ -174,9 +328,9 @@ pub fn document_bytes() -> Bytes {
     tag = "health",
     responses((status = 200, description = "This document", content_type = "application/json", body = Object), ThrottleErrors)
 )]
-pub async fn document() -> impl IntoResponse {
+pub async fn document(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        document_bytes(),
+        document_bytes(state.engine.plans()),
     )
 }

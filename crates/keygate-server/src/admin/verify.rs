@@ -19,9 +19,9 @@ use keygate_engine::manage::Caller;
 use keygate_engine::{Error, RateLimitStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::openapi::{AuthErrors, BodyErrors};
+use super::openapi::{AuthErrors, BodyErrors, ForwardAuthAnswers, IpAddress, RequiredPermission};
 use super::views::{self, ApiKeyInfoAnswer, EnvironmentName};
 use crate::edge::json::Json;
 use crate::edge::request_ip;
@@ -34,13 +34,16 @@ use crate::{ApiError, AppState};
 pub struct VerifyBody {
     /// The key to verify.
     key: Option<String>,
-    /// A permission the key must have (`resource:action`).
+    /// A permission the key must have; not with `method` and `path`.
+    #[schema(value_type = Option<RequiredPermission>)]
     permission: Option<String>,
     /// The request's method (`GET` by default); needs `path`.
     method: Option<String>,
     /// The request's path, starting with `/`.
+    #[schema(pattern = "^/")]
     path: Option<String>,
     /// The client's address, for keys with an allowlist.
+    #[schema(value_type = Option<IpAddress>)]
     ip: Option<String>,
 }
 
@@ -216,6 +219,26 @@ pub async fn verify(
     Ok(response)
 }
 
+/// The headers through which a proxy names the request it asks about (forward-auth). Read by
+/// [`original_request`]; this struct is their OpenAPI description.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct OriginalRequestHeaders {
+    /// The original request's path and query (nginx `auth_request`).
+    #[param(rename = "X-Original-URI")]
+    original_uri: Option<String>,
+    /// The original request's method (nginx).
+    #[param(rename = "X-Original-Method")]
+    original_method: Option<String>,
+    /// The original request's path and query (Traefik ForwardAuth).
+    #[param(rename = "X-Forwarded-Uri")]
+    forwarded_uri: Option<String>,
+    /// The original request's method (Traefik).
+    #[param(rename = "X-Forwarded-Method")]
+    forwarded_method: Option<String>,
+}
+
 /// The original request a proxy asks about: nginx's `X-Original-*`, Traefik's
 /// `X-Forwarded-*`, or, for Envoy, this request's own method and the path after `/v1/auth`.
 fn original_request(parts: &Parts) -> (Option<&str>, Option<String>) {
@@ -245,27 +268,12 @@ fn original_request(parts: &Parts) -> (Option<&str>, Option<String>) {
 /// code and message as `X-Keygate-Code` and `X-Keygate-Error`, for proxies that cannot pass
 /// the body on (nginx `auth_request`).
 #[utoipa::path(
-    method(get, post, put, patch, delete, head, options),
+    method(get, post, put, patch, delete, head, options, trace),
     path = "/v1/auth",
     tag = "verification",
     security(("api_key" = []), ("api_key_header" = [])),
-    params(
-        ("X-Original-URI" = Option<String>, Header, description = "The original request's path and query (nginx `auth_request`)"),
-        ("X-Original-Method" = Option<String>, Header, description = "The original request's method (nginx)"),
-        ("X-Forwarded-Uri" = Option<String>, Header, description = "The original request's path and query (Traefik ForwardAuth)"),
-        ("X-Forwarded-Method" = Option<String>, Header, description = "The original request's method (Traefik)"),
-    ),
-    responses(
-        (status = 204, description = "Allowed. The identity is in `X-Keygate-Key-Id`, `X-Keygate-Account-Id`, `X-Keygate-Environment` and `X-Keygate-Permissions`",
-            headers(
-                ("X-Keygate-Key-Id" = String, description = "The key's id"),
-                ("X-Keygate-Account-Id" = String, description = "The key's account"),
-                ("X-Keygate-Environment" = String, description = "`live` or `test`"),
-                ("X-Keygate-Permissions" = String, description = "The key's permissions, comma-separated"),
-            )
-        ),
-        AuthErrors
-    )
+    params(OriginalRequestHeaders),
+    responses(ForwardAuthAnswers)
 )]
 pub async fn forward_auth(
     State(state): State<AppState>,
@@ -298,28 +306,15 @@ pub async fn forward_auth(
 /// and path asked about are this request's own. The router sends both paths to
 /// [`forward_auth`]; this is the second path's OpenAPI operation.
 #[utoipa::path(
-    method(get, post, put, patch, delete, head, options),
+    method(get, post, put, patch, delete, head, options, trace),
     path = "/v1/auth/{path}",
     tag = "verification",
     security(("api_key" = []), ("api_key_header" = [])),
     params(
-        ("X-Original-URI" = Option<String>, Header, description = "The original request's path and query (nginx `auth_request`)"),
-        ("X-Original-Method" = Option<String>, Header, description = "The original request's method (nginx)"),
-        ("X-Forwarded-Uri" = Option<String>, Header, description = "The original request's path and query (Traefik ForwardAuth)"),
-        ("X-Forwarded-Method" = Option<String>, Header, description = "The original request's method (Traefik)"),
+        OriginalRequestHeaders,
         ("path" = String, Path, description = "The original request's path (may contain `/`)"),
     ),
-    responses(
-        (status = 204, description = "Allowed. The identity is in `X-Keygate-Key-Id`, `X-Keygate-Account-Id`, `X-Keygate-Environment` and `X-Keygate-Permissions`",
-            headers(
-                ("X-Keygate-Key-Id" = String, description = "The key's id"),
-                ("X-Keygate-Account-Id" = String, description = "The key's account"),
-                ("X-Keygate-Environment" = String, description = "`live` or `test`"),
-                ("X-Keygate-Permissions" = String, description = "The key's permissions, comma-separated"),
-            )
-        ),
-        AuthErrors
-    )
+    responses(ForwardAuthAnswers)
 )]
 pub async fn forward_auth_path(
     state: State<AppState>,

@@ -44,29 +44,138 @@ async fn body_bytes(request: Request, state: &AppState) -> Result<Bytes, ApiErro
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would read an array as a struct's fields in order; bodies are objects.
+    if bytes.trim_ascii_start().starts_with(b"[") {
+        return Err(body_error(
+            "the body must be a JSON object, not an array".into(),
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let (field, message) = if inner.is_syntax() || inner.is_eof() {
-            (
-                "body".to_owned(),
-                format!("the body is not valid JSON ({})", position(&inner)),
-            )
-        } else {
-            plain_words(&path, &inner)
-        };
-        ApiError::from(keygate_engine::Error::Validation { field, message })
-    })?;
-    // Trailing bytes after the JSON value are an error, not something to ignore.
-    de.end().map_err(|e| keygate_engine::Error::Validation {
+    let typed = serde_path_to_error::deserialize(&mut *de);
+    match typed {
+        Ok(value) => {
+            // Trailing bytes after the JSON value are an error, not something to ignore.
+            de.end().map_err(|e| {
+                body_error(format!(
+                    "the body is not valid JSON: it goes on after its end ({})",
+                    position(&e)
+                ))
+            })?;
+            Ok(value)
+        }
+        // `5.0` is the integer 5 for JSON (and JSON Schema's `integer`), which serde's
+        // integer fields refuse: read once more with integral floats made integers.
+        Err(e) if e.inner().to_string().contains("floating point") => {
+            with_integral_floats(bytes).ok_or_else(|| read_error(e))
+        }
+        Err(e) => Err(read_error(e)),
+    }
+}
+
+fn read_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let (field, message) = if inner.is_syntax() || inner.is_eof() {
+        (
+            "body".to_owned(),
+            format!("the body is not valid JSON ({})", position(&inner)),
+        )
+    } else {
+        plain_words(&path, &inner)
+    };
+    ApiError::from(keygate_engine::Error::Validation { field, message })
+}
+
+/// `bytes` read as `T` once its integral floats are integers; `None` if it still does not
+/// read (the first error is the one to report). Only reached after a typed read got as
+/// far as a float, so the JSON is well-formed up to it and has no repeated key before it.
+fn with_integral_floats<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if has_repeated_key(bytes) {
+        return None;
+    }
+    integral_floats_to_integers(&mut value);
+    serde_json::from_value(value).ok()
+}
+
+/// Whether an object repeats a key: `Value` keeps the last, the typed read refuses it.
+fn has_repeated_key(bytes: &[u8]) -> bool {
+    use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+    struct Unique;
+    impl<'de> DeserializeSeed<'de> for Unique {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Unique {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Unique)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key) {
+                    return Err(A::Error::custom("repeated key"));
+                }
+                map.next_value_seed(Unique)?;
+            }
+            Ok(())
+        }
+    }
+    Unique
+        .deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+        .is_err()
+}
+
+fn body_error(message: String) -> ApiError {
+    ApiError::from(keygate_engine::Error::Validation {
         field: "body".to_owned(),
-        message: format!(
-            "the body is not valid JSON: it goes on after its end ({})",
-            position(&e)
-        ),
-    })?;
-    Ok(value)
+        message,
+    })
+}
+
+/// `5.0` is the integer 5 for JSON (and JSON Schema's `integer`); serde's integer fields
+/// would refuse it as a float.
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Within ±2^63 every integral f64 converts exactly.
+            if f.fract() == 0.0 && f.abs() < 9.2e18 {
+                *value = Value::from(f as i64);
+            } else if f.fract() == 0.0 && (0.0..1.8e19).contains(&f) {
+                *value = Value::from(f as u64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
@@ -93,7 +202,8 @@ impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJson<T> {
         if !json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        parse(&bytes).map(OptionalJson)
+        // `null` is no options too, as an absent body is.
+        parse::<Option<T>>(&bytes).map(|body| OptionalJson(body.unwrap_or_default()))
     }
 }
 
@@ -191,6 +301,23 @@ mod tests {
             }
             other => panic!("{body}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn integral_floats_are_integers_and_arrays_are_not_objects() {
+        let body = parse::<Body>(br#"{"name": "a", "limit": {"requests": 5.0}}"#).unwrap();
+        assert_eq!(body.limit.map(|l| l.requests), Some(5));
+        let (field, message) = error_of(r#"{"name": "a", "limit": {"requests": 5.5}}"#);
+        assert_eq!(field, "limit.requests");
+        assert!(message.contains("floating point"), "{message}");
+        // The second read keeps refusing a repeated key and trailing bytes.
+        assert!(
+            parse::<Body>(br#"{"name": "a", "name": "b", "limit": {"requests": 1.0}}"#).is_err()
+        );
+        assert!(parse::<Body>(br#"{"name": "a", "limit": {"requests": 1.0}} x"#).is_err());
+        let (field, message) = error_of(r#"["a", null]"#);
+        assert_eq!(field, "body");
+        assert!(message.contains("not an array"), "{message}");
     }
 
     #[test]
