@@ -73,8 +73,10 @@ PY
 # every operation.
 status=0
 # Run from the temp dir: schemathesis writes a cache (.schemathesis/) where it runs.
+# /v1/key-changes is left out: its answer is an event stream that never ends, which
+# schemathesis can only report as a timeout (tests/remote.rs in keygate-tower checks it).
 (cd "$WORK" && timeout 180 schemathesis run "$URL/openapi.json" \
-    --header "Authorization: Bearer $ADMIN_TOKEN" \
+    --header "Authorization: Bearer $ADMIN_TOKEN" --exclude-path /v1/key-changes \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --phases examples,fuzzing,stateful --max-examples 25 --seed 1 --workers 2 --request-timeout 10 \
     --suppress-health-check all --no-color) || status=$?

@@ -46,7 +46,9 @@
 
 mod embedded;
 mod layer;
+mod remote;
 
 pub use embedded::{Embedded, OpenError};
 pub use keygate_edge::Identity;
 pub use layer::{Caller, KeygateLayer, KeygateService};
+pub use remote::Remote;
