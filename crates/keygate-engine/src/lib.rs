@@ -192,9 +192,18 @@ impl Engine {
         })
     }
 
-    /// Asks the background tasks to stop at their next pause.
+    /// Asks the background tasks to stop at their next pause (and long-lived answers such
+    /// as the change stream to end).
     pub fn stop_background(&self) {
         self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`Engine::stop_background`] was called.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
     }
 
     /// Listens for key changes committed by other nodes (PostgreSQL) and drops them from

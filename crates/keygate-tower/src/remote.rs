@@ -70,7 +70,9 @@ impl std::fmt::Debug for Remote {
 impl Remote {
     pub(crate) fn new(server_url: &str, verify_token: &str) -> Remote {
         Remote {
-            server_url: server_url.trim_end_matches('/').to_owned(),
+            // With a trailing slash, so that a path prefix (`https://host/keygate/`) is kept
+            // when the endpoints are joined to it.
+            server_url: format!("{}/", server_url.trim().trim_end_matches('/')),
             verify_token: verify_token.trim().to_owned(),
             key_prefix: "kg".to_owned(),
             env_in_key: true,

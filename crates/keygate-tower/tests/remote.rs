@@ -17,7 +17,7 @@ use axum::Router;
 use futures::StreamExt;
 use keygate_core::{KeyFormat, Pepper, RouteTable};
 use keygate_engine::{AdminToken, Engine, EngineConfig, Plans};
-use keygate_server::{AppState, EdgeLimits, HttpConfig};
+use keygate_server::{AppState, HttpConfig};
 use keygate_store::postgres::PostgresStore;
 use keygate_store::sqlite::SqliteStore;
 use keygate_store::Store;
@@ -85,6 +85,7 @@ async fn inject(faults: Faults, request: Request, next: Next) -> Response {
 }
 
 struct Server {
+    engine: Arc<Engine>,
     base: String,
     admin_token: String,
     http: reqwest::Client,
@@ -105,14 +106,8 @@ impl Server {
             engine,
             admin,
             verify_token: Some(AdminToken::from_secret(pepper, VERIFY_TOKEN)),
-            http: Arc::new(HttpConfig {
-                edge: EdgeLimits {
-                    // A restart does not wait long for open streams.
-                    drain_timeout: Duration::from_millis(200),
-                    ..EdgeLimits::default()
-                },
-                ..HttpConfig::default()
-            }),
+            // The default drain (20 s): the change streams must end by themselves.
+            http: Arc::new(HttpConfig::default()),
         };
         let faults = Faults::new();
         let app = keygate_server::router(state.clone()).layer(axum::middleware::from_fn({
@@ -121,6 +116,7 @@ impl Server {
         }));
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let engine = state.engine.clone();
         let task = tokio::spawn(async move {
             let _ =
                 keygate_server::serve_router_with(listener, app, state.http.edge.clone(), async {
@@ -129,6 +125,7 @@ impl Server {
                 .await;
         });
         Server {
+            engine,
             base,
             admin_token,
             http: reqwest::Client::new(),
@@ -138,12 +135,20 @@ impl Server {
         }
     }
 
-    /// Stops the server: open streams are cut after the short drain.
+    /// Stops the server as `keygate serve` does on SIGTERM: the engine's background
+    /// stops (which ends the change streams), then the listener drains.
     async fn stop(mut self) {
+        self.engine.stop_background();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        let stopping = Instant::now();
         let _ = (&mut self.task).await;
+        assert!(
+            stopping.elapsed() < Duration::from_secs(5),
+            "open change streams held the shutdown for {:?}",
+            stopping.elapsed()
+        );
     }
 
     async fn post(&self, path: &str, body: Value) -> Value {
@@ -512,7 +517,7 @@ async fn without_the_stream_verdicts_fall_back_to_the_short_ttl() {
         &app,
         &key,
         revoked,
-        FALLBACK_TTL + Duration::from_millis(300),
+        FALLBACK_TTL + Duration::from_millis(500),
     )
     .await;
     println!("without the stream, a revocation was refused after {delay:?}");

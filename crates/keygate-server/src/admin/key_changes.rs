@@ -57,8 +57,12 @@ pub const HEARTBEAT: Duration = Duration::from_secs(15);
 pub async fn stream(State(state): State<AppState>, _: VerifyCaller) -> Response {
     let (head, receiver) = state.engine.subscribe_key_changes();
     let first = event(head, &Announcement::Resync(ResyncReason::Connected));
+    // The stream ends when the server stops, so that it does not hold the graceful
+    // shutdown for its whole drain timeout; clients reconnect and resync.
+    let stopped = state.engine.stopped();
     let events = stream::once(async move { Ok::<Event, Infallible>(first) })
-        .chain(following(state, head, receiver));
+        .chain(following(state, head, receiver))
+        .take_until(stopped);
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
         .into_response();
