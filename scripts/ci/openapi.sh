@@ -66,9 +66,11 @@ TOML
 
 status=0
 # Run from the temp dir: schemathesis reads schemathesis.toml and writes its cache there.
+# /v1/key-changes is left out: its answer is an event stream that never ends, which
+# schemathesis can only report as a timeout (tests/remote.rs in keygate-tower checks it).
 (cd "$WORK" && PYTHONPATH="$ROOT/scripts/ci/lib" SCHEMATHESIS_HOOKS=schemathesis_hooks \
     timeout 600 schemathesis run "$URL/openapi.json" \
-    --checks all --generation-with-security-parameters false \
+    --checks all --generation-with-security-parameters false --exclude-path /v1/key-changes \
     --max-examples 25 --seed 1 --workers 1 --request-timeout 10 \
     --suppress-health-check all --no-color) || status=$?
 if ((status != 0)); then

@@ -275,6 +275,14 @@ impl KeyCache {
 }
 
 impl CachedKey {
+    /// A key as a keygate server described it in a `/v1/verify` answer, for a cache outside
+    /// the server (keygate-tower's remote mode): `record` holds what the answer says (id,
+    /// account, environment, permissions, expiry, meta) and leaves the rest empty.
+    pub fn described(record: KeyRecord) -> CachedKey {
+        let usage = Arc::new(KeyUsage::new(&record));
+        CachedKey::from_record(record, usage, None)
+    }
+
     pub(crate) fn from_record(
         record: KeyRecord,
         usage: Arc<KeyUsage>,

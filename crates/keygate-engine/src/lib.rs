@@ -8,6 +8,7 @@
 //! - A cache fill that raced with an invalidation is dropped, never served (see `cache.rs`).
 
 mod admin;
+mod announce;
 mod cache;
 mod clock;
 mod config;
@@ -28,6 +29,7 @@ use keygate_core::{KeyFormat, Pepper, RouteTable};
 use keygate_store::Store;
 
 pub use admin::AdminToken;
+pub use announce::{Announcement, Numbered, ResyncReason};
 pub use cache::CachedKey;
 pub use clock::now_ms;
 pub use config::{EngineConfig, Plans};
@@ -60,6 +62,8 @@ pub struct Engine {
     started: std::time::Instant,
     /// Tells background tasks to finish what they are doing and stop.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Key changes told to caches outside this process, by key id.
+    announcer: Arc<announce::Announcer>,
 }
 
 impl Engine {
@@ -81,6 +85,7 @@ impl Engine {
             shared_limiter: std::sync::OnceLock::new(),
             started: std::time::Instant::now(),
             stopping: tokio::sync::watch::channel(false).0,
+            announcer: Arc::new(announce::Announcer::new()),
         })
     }
 
@@ -186,9 +191,18 @@ impl Engine {
         })
     }
 
-    /// Asks the background tasks to stop at their next pause.
+    /// Asks the background tasks to stop at their next pause (and long-lived answers such
+    /// as the change stream to end).
     pub fn stop_background(&self) {
         self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`Engine::stop_background`] was called.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        }
     }
 
     /// Listens for key changes committed by other nodes (PostgreSQL) and drops them from
@@ -199,6 +213,7 @@ impl Engine {
         let Some(mut feed) = self.store.change_feed().await? else {
             return Ok(None);
         };
+        announce::Announcer::spawn_resolver(&self.announcer, self.store.clone());
         let weak = Arc::downgrade(self);
         Ok(Some(tokio::spawn(async move {
             while let Some(change) = feed.recv().await {
@@ -212,8 +227,28 @@ impl Engine {
                         engine.cache.invalidate_all();
                     }
                 }
+                // After this node's cache dropped it: a remote cache that asks again on
+                // hearing it gets the new state from this node.
+                engine.announcer.heard(change);
             }
         })))
+    }
+
+    /// Key changes for caches outside this process (`GET /v1/key-changes`): the number of
+    /// the last announcement, and a receiver of every later one, numbered without gaps.
+    /// Heard only while [`Engine::spawn_change_listener`] runs.
+    pub fn subscribe_key_changes(&self) -> (u64, tokio::sync::broadcast::Receiver<Numbered>) {
+        self.announcer.subscribe()
+    }
+
+    /// The number of the last key-change announcement.
+    pub fn key_changes_head(&self) -> u64 {
+        self.announcer.head()
+    }
+
+    /// How long a cached key is trusted without asking the store.
+    pub fn cache_ttl(&self) -> std::time::Duration {
+        self.cache_ttl
     }
 
     fn monotonic_ns(&self) -> u64 {

@@ -36,6 +36,7 @@ fn benches(c: &mut Criterion) {
         let admin = Caller::admin(None);
         let account = layer
             .engine()
+            .expect("an embedded layer has an engine")
             .create_account(
                 &admin,
                 NewAccount {
@@ -47,6 +48,7 @@ fn benches(c: &mut Criterion) {
             .unwrap();
         let (_, secret) = layer
             .engine()
+            .expect("an embedded layer has an engine")
             .create_key(
                 &admin,
                 NewKey {
@@ -94,7 +96,10 @@ fn benches(c: &mut Criterion) {
     assert!(cached, "the key never stayed cached");
 
     let mut group = c.benchmark_group("layer");
-    let engine = layer.engine().clone();
+    let engine = layer
+        .engine()
+        .expect("an embedded layer has an engine")
+        .clone();
     let required = keygate_core::RouteTable::default().required("GET", "/api/v1/invoices/42");
     group.bench_function("Engine::verify (cache hit)", |b| {
         b.iter(|| {

@@ -29,6 +29,16 @@ pub enum OpenError {
         "the pepper is not the one this database's keys were made with; every key would be refused"
     )]
     WrongPepper,
+    #[error("invalid keygate server URL: use http://HOST:PORT or https://…")]
+    BadServerUrl,
+    #[error(
+        "the keygate server refused the verify token (check KEYGATE_VERIFY_TOKEN on both sides)"
+    )]
+    BadVerifyToken,
+    #[error("cannot reach the keygate server: {0}")]
+    Unreachable(String),
+    #[error("the operating system's random number generator is unavailable")]
+    NoRandomness,
 }
 
 /// The settings of an embedded layer. The defaults are the keygate server's; set what your

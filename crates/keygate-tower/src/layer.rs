@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tower::{Layer, Service};
 
 use crate::embedded::Embedded;
+use crate::remote::{Remote, RemoteClient};
 
 /// keygate's API-key check for a tower service. Cheap to clone: clones share one engine,
 /// cache and set of background tasks.
@@ -36,7 +37,7 @@ pub struct KeygateLayer {
 
 /// What a request must be allowed to do.
 #[derive(Clone, Debug)]
-enum Needs {
+pub(crate) enum Needs {
     /// What its method and path need, by the route table (as forward-auth decides).
     FromRequest,
     /// One permission, whatever the method and path.
@@ -56,9 +57,15 @@ impl Needs {
 }
 
 struct Shared {
-    engine: Arc<Engine>,
+    judge: Judge,
     trusted_proxies: Vec<IpNet>,
     background: Mutex<Background>,
+}
+
+/// Who judges: the engine in this process, or a keygate server.
+enum Judge {
+    Embedded(Arc<Engine>),
+    Remote(Arc<RemoteClient>),
 }
 
 #[derive(Default)]
@@ -75,20 +82,77 @@ impl KeygateLayer {
         Embedded::new(database_url, pepper_hex)
     }
 
+    /// A layer that asks the keygate server at `server_url` (`/v1/verify`, with its
+    /// `verify_token`) and keeps the verdicts the server lets it reuse, fresh by the
+    /// server's change stream. Adjust the settings on the returned [`Remote`], then
+    /// [`Remote::open`] it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use axum::{routing::get, Router};
+    /// use keygate_tower::{Caller, KeygateLayer};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let token = std::env::var("KEYGATE_VERIFY_TOKEN")?;
+    /// let keygate = KeygateLayer::remote("http://keygate.internal:8080", &token)
+    ///     .open()
+    ///     .await?;
+    /// let app: Router = Router::new()
+    ///     .route(
+    ///         "/api/v1/invoices",
+    ///         get(|Caller(caller): Caller| async move { format!("invoices of {}", caller.account_id()) }),
+    ///     )
+    ///     .route(
+    ///         "/whoami",
+    ///         get(|Caller(caller): Caller| async move { caller.key_id().to_owned() })
+    ///             .layer(keygate.any_key()),
+    ///     )
+    ///     .layer(keygate.clone());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn remote(server_url: &str, verify_token: &str) -> Remote {
+        Remote::new(server_url, verify_token)
+    }
+
+    pub(crate) fn remote_layer(
+        client: Arc<RemoteClient>,
+        trusted_proxies: Vec<IpNet>,
+        follower: JoinHandle<()>,
+    ) -> KeygateLayer {
+        KeygateLayer::with(
+            Judge::Remote(client),
+            trusted_proxies,
+            Background {
+                flusher: None,
+                listener: Some(follower),
+            },
+        )
+    }
+
     pub(crate) fn new(
         engine: Arc<Engine>,
         trusted_proxies: Vec<IpNet>,
         flusher: JoinHandle<()>,
         listener: Option<JoinHandle<()>>,
     ) -> KeygateLayer {
+        KeygateLayer::with(
+            Judge::Embedded(engine),
+            trusted_proxies,
+            Background {
+                flusher: Some(flusher),
+                listener,
+            },
+        )
+    }
+
+    fn with(judge: Judge, trusted_proxies: Vec<IpNet>, background: Background) -> KeygateLayer {
         KeygateLayer {
             shared: Arc::new(Shared {
-                engine,
+                judge,
                 trusted_proxies,
-                background: Mutex::new(Background {
-                    flusher: Some(flusher),
-                    listener,
-                }),
+                background: Mutex::new(background),
             }),
             needs: Arc::new(Needs::FromRequest),
         }
@@ -113,9 +177,13 @@ impl KeygateLayer {
         }
     }
 
-    /// The engine, for what the layer does not cover (metrics, a manual usage flush).
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.shared.engine
+    /// The engine of an embedded layer, for what the layer does not cover (metrics, a
+    /// manual usage flush); `None` in remote mode.
+    pub fn engine(&self) -> Option<&Arc<Engine>> {
+        match &self.shared.judge {
+            Judge::Embedded(engine) => Some(engine),
+            Judge::Remote(_) => None,
+        }
     }
 
     /// Judges one request as the layer would: for services that are not tower services.
@@ -132,11 +200,9 @@ impl KeygateLayer {
             .await
     }
 
-    /// Stops the background tasks and writes the usage still counted in memory. Call it
-    /// once the service has stopped taking requests.
+    /// Stops the background tasks and (embedded) writes the usage still counted in memory.
+    /// Call it once the service has stopped taking requests.
     pub async fn shutdown(&self) {
-        let engine = &self.shared.engine;
-        engine.stop_background();
         let Background { flusher, listener } = std::mem::take(
             &mut *self
                 .shared
@@ -144,12 +210,16 @@ impl KeygateLayer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
+        if let Some(listener) = &listener {
+            listener.abort();
+        }
+        let Judge::Embedded(engine) = &self.shared.judge else {
+            return;
+        };
+        engine.stop_background();
         if let Some(flusher) = flusher {
             // Let a flush in progress finish: aborting it could drop its batch.
             let _ = flusher.await;
-        }
-        if let Some(listener) = listener {
-            listener.abort();
         }
         if let Err(e) = engine.flush_usage().await {
             tracing::error!(error = %e, "keygate: could not write usage at shutdown");
@@ -168,15 +238,25 @@ impl Shared {
     ) -> Authorization {
         // With the query: a key in the URL is refused, as everywhere in keygate.
         let path = uri.path_and_query().map_or("/", |path| path.as_str());
-        authorize(
-            &self.engine,
-            &AuthorizeRequest {
-                credential: Credential::Headers(headers),
-                target: needs.target(method.as_str(), path),
-                client_ip: client_ip(peer, headers, &self.trusted_proxies),
-            },
-        )
-        .await
+        let client_ip = client_ip(peer, headers, &self.trusted_proxies);
+        match &self.judge {
+            Judge::Embedded(engine) => {
+                authorize(
+                    engine,
+                    &AuthorizeRequest {
+                        credential: Credential::Headers(headers),
+                        target: needs.target(method.as_str(), path),
+                        client_ip,
+                    },
+                )
+                .await
+            }
+            Judge::Remote(client) => {
+                client
+                    .authorize(needs, method.as_str(), path, headers, client_ip)
+                    .await
+            }
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! keygate as a [tower] layer: a Rust service checks its callers' API keys in process, against
-//! the database a keygate server manages, with no second process on the request path.
+//! the database a keygate server manages, with no second process on the request path, or
+//! by asking a keygate server with a local cache (remote mode).
 //!
-//! The layer opens the same database (an SQLite file or a PostgreSQL URL, plus the pepper)
+//! **Embedded mode** ([`KeygateLayer::embedded`]): the layer opens the same database (an
+//! SQLite file or a PostgreSQL URL, plus the pepper)
 //! and judges every request with keygate's own engine and cache, through the same
 //! authorize path as the server's forward-auth: the same outcomes, status codes and JSON
 //! errors, the same route table deciding which permission a request needs. Keys are
@@ -14,6 +16,14 @@
 //! Usage (last used, quotas, hourly counts) is counted in memory and written in batches,
 //! like the server does; call [`KeygateLayer::shutdown`] when the service stops to write
 //! what is still pending.
+//!
+//! **Remote mode** ([`KeygateLayer::remote`]): when the service cannot open the database,
+//! the layer asks a keygate server (`POST /v1/verify` with its verify token) and keeps the
+//! valid verdicts the server lets it reuse (keys without rate limit or quota, which the
+//! server need not count), kept by an HMAC of the key, never the key. The server's change
+//! stream (`GET /v1/key-changes`) drops them as keys change; while the stream is down they
+//! are kept for a second at most. The [`Identity`] of a remote verdict holds what
+//! `/v1/verify` says: key id, account id, environment, permissions and meta.
 //!
 //! # Examples
 //!
@@ -46,7 +56,9 @@
 
 mod embedded;
 mod layer;
+mod remote;
 
 pub use embedded::{Embedded, OpenError};
 pub use keygate_edge::Identity;
 pub use layer::{Caller, KeygateLayer, KeygateService};
+pub use remote::Remote;

@@ -98,8 +98,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, database = %redact_url(&config.database_url), "keygate listening");
     // One signal stops both listeners; each lets its requests in flight finish.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopping = engine.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        // Background tasks finish at their next pause (usage is flushed once more below)
+        // and change streams end, so they do not hold the drain.
+        stopping.stop_background();
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

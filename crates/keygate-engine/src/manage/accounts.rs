@@ -107,6 +107,9 @@ impl Engine {
         if plan.is_some() {
             // Keys cached with the old plan's defaults must be read again.
             self.cache.invalidate_all();
+            self.announcer.announce(crate::Announcement::Resync(
+                crate::ResyncReason::PlanChanged,
+            ));
         }
         Ok(account)
     }

@@ -7,6 +7,7 @@ mod auth;
 mod extract;
 mod fast_path;
 mod health;
+mod key_changes;
 mod keys;
 mod openapi;
 pub(crate) mod verify;
@@ -49,6 +50,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::audit_log))
         .routes(routes!(verify::key_info))
         .routes(routes!(verify::verify))
+        .routes(routes!(key_changes::stream))
         .merge(forward_auth())
 }
 

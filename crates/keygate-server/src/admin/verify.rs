@@ -213,6 +213,10 @@ pub async fn verify(
         authorization => authorization,
     };
     let mut response = JsonOut(verdict_json(&authorization)).into_response();
+    let cache_control = super::key_changes::verify_cache_control(&state.engine, &authorization);
+    response
+        .headers_mut()
+        .insert(axum::http::header::CACHE_CONTROL, cache_control);
     if let Some(rate) = rate_of(&authorization) {
         rate_limit_headers(response.headers_mut(), rate);
     }

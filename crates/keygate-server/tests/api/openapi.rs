@@ -29,6 +29,7 @@ const API: &[(&str, &[&str])] = &[
     ("/v1/audit-log", &["get"]),
     ("/v1/api-key-info", &["get"]),
     ("/v1/verify", &["post"]),
+    ("/v1/key-changes", &["get"]),
     ("/v1/auth", FORWARD_AUTH_METHODS),
     ("/v1/auth/{path}", FORWARD_AUTH_METHODS),
 ];
@@ -92,8 +93,12 @@ async fn router_refuses(app: &TestApp, method: &str, path: &str) -> bool {
         .await
         .unwrap();
     let status = response.status();
+    if status != 404 {
+        // Not read: `/v1/key-changes` answers a stream that does not end.
+        return status == 405;
+    }
     let body = response.text().await.unwrap();
-    status == 405 || (status == 404 && body.contains("No such endpoint"))
+    body.contains("No such endpoint")
 }
 
 #[tokio::test]
