@@ -51,10 +51,7 @@ async fn account_with_key(engine: &Engine, name: &str) -> (String, String) {
 fn figures(samples: &mut [Duration]) -> (f64, f64) {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (
-        at(0.5).as_secs_f64() * 1e6,
-        at(0.9).as_secs_f64() * 1e6,
-    )
+    (at(0.5).as_secs_f64() * 1e6, at(0.9).as_secs_f64() * 1e6)
 }
 
 fn main() {
@@ -111,12 +108,7 @@ fn main() {
     // Interleaved, so the machine's noise and drift fall on all four alike.
     let mut samples: [Vec<Duration>; 4] = Default::default();
     for round in 0..rounds + rounds / 10 {
-        let taken = [
-            now(&theirs),
-            now(unknown),
-            before(&theirs),
-            before(unknown),
-        ];
+        let taken = [now(&theirs), now(unknown), before(&theirs), before(unknown)];
         // The first tenth warms up.
         if round >= rounds / 10 {
             for (s, t) in samples.iter_mut().zip(taken) {
