@@ -1,13 +1,20 @@
 //! Where a request carries its key: `Authorization: Bearer`, `X-API-Key` or `APIKEY`; and
 //! where it must not (the query string).
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use keygate_core::{Environment, KeyFormat, Outcome};
 
 use crate::ApiError;
 
 /// Query parameters that name a credential, refused whatever their value.
 const CREDENTIAL_PARAMS: &[&str] = &["api_key", "apikey", "api-key", "x-api-key", "access_token"];
+
+/// The key headers besides `Authorization`, made once: looking a header up by a `&str`
+/// name parses the name on every call.
+static KEY_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("apikey"),
+];
 
 /// The key a request carries, if any. Two different keys, a header that is not text, or
 /// an `Authorization` header that is not a bearer token are errors.
@@ -30,7 +37,7 @@ pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         }
         take(token.trim())?;
     }
-    for name in ["x-api-key", "apikey"] {
+    for name in &KEY_HEADERS {
         for value in headers.get_all(name) {
             let value = value.to_str().map_err(|_| Outcome::MalformedKey)?.trim();
             if value.is_empty() {
