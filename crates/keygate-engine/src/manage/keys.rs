@@ -114,7 +114,8 @@ fn check_quota(quota: &Quota) -> Result<()> {
     if quota.requests == 0 || quota.requests > i64::MAX as u64 {
         return Err(Error::validation(
             "quota",
-            "quota.requests must be at least 1",
+            // The counters are signed 64-bit in both stores.
+            "quota.requests must be between 1 and 9223372036854775807",
         ));
     }
     if let Some(refill) = quota.refill {

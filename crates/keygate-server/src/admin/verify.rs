@@ -177,7 +177,21 @@ fn rate_of(authorization: &Authorization) -> Option<&RateLimitStatus> {
     tag = "verification",
     security(("verify_token" = []), ("admin_token" = [])),
     request_body = VerifyBody,
-    responses((status = 200, description = "The verdict, valid or not", body = VerifyAnswer), AuthErrors, BodyErrors)
+    responses(
+        (
+            status = 200,
+            description = "The verdict, valid or not",
+            body = VerifyAnswer,
+            headers(
+                (
+                    "Cache-Control" = String,
+                    description = "`private, max-age=N` when a remote cache may reuse a valid verdict for N seconds (a key with no rate limit and no quota; never past its expiry or a scheduled revocation), `no-store` otherwise"
+                )
+            )
+        ),
+        AuthErrors,
+        BodyErrors
+    )
 )]
 pub async fn verify(
     State(state): State<AppState>,

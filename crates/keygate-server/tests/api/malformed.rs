@@ -475,6 +475,25 @@ async fn create_fields_of_the_wrong_type_or_value_are_refused() {
     .await;
 }
 
+/// A quota over what the counters hold is refused with its range, not "at least 1".
+#[tokio::test]
+async fn a_quota_too_large_is_refused_with_its_range() {
+    let app = spawn().await;
+    let acct = setup(&app).await;
+    for requests in [0, u64::MAX] {
+        let a = app
+            .create_key_answer(&acct, json!({"quota": {"requests": requests}}))
+            .await;
+        assert_eq!(a.status.as_u16(), 400, "{}", a.body);
+        assert_eq!(a.body["field"], "quota", "{}", a.body);
+        assert_eq!(
+            a.body["error"], "quota.requests must be between 1 and 9223372036854775807",
+            "{requests}: {}",
+            a.body
+        );
+    }
+}
+
 #[tokio::test]
 async fn valid_unicode_names_are_accepted_exactly() {
     let app = spawn().await;

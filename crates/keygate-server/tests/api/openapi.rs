@@ -307,6 +307,14 @@ async fn the_server_keeps_the_documents_promises() {
         "{}",
         document["components"]["schemas"]["CreateAccount"]
     );
+    // Remote caches read /v1/verify's Cache-Control: the document says what it means.
+    let verify_ok = &document["paths"]["/v1/verify"]["post"]["responses"]["200"];
+    assert!(
+        verify_ok["headers"]["Cache-Control"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("max-age")),
+        "{verify_ok}"
+    );
 
     for path in [
         "/v1/api-keys?status=",
