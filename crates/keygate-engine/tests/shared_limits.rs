@@ -13,7 +13,7 @@ use keygate_engine::{
 };
 use keygate_store::postgres::PostgresStore;
 use keygate_store::sqlite::SqliteStore;
-use keygate_store::{Quota, RateLimit, Refill, Store};
+use keygate_store::{KeyRecord, Quota, RateLimit, Refill, Store};
 
 struct Redis {
     child: Child,
@@ -83,17 +83,26 @@ fn engine_with_ttl(store: Arc<dyn Store>, cache_ttl: Duration) -> Arc<Engine> {
 }
 
 /// Two nodes over one store, and a key limited to `requests` per minute.
-async fn two_nodes(dir: &tempfile::TempDir, requests: u32) -> (Arc<Engine>, Arc<Engine>, String) {
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&format!("sqlite://{}/k.db", dir.path().display()))
-            .await
-            .unwrap(),
-    );
-    let (a, b) = (engine(store.clone()), engine(store));
-    let admin = Caller::admin(None);
-    let account = a
+/// A key made on `node` from `key` in `account_id`; its record and secret.
+async fn add_key(node: &Engine, account_id: &str, key: NewKey) -> (KeyRecord, String) {
+    let (record, secret) = node
+        .create_key(
+            &Caller::admin(None),
+            NewKey {
+                account_id: Some(account_id.to_owned()),
+                ..key
+            },
+        )
+        .await
+        .unwrap();
+    (record, secret.expose().to_owned())
+}
+
+/// A new `unlimited` account on `node` with one key made from `key`.
+async fn account_with_key(node: &Engine, key: NewKey) -> (KeyRecord, String) {
+    let account = node
         .create_account(
-            &admin,
+            &Caller::admin(None),
             NewAccount {
                 name: "acme".into(),
                 plan: Some("unlimited".into()),
@@ -101,23 +110,30 @@ async fn two_nodes(dir: &tempfile::TempDir, requests: u32) -> (Arc<Engine>, Arc<
         )
         .await
         .unwrap();
-    let (_, secret) = a
-        .create_key(
-            &admin,
-            NewKey {
-                account_id: Some(account.id),
-                name: "limited".into(),
-                scope: Some("all".into()),
-                rate_limit: Some(RateLimit {
-                    requests,
-                    per_seconds: 60,
-                }),
-                ..NewKey::default()
-            },
-        )
-        .await
-        .unwrap();
-    (a, b, secret.expose().to_owned())
+    add_key(node, &account.id, key).await
+}
+
+async fn two_nodes(dir: &tempfile::TempDir, requests: u32) -> (Arc<Engine>, Arc<Engine>, String) {
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&format!("sqlite://{}/k.db", dir.path().display()))
+            .await
+            .unwrap(),
+    );
+    let (a, b) = (engine(store.clone()), engine(store));
+    let (_, secret) = account_with_key(
+        &a,
+        NewKey {
+            name: "limited".into(),
+            scope: Some("all".into()),
+            rate_limit: Some(RateLimit {
+                requests,
+                per_seconds: 60,
+            }),
+            ..NewKey::default()
+        },
+    )
+    .await;
+    (a, b, secret)
 }
 
 async fn outcome(engine: &Engine, key: &str) -> Result<&'static str, Error> {
@@ -215,34 +231,19 @@ async fn quotas_across_nodes_converge_after_flush_and_refresh() {
     );
     let node = || engine_with_ttl(store.clone(), Duration::from_millis(200));
     let (a, b) = (node(), node());
-    let admin = Caller::admin(None);
-    let account = a
-        .create_account(
-            &admin,
-            NewAccount {
-                name: "acme".into(),
-                plan: Some("unlimited".into()),
-            },
-        )
-        .await
-        .unwrap();
-    let (_, secret) = a
-        .create_key(
-            &admin,
-            NewKey {
-                account_id: Some(account.id),
-                name: "metered".into(),
-                scope: Some("all".into()),
-                quota: Some(keygate_store::Quota {
-                    requests: 10,
-                    refill: None,
-                }),
-                ..NewKey::default()
-            },
-        )
-        .await
-        .unwrap();
-    let key = secret.expose().to_owned();
+    let (_, key) = account_with_key(
+        &a,
+        NewKey {
+            name: "metered".into(),
+            scope: Some("all".into()),
+            quota: Some(keygate_store::Quota {
+                requests: 10,
+                refill: None,
+            }),
+            ..NewKey::default()
+        },
+    )
+    .await;
     // B reads the key (and caches it) before A spends anything.
     assert_eq!(outcome(&b, &key).await.unwrap(), "valid");
     for _ in 0..6 {
@@ -290,35 +291,21 @@ async fn quota_nodes(
         node.share_rate_limits(SharedLimiter::new(&redis.url, on_failure).unwrap());
         node.spawn_change_listener().await.unwrap();
     }
-    let admin = Caller::admin(None);
-    let account = a
-        .create_account(
-            &admin,
-            NewAccount {
-                name: "acme".into(),
-                plan: Some("unlimited".into()),
-            },
-        )
-        .await
-        .unwrap();
-    let (record, secret) = a
-        .create_key(
-            &admin,
-            NewKey {
-                account_id: Some(account.id),
-                name: "metered".into(),
-                scope: Some("all".into()),
-                quota: Some(quota),
-                ..NewKey::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (record, key) = account_with_key(
+        &a,
+        NewKey {
+            name: "metered".into(),
+            scope: Some("all".into()),
+            quota: Some(quota),
+            ..NewKey::default()
+        },
+    )
+    .await;
     Some(QuotaNodes {
         a,
         b,
         store,
-        key: secret.expose().to_owned(),
+        key,
         key_id: record.id,
         created_at: record.created_at,
     })
@@ -532,51 +519,39 @@ async fn redis_down_fails_a_quota_open_to_the_node_count_or_closed() {
     for _ in 0..2 {
         assert_eq!(outcome(closed, &nodes.key).await.unwrap(), "valid");
     }
-    let admin = Caller::admin(None);
-    let (_, unmetered) = open
-        .create_key(
-            &admin,
-            NewKey {
-                account_id: Some(
-                    open.get_key(&admin, &nodes.key_id)
-                        .await
-                        .unwrap()
-                        .account_id,
-                ),
-                name: "unmetered".into(),
-                scope: Some("all".into()),
-                ..NewKey::default()
-            },
-        )
+    let account_id = open
+        .get_key(&Caller::admin(None), &nodes.key_id)
         .await
-        .unwrap();
-    let unmetered = unmetered.expose().to_owned();
+        .unwrap()
+        .account_id;
+    let (_, unmetered) = add_key(
+        open,
+        &account_id,
+        NewKey {
+            name: "unmetered".into(),
+            scope: Some("all".into()),
+            ..NewKey::default()
+        },
+    )
+    .await;
     assert_eq!(outcome(closed, &unmetered).await.unwrap(), "valid");
     // Rate limited and metered: when the rate limit fails open, the quota is spent on the
     // node at once, without asking the dead Redis again.
-    let (_, both) = open
-        .create_key(
-            &admin,
-            NewKey {
-                account_id: Some(
-                    open.get_key(&admin, &nodes.key_id)
-                        .await
-                        .unwrap()
-                        .account_id,
-                ),
-                name: "limited and metered".into(),
-                scope: Some("all".into()),
-                rate_limit: Some(RateLimit {
-                    requests: 1000,
-                    per_seconds: 60,
-                }),
-                quota: Some(quota(2)),
-                ..NewKey::default()
-            },
-        )
-        .await
-        .unwrap();
-    let both = both.expose().to_owned();
+    let (_, both) = add_key(
+        open,
+        &account_id,
+        NewKey {
+            name: "limited and metered".into(),
+            scope: Some("all".into()),
+            rate_limit: Some(RateLimit {
+                requests: 1000,
+                per_seconds: 60,
+            }),
+            quota: Some(quota(2)),
+            ..NewKey::default()
+        },
+    )
+    .await;
     drop(redis);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut valid = 0;
