@@ -123,8 +123,7 @@ impl RouteTable {
     pub fn required(&self, method: &str, path: &str) -> Required {
         // On every request: borrowed segments, no allocation but the one `Vec` (and the
         // decoded path when it has escapes) before the permission itself.
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        let Some(decoded) = percent_decode(path) else {
+        let Some(decoded) = decoded_path(path) else {
             return Required::Unmapped;
         };
         let segments = segments_of(&decoded);
@@ -181,14 +180,19 @@ pub fn normalise_path(path: &str) -> Vec<String> {
 
 /// [`normalise_path`], or `None` when the path does not percent-decode to UTF-8.
 pub fn try_normalise_path(path: &str) -> Option<Vec<String>> {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let decoded = percent_decode(path)?;
+    let decoded = decoded_path(path)?;
     Some(
         segments_of(&decoded)
             .into_iter()
             .map(str::to_owned)
             .collect(),
     )
+}
+
+/// The path part of `path` (no query or fragment), percent-decoded; `None` when it does not
+/// decode to UTF-8.
+fn decoded_path(path: &str) -> Option<Cow<'_, str>> {
+    percent_decode(path.split(['?', '#']).next().unwrap_or(""))
 }
 
 /// The segments of a decoded path with `.`, `..` and empty ones resolved, borrowed from it.
