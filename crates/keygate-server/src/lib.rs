@@ -29,6 +29,7 @@ use keygate_engine::{AdminToken, Engine};
 use tokio::net::TcpListener;
 
 pub use dashboard::{CatalogError, PermissionCatalog};
+pub use edge::access_log;
 pub use edge::listener::{serve_router_with, EdgeLimits};
 pub use gateway::{serve_gateway, GatewayConfig};
 pub use keygate_edge::ApiError;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use keygate_core::{KeyFormat, Pepper};
 use keygate_engine::{AdminToken, Engine, EngineConfig};
-use keygate_server::{AppState, HttpConfig};
+use keygate_server::{access_log, AppState, HttpConfig};
 use keygate_store::postgres::PostgresStore;
 use keygate_store::sqlite::SqliteStore;
 use keygate_store::Store;
@@ -146,8 +146,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// Logs go to stderr through a buffered writer on its own thread: a request only formats
 /// its access-log line and queues it; the lines are written in batches (one `write` per
 /// burst, not per line). Nothing is dropped: a sink slower than the traffic slows the
-/// queue down instead (`lossy(false)`). The returned guard flushes the queue when dropped.
-fn init_logging(config: &Config) -> anyhow::Result<tracing_appender::non_blocking::WorkerGuard> {
+/// queue down instead (`lossy(false)`). The access log is formatted by hand into batches
+/// (`keygate_server::edge::access_log`) and queued on the same writer, so lines never
+/// interleave.
+fn init_logging(config: &Config) -> anyhow::Result<LogWriters> {
     let filter = tracing_subscriber::EnvFilter::try_new(format!("{},sqlx=warn", config.log))
         .context("invalid log filter (KEYGATE_LOG)")?;
     use std::io::IsTerminal;
@@ -163,14 +165,24 @@ fn init_logging(config: &Config) -> anyhow::Result<tracing_appender::non_blockin
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(writer);
-    let result = match config.log_format.as_str() {
-        "json" => builder.json().try_init(),
-        "text" => builder.try_init(),
+        .with_writer(writer.clone());
+    let (result, format) = match config.log_format.as_str() {
+        "json" => (builder.json().try_init(), access_log::Format::Json),
+        "text" => (builder.try_init(), access_log::Format::Text),
         other => bail!("log_format must be text or json, not {other:?}"),
     };
     result.map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))?;
-    Ok(guard)
+    Ok(LogWriters {
+        _access: access_log::install(writer, format),
+        _queue: guard,
+    })
+}
+
+/// Held while the process runs; dropping it writes out what is still queued: the access
+/// log's batch into the queue first, then the queue (fields drop in declaration order).
+struct LogWriters {
+    _access: Option<access_log::Guard>,
+    _queue: tracing_appender::non_blocking::WorkerGuard,
 }
 
 pub(crate) fn redact_url(url: &str) -> String {

@@ -1033,6 +1033,50 @@ async fn no_secret_in_logs() {
     );
 }
 
+/// The access log is written apart from `tracing`'s formatter: in JSON mode every stderr line
+/// must still be one JSON object, and the access lines carry the request's fields.
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_access_lines_among_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Launch::listening(dir.path(), "info", port)
+        .env("KEYGATE_LOG_FORMAT", "json")
+        .start(port)
+        .await;
+    let token = the_printed_token(&server.stderr());
+    let account = server.create_account(&token, "Acme").await;
+    let (_, key, _) = server.create_key(&token, &account, "json log").await;
+    for _ in 0..3 {
+        assert_eq!(server.forward_auth(&key).await.status, 204);
+    }
+    let stderr = server.stop().await;
+    let mut access = Vec::new();
+    for line in stderr.lines().filter(|l| l.starts_with('{')) {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}\n{stderr}"));
+        if value["fields"]["message"] == "request" {
+            access.push(value);
+        }
+    }
+    let auth: Vec<_> = access
+        .iter()
+        .filter(|v| v["fields"]["path"] == "/v1/auth")
+        .collect();
+    assert_eq!(
+        auth.len(),
+        3,
+        "one access line per forward-auth call:\n{stderr}"
+    );
+    for line in auth {
+        assert_eq!(line["fields"]["status"], 204);
+        assert_eq!(line["fields"]["method"], "GET");
+        assert!(line["fields"]["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()));
+        assert!(line["timestamp"].as_str().is_some());
+    }
+}
+
 /// The access log redacts keys from paths, but only in their literal form: a client
 /// that percent-encodes the underscore (`kg%5Flive_…`) gets its secret logged verbatim.
 #[tokio::test]

@@ -16,6 +16,7 @@ use keygate_edge::request_id::{self, new_request_id};
 use keygate_edge::{AuthFailed, EdgeOutcome};
 use tower_http::catch_panic::CatchPanicLayer;
 
+use super::access_log;
 use crate::{ApiError, AppState};
 
 /// Puts `routes` inside the request context every listener shares: the body limit, a
@@ -129,14 +130,13 @@ where
             response.headers_mut().insert("x-request-id", v);
         }
         if let Some((started, method, path)) = logged {
-            tracing::info!(
-                request_id = %id,
-                %method,
-                %path,
-                status = response.status().as_u16(),
-                micros = started.elapsed().as_micros() as u64,
-                "request"
-            );
+            access_log::record(&access_log::Entry {
+                request_id: &id,
+                method: method.as_str(),
+                path: &path,
+                status: response.status().as_u16(),
+                micros: started.elapsed().as_micros() as u64,
+            });
         }
         response
     })

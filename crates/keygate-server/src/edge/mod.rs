@@ -1,6 +1,7 @@
 //! What every listener of this crate shares: the connection layer, the request context
 //! (request id, prechecks, access log, metrics of edge outcomes) and the JSON extractor.
 
+pub mod access_log;
 pub mod json;
 pub mod listener;
 pub mod middleware;
