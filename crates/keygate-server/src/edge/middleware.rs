@@ -1,6 +1,7 @@
 //! Request-wide concerns: a request id for every answer, limits checked before routing,
 //! keys in URLs refused, and an access log that cannot contain a secret.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -38,7 +39,32 @@ pub fn wrap(routes: Router<AppState>, state: AppState) -> Router {
 /// and `kg%255Flive…` are seen), then anything that starts like a key of this deployment,
 /// and any long run of hex (a key body without its prefix), replaced. A text that does not
 /// settle within the decoding bound is replaced whole.
-pub fn redact(text: &str, prefix: &str) -> String {
+pub fn redact<'a>(text: &'a str, prefix: &str) -> Cow<'a, str> {
+    if needs_no_redaction(text, prefix) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(redact_escaped(text, prefix))
+}
+
+/// The common case, checked without allocating: nothing escaped, no key prefix, no long
+/// hex run.
+fn needs_no_redaction(text: &str, prefix: &str) -> bool {
+    let bytes = text.as_bytes();
+    if bytes.iter().any(|&b| b == b'%' || b == b'+') {
+        return false;
+    }
+    let has_marker = text
+        .match_indices(prefix)
+        .any(|(at, _)| bytes.get(at + prefix.len()) == Some(&b'_'));
+    let mut run = 0;
+    let long_hex_run = bytes.iter().any(|b| {
+        run = if b.is_ascii_hexdigit() { run + 1 } else { 0 };
+        run >= 32
+    });
+    !has_marker && !long_hex_run
+}
+
+fn redact_escaped(text: &str, prefix: &str) -> String {
     let Some(decoded) = keygate_edge::credentials::decode_fully(text) else {
         return "[redacted]".to_owned();
     };
@@ -105,12 +131,12 @@ where
     request_id::scope(id.clone(), async move {
         // The access log line's fields, made only when the line is written (at the
         // default `info`; `KEYGATE_LOG=warn` skips the redaction's allocations).
+        // (A `Uri` clone shares its bytes; the path is redacted only when written.)
         let logged = tracing::enabled!(tracing::Level::INFO).then(|| {
-            let prefix = state.engine.key_format().prefix();
             (
                 Instant::now(),
                 request.method().clone(),
-                redact(request.uri().path(), prefix),
+                request.uri().clone(),
             )
         });
         let throttled_ip = throttled_address(state, &request);
@@ -129,11 +155,12 @@ where
         if let Ok(v) = HeaderValue::from_str(&id) {
             response.headers_mut().insert("x-request-id", v);
         }
-        if let Some((started, method, path)) = logged {
+        if let Some((started, method, uri)) = logged {
+            let prefix = state.engine.key_format().prefix();
             access_log::record(&access_log::Entry {
                 request_id: &id,
                 method: method.as_str(),
-                path: &path,
+                path: &redact(uri.path(), prefix),
                 status: response.status().as_u16(),
                 micros: started.elapsed().as_micros() as u64,
             });
@@ -186,6 +213,7 @@ fn precheck(
 #[cfg(test)]
 mod tests {
     use super::redact;
+    use std::borrow::Cow;
 
     #[test]
     fn keys_are_redacted_from_paths() {
@@ -194,6 +222,9 @@ mod tests {
             "/v1/x/[redacted]/y?[redacted]"
         );
         assert_eq!(redact("/v1/api-keys", "kg"), "/v1/api-keys");
+        assert!(matches!(redact("/v1/auth", "kg"), Cow::Borrowed(_)));
+        assert_eq!(redact("/v1/kg_x", "kg"), "/v1/[redacted]");
+        assert_eq!(redact("/v1/a+kg", "kg"), "/v1/a kg");
         assert_eq!(redact("/v1/x/kg%5Flive%5Fabc", "kg"), "/v1/x/[redacted]");
         assert_eq!(
             redact("/v1/x/kg%255Flive%255Fabc", "kg"),
