@@ -205,6 +205,8 @@ fn key(account_id: &str) -> KeyRecord {
         rotated_from: None,
         recent_ips: Vec::new(),
         quota_refilled_at: None,
+        leaked_at: None,
+        retire_when_idle_ms: None,
     }
 }
 
@@ -231,6 +233,8 @@ fn full_key(account_id: &str) -> KeyRecord {
         expires_at: Some(NOW + 86_400_000),
         revoked_at: Some(NOW + 3_600_000),
         rotated_from: Some("key_previous".to_owned()),
+        leaked_at: Some(NOW - 500),
+        retire_when_idle_ms: Some(60_000),
         ..key(account_id)
     }
 }
@@ -443,7 +447,7 @@ async fn every_write_appends_one_audit_event_newest_first_with_pagination(
     let k2 = key("acct_1");
     let ev = audit(Some("acct_1"), "key.rotate", Some(&k.id));
     store
-        .rotate_key(&k.id, &k2, NOW + 1000, NOW, &ev)
+        .rotate_key(&k.id, &k2, NOW + 1000, None, NOW, &ev)
         .await
         .unwrap();
     sent.push(ev);
@@ -1176,6 +1180,7 @@ async fn rotate(
             old_id,
             new_key,
             revoke_old_at,
+            None,
             now,
             &audit(Some(&new_key.account_id), "key.rotate", Some(old_id)),
         )
