@@ -1572,13 +1572,15 @@ async fn sqlite_migration_rows(dir: &TempDir) -> Vec<(i64, String)> {
     rows
 }
 
-/// Each migration recorded once, in order from 1 (`init`), with none missing.
+/// Each migration recorded once, in order from 1 (`init`). Numbers may skip: several
+/// branches reserve theirs at once (`0008` came before `0006` and `0007`).
 fn assert_migrations_recorded_once(rows: &[(i64, String)]) {
     assert!(rows.len() >= 2, "{rows:?}");
     assert_eq!(rows[0], (1, "init".to_owned()));
-    let versions: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    let expect: Vec<i64> = (1..=rows.len() as i64).collect();
-    assert_eq!(versions, expect, "each migration recorded once: {rows:?}");
+    assert!(
+        rows.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "each migration recorded once: {rows:?}"
+    );
 }
 
 async fn migrations_apply_once(first: Arc<dyn Store>, db: TestDb) {

@@ -624,6 +624,78 @@ mod tests {
     }
 
     #[test]
+    fn leak_and_key_lifetime_settings_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(
+            &path,
+            "leak_action = \"notify\"\ngithub_scanning_keys_url = \"http://127.0.0.1:9/keys\"\nidle_retirement_check_seconds = 5\n[plans.team]\nmax_key_lifetime_days = 90\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let none = |_: &str| None;
+        let defaults = Config::load(&ServeArgs::default(), &none).unwrap();
+        let leaks = defaults.leaks().unwrap();
+        assert_eq!(leaks.action, keygate_engine::manage::LeakAction::Revoke);
+        assert_eq!(
+            leaks.github_keys.url(),
+            "https://api.github.com/meta/public_keys/secret_scanning"
+        );
+        assert_eq!(defaults.idle_retirement_interval().unwrap().as_secs(), 30);
+
+        let c = Config::load(&args, &none).unwrap();
+        let leaks = c.leaks().unwrap();
+        assert_eq!(leaks.action, keygate_engine::manage::LeakAction::Notify);
+        assert_eq!(leaks.github_keys.url(), "http://127.0.0.1:9/keys");
+        assert_eq!(c.idle_retirement_interval().unwrap().as_secs(), 5);
+        let plans = c.plans().unwrap();
+        assert_eq!(plans.max_key_lifetime_ms("team"), Some(90 * 86_400_000));
+        assert_eq!(plans.max_key_lifetime_ms("pro"), None);
+
+        let env = |name: &str| match name {
+            "KEYGATE_LEAK_ACTION" => Some("revoke".to_owned()),
+            "KEYGATE_GITHUB_SCANNING_KEYS_URL" => Some("https://keys.example/list".to_owned()),
+            "KEYGATE_IDLE_RETIREMENT_CHECK_SECONDS" => Some("7".to_owned()),
+            _ => None,
+        };
+        let c = Config::load(&args, &env).unwrap();
+        let leaks = c.leaks().unwrap();
+        assert_eq!(leaks.action, keygate_engine::manage::LeakAction::Revoke);
+        assert_eq!(leaks.github_keys.url(), "https://keys.example/list");
+        assert_eq!(c.idle_retirement_interval().unwrap().as_secs(), 7);
+
+        for bad in [
+            Config {
+                leak_action: "delete".into(),
+                ..Config::default()
+            },
+            Config {
+                github_scanning_keys_url: "ftp://x".into(),
+                ..Config::default()
+            },
+        ] {
+            assert!(bad.leaks().is_err());
+        }
+        let zero = Config {
+            idle_retirement_check_seconds: 0,
+            ..Config::default()
+        };
+        assert!(zero.idle_retirement_interval().is_err());
+        let mut no_life = Config::default();
+        no_life.plans.insert(
+            "team".into(),
+            PlanConfig {
+                max_key_lifetime_days: Some(0),
+                ..PlanConfig::default()
+            },
+        );
+        assert!(no_life.plans().is_err());
+    }
+
+    #[test]
     fn mistakes_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.toml");

@@ -94,6 +94,11 @@ impl GithubScanningKeys {
         }
     }
 
+    /// Where the key list is fetched from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Checks `signature` (base64 DER) over `body` with the key `key_id`.
     pub async fn verify(
         &self,

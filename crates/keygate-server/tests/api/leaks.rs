@@ -245,7 +245,9 @@ async fn bad_missing_or_unknown_signatures_answer_401_and_change_nothing() {
     let good = sign(&signer, &body);
     let forger = signing_key();
 
-    let attempts: Vec<(&str, Option<&str>, Option<String>, Vec<u8>)> = vec![
+    // What is wrong, the identifier header, the signature header, the body.
+    type Attempt<'a> = (&'a str, Option<&'a str>, Option<String>, Vec<u8>);
+    let attempts: Vec<Attempt> = vec![
         ("no headers", None, None, body.clone()),
         ("no signature", Some("gh-key-1"), None, body.clone()),
         ("no identifier", None, Some(good.clone()), body.clone()),
