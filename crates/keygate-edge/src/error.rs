@@ -40,6 +40,10 @@ pub enum ApiError {
     UpstreamTimeout,
     /// The client did not send its request (or its body) in time.
     RequestTimeout,
+    /// A signed report (GitHub secret scanning) without a valid signature.
+    BadSignature,
+    /// The public keys that would check a signed report cannot be fetched.
+    SignatureKeysUnavailable,
     Internal,
 }
 
@@ -255,6 +259,16 @@ impl ApiError {
                 S::REQUEST_TIMEOUT,
                 "request_timeout",
                 "The request was not received in time",
+            ),
+            ApiError::BadSignature => ErrorAnswer::new(
+                S::UNAUTHORIZED,
+                "invalid_signature",
+                "The request's signature is missing or does not verify",
+            ),
+            ApiError::SignatureKeysUnavailable => ErrorAnswer::new(
+                S::SERVICE_UNAVAILABLE,
+                "signature_keys_unavailable",
+                "The public keys that check the signature cannot be fetched; try again shortly",
             ),
             ApiError::Internal => {
                 ErrorAnswer::new(S::INTERNAL_SERVER_ERROR, "internal_error", "Internal error")

@@ -332,6 +332,8 @@ pub(crate) mod tests {
             revoked_at: None,
             rotated_from: None,
             recent_ips: vec![],
+            leaked_at: None,
+            retire_when_idle_ms: None,
         }
     }
 

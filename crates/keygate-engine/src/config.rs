@@ -9,6 +9,8 @@ use keygate_store::RateLimit;
 pub struct Plans {
     caps: BTreeMap<String, Option<u64>>,
     rate_limits: BTreeMap<String, RateLimit>,
+    /// Longest life of a new key, per plan (milliseconds).
+    max_key_lifetimes: BTreeMap<String, i64>,
     default_plan: String,
 }
 
@@ -18,6 +20,7 @@ impl Plans {
         caps.contains_key(&default_plan).then_some(Plans {
             caps,
             rate_limits: BTreeMap::new(),
+            max_key_lifetimes: BTreeMap::new(),
             default_plan,
         })
     }
@@ -32,6 +35,7 @@ impl Plans {
         Plans {
             caps,
             rate_limits: BTreeMap::new(),
+            max_key_lifetimes: BTreeMap::new(),
             default_plan: "basic".to_owned(),
         }
     }
@@ -45,6 +49,24 @@ impl Plans {
     /// The default rate limit of `plan`'s keys.
     pub fn rate_limit(&self, plan: &str) -> Option<RateLimit> {
         self.rate_limits.get(plan).copied()
+    }
+
+    /// Caps the life of `plan`'s new keys at `days` (new and rotated keys expire by then).
+    pub fn with_max_key_lifetime(mut self, plan: &str, days: u32) -> Plans {
+        self.max_key_lifetimes
+            .insert(plan.to_owned(), i64::from(days) * 86_400_000);
+        self
+    }
+
+    /// The longest life of `plan`'s new keys in milliseconds; a plan no longer configured
+    /// falls back to the default plan's.
+    pub fn max_key_lifetime_ms(&self, plan: &str) -> Option<i64> {
+        let plan = if self.caps.contains_key(plan) {
+            plan
+        } else {
+            &self.default_plan
+        };
+        self.max_key_lifetimes.get(plan).copied()
     }
 
     pub fn has_rate_limits(&self) -> bool {

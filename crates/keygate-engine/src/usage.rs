@@ -408,6 +408,15 @@ impl UsageRecorder {
         before - cells.len()
     }
 
+    /// The last valid use of key `id` this node counted, flushed or not; `None` when it
+    /// has no cell or no use. Looks without making a cell.
+    pub fn last_used_of(&self, id: &str) -> Option<i64> {
+        lock(&self.cells)
+            .get(id)
+            .map(|cell| cell.last_used())
+            .filter(|&t| t > 0)
+    }
+
     /// How many usage cells are kept.
     pub fn cell_count(&self) -> usize {
         lock(&self.cells).len()

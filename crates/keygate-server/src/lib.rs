@@ -28,6 +28,7 @@ use ipnet::IpNet;
 use keygate_engine::{AdminToken, Engine};
 use tokio::net::TcpListener;
 
+pub use admin::{GithubScanningKeys, LeakConfig};
 pub use dashboard::{CatalogError, PermissionCatalog};
 pub use edge::access_log;
 pub use edge::listener::{serve_router_with, EdgeLimits};
@@ -102,6 +103,8 @@ pub struct HttpConfig {
     /// The resources the dashboard's permission checklist offers besides those the route
     /// table and existing keys name (`[permissions]` in `keygate.toml`).
     pub permission_catalog: PermissionCatalog,
+    /// Leaked-key reports: the action and GitHub's signing keys.
+    pub leaks: LeakConfig,
 }
 
 impl Default for HttpConfig {
@@ -113,6 +116,7 @@ impl Default for HttpConfig {
             edge: EdgeLimits::default(),
             failed_auth: None,
             permission_catalog: PermissionCatalog::default(),
+            leaks: LeakConfig::default(),
         }
     }
 }

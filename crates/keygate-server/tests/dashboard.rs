@@ -450,6 +450,66 @@ async fn failed_sign_ins_are_throttled_and_audited() {
 }
 
 #[tokio::test]
+async fn leaked_keys_are_marked_on_their_page_and_in_the_account_list() {
+    let app = spawn().await;
+    let account = app.create_account("Acme", "pro").await;
+    let (leaked_id, leaked) = app.create_key(&account, json!({"scope": "all"})).await;
+    let (clean_id, _) = app.create_key(&account, json!({"scope": "all"})).await;
+    let reported = app
+        .admin(
+            Method::POST,
+            "/v1/leaks",
+            Some(json!({"keys": [leaked], "url": "https://paste.example/1"})),
+        )
+        .await;
+    assert_eq!(
+        reported.body[0]["label"], "true_positive",
+        "{}",
+        reported.body
+    );
+    let s = HttpSession::sign_in(&app, &app.admin_token).await;
+
+    let page = s
+        .get(&format!("/dashboard/keys/{leaked_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("badge-leaked"),
+        "no leaked mark on the key page"
+    );
+    assert!(page.contains("Reported leaked"));
+    assert!(
+        page.contains("https://paste.example/1"),
+        "the audit entry names the URL"
+    );
+    let clean = s
+        .get(&format!("/dashboard/keys/{clean_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!clean.contains("badge-leaked"));
+
+    let list = s
+        .get(&format!("/dashboard/accounts/{account}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let row = |id: &str| {
+        let start = list
+            .find(&format!("data-key-id=\"{id}\""))
+            .expect("the key's row");
+        let end = list[start..].find("</tr>").unwrap() + start;
+        list[start..end].to_owned()
+    };
+    assert!(row(&leaked_id).contains("badge-leaked"));
+    assert!(!row(&clean_id).contains("badge-leaked"));
+}
+
+#[tokio::test]
 async fn the_secret_is_shown_once_and_never_in_a_url() {
     let app = spawn().await;
     let account = app.create_account("Acme", "pro").await;

@@ -6,6 +6,7 @@
 //! that inserts the key, so they are exact under concurrency.
 
 mod error;
+mod hygiene;
 mod migrate;
 mod model;
 pub mod postgres;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use keygate_core::{Environment, KeyDigest};
 
 pub use error::StoreError;
+pub use hygiene::RetiringKey;
 pub use model::{
     Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, Quota, RateLimit, Refill, SeenIp,
     UsageCount, UsageUpdate,
@@ -142,14 +144,42 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_key(&self, id: &str, at: i64, audit: &AuditEvent) -> Result<KeyRecord>;
     /// In one transaction: inserts `new_key` and schedules the revocation of `old_id` at
     /// `revoke_old_at`. `NotActive` if the old key is already revoked or expired at `now`.
+    /// `retire_when_idle_ms`: also revoke the old key once it is that long unused after
+    /// the new key's first use (see [`Store::retire_idle_key`]).
     async fn rotate_key(
         &self,
         old_id: &str,
         new_key: &KeyRecord,
         revoke_old_at: i64,
+        retire_when_idle_ms: Option<i64>,
         now: i64,
         audit: &AuditEvent,
     ) -> Result<KeyRecord>;
+
+    // Key hygiene (`hygiene.rs`): leaked keys and idle retirement after rotation.
+
+    /// Records a leak report: `leaked_at` (the first report's time is kept), the revocation
+    /// at `at` when `revoke` (an earlier revocation stays) and `audit`, in one transaction.
+    async fn mark_leaked(
+        &self,
+        id: &str,
+        at: i64,
+        revoke: bool,
+        audit: &AuditEvent,
+    ) -> Result<KeyRecord>;
+    /// Keys replaced by rotation that wait for idle retirement and are not revoked at `now`.
+    async fn retiring_keys(&self, now: i64) -> Result<Vec<RetiringKey>>;
+    /// Starts the idle clock of the replaced key `id` at `at` (the first time its successor
+    /// was seen used); a clock already started stays.
+    async fn note_successor_used(&self, id: &str, at: i64) -> Result<()>;
+    /// Revokes `id` at `now` with `audit` unless it is revoked by then already (so several
+    /// nodes may run the check); the revoked key, or `None` when there was nothing to do.
+    async fn retire_idle_key(
+        &self,
+        id: &str,
+        now: i64,
+        audit: &AuditEvent,
+    ) -> Result<Option<KeyRecord>>;
 
     /// Writes a batch of usage in one transaction.
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<()>;

@@ -79,6 +79,11 @@ pub struct KeyRecord {
     pub rotated_from: Option<String>,
     /// The latest client addresses, newest first.
     pub recent_ips: Vec<SeenIp>,
+    /// When a scanner or an operator reported the secret as leaked.
+    pub leaked_at: Option<i64>,
+    /// On a key replaced by rotation: revoked once unused this long (ms) after its
+    /// successor's first use, at the latest at `revoked_at`.
+    pub retire_when_idle_ms: Option<i64>,
 }
 
 /// Changes to a key; `None` leaves a field as it is.

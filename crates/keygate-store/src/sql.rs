@@ -88,7 +88,7 @@ pub fn contains_pattern(text: &str) -> String {
 
 pub const KEY_COLUMNS: &str = "id, account_id, name, display_prefix, digest, environment, \
     permissions, ip_allowlist, rate_limit, quota, quota_used, meta, created_at, last_used_at, \
-    expires_at, revoked_at, rotated_from, recent_ips, quota_refilled_at";
+    expires_at, revoked_at, rotated_from, recent_ips, quota_refilled_at, leaked_at, retire_when_idle_ms";
 
 /// Rows per multi-row statement: 500 keys are 9 500 bound values, under SQLite's 32 766
 /// and PostgreSQL's 65 535.
@@ -224,6 +224,8 @@ macro_rules! sql_store {
                         .transpose()?
                         .unwrap_or_default(),
                     quota_refilled_at: row.try_get("quota_refilled_at").map_err(corrupt)?,
+                    leaked_at: row.try_get("leaked_at").map_err(corrupt)?,
+                    retire_when_idle_ms: row.try_get("retire_when_idle_ms").map_err(corrupt)?,
                 })
             }
 
@@ -322,7 +324,9 @@ macro_rules! sql_store {
                             .push_bind(k.revoked_at)
                             .push_bind(&k.rotated_from)
                             .push_bind(ips)
-                            .push_bind(k.quota_refilled_at);
+                            .push_bind(k.quota_refilled_at)
+                            .push_bind(k.leaked_at)
+                            .push_bind(k.retire_when_idle_ms);
                     });
                     q.push(on_conflict);
                     inserted += q.build().execute(&mut **tx).await.map_err(db_error)?.rows_affected();
@@ -429,6 +433,8 @@ macro_rules! sql_store {
                 key.revoked_at = Some(at);
                 announce(tx, &key.digest).await
             }
+
+            crate::hygiene::hygiene_sql!($store);
 
             #[async_trait]
             impl Store for $store {
@@ -733,6 +739,7 @@ macro_rules! sql_store {
                     old_id: &str,
                     new_key: &KeyRecord,
                     revoke_old_at: i64,
+                    retire_when_idle_ms: Option<i64>,
                     now: i64,
                     audit: &AuditEvent,
                 ) -> Result<KeyRecord> {
@@ -743,11 +750,30 @@ macro_rules! sql_store {
                     }
                     let revoked_at = old.revoked_at.map_or(revoke_old_at, |t| t.min(revoke_old_at));
                     set_revoked_at(&mut tx, &mut old, revoked_at).await?;
+                    if retire_when_idle_ms.is_some() {
+                        set_retire_when_idle(&mut tx, &mut old, retire_when_idle_ms).await?;
+                    }
                     insert_key(&mut tx, new_key).await?;
                     insert_audit(&mut tx, audit).await?;
                     announce(&mut tx, &new_key.digest).await?;
                     tx.commit().await.map_err(db_error)?;
                     Ok(old)
+                }
+
+                async fn mark_leaked(&self, id: &str, at: i64, revoke: bool, audit: &AuditEvent) -> Result<KeyRecord> {
+                    self.mark_leaked_sql(id, at, revoke, audit).await
+                }
+
+                async fn retiring_keys(&self, now: i64) -> Result<Vec<crate::RetiringKey>> {
+                    self.retiring_keys_sql(now).await
+                }
+
+                async fn note_successor_used(&self, id: &str, at: i64) -> Result<()> {
+                    self.note_successor_used_sql(id, at).await
+                }
+
+                async fn retire_idle_key(&self, id: &str, now: i64, audit: &AuditEvent) -> Result<Option<KeyRecord>> {
+                    self.retire_idle_key_sql(id, now, audit).await
                 }
 
                 async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<()> {

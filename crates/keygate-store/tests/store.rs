@@ -205,6 +205,8 @@ fn key(account_id: &str) -> KeyRecord {
         rotated_from: None,
         recent_ips: Vec::new(),
         quota_refilled_at: None,
+        leaked_at: None,
+        retire_when_idle_ms: None,
     }
 }
 
@@ -231,6 +233,8 @@ fn full_key(account_id: &str) -> KeyRecord {
         expires_at: Some(NOW + 86_400_000),
         revoked_at: Some(NOW + 3_600_000),
         rotated_from: Some("key_previous".to_owned()),
+        leaked_at: Some(NOW - 500),
+        retire_when_idle_ms: Some(60_000),
         ..key(account_id)
     }
 }
@@ -443,7 +447,7 @@ async fn every_write_appends_one_audit_event_newest_first_with_pagination(
     let k2 = key("acct_1");
     let ev = audit(Some("acct_1"), "key.rotate", Some(&k.id));
     store
-        .rotate_key(&k.id, &k2, NOW + 1000, NOW, &ev)
+        .rotate_key(&k.id, &k2, NOW + 1000, None, NOW, &ev)
         .await
         .unwrap();
     sent.push(ev);
@@ -1176,6 +1180,7 @@ async fn rotate(
             old_id,
             new_key,
             revoke_old_at,
+            None,
             now,
             &audit(Some(&new_key.account_id), "key.rotate", Some(old_id)),
         )
@@ -1567,13 +1572,15 @@ async fn sqlite_migration_rows(dir: &TempDir) -> Vec<(i64, String)> {
     rows
 }
 
-/// Each migration recorded once, in order from 1 (`init`), with none missing.
+/// Each migration recorded once, in order from 1 (`init`). Numbers may skip: several
+/// branches reserve theirs at once (`0008` came before `0006` and `0007`).
 fn assert_migrations_recorded_once(rows: &[(i64, String)]) {
     assert!(rows.len() >= 2, "{rows:?}");
     assert_eq!(rows[0], (1, "init".to_owned()));
-    let versions: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    let expect: Vec<i64> = (1..=rows.len() as i64).collect();
-    assert_eq!(versions, expect, "each migration recorded once: {rows:?}");
+    assert!(
+        rows.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "each migration recorded once: {rows:?}"
+    );
 }
 
 async fn migrations_apply_once(first: Arc<dyn Store>, db: TestDb) {

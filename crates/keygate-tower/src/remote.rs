@@ -461,6 +461,8 @@ fn described(answer: VerifyAnswer) -> Option<Arc<CachedKey>> {
         revoked_at: None,
         rotated_from: None,
         recent_ips: Vec::new(),
+        leaked_at: None,
+        retire_when_idle_ms: None,
     };
     Some(Arc::new(CachedKey::described(record)))
 }

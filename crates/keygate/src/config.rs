@@ -64,6 +64,8 @@ pub struct PlanConfig {
     pub max_keys: Option<u64>,
     /// The rate limit of the plan's keys that have none of their own.
     pub rate_limit: Option<keygate_store::RateLimit>,
+    /// Longest life of the plan's new (and rotated) keys, in days; absent means no cap.
+    pub max_key_lifetime_days: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq)]
@@ -165,6 +167,12 @@ pub struct Config {
     pub client_send_timeout_seconds: u64,
     /// The dashboard's permission catalog.
     pub permissions: PermissionsConfig,
+    /// What a leak report does to a live key: `revoke` or `notify` (mark and audit only).
+    pub leak_action: String,
+    /// GitHub secret scanning's public keys (GitHub's `meta/public_keys` format).
+    pub github_scanning_keys_url: String,
+    /// How often replaced keys waiting for idle retirement are checked.
+    pub idle_retirement_check_seconds: u64,
 }
 
 impl Default for Config {
@@ -203,6 +211,9 @@ impl Default for Config {
             client_idle_timeout_seconds: 120,
             client_send_timeout_seconds: 30,
             permissions: PermissionsConfig::default(),
+            leak_action: "revoke".into(),
+            github_scanning_keys_url: keygate_server::GithubScanningKeys::DEFAULT_URL.into(),
+            idle_retirement_check_seconds: 30,
         }
     }
 }
@@ -249,6 +260,11 @@ impl Config {
         set(&mut self.log, "KEYGATE_LOG");
         set(&mut self.failed_auth_limit, "KEYGATE_FAILED_AUTH_LIMIT");
         set(&mut self.rate_limit_failure, "KEYGATE_RATE_LIMIT_FAILURE");
+        set(&mut self.leak_action, "KEYGATE_LEAK_ACTION");
+        set(
+            &mut self.github_scanning_keys_url,
+            "KEYGATE_GITHUB_SCANNING_KEYS_URL",
+        );
         if let Some(v) = env("KEYGATE_REDIS_URL") {
             self.redis_url = Some(v);
         }
@@ -276,6 +292,10 @@ impl Config {
         for (target, name) in [
             (&mut self.cache_ttl_seconds, "KEYGATE_CACHE_TTL_SECONDS"),
             (&mut self.usage_flush_seconds, "KEYGATE_USAGE_FLUSH_SECONDS"),
+            (
+                &mut self.idle_retirement_check_seconds,
+                "KEYGATE_IDLE_RETIREMENT_CHECK_SECONDS",
+            ),
             (
                 &mut self.upstream_timeout_seconds,
                 "KEYGATE_UPSTREAM_TIMEOUT_SECONDS",
@@ -430,8 +450,45 @@ impl Config {
                 }
                 plans = plans.with_rate_limit(name, limit);
             }
+            match plan.max_key_lifetime_days {
+                Some(0) => bail!("plans.{name}.max_key_lifetime_days must be at least 1"),
+                Some(days) => plans = plans.with_max_key_lifetime(name, days),
+                None => {}
+            }
         }
         Ok(plans)
+    }
+
+    /// What leak reports do, and where GitHub's signing keys are fetched from.
+    pub fn leaks(&self) -> anyhow::Result<keygate_server::LeakConfig> {
+        let action =
+            keygate_engine::manage::LeakAction::parse(&self.leak_action).with_context(|| {
+                format!(
+                    "leak_action must be revoke or notify, not {:?}",
+                    self.leak_action
+                )
+            })?;
+        let url = &self.github_scanning_keys_url;
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            bail!("github_scanning_keys_url must be an http(s) URL, not {url:?}");
+        }
+        Ok(keygate_server::LeakConfig {
+            action,
+            github_keys: std::sync::Arc::new(keygate_server::GithubScanningKeys::new(
+                url,
+                keygate_server::GithubScanningKeys::REFETCH_AFTER,
+            )),
+        })
+    }
+
+    /// The pause between two idle-retirement checks.
+    pub fn idle_retirement_interval(&self) -> anyhow::Result<std::time::Duration> {
+        if self.idle_retirement_check_seconds == 0 {
+            bail!("idle_retirement_check_seconds must be at least 1");
+        }
+        Ok(std::time::Duration::from_secs(
+            self.idle_retirement_check_seconds,
+        ))
     }
 
     /// The shared rate limiter, when `redis_url` is set.
@@ -564,6 +621,78 @@ mod tests {
             ..args
         };
         assert_eq!(Config::load(&args, &env).unwrap().listen, "127.0.0.1:3");
+    }
+
+    #[test]
+    fn leak_and_key_lifetime_settings_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(
+            &path,
+            "leak_action = \"notify\"\ngithub_scanning_keys_url = \"http://127.0.0.1:9/keys\"\nidle_retirement_check_seconds = 5\n[plans.team]\nmax_key_lifetime_days = 90\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let none = |_: &str| None;
+        let defaults = Config::load(&ServeArgs::default(), &none).unwrap();
+        let leaks = defaults.leaks().unwrap();
+        assert_eq!(leaks.action, keygate_engine::manage::LeakAction::Revoke);
+        assert_eq!(
+            leaks.github_keys.url(),
+            "https://api.github.com/meta/public_keys/secret_scanning"
+        );
+        assert_eq!(defaults.idle_retirement_interval().unwrap().as_secs(), 30);
+
+        let c = Config::load(&args, &none).unwrap();
+        let leaks = c.leaks().unwrap();
+        assert_eq!(leaks.action, keygate_engine::manage::LeakAction::Notify);
+        assert_eq!(leaks.github_keys.url(), "http://127.0.0.1:9/keys");
+        assert_eq!(c.idle_retirement_interval().unwrap().as_secs(), 5);
+        let plans = c.plans().unwrap();
+        assert_eq!(plans.max_key_lifetime_ms("team"), Some(90 * 86_400_000));
+        assert_eq!(plans.max_key_lifetime_ms("pro"), None);
+
+        let env = |name: &str| match name {
+            "KEYGATE_LEAK_ACTION" => Some("revoke".to_owned()),
+            "KEYGATE_GITHUB_SCANNING_KEYS_URL" => Some("https://keys.example/list".to_owned()),
+            "KEYGATE_IDLE_RETIREMENT_CHECK_SECONDS" => Some("7".to_owned()),
+            _ => None,
+        };
+        let c = Config::load(&args, &env).unwrap();
+        let leaks = c.leaks().unwrap();
+        assert_eq!(leaks.action, keygate_engine::manage::LeakAction::Revoke);
+        assert_eq!(leaks.github_keys.url(), "https://keys.example/list");
+        assert_eq!(c.idle_retirement_interval().unwrap().as_secs(), 7);
+
+        for bad in [
+            Config {
+                leak_action: "delete".into(),
+                ..Config::default()
+            },
+            Config {
+                github_scanning_keys_url: "ftp://x".into(),
+                ..Config::default()
+            },
+        ] {
+            assert!(bad.leaks().is_err());
+        }
+        let zero = Config {
+            idle_retirement_check_seconds: 0,
+            ..Config::default()
+        };
+        assert!(zero.idle_retirement_interval().is_err());
+        let mut no_life = Config::default();
+        no_life.plans.insert(
+            "team".into(),
+            PlanConfig {
+                max_key_lifetime_days: Some(0),
+                ..PlanConfig::default()
+            },
+        );
+        assert!(no_life.plans().is_err());
     }
 
     #[test]

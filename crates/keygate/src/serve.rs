@@ -38,6 +38,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let gateway = config.gateway()?;
     let edge = config.edge_limits()?;
     let permission_catalog = config.permissions.catalog()?;
+    let leaks = config.leaks()?;
+    let idle_retirement_interval = config.idle_retirement_interval()?;
     check_admin_token(config.admin_token.as_deref())?;
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -74,6 +76,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let flusher =
         engine.spawn_usage_flusher(Duration::from_secs(config.usage_flush_seconds.max(1)));
+    // Ends with the other background tasks (`stop_background`).
+    engine.spawn_idle_retirer(idle_retirement_interval);
     let change_listener = engine
         .spawn_change_listener()
         .await
@@ -91,6 +95,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             failed_auth,
             edge,
             permission_catalog,
+            leaks,
             ..HttpConfig::default()
         }),
     };

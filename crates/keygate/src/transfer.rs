@@ -126,6 +126,11 @@ struct KeyLine {
     revoked_at: Option<i64>,
     rotated_from: Option<String>,
     recent_ips: Vec<SeenIp>,
+    /// Absent in exports of versions before leak reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    leaked_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retire_when_idle_ms: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -212,6 +217,8 @@ impl From<&KeyRecord> for KeyLine {
             revoked_at: k.revoked_at,
             rotated_from: k.rotated_from.clone(),
             recent_ips: k.recent_ips.clone(),
+            leaked_at: k.leaked_at,
+            retire_when_idle_ms: k.retire_when_idle_ms,
         }
     }
 }
@@ -246,6 +253,8 @@ impl KeyLine {
             revoked_at: self.revoked_at,
             rotated_from: self.rotated_from,
             recent_ips: self.recent_ips,
+            leaked_at: self.leaked_at,
+            retire_when_idle_ms: self.retire_when_idle_ms,
         })
     }
 }

@@ -516,11 +516,22 @@ fn rotation_prints_a_new_secret_and_retires_the_old_one() {
     assert_eq!(ok.field("key_id"), new_id);
 
     // With a grace period the old key keeps working for now.
-    let graceful = server.run(&["keys", "rotate", &new_id, "--grace-period", "600", "--json"]);
+    // And it may be retired earlier, once idle after the newest key's first use.
+    let graceful = server.run(&[
+        "keys",
+        "rotate",
+        &new_id,
+        "--grace-period",
+        "600",
+        "--retire-when-idle",
+        "300",
+        "--json",
+    ]);
     graceful.assert_code(0);
     let answer = graceful.json();
     assert!(answer["key"].as_str().is_some_and(is_live_key), "{answer}");
     assert_eq!(answer["previous"]["id"], new_id.as_str());
+    assert_eq!(answer["previous"]["retire_when_idle_seconds"], 300);
     server.verify(&new, &[]).assert_code(0);
 }
 

@@ -87,6 +87,13 @@ def breaks_a_usage_rule(query):
     return span <= step or span / step > MAX_BUCKETS - 2
 
 
+def breaks_a_rotate_rule(body):
+    """retire_when_idle_seconds needs a grace period at least as long."""
+    if not isinstance(body, dict) or body.get("retire_when_idle_seconds") is None:
+        return False
+    return body["retire_when_idle_seconds"] > (body.get("grace_period_seconds") or 0)
+
+
 def breaks_a_rule_in_words(method, path, body, query):
     """Whether a schema-valid request breaks a rule that only a description states."""
     query = query or {}
@@ -98,6 +105,8 @@ def breaks_a_rule_in_words(method, path, body, query):
         return breaks_a_verify_rule(body)
     if path == "/v1/api-keys/{id}/usage":
         return breaks_a_usage_rule(query)
+    if path == "/v1/api-keys/{id}/rotate":
+        return breaks_a_rotate_rule(body)
     return False
 
 

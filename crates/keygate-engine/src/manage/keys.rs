@@ -45,6 +45,16 @@ pub struct KeyUpdate {
     pub meta: Option<Value>,
 }
 
+/// `POST /v1/api-keys/{id}/rotate`'s options.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RotateOptions {
+    /// How long the old key keeps working (0: revoked now).
+    pub grace_seconds: Option<u64>,
+    /// Revoke the old key earlier, once it has gone unused this long after the new key's
+    /// first use. Needs a grace period, and at most as long.
+    pub retire_when_idle_seconds: Option<u64>,
+}
+
 /// The result of a rotation: the new key (secret shown once) and the old one.
 #[derive(Debug)]
 pub struct Rotated {
@@ -251,12 +261,17 @@ impl Engine {
             meta,
             created_at: now,
             last_used_at: None,
-            expires_at: caller
-                .bound_expiry(expiry_of(new.expires_at, new.expires_in, now)?, true)?,
+            expires_at: self.plan_bounded_expiry(
+                &account.plan,
+                caller.bound_expiry(expiry_of(new.expires_at, new.expires_in, now)?, true)?,
+                now,
+            )?,
             revoked_at: None,
             rotated_from: None,
             recent_ips: Vec::new(),
             quota_refilled_at: None,
+            leaked_at: None,
+            retire_when_idle_ms: None,
         };
         let audit = caller.audit(
             "key.create",
@@ -268,6 +283,31 @@ impl Engine {
         self.store.create_key(&record, cap, now, &audit).await?;
         self.invalidate(&record.digest);
         Ok((record, secret))
+    }
+
+    /// `requested` within the plan's `max_key_lifetime_days` from `born` (the key's
+    /// creation): no expiry becomes the longest allowed, a later one is refused.
+    fn plan_bounded_expiry(
+        &self,
+        plan: &str,
+        requested: Option<i64>,
+        born: i64,
+    ) -> Result<Option<i64>> {
+        let Some(max) = self.plans.max_key_lifetime_ms(plan) else {
+            return Ok(requested);
+        };
+        let latest = born.saturating_add(max);
+        match requested {
+            Some(at) if at > latest => Err(Error::validation(
+                "expires_at",
+                format!(
+                    "plan {plan} lets a key live at most {} days: expires_at must be no later than that",
+                    max / 86_400_000
+                ),
+            )),
+            Some(at) => Ok(Some(at)),
+            None => Ok(Some(latest)),
+        }
     }
 
     fn display_prefix(&self, secret: &ApiKeySecret) -> Result<String> {
@@ -395,6 +435,16 @@ impl Engine {
             }
             (None, None) => None,
         };
+        if let Some(asked) = expires_at {
+            // A key's life is capped from its creation; clearing the expiry is a longer one.
+            let plan = self.plan_of(&current.account_id).await?;
+            if self.plan_bounded_expiry(&plan, asked, current.created_at)? != asked {
+                return Err(Error::validation(
+                    "expires_at",
+                    format!("plan {plan} lets no key live without an expiry"),
+                ));
+            }
+        }
         if let Some(Some(l)) = &update.rate_limit {
             check_rate_limit(l)?;
         }
@@ -470,6 +520,16 @@ impl Engine {
         Ok(self.with_live_usage(revoked))
     }
 
+    /// The plan of account `account_id`.
+    async fn plan_of(&self, account_id: &str) -> Result<String> {
+        Ok(self
+            .store
+            .get_account(account_id)
+            .await?
+            .map(|a| a.plan)
+            .unwrap_or_else(|| self.plans.default_plan().to_owned()))
+    }
+
     /// A new key with the same settings; the old one is revoked now, or when
     /// `grace_seconds` have passed. Rotation does not count against the plan cap: it
     /// replaces a key.
@@ -479,15 +539,39 @@ impl Engine {
         id: &str,
         grace_seconds: Option<u64>,
     ) -> Result<Rotated> {
+        let options = RotateOptions {
+            grace_seconds,
+            retire_when_idle_seconds: None,
+        };
+        self.rotate_key_with(caller, id, options).await
+    }
+
+    /// [`Engine::rotate_key`] with every option.
+    pub async fn rotate_key_with(
+        &self,
+        caller: &Caller,
+        id: &str,
+        options: RotateOptions,
+    ) -> Result<Rotated> {
         caller.require("api_keys", "create")?;
         caller.require("api_keys", "delete")?;
-        let grace = grace_seconds.unwrap_or(0);
+        let grace = options.grace_seconds.unwrap_or(0);
         if grace > MAX_GRACE_SECONDS {
             return Err(Error::validation(
                 "grace_period_seconds",
                 format!("grace_period_seconds must be at most {MAX_GRACE_SECONDS} (30 days)"),
             ));
         }
+        let retire_when_idle_ms = match options.retire_when_idle_seconds {
+            None => None,
+            Some(idle) if idle == 0 || idle > grace => {
+                return Err(Error::validation(
+                    "retire_when_idle_seconds",
+                    "retire_when_idle_seconds needs a grace_period_seconds and must be between 1 and it",
+                ))
+            }
+            Some(idle) => Some(idle as i64 * 1000),
+        };
         let old = self.visible_key(caller, id).await?;
         // The new secret carries the old key's grants: the caller must hold them all.
         let granted =
@@ -513,6 +597,10 @@ impl Engine {
             revoked_at: None,
             rotated_from: Some(old.id.clone()),
             recent_ips: Vec::new(),
+            leaked_at: None,
+            retire_when_idle_ms: None,
+            // The plan's lifetime cap counts from the new key's creation.
+            expires_at: self.rotated_expiry(&old, now).await?,
             // The quota spent carries over: rotating is not a way to refill it.
             ..old.clone()
         };
@@ -521,11 +609,15 @@ impl Engine {
             "key.rotate",
             Some(&old.account_id),
             Some(id),
-            json!({"new_key_id": new.id, "grace_period_seconds": grace}),
+            json!({
+                "new_key_id": new.id,
+                "grace_period_seconds": grace,
+                "retire_when_idle_seconds": options.retire_when_idle_seconds,
+            }),
         )?;
         let previous = self
             .store
-            .rotate_key(id, &new, revoke_old_at, now, &audit)
+            .rotate_key(id, &new, revoke_old_at, retire_when_idle_ms, now, &audit)
             .await?;
         self.invalidate(&previous.digest);
         self.invalidate(&new.digest);
@@ -534,6 +626,16 @@ impl Engine {
             secret,
             previous: self.with_live_usage(previous),
         })
+    }
+
+    /// The old key's expiry, within the plan's lifetime cap counted from `now`.
+    async fn rotated_expiry(&self, old: &KeyRecord, now: i64) -> Result<Option<i64>> {
+        let plan = self.plan_of(&old.account_id).await?;
+        let Some(max) = self.plans.max_key_lifetime_ms(&plan) else {
+            return Ok(old.expires_at);
+        };
+        let latest = now.saturating_add(max);
+        Ok(Some(old.expires_at.map_or(latest, |at| at.min(latest))))
     }
 
     /// The record of the key that authenticated the request (`GET /v1/api-key-info`).

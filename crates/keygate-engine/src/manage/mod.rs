@@ -4,7 +4,9 @@
 
 mod accounts;
 mod keys;
+mod leaks;
 mod pages;
+mod retire;
 mod sign_in;
 mod usage;
 pub mod validate;
@@ -21,8 +23,10 @@ use crate::ids::new_id;
 use crate::{now_ms, Engine, Error, Result};
 
 pub use accounts::{AccountPatch, NewAccount};
-pub use keys::{KeyStatus, KeyUpdate, NewKey, Rotated};
+pub use keys::{KeyStatus, KeyUpdate, NewKey, RotateOptions, Rotated};
+pub use leaks::{LeakAction, LeakSource, LeakVerdict};
 pub use pages::{AccountFilter, KeyFilter, Page, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
+pub use retire::IDLE_RETIREMENT_REASON;
 pub use usage::{Granularity, UsageBucket, UsageReport};
 
 /// Who is asking.

@@ -3,7 +3,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json as JsonOut;
 use keygate_core::Environment;
-use keygate_engine::manage::{Granularity, KeyFilter, KeyStatus, KeyUpdate, NewKey};
+use keygate_engine::manage::{Granularity, KeyFilter, KeyStatus, KeyUpdate, NewKey, RotateOptions};
 use keygate_engine::Error;
 use keygate_store::{AuditQuery, Quota, RateLimit};
 use serde::Deserialize;
@@ -89,6 +89,10 @@ pub struct Rotate {
     /// How long the replaced key keeps working, up to 30 days; `0` (the default) revokes it now.
     #[schema(maximum = 2592000)]
     grace_period_seconds: Option<u64>,
+    /// Revoke the replaced key earlier: once it has gone unused this long after the new
+    /// key's first use. Needs `grace_period_seconds`, and at most as long.
+    #[schema(minimum = 1, maximum = 2592000)]
+    retire_when_idle_seconds: Option<u64>,
 }
 
 /// `GET /v1/api-keys`'s query parameters (documentation: the handler reads them by name).
@@ -325,7 +329,7 @@ pub async fn revoke(
     tag = "api-keys",
     security(("admin_token" = []), ("api_key" = []), ("api_key_header" = [])),
     params(("id" = String, Path, description = "The key's id")),
-    request_body(content = Option<Rotate>, description = "Optional: `{\"grace_period_seconds\": n}`"),
+    request_body(content = Option<Rotate>, description = "Optional: `{\"grace_period_seconds\": n, \"retire_when_idle_seconds\": m}`"),
     responses((status = 201, description = "The new key with its secret, and the replaced key", body = RotatedKey), AuthErrors, RecordErrors, ConflictErrors, BodyErrors)
 )]
 pub async fn rotate(
@@ -334,10 +338,11 @@ pub async fn rotate(
     Id(id): Id,
     OptionalJson(body): OptionalJson<Rotate>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let rotated = state
-        .engine
-        .rotate_key(&caller, &id, body.grace_period_seconds)
-        .await?;
+    let options = RotateOptions {
+        grace_seconds: body.grace_period_seconds,
+        retire_when_idle_seconds: body.retire_when_idle_seconds,
+    };
+    let rotated = state.engine.rotate_key_with(&caller, &id, options).await?;
     let mut v = with_secret(&rotated.key, &rotated.secret);
     v["previous"] = views::key(&rotated.previous);
     Ok((StatusCode::CREATED, JsonOut(v)))

@@ -6,9 +6,11 @@ mod accounts;
 mod auth;
 mod extract;
 mod fast_path;
+mod github_scanning;
 mod health;
 mod key_changes;
 mod keys;
+mod leaks;
 mod openapi;
 pub(crate) mod verify;
 mod views;
@@ -24,6 +26,8 @@ use crate::{ApiError, AppState};
 
 pub use auth::Auth;
 pub use fast_path::FastPath;
+pub use github_scanning::GithubScanningKeys;
+pub use leaks::LeakConfig;
 
 /// The admin API's routes, before the shared request context (`edge::middleware::wrap`).
 pub fn routes() -> Router<AppState> {
@@ -48,6 +52,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::rotate))
         .routes(routes!(keys::usage))
         .routes(routes!(keys::audit_log))
+        .routes(routes!(leaks::report))
+        .routes(routes!(leaks::github))
         .routes(routes!(verify::key_info))
         .routes(routes!(verify::verify))
         .routes(routes!(key_changes::stream))

@@ -103,6 +103,11 @@ error_set!(
     ThrottleErrors = [429]
 );
 error_set!(
+    /// A signed scanner report (no admin token): a bad body, a bad signature, too many
+    /// failed attempts, the signing keys or the store unreachable.
+    ScannerErrors = [400, 401, 429, 503]
+);
+error_set!(
     /// Readiness: the store.
     StoreErrors = [503]
 );
@@ -252,6 +257,7 @@ field_schema!(
         (name = "api-keys", description = "API keys: never the secret, except when created or rotated"),
         (name = "audit", description = "Lifecycle events"),
         (name = "verification", description = "Verifying keys for other services"),
+        (name = "leaks", description = "Leaked-key reports from secret scanners (GitHub's signed partner endpoint) and operators"),
     )
 )]
 pub struct ApiDoc;

@@ -182,6 +182,11 @@ pub struct KeyView {
     /// The JSON object the operator attached.
     meta: Value,
     rotated_from: Option<String>,
+    /// When a secret scanner or an operator reported the key as leaked.
+    leaked_at: Option<String>,
+    /// A replaced key: it is revoked once unused this long after its successor's first
+    /// use (at the latest at `revoked_at`).
+    retire_when_idle_seconds: Option<i64>,
 }
 
 /// A new key with its secret: the only answers that ever show it (create, rotate).
@@ -288,6 +293,8 @@ pub fn key_view(k: &KeyRecord) -> KeyView {
         quota: quota_view(k),
         meta: k.meta.clone(),
         rotated_from: k.rotated_from.clone(),
+        leaked_at: opt_time(k.leaked_at),
+        retire_when_idle_seconds: k.retire_when_idle_ms.map(|ms| ms / 1000),
     }
 }
 

@@ -343,7 +343,7 @@ fn keys_table(keys: &[KeyRecord], filter: Option<KeyStatus>) -> Markup {
                                 td { (k.name) }
                                 td { span class={"env env-" (k.environment.as_str())} { (k.environment.as_str()) } }
                                 td.perms { (short_permissions(&k.permissions)) }
-                                td.status { (layout::status_badge(status)) }
+                                td.status { (layout::status_badge(status)) (layout::leaked_badge(k.leaked_at)) }
                                 td { (layout::time(k.created_at)) }
                                 td { (layout::opt_time(k.last_used_at, "never")) }
                                 td { (layout::opt_time(k.expires_at, "never")) }

@@ -7,7 +7,7 @@ use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
 use keygate_core::ip::IpAllowlist;
 use keygate_core::{Outcome, PermissionSet};
-use keygate_engine::manage::{Granularity, KeyStatus, KeyUpdate, NewKey};
+use keygate_engine::manage::{Granularity, KeyStatus, KeyUpdate, NewKey, IDLE_RETIREMENT_REASON};
 use keygate_engine::{now_ms, Error};
 use keygate_store::{AuditEvent, AuditQuery, KeyRecord};
 use maud::{html, Markup};
@@ -583,7 +583,17 @@ fn describe_event(e: &AuditEvent, key_id: &str) -> Markup {
     html! {
         @match e.action.as_str() {
             "key.create" => { "Created" }
+            "key.revoke" if d["reason"].as_str() == Some(IDLE_RETIREMENT_REASON) => { "Revoked: unused after its rotation" }
             "key.revoke" => { "Revoked" }
+            "key.leaked" => {
+                "Reported leaked"
+                @if let Some(url) = d["url"].as_str() { " at " code { (url) } }
+                @match d["action"].as_str() {
+                    Some("revoked") => { "; revoked" },
+                    Some("notified") => { "; left working (leak_action = notify)" },
+                    _ => {},
+                }
+            }
             "key.rotate" if d["new_key_id"].as_str() == Some(key_id) => {
                 "Created by rotating " a href={"/dashboard/keys/" (e.target_id.as_deref().unwrap_or(""))} { code { (e.target_id.as_deref().unwrap_or("")) } }
             }
@@ -656,7 +666,7 @@ pub async fn show(ctx: Ctx, Path(key_id): Path<String>) -> Page {
     let body = html! {
         (crumbs(&ctx, &account, &[(&key.display_prefix, None)]))
         div.page-head {
-            h1 { (key.name) " " (layout::status_badge(status)) }
+            h1 { (key.name) " " (layout::status_badge(status)) (layout::leaked_badge(key.leaked_at)) }
             p.muted { code { (key.display_prefix) } " · " (key.environment.as_str()) " · " code.id { (key.id) } }
             @if status == KeyStatus::Active {
                 div.actions {
@@ -671,7 +681,10 @@ pub async fn show(ctx: Ctx, Path(key_id): Path<String>) -> Page {
                 h2 { "Details" }
                 dl.facts #key-details {
                     dt { "Key" } dd { code { (key.display_prefix) "…" } }
-                    dt { "Status" } dd { (layout::status_badge(status)) }
+                    dt { "Status" } dd { (layout::status_badge(status)) (layout::leaked_badge(key.leaked_at)) }
+                    @if let Some(at) = key.leaked_at {
+                        dt { "Reported leaked" } dd { (layout::time(at)) }
+                    }
                     dt { "Environment" } dd { (key.environment.as_str()) }
                     dt { "Permissions" } dd { (layout::permissions(&key.permissions)) }
                     dt { "IP allowlist" } dd {

@@ -156,6 +156,15 @@ pub fn status_badge(status: KeyStatus) -> Markup {
     html! { span class={"badge badge-" (status.as_str())} { (status.as_str()) } }
 }
 
+/// A "leaked" mark for a key a scanner or an operator reported, nothing otherwise.
+pub fn leaked_badge(leaked_at: Option<i64>) -> Markup {
+    html! {
+        @if let Some(at) = leaked_at {
+            " " span.badge.badge-leaked title="Reported leaked" data-leaked-at=(at) { "leaked" }
+        }
+    }
+}
+
 /// An error above a form, announced to screen readers.
 pub fn form_error(message: Option<&str>) -> Markup {
     html! {

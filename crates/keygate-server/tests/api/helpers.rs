@@ -37,6 +37,8 @@ pub struct Options {
     pub failed_auth: Option<keygate_store::RateLimit>,
     /// The dashboard's permission catalog (`[permissions]`); none by default.
     pub permission_catalog: PermissionCatalog,
+    /// Leak reports: the action and GitHub's key list.
+    pub leaks: keygate_server::LeakConfig,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             plans: Plans::reference(),
             failed_auth: None,
             permission_catalog: PermissionCatalog::default(),
+            leaks: keygate_server::LeakConfig::default(),
         }
     }
 }
@@ -164,6 +167,7 @@ pub async fn spawn_node(node: Node, options: Options, dir: tempfile::TempDir) ->
                 .failed_auth
                 .map(|l| Arc::new(keygate_engine::FailureThrottle::new(l))),
             permission_catalog: options.permission_catalog,
+            leaks: options.leaks,
             ..HttpConfig::default()
         }),
     };
@@ -366,6 +370,8 @@ pub async fn import_keys(
                 revoked_at: None,
                 rotated_from: None,
                 recent_ips: Vec::new(),
+                leaked_at: None,
+                retire_when_idle_ms: None,
             };
             shape(i, &mut key);
             key

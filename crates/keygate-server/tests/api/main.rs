@@ -4,6 +4,7 @@
 mod helpers;
 
 mod isolation;
+mod leaks;
 mod lifecycle;
 mod limits;
 mod malformed;

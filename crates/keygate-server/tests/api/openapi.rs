@@ -27,6 +27,8 @@ const API: &[(&str, &[&str])] = &[
     ("/v1/api-keys/{id}/rotate", &["post"]),
     ("/v1/api-keys/{id}/usage", &["get"]),
     ("/v1/audit-log", &["get"]),
+    ("/v1/leaks", &["post"]),
+    ("/v1/leaks/github", &["post"]),
     ("/v1/api-key-info", &["get"]),
     ("/v1/verify", &["post"]),
     ("/v1/key-changes", &["get"]),

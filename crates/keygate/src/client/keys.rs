@@ -101,6 +101,10 @@ pub enum KeysCommand {
         /// Keep the old key working this many seconds (default: revoke it now).
         #[arg(long, value_name = "SECONDS")]
         grace_period: Option<u64>,
+        /// Revoke the old key earlier, once unused this many seconds after the new key's
+        /// first use (needs --grace-period, at most as long).
+        #[arg(long, value_name = "SECONDS")]
+        retire_when_idle: Option<u64>,
     },
     /// Check a key (read from standard input) as a protected API would.
     #[command(after_help = VERIFY_HELP)]
@@ -342,10 +346,17 @@ pub async fn run(conn: &Connection, cmd: KeysCommand) -> Result<Done, Failure> {
                 .await?;
             reply.emit(conn, |key| Ok(fields(key, KEY_FIELDS, &[])))
         }
-        KeysCommand::Rotate { id, grace_period } => {
+        KeysCommand::Rotate {
+            id,
+            grace_period,
+            retire_when_idle,
+        } => {
             let mut body = json!({});
             if let Some(seconds) = grace_period {
                 body["grace_period_seconds"] = seconds.into();
+            }
+            if let Some(seconds) = retire_when_idle {
+                body["retire_when_idle_seconds"] = seconds.into();
             }
             let reply = api.post(&["v1", "api-keys", &id, "rotate"], &body).await?;
             reply.emit(conn, |key| {
