@@ -8,6 +8,7 @@ mod pages;
 mod sign_in;
 mod usage;
 pub mod validate;
+mod webhooks;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ pub use accounts::{AccountPatch, NewAccount};
 pub use keys::{KeyStatus, KeyUpdate, NewKey, Rotated};
 pub use pages::{AccountFilter, KeyFilter, Page, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
 pub use usage::{Granularity, UsageBucket, UsageReport};
+pub use webhooks::{
+    is_private_address, NewWebhookEndpoint, WebhookEndpointUpdate, WebhookSettings,
+};
 
 /// Who is asking.
 #[derive(Clone, Debug)]

@@ -252,6 +252,7 @@ field_schema!(
         (name = "api-keys", description = "API keys: never the secret, except when created or rotated"),
         (name = "audit", description = "Lifecycle events"),
         (name = "verification", description = "Verifying keys for other services"),
+        (name = "webhooks", description = "Lifecycle webhooks (Standard Webhooks v1): endpoints and deliveries (operator only)"),
     )
 )]
 pub struct ApiDoc;
