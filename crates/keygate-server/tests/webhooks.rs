@@ -368,7 +368,7 @@ async fn lifecycle_events_are_delivered_signed_with_the_key_as_the_api_shows_it(
     let rotated = app
         .admin(Method::POST, &format!("/v1/api-keys/{key_id}/rotate"), None)
         .await;
-    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
     let new_id = rotated.body["id"].as_str().unwrap().to_owned();
     let new_key = rotated.body["key"].as_str().unwrap().to_owned();
     let revoked = app
@@ -633,7 +633,9 @@ async fn the_ssrf_guard_refuses_a_name_that_resolves_to_loopback() {
 
 #[tokio::test]
 async fn key_expiring_fires_once_per_lead_time_and_key_expired_once() {
-    let app = app_with_worker(false).await;
+    // The worker starts after the scans below: its own first scan would take the lease.
+    let app = spawn().await;
+    app.engine.configure_webhooks(settings(false));
     let receiver = Receiver::start().await;
     create_endpoint(
         &app,
@@ -691,6 +693,7 @@ async fn key_expiring_fires_once_per_lead_time_and_key_expired_once() {
             .unwrap(),
         Some(0)
     );
+    keygate_server::spawn_webhook_worker(app.engine.clone(), worker_config()).unwrap();
     let got = receiver.wait_for(4, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 4);
