@@ -132,7 +132,12 @@ impl Sender {
             timestamp,
             &body,
         )
-        .ok_or_else(|| (None, "the endpoint's secret is not a whsec_ secret".to_owned()))?;
+        .ok_or_else(|| {
+            (
+                None,
+                "the endpoint's secret is not a whsec_ secret".to_owned(),
+            )
+        })?;
         let answer = self
             .client
             .post(url)
@@ -217,7 +222,9 @@ pub fn spawn_webhook_worker(
                     .scan_webhook_expiry(&config.node_id, config.scan_interval.saturating_mul(2))
                     .await
                 {
-                    Ok(Some(n)) if n > 0 => tracing::info!(events = n, "expiry scan wrote webhook events"),
+                    Ok(Some(n)) if n > 0 => {
+                        tracing::info!(events = n, "expiry scan wrote webhook events")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "webhook expiry scan failed"),
                 }

@@ -33,7 +33,6 @@ struct Received {
     signature: String,
     body: Value,
     raw: Bytes,
-    at: Instant,
 }
 
 /// A webhook receiver on loopback: records every request and answers `status`.
@@ -78,7 +77,6 @@ async fn receive(State(s): State<ReceiverState>, headers: HeaderMap, raw: Bytes)
         signature: header("webhook-signature"),
         body: serde_json::from_slice(&raw).unwrap_or(Value::Null),
         raw,
-        at: Instant::now(),
     });
     *s.overlap.lock().unwrap().0.entry(id).or_default() -= 1;
     AxumStatus::from_u16(s.status.load(Ordering::SeqCst)).unwrap()
@@ -126,7 +124,9 @@ impl Receiver {
                 start.elapsed() < within,
                 "only {} of {n} webhook requests arrived in {within:?}: {:?}",
                 got.len(),
-                got.iter().map(|r| r.body["type"].clone()).collect::<Vec<_>>()
+                got.iter()
+                    .map(|r| r.body["type"].clone())
+                    .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -282,7 +282,9 @@ async fn endpoints_are_managed_and_their_secret_shown_once() {
     // The audit log records the management actions, never the secret.
     let audit = app.admin(Method::GET, "/v1/audit-log", None).await;
     let text = audit.body.to_string();
-    assert!(text.contains("webhook_endpoint.create") && text.contains("webhook_endpoint.rotate_secret"));
+    assert!(
+        text.contains("webhook_endpoint.create") && text.contains("webhook_endpoint.rotate_secret")
+    );
     assert!(!text.contains(&secret) && !text.contains(new_secret));
 }
 
@@ -298,9 +300,18 @@ async fn bad_endpoint_input_is_a_400_naming_the_field() {
         (json!({"url": "http://[::1]/hook"}), "url"),
         (json!({"url": "http://10.0.0.8/hook"}), "url"),
         (json!({"url": "http://169.254.169.254/latest"}), "url"),
-        (json!({"url": "https://example.com/", "events": ["key.nope"]}), "events"),
-        (json!({"url": "https://example.com/", "events": []}), "events"),
-        (json!({"url": "https://example.com/", "description": ""}), "description"),
+        (
+            json!({"url": "https://example.com/", "events": ["key.nope"]}),
+            "events",
+        ),
+        (
+            json!({"url": "https://example.com/", "events": []}),
+            "events",
+        ),
+        (
+            json!({"url": "https://example.com/", "description": ""}),
+            "description",
+        ),
     ];
     for (body, field) in cases {
         let a = app
@@ -338,14 +349,11 @@ async fn bad_endpoint_input_is_a_400_naming_the_field() {
 
     // A self-service key, even with every permission, may not manage endpoints.
     let account = app.create_account("Acme", "pro").await;
-    let (_, key) = app.create_key(&account, json!({"permissions": ["*"]})).await;
+    let (_, key) = app
+        .create_key(&account, json!({"permissions": ["*"]}))
+        .await;
     let a = app
-        .call(
-            Method::GET,
-            "/v1/webhook-endpoints",
-            Some(&key),
-            None,
-        )
+        .call(Method::GET, "/v1/webhook-endpoints", Some(&key), None)
         .await;
     a.assert_error(403, "forbidden");
 }
@@ -385,18 +393,30 @@ async fn lifecycle_events_are_delivered_signed_with_the_key_as_the_api_shows_it(
     assert_eq!(a.status, StatusCode::OK);
 
     let got = receiver.wait_for(5, Duration::from_secs(10)).await;
-    let mut types: Vec<&str> = got.iter().map(|r| r.body["type"].as_str().unwrap()).collect();
+    let mut types: Vec<&str> = got
+        .iter()
+        .map(|r| r.body["type"].as_str().unwrap())
+        .collect();
     types.sort();
     assert_eq!(
         types,
-        ["account.updated", "key.created", "key.revoked", "key.rotated", "key.updated"]
+        [
+            "account.updated",
+            "key.created",
+            "key.revoked",
+            "key.rotated",
+            "key.updated"
+        ]
     );
     for r in &got {
         assert!(verify_signature(&secret, r), "bad signature on {}", r.body);
         assert!(r.id.starts_with("msg_"));
         assert!(r.body["timestamp"].as_str().unwrap().ends_with('Z'));
         let text = String::from_utf8_lossy(&r.raw);
-        assert!(!text.contains(&key) && !text.contains(&new_key), "a secret in {text}");
+        assert!(
+            !text.contains(&key) && !text.contains(&new_key),
+            "a secret in {text}"
+        );
         assert!(!text.contains("digest"));
     }
     let by_type = |t: &str| got.iter().find(|r| r.body["type"] == t).unwrap().body["data"].clone();
@@ -432,7 +452,12 @@ async fn endpoints_get_only_their_events_and_accounts_and_a_refused_change_sends
     app.create_key(&acme, json!({})).await;
     // The basic plan allows 2 keys: the third is refused, its transaction rolled back.
     let third = app.create_key_answer(&acme, json!({})).await;
-    assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS, "{}", third.body);
+    assert_eq!(
+        third.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        third.body
+    );
     let (o1, _) = app.create_key(&other, json!({})).await;
     for id in [&a1, &o1] {
         let a = app
@@ -445,7 +470,9 @@ async fn endpoints_get_only_their_events_and_accounts_and_a_refused_change_sends
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(all.received().len(), 5, "{got:?}");
     assert_eq!(
-        got.iter().filter(|r| r.body["type"] == "key.created").count(),
+        got.iter()
+            .filter(|r| r.body["type"] == "key.created")
+            .count(),
         3
     );
     assert_eq!(filtered.received().len(), 1, "{filtered_got:?}");
@@ -482,7 +509,10 @@ async fn a_receiver_that_is_down_gets_the_event_once_it_is_up() {
     };
     assert_eq!(failed["status"], "pending");
     assert_eq!(failed["event_type"], "key.created");
-    assert!(failed["last_error"].as_str().unwrap().contains("connect"), "{failed}");
+    assert!(
+        failed["last_error"].as_str().unwrap().contains("connect"),
+        "{failed}"
+    );
     assert!(failed["next_attempt_at"].is_string());
 
     // The receiver comes up on that port: the next retry delivers.
@@ -521,7 +551,10 @@ async fn a_receiver_that_is_down_gets_the_event_once_it_is_up() {
             None,
         )
         .await;
-    let delivery = deliveries.body["data"][0]["id"].as_str().unwrap().to_owned();
+    let delivery = deliveries.body["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let a = app
         .admin(
             Method::POST,
@@ -552,7 +585,11 @@ async fn a_delivery_is_given_up_after_the_retry_window_and_the_endpoint_disabled
     let start = Instant::now();
     loop {
         let a = app
-            .admin(Method::GET, &format!("/v1/webhook-endpoints/{endpoint}"), None)
+            .admin(
+                Method::GET,
+                &format!("/v1/webhook-endpoints/{endpoint}"),
+                None,
+            )
             .await;
         if a.body["enabled"] == false {
             assert!(a.body["disabled_reason"].is_string());
@@ -562,7 +599,11 @@ async fn a_delivery_is_given_up_after_the_retry_window_and_the_endpoint_disabled
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let audit = app
-        .admin(Method::GET, &format!("/v1/audit-log?target_id={endpoint}"), None)
+        .admin(
+            Method::GET,
+            &format!("/v1/audit-log?target_id={endpoint}"),
+            None,
+        )
         .await;
     assert!(
         audit.body["data"]
@@ -624,7 +665,10 @@ async fn the_ssrf_guard_refuses_a_name_that_resolves_to_loopback() {
     };
     assert_eq!(d["status"], "pending");
     assert!(
-        d["last_error"].as_str().unwrap().contains("webhook_allow_private"),
+        d["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("webhook_allow_private"),
         "{d}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -703,7 +747,10 @@ async fn key_expiring_fires_once_per_lead_time_and_key_expired_once() {
         .map(|r| r.body["data"]["id"].as_str().unwrap())
         .collect();
     assert!(expiring.contains(&in_3_days.as_str()) && expiring.contains(&in_12_hours.as_str()));
-    let expired: Vec<&Received> = got.iter().filter(|r| r.body["type"] == "key.expired").collect();
+    let expired: Vec<&Received> = got
+        .iter()
+        .filter(|r| r.body["type"] == "key.expired")
+        .collect();
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].body["data"]["id"], soon.as_str());
     assert_eq!(expired[0].body["data"]["status"], "expired");
@@ -748,7 +795,11 @@ async fn two_nodes_on_postgres_deliver_every_event_and_none_twice_at_once() {
     let ids: std::collections::HashSet<&str> = got_all.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids.len(), KEYS, "every event delivered");
     assert_eq!(got_all.len(), KEYS, "none twice: {:?}", got.len());
-    assert_eq!(receiver.overlap.lock().unwrap().1, 0, "a delivery was sent by two nodes at once");
+    assert_eq!(
+        receiver.overlap.lock().unwrap().1,
+        0,
+        "a delivery was sent by two nodes at once"
+    );
 }
 
 #[tokio::test]
@@ -765,4 +816,90 @@ async fn the_openapi_document_lists_the_webhook_operations() {
     ] {
         assert!(paths.get(path).is_some(), "{path} missing");
     }
+}
+
+/// The dashboard's session cookie from a `Set-Cookie` answer.
+fn session_cookie(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("keygate_session="))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+        .expect("a session cookie")
+}
+
+#[tokio::test]
+async fn the_dashboard_lists_endpoints_and_their_deliveries_for_the_operator_only() {
+    let app = app_with_worker(false).await;
+    let receiver = Receiver::start().await;
+    let (endpoint, secret) = create_endpoint(
+        &app,
+        json!({"url": receiver.url, "description": "CRM sync"}),
+    )
+    .await;
+    let account = app.create_account("Acme", "pro").await;
+    let (_, key) = app.create_key(&account, json!({"scope": "all"})).await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = |credential: String| {
+        let client = client.clone();
+        let url = app.url("/dashboard/sign-in");
+        async move {
+            let page = client.get(&url).send().await.unwrap();
+            let cookie = session_cookie(&page);
+            let html = page.text().await.unwrap();
+            let marker = r#"name="csrf" value=""#;
+            let start = html.find(marker).unwrap() + marker.len();
+            let csrf = html[start..].split('"').next().unwrap().to_owned();
+            let answer = client
+                .post(&url)
+                .header("cookie", format!("keygate_session={cookie}"))
+                .form(&[("csrf", csrf.as_str()), ("credential", credential.as_str())])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 303);
+            session_cookie(&answer)
+        }
+    };
+    let get = |cookie: String, path: String| {
+        let client = client.clone();
+        let url = app.url(&path);
+        async move {
+            let r = client
+                .get(url)
+                .header("cookie", format!("keygate_session={cookie}"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let operator = sign_in(app.admin_token.clone()).await;
+    let (status, html) = get(operator.clone(), "/dashboard/accounts".into()).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(r#"href="/dashboard/webhooks""#),
+        "no nav link"
+    );
+    let (status, html) = get(operator.clone(), "/dashboard/webhooks".into()).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(&receiver.url) && html.contains(&endpoint));
+    let (status, html) = get(operator.clone(), format!("/dashboard/webhooks/{endpoint}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("key.created") && html.contains("delivered") && html.contains("HTTP 200")
+    );
+    assert!(!html.contains(&secret), "the secret on a page");
+
+    // A self-service key's session is refused.
+    let tenant = sign_in(key).await;
+    let (status, _) = get(tenant, "/dashboard/webhooks".into()).await;
+    assert_eq!(status, 403);
 }

@@ -74,8 +74,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         engine.share_rate_limits(limiter);
     }
     engine.configure_webhooks(webhook_settings);
-    let webhook_worker = keygate_server::spawn_webhook_worker(engine.clone(), config.webhook_worker())
-        .context("cannot start the webhook worker")?;
+    let webhook_worker =
+        keygate_server::spawn_webhook_worker(engine.clone(), config.webhook_worker())
+            .context("cannot start the webhook worker")?;
     let flusher =
         engine.spawn_usage_flusher(Duration::from_secs(config.usage_flush_seconds.max(1)));
     let change_listener = engine

@@ -16,15 +16,27 @@ impl Config {
                 .context("KEYGATE_WEBHOOK_ALLOW_PRIVATE must be true or false")?;
         }
         for (target, name) in [
-            (&mut self.webhook_retry_base_ms, "KEYGATE_WEBHOOK_RETRY_BASE_MS"),
-            (&mut self.webhook_retry_max_seconds, "KEYGATE_WEBHOOK_RETRY_MAX_SECONDS"),
-            (&mut self.webhook_retry_for_seconds, "KEYGATE_WEBHOOK_RETRY_FOR_SECONDS"),
+            (
+                &mut self.webhook_retry_base_ms,
+                "KEYGATE_WEBHOOK_RETRY_BASE_MS",
+            ),
+            (
+                &mut self.webhook_retry_max_seconds,
+                "KEYGATE_WEBHOOK_RETRY_MAX_SECONDS",
+            ),
+            (
+                &mut self.webhook_retry_for_seconds,
+                "KEYGATE_WEBHOOK_RETRY_FOR_SECONDS",
+            ),
             (
                 &mut self.webhook_disable_after_seconds,
                 "KEYGATE_WEBHOOK_DISABLE_AFTER_SECONDS",
             ),
             (&mut self.webhook_poll_ms, "KEYGATE_WEBHOOK_POLL_MS"),
-            (&mut self.webhook_scan_seconds, "KEYGATE_WEBHOOK_SCAN_SECONDS"),
+            (
+                &mut self.webhook_scan_seconds,
+                "KEYGATE_WEBHOOK_SCAN_SECONDS",
+            ),
         ] {
             if let Some(v) = env(name) {
                 *target = v
@@ -37,7 +49,9 @@ impl Config {
                 .iter()
                 .map(|d| d.parse())
                 .collect::<Result<_, _>>()
-                .context("KEYGATE_WEBHOOK_EXPIRING_DAYS must be whole numbers of days, comma-separated")?;
+                .context(
+                    "KEYGATE_WEBHOOK_EXPIRING_DAYS must be whole numbers of days, comma-separated",
+                )?;
         }
         Ok(())
     }

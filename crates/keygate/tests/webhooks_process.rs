@@ -109,7 +109,9 @@ fn signature_ok(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
         "v1,{}",
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     );
-    header("webhook-signature").split(' ').any(|s| s == expected)
+    header("webhook-signature")
+        .split(' ')
+        .any(|s| s == expected)
 }
 
 #[tokio::test]

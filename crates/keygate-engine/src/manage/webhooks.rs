@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use keygate_store::{
-    AttemptOutcome, ClaimedDelivery, Cursor, Delivery, EndpointPatch, ExpiryScan,
-    WebhookEndpoint, WebhookSecret, EVENT_TYPES,
+    AttemptOutcome, ClaimedDelivery, Cursor, Delivery, EndpointPatch, ExpiryScan, WebhookEndpoint,
+    WebhookSecret, EVENT_TYPES,
 };
 use serde_json::json;
 
@@ -251,8 +251,16 @@ impl Engine {
     ) -> Result<WebhookEndpoint> {
         caller.require_operator_for_webhooks()?;
         let url = self.webhook_settings().checked_url(&new.url)?;
-        let events = new.events.map(checked_events).transpose()?.unwrap_or_default();
-        let description = new.description.as_deref().map(checked_description).transpose()?;
+        let events = new
+            .events
+            .map(checked_events)
+            .transpose()?
+            .unwrap_or_default();
+        let description = new
+            .description
+            .as_deref()
+            .map(checked_description)
+            .transpose()?;
         if let Some(account_id) = new.account_id.as_deref() {
             known_shape(account_id, "account")?;
             if self.store.get_account(account_id).await?.is_none() {
@@ -279,7 +287,9 @@ impl Engine {
             Some(&endpoint.id),
             json!({"url": endpoint.url, "events": endpoint.events}),
         )?;
-        self.store.create_webhook_endpoint(&endpoint, &audit).await?;
+        self.store
+            .create_webhook_endpoint(&endpoint, &audit)
+            .await?;
         Ok(endpoint)
     }
 
@@ -515,8 +525,19 @@ mod tests {
     #[test]
     fn private_ranges_are_recognised() {
         for private in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
-            "100.64.0.1", "::1", "::", "fc00::1", "fd12::1", "fe80::1", "::ffff:127.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
         ] {
             assert!(is_private_address(private.parse().unwrap()), "{private}");
         }

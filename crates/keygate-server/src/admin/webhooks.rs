@@ -307,9 +307,11 @@ pub async fn list(
         .engine
         .webhook_endpoint_page(&caller, &query.page()?)
         .await?;
-    Ok(JsonOut(views::page(&page, |e| &e.id, |e| {
-        to_json(endpoint_view(e))
-    })))
+    Ok(JsonOut(views::page(
+        &page,
+        |e| &e.id,
+        |e| to_json(endpoint_view(e)),
+    )))
 }
 
 /// Read a webhook endpoint (never its secret).
@@ -422,9 +424,11 @@ pub async fn deliveries(
         .engine
         .webhook_delivery_page(&caller, &id, &query.page()?)
         .await?;
-    Ok(JsonOut(views::page(&page, |d| &d.id, |d| {
-        to_json(delivery_view(d))
-    })))
+    Ok(JsonOut(views::page(
+        &page,
+        |d| &d.id,
+        |d| to_json(delivery_view(d)),
+    )))
 }
 
 /// Send a delivery again now (a failed one too), with the same `webhook-id`.
@@ -449,5 +453,8 @@ pub async fn retry(
         .engine
         .retry_webhook_delivery(&caller, &id, &delivery_id)
         .await?;
-    Ok((StatusCode::ACCEPTED, JsonOut(to_json(delivery_view(&delivery)))))
+    Ok((
+        StatusCode::ACCEPTED,
+        JsonOut(to_json(delivery_view(&delivery))),
+    ))
 }
