@@ -88,7 +88,7 @@ pub struct EndpointPatch {
 /// What an event is about, as the change left it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EventSubject {
-    Key(KeyRecord),
+    Key(Box<KeyRecord>),
     Account(Account),
 }
 
@@ -258,6 +258,8 @@ pub trait WebhookStore: Send + Sync {
 
 /// How an event's subject is kept in the outbox: the record minus its digest and recent
 /// addresses, enough to show it as the admin API does.
+// Short-lived (one per event written or read): the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Snapshot {
@@ -290,25 +292,28 @@ enum Snapshot {
 
 pub(crate) fn subject_to_json(subject: &EventSubject) -> Result<String> {
     let snapshot = match subject.clone() {
-        EventSubject::Key(k) => Snapshot::Key {
-            id: k.id,
-            account_id: k.account_id,
-            name: k.name,
-            display_prefix: k.display_prefix,
-            environment: k.environment.as_str().to_owned(),
-            permissions: k.permissions,
-            ip_allowlist: k.ip_allowlist,
-            rate_limit: k.rate_limit,
-            quota: k.quota,
-            quota_used: k.quota_used,
-            quota_refilled_at: k.quota_refilled_at,
-            meta: k.meta,
-            created_at: k.created_at,
-            last_used_at: k.last_used_at,
-            expires_at: k.expires_at,
-            revoked_at: k.revoked_at,
-            rotated_from: k.rotated_from,
-        },
+        EventSubject::Key(k) => {
+            let k = *k;
+            Snapshot::Key {
+                id: k.id,
+                account_id: k.account_id,
+                name: k.name,
+                display_prefix: k.display_prefix,
+                environment: k.environment.as_str().to_owned(),
+                permissions: k.permissions,
+                ip_allowlist: k.ip_allowlist,
+                rate_limit: k.rate_limit,
+                quota: k.quota,
+                quota_used: k.quota_used,
+                quota_refilled_at: k.quota_refilled_at,
+                meta: k.meta,
+                created_at: k.created_at,
+                last_used_at: k.last_used_at,
+                expires_at: k.expires_at,
+                revoked_at: k.revoked_at,
+                rotated_from: k.rotated_from,
+            }
+        }
         EventSubject::Account(a) => Snapshot::Account {
             id: a.id,
             name: a.name,
@@ -339,7 +344,7 @@ pub(crate) fn subject_from_json(text: &str) -> Result<EventSubject> {
             expires_at,
             revoked_at,
             rotated_from,
-        } => EventSubject::Key(KeyRecord {
+        } => EventSubject::Key(Box::new(KeyRecord {
             id,
             account_id,
             name,
@@ -361,7 +366,7 @@ pub(crate) fn subject_from_json(text: &str) -> Result<EventSubject> {
             revoked_at,
             rotated_from,
             recent_ips: Vec::new(),
-        }),
+        })),
         Snapshot::Account {
             id,
             name,
@@ -475,7 +480,7 @@ macro_rules! webhook_sql {
                         .as_ref()
                         .map(super::shared_sql::key_from_row)
                         .transpose()?
-                        .map(EventSubject::Key)
+                        .map(|k| EventSubject::Key(Box::new(k)))
                 };
                 let Some(subject) = subject else {
                     return Ok(());
@@ -962,7 +967,7 @@ macro_rules! webhook_sql {
                             event_type: event_type.to_owned(),
                             account_id: Some(key.account_id.clone()),
                             at: scan.now,
-                            subject: EventSubject::Key(key),
+                            subject: EventSubject::Key(Box::new(key)),
                         };
                         insert_event(&mut tx, &event).await?;
                         written += 1;
