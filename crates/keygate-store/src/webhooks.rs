@@ -734,6 +734,18 @@ macro_rules! webhook_sql {
                 }
 
                 async fn claim_webhook_deliveries(&self, now: i64, lease_until: i64, limit: u32) -> Result<Vec<ClaimedDelivery>> {
+                    // A plain read first: an idle poll takes no write lock (SQLite has one).
+                    let due: Option<String> = sqlx::query_scalar(
+                        "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
+                         AND (leased_until IS NULL OR leased_until <= $1) LIMIT 1",
+                    )
+                    .bind(now)
+                    .fetch_optional(self.pool())
+                    .await
+                    .map_err(db_error)?;
+                    if due.is_none() {
+                        return Ok(Vec::new());
+                    }
                     let mut tx = self.write().await?;
                     let ids: Vec<String> = sqlx::query_scalar(&format!(
                         "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
