@@ -64,6 +64,8 @@ pub struct Engine {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Key changes told to caches outside this process, by key id.
     announcer: Arc<announce::Announcer>,
+    /// Webhook settings, set once at start (`manage/webhooks.rs`).
+    webhooks: std::sync::OnceLock<manage::WebhookSettings>,
 }
 
 impl Engine {
@@ -86,6 +88,7 @@ impl Engine {
             started: std::time::Instant::now(),
             stopping: tokio::sync::watch::channel(false).0,
             announcer: Arc::new(announce::Announcer::new()),
+            webhooks: std::sync::OnceLock::new(),
         })
     }
 

@@ -8,6 +8,7 @@
 //!   (`/v1/verify`, forward-auth `/v1/auth`, key info), health, metrics and OpenAPI.
 //! - `dashboard/`: the web dashboard under `/dashboard`.
 //! - `gateway/`: the data-plane listener in front of an upstream API.
+//! - `webhooks.rs`: the webhook delivery worker (sends the bodies `admin/` renders).
 //!
 //! Imports go one way: `admin`, `dashboard` and `gateway` use `edge` (and `gateway` uses
 //! `admin`'s key-info handler); none uses another's internals; only this file composes.
@@ -20,6 +21,7 @@ mod admin;
 mod dashboard;
 mod edge;
 mod gateway;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -34,6 +36,7 @@ pub use edge::access_log;
 pub use edge::listener::{serve_router_with, EdgeLimits};
 pub use gateway::{serve_gateway, GatewayConfig};
 pub use keygate_edge::ApiError;
+pub use webhooks::{sign as sign_webhook, spawn_webhook_worker, WebhookWorkerConfig};
 
 /// Internals the fuzz targets in `fuzz/` drive directly. Not an API: no stability promise.
 #[doc(hidden)]

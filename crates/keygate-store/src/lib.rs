@@ -12,6 +12,7 @@ mod model;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
+mod webhooks;
 
 use async_trait::async_trait;
 use keygate_core::{Environment, KeyDigest};
@@ -21,6 +22,12 @@ pub use hygiene::RetiringKey;
 pub use model::{
     Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, Quota, RateLimit, Refill, SeenIp,
     UsageCount, UsageUpdate,
+};
+
+pub use webhooks::{
+    event_type_for_action, AttemptOutcome, ClaimedDelivery, Delivery, DeliveryStatus,
+    EndpointPatch, EventSubject, ExpiryScan, WebhookEndpoint, WebhookEvent, WebhookSecret,
+    WebhookStore, EVENT_TYPES,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -84,7 +91,7 @@ pub struct AccountQuery<'a> {
 
 /// Everything keygate keeps. Times are unix milliseconds.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: WebhookStore + Send + Sync + 'static {
     /// Key changes committed by every node, for backends shared by several nodes; `None`
     /// where this process is the only writer.
     async fn change_feed(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>>;

@@ -110,3 +110,9 @@ async fn listen(pool: &PgPool) -> Result<PgListener> {
 }
 
 sql_store!(PostgresStore, sqlx::Postgres, sqlx::postgres::PgRow);
+crate::webhooks::webhook_sql!(
+    PostgresStore,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    " FOR UPDATE SKIP LOCKED"
+);

@@ -189,7 +189,7 @@ macro_rules! sql_store {
                 }
             }
 
-            fn key_from_row(row: &$row) -> Result<KeyRecord> {
+            pub(super) fn key_from_row(row: &$row) -> Result<KeyRecord> {
                 let digest: Vec<u8> = row.try_get("digest").map_err(corrupt)?;
                 let environment: String = row.try_get("environment").map_err(corrupt)?;
                 let text = |col: &str| -> Result<String> { row.try_get(col).map_err(corrupt) };
@@ -229,7 +229,7 @@ macro_rules! sql_store {
                 })
             }
 
-            fn account_from_row(row: &$row) -> Result<Account> {
+            pub(super) fn account_from_row(row: &$row) -> Result<Account> {
                 Ok(Account {
                     id: row.try_get("id").map_err(corrupt)?,
                     name: row.try_get("name").map_err(corrupt)?,
@@ -252,8 +252,11 @@ macro_rules! sql_store {
                 })
             }
 
-            async fn insert_audit(tx: &mut Tx, ev: &AuditEvent) -> Result<()> {
-                insert_audits(tx, std::slice::from_ref(ev), "").await.map(|_| ())
+            /// Inserts the audit event of a change, and the webhook event it maps to (the
+            /// transactional outbox, `webhooks.rs`).
+            pub(super) async fn insert_audit(tx: &mut Tx, ev: &AuditEvent) -> Result<()> {
+                insert_audits(tx, std::slice::from_ref(ev), "").await?;
+                super::webhook_sql::record_event(tx, ev).await
             }
 
             /// Inserts audit events with multi-row statements, each followed by `on_conflict`

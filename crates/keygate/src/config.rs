@@ -173,6 +173,23 @@ pub struct Config {
     pub github_scanning_keys_url: String,
     /// How often replaced keys waiting for idle retirement are checked.
     pub idle_retirement_check_seconds: u64,
+    // Lifecycle webhooks (`webhook_config.rs`).
+    /// Lets endpoints reach loopback and private addresses (the SSRF guard off).
+    pub webhook_allow_private: bool,
+    /// The first retry's delay before jitter; doubled per retry.
+    pub webhook_retry_base_ms: u64,
+    /// The longest delay between two attempts.
+    pub webhook_retry_max_seconds: u64,
+    /// How long a delivery is retried before it is marked failed.
+    pub webhook_retry_for_seconds: u64,
+    /// An endpoint without a successful delivery for this long is disabled.
+    pub webhook_disable_after_seconds: u64,
+    /// How often the delivery worker looks for due deliveries.
+    pub webhook_poll_ms: u64,
+    /// How often the expiry scan (`key.expiring`, `key.expired`) runs.
+    pub webhook_scan_seconds: u64,
+    /// `key.expiring` lead times, days before `expires_at`.
+    pub webhook_expiring_days: Vec<u32>,
 }
 
 impl Default for Config {
@@ -214,6 +231,14 @@ impl Default for Config {
             leak_action: "revoke".into(),
             github_scanning_keys_url: keygate_server::GithubScanningKeys::DEFAULT_URL.into(),
             idle_retirement_check_seconds: 30,
+            webhook_allow_private: false,
+            webhook_retry_base_ms: 10_000,
+            webhook_retry_max_seconds: 3600,
+            webhook_retry_for_seconds: 86_400,
+            webhook_disable_after_seconds: 5 * 86_400,
+            webhook_poll_ms: 1000,
+            webhook_scan_seconds: 60,
+            webhook_expiring_days: vec![30, 7, 1],
         }
     }
 }
@@ -289,6 +314,7 @@ impl Config {
             self.trusted_proxies = comma_list(&v);
         }
         self.permissions.apply_env(env);
+        self.apply_webhook_env(env)?;
         for (target, name) in [
             (&mut self.cache_ttl_seconds, "KEYGATE_CACHE_TTL_SECONDS"),
             (&mut self.usage_flush_seconds, "KEYGATE_USAGE_FLUSH_SECONDS"),
@@ -551,14 +577,14 @@ impl Config {
 }
 
 /// `a, b,c` → `["a", "b", "c"]`.
-fn comma_list(text: &str) -> Vec<String> {
+pub(crate) fn comma_list(text: &str) -> Vec<String> {
     text.split(',')
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect()
 }
 
-fn parse_bool(s: &str) -> Option<bool> {
+pub(crate) fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
         "0" | "false" | "no" | "off" => Some(false),

@@ -4,6 +4,7 @@ mod client;
 mod config;
 mod serve;
 mod transfer;
+mod webhook_config;
 
 use std::process::ExitCode;
 

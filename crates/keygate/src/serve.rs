@@ -40,6 +40,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let permission_catalog = config.permissions.catalog()?;
     let leaks = config.leaks()?;
     let idle_retirement_interval = config.idle_retirement_interval()?;
+    let webhook_settings = config.webhook_settings()?;
     check_admin_token(config.admin_token.as_deref())?;
     let listener = TcpListener::bind(&config.listen)
         .await
@@ -74,6 +75,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(limiter) = shared_limiter {
         engine.share_rate_limits(limiter);
     }
+    engine.configure_webhooks(webhook_settings);
+    let webhook_worker =
+        keygate_server::spawn_webhook_worker(engine.clone(), config.webhook_worker())
+            .context("cannot start the webhook worker")?;
     let flusher =
         engine.spawn_usage_flusher(Duration::from_secs(config.usage_flush_seconds.max(1)));
     // Ends with the other background tasks (`stop_background`).
@@ -141,6 +146,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(task) = change_listener {
         task.abort();
     }
+    // An attempt cut short is sent again when its lease runs out (at least once).
+    webhook_worker.abort();
     match engine.flush_usage().await {
         Ok(n) => tracing::info!(keys = n, "flushed usage; bye"),
         Err(e) => tracing::error!(error = %e, "could not flush usage at shutdown"),

@@ -11,8 +11,11 @@ methods OpenAPI 3.1 can name; it has no place for the others, so "405 for a meth
 document does not list" cannot hold on `/v1/auth`.
 """
 
+import ipaddress
 import json
+import re
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
 import schemathesis
 
@@ -94,6 +97,33 @@ def breaks_a_rotate_rule(body):
     return body["retire_when_idle_seconds"] > (body.get("grace_period_seconds") or 0)
 
 
+SIMPLE_URL = re.compile(r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+
+
+def acceptable_webhook_url(url):
+    """A URL keygate takes for a webhook endpoint with the SSRF guard on (the CI server's
+    default): http(s), a host name (a numeric last label is an IPv4 address to a URL
+    parser, and the literal addresses the guard refuses are not worth telling apart), a
+    port that exists. Conservative: some acceptable URLs are dropped too."""
+    if not isinstance(url, str) or len(url) > 2048 or not SIMPLE_URL.match(url):
+        return False
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        return False
+    if not port_ok or not HOST_NAME.match(host):
+        return False
+    last = host.rsplit(".", 1)[-1]
+    return not (last[0].isdigit() or last.startswith("0x"))
+
+
+def breaks_a_webhook_rule(body):
+    return given(body, "url") and not acceptable_webhook_url(body["url"])
+
+
 def breaks_a_rule_in_words(method, path, body, query):
     """Whether a schema-valid request breaks a rule that only a description states."""
     query = query or {}
@@ -103,6 +133,8 @@ def breaks_a_rule_in_words(method, path, body, query):
         return isinstance(body, dict) and breaks_a_key_rule(method, body)
     if path == "/v1/verify":
         return breaks_a_verify_rule(body)
+    if path in ("/v1/webhook-endpoints", "/v1/webhook-endpoints/{id}") and method in ("POST", "PATCH"):
+        return breaks_a_webhook_rule(body)
     if path == "/v1/api-keys/{id}/usage":
         return breaks_a_usage_rule(query)
     if path == "/v1/api-keys/{id}/rotate":

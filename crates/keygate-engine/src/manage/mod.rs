@@ -10,6 +10,7 @@ mod retire;
 mod sign_in;
 mod usage;
 pub mod validate;
+mod webhooks;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,6 +29,9 @@ pub use leaks::{LeakAction, LeakSource, LeakVerdict};
 pub use pages::{AccountFilter, KeyFilter, Page, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
 pub use retire::IDLE_RETIREMENT_REASON;
 pub use usage::{Granularity, UsageBucket, UsageReport};
+pub use webhooks::{
+    is_private_address, NewWebhookEndpoint, WebhookEndpointUpdate, WebhookSettings,
+};
 
 /// Who is asking.
 #[derive(Clone, Debug)]

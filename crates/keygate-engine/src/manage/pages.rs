@@ -31,7 +31,7 @@ pub struct Page<T> {
 
 impl<T> Page<T> {
     /// `rows` were fetched with one more than `limit`: that extra row only says there is more.
-    fn from_rows(mut rows: Vec<T>, limit: u32) -> Page<T> {
+    pub(super) fn from_rows(mut rows: Vec<T>, limit: u32) -> Page<T> {
         let has_more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         Page {
@@ -77,7 +77,7 @@ impl PageRequest {
     }
 
     /// The cursor's id, checked for shape (an id that cannot exist is unknown).
-    fn cursor_id(&self) -> Result<Option<&str>> {
+    pub(super) fn cursor_id(&self) -> Result<Option<&str>> {
         match self.starting_after.as_deref() {
             None => Ok(None),
             Some(id) => known_shape(id, "record")
@@ -87,7 +87,7 @@ impl PageRequest {
     }
 }
 
-fn unknown_cursor() -> Error {
+pub(super) fn unknown_cursor() -> Error {
     Error::validation(
         "starting_after",
         "starting_after must be the id of a record in this list",

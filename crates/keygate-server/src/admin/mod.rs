@@ -14,6 +14,7 @@ mod leaks;
 mod openapi;
 pub(crate) mod verify;
 mod views;
+mod webhooks;
 
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -28,6 +29,7 @@ pub use auth::Auth;
 pub use fast_path::FastPath;
 pub use github_scanning::GithubScanningKeys;
 pub use leaks::LeakConfig;
+pub use webhooks::event_body as webhook_event_body;
 
 /// The admin API's routes, before the shared request context (`edge::middleware::wrap`).
 pub fn routes() -> Router<AppState> {
@@ -57,6 +59,11 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(verify::key_info))
         .routes(routes!(verify::verify))
         .routes(routes!(key_changes::stream))
+        .routes(routes!(webhooks::list, webhooks::create))
+        .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::retry))
         .merge(forward_auth())
 }
 

@@ -258,6 +258,7 @@ field_schema!(
         (name = "audit", description = "Lifecycle events"),
         (name = "verification", description = "Verifying keys for other services"),
         (name = "leaks", description = "Leaked-key reports from secret scanners (GitHub's signed partner endpoint) and operators"),
+        (name = "webhooks", description = "Lifecycle webhooks (Standard Webhooks v1): endpoints and deliveries (operator only)"),
     )
 )]
 pub struct ApiDoc;

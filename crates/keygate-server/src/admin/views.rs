@@ -275,6 +275,11 @@ pub fn account(a: &Account) -> Value {
 }
 
 pub fn key_view(k: &KeyRecord) -> KeyView {
+    key_view_at(k, now_ms())
+}
+
+/// A key as it stood at `at` (a webhook event's time).
+pub fn key_view_at(k: &KeyRecord, at: i64) -> KeyView {
     KeyView {
         id: k.id.clone(),
         object: ApiKeyObject::ApiKey,
@@ -284,7 +289,7 @@ pub fn key_view(k: &KeyRecord) -> KeyView {
         environment: k.environment.into(),
         permissions: k.permissions.clone(),
         ip_allowlist: k.ip_allowlist.clone(),
-        status: KeyStatus::of(k, now_ms()).into(),
+        status: KeyStatus::of(k, at).into(),
         created_at: time(k.created_at),
         last_used_at: opt_time(k.last_used_at),
         expires_at: opt_time(k.expires_at),

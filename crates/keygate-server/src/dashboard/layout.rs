@@ -23,6 +23,7 @@ pub enum Nav {
     None,
     Accounts,
     Keys,
+    Webhooks,
 }
 
 pub fn page(title: &str, chrome: &Chrome, nav: Nav, content: Markup) -> Markup {
@@ -49,6 +50,7 @@ pub fn page(title: &str, chrome: &Chrome, nav: Nav, content: Markup) -> Markup {
                                     @match principal {
                                         Principal::Admin => {
                                             li { a href="/dashboard/accounts" aria-current=[(nav == Nav::Accounts).then_some("page")] { "Accounts" } }
+                                            li { a href="/dashboard/webhooks" aria-current=[(nav == Nav::Webhooks).then_some("page")] { "Webhooks" } }
                                         }
                                         Principal::Key(key) => {
                                             li { a href={"/dashboard/accounts/" (key.account_id())} aria-current=[(nav == Nav::Keys).then_some("page")] { "API Keys" } }

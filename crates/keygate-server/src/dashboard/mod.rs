@@ -22,6 +22,7 @@ mod layout;
 mod session;
 mod sign_in;
 mod throttle;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -90,6 +91,8 @@ pub fn router(app: AppState) -> Router<AppState> {
             get(keys::rotate_form).post(keys::rotate),
         )
         .route("/keys/{id}/secret", get(keys::secret))
+        .route("/webhooks", get(webhooks::list))
+        .route("/webhooks/{id}", get(webhooks::show))
         .route("/assets/dashboard.css", get(assets::css))
         .route("/assets/dashboard.js", get(assets::js))
         .fallback(not_found)

@@ -34,6 +34,14 @@ const API: &[(&str, &[&str])] = &[
     ("/v1/key-changes", &["get"]),
     ("/v1/auth", FORWARD_AUTH_METHODS),
     ("/v1/auth/{path}", FORWARD_AUTH_METHODS),
+    ("/v1/webhook-endpoints", &["get", "post"]),
+    ("/v1/webhook-endpoints/{id}", &["get", "patch", "delete"]),
+    ("/v1/webhook-endpoints/{id}/rotate-secret", &["post"]),
+    ("/v1/webhook-endpoints/{id}/deliveries", &["get"]),
+    (
+        "/v1/webhook-endpoints/{id}/deliveries/{delivery_id}/retry",
+        &["post"],
+    ),
 ];
 
 const FORWARD_AUTH_METHODS: &[&str] = &[
@@ -81,6 +89,7 @@ fn concrete(template: &str) -> String {
     template
         .replace("{id}", "key_0000000000000000")
         .replace("{path}", "api/v1/invoices")
+        .replace("{delivery_id}", "dlv_0000000000000000")
 }
 
 /// Whether the router has no route or no method for this request ("No such endpoint" and
