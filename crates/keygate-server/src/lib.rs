@@ -6,7 +6,8 @@
 //!   client addresses are the `keygate-edge` crate's.
 //! - `admin/`: the admin API (`/v1/accounts`, `/v1/api-keys`, audit log), verification
 //!   (`/v1/verify`, forward-auth `/v1/auth`, key info), health, metrics and OpenAPI.
-//! - `dashboard/`: the web dashboard under `/dashboard`.
+//! - `dashboard/`: the web dashboard under `/dashboard`, and the customer portal under
+//!   `/portal` (its own routes and cookie, the dashboard's pieces).
 //! - `gateway/`: the data-plane listener in front of an upstream API.
 //!
 //! Imports go one way: `admin`, `dashboard` and `gateway` use `edge` (and `gateway` uses
@@ -28,7 +29,8 @@ use ipnet::IpNet;
 use keygate_engine::{AdminToken, Engine};
 use tokio::net::TcpListener;
 
-pub use dashboard::{CatalogError, PermissionCatalog};
+pub use dashboard::portal::valid_accent_color;
+pub use dashboard::{CatalogError, PermissionCatalog, PortalConfig};
 pub use edge::listener::{serve_router_with, EdgeLimits};
 pub use gateway::{serve_gateway, GatewayConfig};
 pub use keygate_edge::ApiError;
@@ -101,6 +103,8 @@ pub struct HttpConfig {
     /// The resources the dashboard's permission checklist offers besides those the route
     /// table and existing keys name (`[permissions]` in `keygate.toml`).
     pub permission_catalog: PermissionCatalog,
+    /// The customer portal's address and branding.
+    pub portal: PortalConfig,
 }
 
 impl Default for HttpConfig {
@@ -112,6 +116,7 @@ impl Default for HttpConfig {
             edge: EdgeLimits::default(),
             failed_auth: None,
             permission_catalog: PermissionCatalog::default(),
+            portal: PortalConfig::default(),
         }
     }
 }
@@ -129,7 +134,9 @@ pub struct AppState {
 /// The whole admin listener's router: the admin API with the dashboard under
 /// `/dashboard`, inside the shared request context.
 pub fn router(state: AppState) -> Router {
-    let routes = admin::routes().nest("/dashboard", dashboard::router(state.clone()));
+    let routes = admin::routes()
+        .nest("/dashboard", dashboard::router(state.clone()))
+        .nest("/portal", dashboard::portal::router(state.clone()));
     edge::middleware::wrap(routes, state)
 }
 

@@ -43,6 +43,19 @@ fn session_cookie(response: &reqwest::Response) -> Option<String> {
         .map(|v| v.split(';').next().unwrap_or("").to_owned())
 }
 
+/// The sign-in form's CSRF cookie (`keygate_sign_in=…`), as a `Cookie` header value.
+fn sign_in_cookie(response: &reqwest::Response) -> String {
+    let value = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("keygate_sign_in="))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+        .expect("the sign-in page sets its CSRF cookie");
+    format!("keygate_sign_in={value}")
+}
+
 fn set_cookie(response: &reqwest::Response) -> String {
     response
         .headers()
@@ -84,11 +97,11 @@ impl HttpSession {
             .send()
             .await
             .unwrap();
-        let cookie = session_cookie(&page).expect("sign-in page sets a session cookie");
+        let cookie = sign_in_cookie(&page);
         let csrf = csrf_of(&page.text().await.unwrap());
         let answer = client
             .post(app.url("/dashboard/sign-in"))
-            .header("cookie", format!("keygate_session={cookie}"))
+            .header("cookie", cookie)
             .form(&[("csrf", csrf.as_str()), ("credential", credential)])
             .send()
             .await
@@ -338,10 +351,10 @@ async fn every_form_needs_the_session_csrf_token() {
         .send()
         .await
         .unwrap();
-    let anonymous = session_cookie(&page).unwrap();
+    let anonymous = sign_in_cookie(&page);
     let refused = client
         .post(app.url("/dashboard/sign-in"))
-        .header("cookie", format!("keygate_session={anonymous}"))
+        .header("cookie", anonymous)
         .form(&[("credential", app.admin_token.as_str())])
         .send()
         .await
@@ -397,7 +410,15 @@ async fn every_form_needs_the_session_csrf_token() {
 
 #[tokio::test]
 async fn failed_sign_ins_are_throttled_and_audited() {
-    let app = spawn().await;
+    // The failed-authentication throttle every listener shares counts sign-ins too.
+    let app = spawn_with(Options {
+        failed_auth: Some(keygate_store::RateLimit {
+            requests: 10,
+            per_seconds: 60,
+        }),
+        ..Options::default()
+    })
+    .await;
     let _ok = HttpSession::sign_in(&app, &app.admin_token).await;
     let client = http();
     let page = client
@@ -405,7 +426,7 @@ async fn failed_sign_ins_are_throttled_and_audited() {
         .send()
         .await
         .unwrap();
-    let cookie = format!("keygate_session={}", session_cookie(&page).unwrap());
+    let cookie = sign_in_cookie(&page);
     let csrf = csrf_of(&page.text().await.unwrap());
     let attempt = |credential: String| {
         let client = client.clone();
@@ -555,7 +576,7 @@ async fn a_key_session_sees_one_account_and_ends_with_its_key() {
         .send()
         .await
         .unwrap();
-    let cookie = format!("keygate_session={}", session_cookie(&page).unwrap());
+    let cookie = sign_in_cookie(&page);
     let csrf = csrf_of(&page.text().await.unwrap());
     let refused = client
         .post(app.url("/dashboard/sign-in"))

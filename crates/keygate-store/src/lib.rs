@@ -9,6 +9,7 @@ mod error;
 mod migrate;
 mod model;
 pub mod postgres;
+mod sessions;
 mod sql;
 pub mod sqlite;
 
@@ -20,6 +21,8 @@ pub use model::{
     Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, Quota, RateLimit, Refill, SeenIp,
     UsageCount, UsageUpdate,
 };
+
+pub use sessions::{SessionRecord, SessionStore};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -82,7 +85,7 @@ pub struct AccountQuery<'a> {
 
 /// Everything keygate keeps. Times are unix milliseconds.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: SessionStore + Send + Sync + 'static {
     /// Key changes committed by every node, for backends shared by several nodes; `None`
     /// where this process is the only writer.
     async fn change_feed(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>>;

@@ -110,3 +110,4 @@ async fn listen(pool: &PgPool) -> Result<PgListener> {
 }
 
 sql_store!(PostgresStore, sqlx::Postgres, sqlx::postgres::PgRow);
+crate::sessions::session_sql!(PostgresStore, sqlx::Postgres, sqlx::postgres::PgRow);

@@ -181,3 +181,4 @@ async fn prune_key_changes(pool: &SqlitePool) -> Result<()> {
 }
 
 sql_store!(SqliteStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow);
+crate::sessions::session_sql!(SqliteStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow);

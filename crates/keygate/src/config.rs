@@ -165,6 +165,15 @@ pub struct Config {
     pub client_send_timeout_seconds: u64,
     /// The dashboard's permission catalog.
     pub permissions: PermissionsConfig,
+    /// The origin portal links start with (`https://keys.example.com`); by default the
+    /// scheme and host a `POST /v1/portal-sessions` came to.
+    pub public_url: Option<String>,
+    /// The customer portal's branding: product name, accent colour (`#rrggbb`), support link.
+    pub portal_product_name: Option<String>,
+    pub portal_accent_color: Option<String>,
+    pub portal_support_url: Option<String>,
+    /// CSP `frame-ancestors` sources allowed to embed the portal; unset: none may.
+    pub portal_frame_ancestors: Option<String>,
 }
 
 impl Default for Config {
@@ -203,6 +212,11 @@ impl Default for Config {
             client_idle_timeout_seconds: 120,
             client_send_timeout_seconds: 30,
             permissions: PermissionsConfig::default(),
+            public_url: None,
+            portal_product_name: None,
+            portal_accent_color: None,
+            portal_support_url: None,
+            portal_frame_ancestors: None,
         }
     }
 }
@@ -261,6 +275,11 @@ impl Config {
             (&mut self.admin_token, "KEYGATE_ADMIN_TOKEN"),
             (&mut self.verify_token, "KEYGATE_VERIFY_TOKEN"),
             (&mut self.pepper, "KEYGATE_PEPPER"),
+            (&mut self.public_url, "KEYGATE_PUBLIC_URL"),
+            (&mut self.portal_product_name, "KEYGATE_PORTAL_PRODUCT_NAME"),
+            (&mut self.portal_accent_color, "KEYGATE_PORTAL_ACCENT_COLOR"),
+            (&mut self.portal_support_url, "KEYGATE_PORTAL_SUPPORT_URL"),
+            (&mut self.portal_frame_ancestors, "KEYGATE_PORTAL_FRAME_ANCESTORS"),
         ] {
             if let Some(v) = env(name) {
                 *target = Some(v);
@@ -447,6 +466,41 @@ impl Config {
                 keygate_engine::SharedLimiter::new(url, on_failure).map_err(anyhow::Error::msg)
             })
             .transpose()
+    }
+
+    /// The customer portal's settings, checked; a bad one stops the start, naming it.
+    pub fn portal(&self) -> anyhow::Result<keygate_server::PortalConfig> {
+        let is_http_url = |u: &str| {
+            (u.starts_with("https://") || u.starts_with("http://"))
+                && !u.chars().any(|c| c.is_whitespace() || c.is_control())
+        };
+        if let Some(url) = &self.public_url {
+            if !is_http_url(url) || url.trim_end_matches('/').matches('/').count() > 2 {
+                bail!("public_url (KEYGATE_PUBLIC_URL) must be an origin such as https://keys.example.com, not {url:?}");
+            }
+        }
+        if let Some(url) = &self.portal_support_url {
+            if !is_http_url(url) {
+                bail!("portal_support_url (KEYGATE_PORTAL_SUPPORT_URL) must be an http(s) URL, not {url:?}");
+            }
+        }
+        if let Some(colour) = &self.portal_accent_color {
+            if !keygate_server::valid_accent_color(colour) {
+                bail!("portal_accent_color (KEYGATE_PORTAL_ACCENT_COLOR) must look like #2453c7, not {colour:?}");
+            }
+        }
+        if let Some(sources) = &self.portal_frame_ancestors {
+            if sources.trim().is_empty() || sources.chars().any(|c| c == ';' || c == ',' || c.is_control()) {
+                bail!("portal_frame_ancestors (KEYGATE_PORTAL_FRAME_ANCESTORS) must be CSP sources separated by spaces, not {sources:?}");
+            }
+        }
+        Ok(keygate_server::PortalConfig {
+            public_url: self.public_url.clone(),
+            product_name: self.portal_product_name.clone(),
+            accent_color: self.portal_accent_color.clone(),
+            support_url: self.portal_support_url.clone(),
+            frame_ancestors: self.portal_frame_ancestors.clone(),
+        })
     }
 
     /// `failed_auth_limit` as a rate limit; `None` when off.

@@ -91,6 +91,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             failed_auth,
             edge,
             permission_catalog,
+            portal: config.portal()?,
             ..HttpConfig::default()
         }),
     };

@@ -5,6 +5,7 @@
 mod accounts;
 mod keys;
 mod pages;
+pub mod portal;
 mod sign_in;
 mod usage;
 pub mod validate;
@@ -32,6 +33,8 @@ pub enum Actor {
     Admin,
     /// A self-service key: its own account, within its own permissions.
     Key(Arc<CachedKey>),
+    /// A customer on the hosted API Keys page: one account's keys, within the grant.
+    Portal(Arc<portal::PortalGrant>),
 }
 
 /// The actor and where the request came from (for the audit log).
@@ -66,6 +69,7 @@ impl Caller {
         match &self.actor {
             Actor::Admin => "admin".to_owned(),
             Actor::Key(k) => format!("key:{}", k.id()),
+            Actor::Portal(p) => format!("portal:{}", p.session_id),
         }
     }
 
@@ -74,13 +78,23 @@ impl Caller {
         match &self.actor {
             Actor::Admin => None,
             Actor::Key(k) => Some(k.account_id()),
+            Actor::Portal(p) => Some(&p.account_id),
         }
     }
 
     /// Refuses a key that lacks `resource.action`. The admin may do anything.
     fn require(&self, resource: &str, action: &str) -> Result<()> {
-        let Actor::Key(key) = &self.actor else {
-            return Ok(());
+        let key = match &self.actor {
+            Actor::Admin => return Ok(()),
+            // The portal reads, makes and revokes its account's keys and nothing else;
+            // which of those its link allowed, the portal's pages check.
+            Actor::Portal(_) => {
+                return match (resource, action) {
+                    ("api_keys", "read" | "create" | "delete") => Ok(()),
+                    _ => Err(Error::Refused(Outcome::InsufficientPermissions)),
+                }
+            }
+            Actor::Key(key) => key,
         };
         let needed =
             Permission::concrete(resource, action).map_err(|e| Error::Internal(e.to_string()))?;

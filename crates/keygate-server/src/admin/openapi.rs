@@ -252,6 +252,7 @@ field_schema!(
         (name = "api-keys", description = "API keys: never the secret, except when created or rotated"),
         (name = "audit", description = "Lifecycle events"),
         (name = "verification", description = "Verifying keys for other services"),
+        (name = "portal", description = "Links to the hosted API Keys page a customer manages their own keys on"),
     )
 )]
 pub struct ApiDoc;
