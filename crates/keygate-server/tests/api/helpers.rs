@@ -37,6 +37,7 @@ pub struct Options {
     pub failed_auth: Option<keygate_store::RateLimit>,
     /// The dashboard's permission catalog (`[permissions]`); none by default.
     pub permission_catalog: PermissionCatalog,
+    pub portal: keygate_server::PortalConfig,
 }
 
 impl Default for Options {
@@ -50,6 +51,7 @@ impl Default for Options {
             plans: Plans::reference(),
             failed_auth: None,
             permission_catalog: PermissionCatalog::default(),
+            portal: keygate_server::PortalConfig::default(),
         }
     }
 }
@@ -164,6 +166,7 @@ pub async fn spawn_node(node: Node, options: Options, dir: tempfile::TempDir) ->
                 .failed_auth
                 .map(|l| Arc::new(keygate_engine::FailureThrottle::new(l))),
             permission_catalog: options.permission_catalog,
+            portal: options.portal,
             ..HttpConfig::default()
         }),
     };
