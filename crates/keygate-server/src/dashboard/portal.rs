@@ -38,7 +38,7 @@ const DAY_MS: i64 = 86_400_000;
 pub struct PortalConfig {
     /// The origin portal links start with; the request's own scheme and host when unset.
     pub public_url: Option<String>,
-    /// The product the page belongs to ("Back to <product>"); "API" when unset.
+    /// The product the page belongs to ("Back to <product>"); unset: "Back".
     pub product_name: Option<String>,
     /// The accent colour, `#rgb` or `#rrggbb`.
     pub accent_color: Option<String>,
@@ -49,8 +49,8 @@ pub struct PortalConfig {
 }
 
 impl PortalConfig {
-    fn product(&self) -> &str {
-        self.product_name.as_deref().unwrap_or("API")
+    fn product(&self) -> Option<&str> {
+        self.product_name.as_deref().filter(|p| !p.trim().is_empty())
     }
 }
 
@@ -102,14 +102,22 @@ fn page(dash: &Dash, grant: Option<&PortalGrant>, flash: Option<&str>, title: &s
     html! {
         (DOCTYPE)
         html lang="en" {
-            (layout::head(title, product, "/portal", true))
+            (layout::head(title, product.unwrap_or("API keys"), "/portal", true))
             body.portal {
                 a.skip href="#main" { "Skip to content" }
                 header.topbar {
                     div.topbar-inner {
-                        span.brand { span.logo aria-hidden="true" {} (product) " · API keys" }
+                        span.brand {
+                            span.logo aria-hidden="true" {}
+                            @if let Some(p) = product { (p) " · " }
+                            "API keys"
+                        }
                         @if let Some(url) = grant.and_then(|g| g.return_url.as_deref()) {
-                            div.who { a #back href=(url) { "Back to " (product) } }
+                            div.who {
+                                a #back href=(url) {
+                                    @match product { Some(p) => { "Back to " (p) }, None => { "Back" } }
+                                }
+                            }
                         }
                     }
                 }
@@ -150,7 +158,7 @@ fn expired_link(dash: &Dash) -> Response {
         &format!(
             "Links to this page work once and for a few minutes. Go back to {} and open \
              the API keys page again.",
-            config(dash).product()
+            config(dash).product().unwrap_or("where you came from")
         ),
     )
 }
@@ -162,7 +170,7 @@ fn session_ended(dash: &Dash) -> Response {
         "Your session has ended",
         &format!(
             "Go back to {} and open the API keys page again.",
-            config(dash).product()
+            config(dash).product().unwrap_or("where you came from")
         ),
     )
 }
