@@ -1550,7 +1550,8 @@ async fn editing_a_key_keeps_periods_the_form_does_not_list() {
 
 /// A portal link for `account` made through the API, with `extra` fields: its answer.
 async fn portal_link(app: &TestApp, account: &str, extra: Value) -> helpers::Answer {
-    let mut body = json!({ "account_id": account, "return_url": "https://app.example.com/settings" });
+    let mut body =
+        json!({ "account_id": account, "return_url": "https://app.example.com/settings" });
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         b.extend(e.clone());
     }
@@ -1626,7 +1627,10 @@ async fn portal_sessions_check_their_fields() {
     assert_eq!(made.status, 201, "{}", made.body);
     assert!(made.body["id"].as_str().unwrap().starts_with("ps_"));
     let url = made.body["url"].as_str().unwrap();
-    assert!(url.starts_with(&format!("{}/portal/open?code=", app.base)), "{url}");
+    assert!(
+        url.starts_with(&format!("{}/portal/open?code=", app.base)),
+        "{url}"
+    );
     assert!(made.body["expires_at"].is_string());
 
     portal_link(&app, "acct_000000000000000000000000", json!({}))
@@ -1664,7 +1668,9 @@ async fn a_portal_link_works_once_and_its_session_sees_one_account() {
     let app = spawn().await;
     let mine = app.create_account("Acme", "pro").await;
     let theirs = app.create_account("Globex", "pro").await;
-    let (their_key, _) = app.create_key(&theirs, json!({"name": "Globex prod"})).await;
+    let (their_key, _) = app
+        .create_key(&theirs, json!({"name": "Globex prod"}))
+        .await;
     let made = portal_link(&app, &mine, json!({})).await;
     let url = made.body["url"].as_str().unwrap().to_owned();
     let session_id = made.body["id"].as_str().unwrap().to_owned();
@@ -1681,20 +1687,41 @@ async fn a_portal_link_works_once_and_its_session_sees_one_account() {
 
     // Create a key: 303 to its secret, shown once.
     let created = portal
-        .post("/portal/keys", &[("name", "CI"), ("environment", "test"), ("permission", "all"), ("expiry", "30")])
+        .post(
+            "/portal/keys",
+            &[
+                ("name", "CI"),
+                ("environment", "test"),
+                ("permission", "all"),
+                ("expiry", "30"),
+            ],
+        )
         .await;
     assert_eq!(created.status(), 303);
     let secret_path = location(&created);
     assert!(secret_path.starts_with("/portal/keys/key_") && secret_path.ends_with("/secret"));
-    let key_id = secret_path.trim_start_matches("/portal/keys/").trim_end_matches("/secret").to_owned();
+    let key_id = secret_path
+        .trim_start_matches("/portal/keys/")
+        .trim_end_matches("/secret")
+        .to_owned();
     let shown = portal.get(&secret_path).await;
     assert_eq!(shown.status(), 200);
     let html = shown.text().await.unwrap();
     let start = html.find("kg_test_").expect("the secret is on the page");
-    let secret: String = html[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-    assert_eq!(app.forward_auth(Some(&secret), "GET", "/api/v1/invoices").await.status, 204);
+    let secret: String = html[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    assert_eq!(
+        app.forward_auth(Some(&secret), "GET", "/api/v1/invoices")
+            .await
+            .status,
+        204
+    );
     assert_eq!(portal.get(&secret_path).await.status(), 410, "shown once");
-    let key = app.admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None).await;
+    let key = app
+        .admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None)
+        .await;
     assert_eq!(key.body["account_id"], mine.as_str());
     assert!(key.body["expires_at"].is_string());
 
@@ -1702,28 +1729,47 @@ async fn a_portal_link_works_once_and_its_session_sees_one_account() {
     let page = portal.get("/portal").await.text().await.unwrap();
     assert!(page.contains(&key_id) && page.contains("CI"));
     assert!(!page.contains("Globex"));
-    assert!(page.contains(r#"href="https://app.example.com/settings""#), "back link");
-    for path in [format!("/portal/keys/{their_key}"), format!("/portal/keys/{their_key}/revoke")] {
+    assert!(
+        page.contains(r#"href="https://app.example.com/settings""#),
+        "back link"
+    );
+    for path in [
+        format!("/portal/keys/{their_key}"),
+        format!("/portal/keys/{their_key}/revoke"),
+    ] {
         let r = portal.get(&path).await;
         assert_eq!(r.status(), 404, "{path}");
         assert!(!r.text().await.unwrap().contains("Globex"));
     }
-    let revoke_theirs = portal.post(&format!("/portal/keys/{their_key}/revoke"), &[]).await;
+    let revoke_theirs = portal
+        .post(&format!("/portal/keys/{their_key}/revoke"), &[])
+        .await;
     assert_eq!(revoke_theirs.status(), 404);
-    let theirs_now = app.admin(Method::GET, &format!("/v1/api-keys/{their_key}"), None).await;
+    let theirs_now = app
+        .admin(Method::GET, &format!("/v1/api-keys/{their_key}"), None)
+        .await;
     assert_eq!(theirs_now.body["status"], "active");
 
     // Revoke its own key.
-    let revoked = portal.post(&format!("/portal/keys/{key_id}/revoke"), &[]).await;
+    let revoked = portal
+        .post(&format!("/portal/keys/{key_id}/revoke"), &[])
+        .await;
     assert_eq!(revoked.status(), 303);
-    assert_eq!(app.forward_auth(Some(&secret), "GET", "/api/v1/invoices").await.status, 401);
+    assert_eq!(
+        app.forward_auth(Some(&secret), "GET", "/api/v1/invoices")
+            .await
+            .status,
+        401
+    );
 
     // Audited as the portal session, in the account.
     let events = audit_actions(&app).await;
     let actor = format!("portal:{session_id}");
     for action in ["portal_session.open", "key.create", "key.revoke"] {
         assert!(
-            events.iter().any(|e| e["action"] == action && e["actor"] == actor.as_str() && e["account_id"] == mine.as_str()),
+            events.iter().any(|e| e["action"] == action
+                && e["actor"] == actor.as_str()
+                && e["account_id"] == mine.as_str()),
             "{action} by {actor}: {events:?}"
         );
     }
@@ -1761,15 +1807,32 @@ async fn a_portal_session_opens_no_dashboard_page() {
         format!("/dashboard/keys/{key_id}/secret"),
     ];
     for path in &pages {
-        let r = http().get(app.url(path)).header("cookie", &cookies).send().await.unwrap();
+        let r = http()
+            .get(app.url(path))
+            .header("cookie", &cookies)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 303, "{path}");
         assert_eq!(location(&r), "/dashboard/sign-in", "{path}");
     }
     let posts = [
-        ("/dashboard/accounts".to_owned(), vec![("name", "Mallory"), ("plan", "pro")]),
-        (format!("/dashboard/accounts/{account}/plan"), vec![("plan", "unlimited")]),
-        (format!("/dashboard/accounts/{account}/keys"), vec![("name", "x"), ("access", "all")]),
-        (format!("/dashboard/keys/{key_id}/edit"), vec![("name", "renamed")]),
+        (
+            "/dashboard/accounts".to_owned(),
+            vec![("name", "Mallory"), ("plan", "pro")],
+        ),
+        (
+            format!("/dashboard/accounts/{account}/plan"),
+            vec![("plan", "unlimited")],
+        ),
+        (
+            format!("/dashboard/accounts/{account}/keys"),
+            vec![("name", "x"), ("access", "all")],
+        ),
+        (
+            format!("/dashboard/keys/{key_id}/edit"),
+            vec![("name", "renamed")],
+        ),
         (format!("/dashboard/keys/{key_id}/revoke"), vec![]),
         (format!("/dashboard/keys/{key_id}/rotate"), vec![]),
         ("/dashboard/sign-out".to_owned(), vec![]),
@@ -1777,17 +1840,30 @@ async fn a_portal_session_opens_no_dashboard_page() {
     for (path, fields) in &posts {
         let mut fields = fields.clone();
         fields.push(("csrf", &portal.csrf));
-        let r = http().post(app.url(path)).header("cookie", &cookies).form(&fields).send().await.unwrap();
+        let r = http()
+            .post(app.url(path))
+            .header("cookie", &cookies)
+            .form(&fields)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 303, "{path}");
         assert_eq!(location(&r), "/dashboard/sign-in", "{path}");
     }
-    let key = app.admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None).await;
+    let key = app
+        .admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None)
+        .await;
     assert_eq!(key.body["status"], "active");
     assert_ne!(key.body["name"], "renamed");
     let accounts = app.admin(Method::GET, "/v1/accounts", None).await;
     assert_eq!(accounts.body["data"].as_array().unwrap().len(), 1);
     // Nor the admin API: the cookie is no credential there.
-    let api = http().get(app.url("/v1/accounts")).header("cookie", &cookies).send().await.unwrap();
+    let api = http()
+        .get(app.url("/v1/accounts"))
+        .header("cookie", &cookies)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(api.status(), 401);
 }
 
@@ -1795,7 +1871,9 @@ async fn a_portal_session_opens_no_dashboard_page() {
 async fn a_portal_session_does_only_what_its_link_allows() {
     let app = spawn().await;
     let account = app.create_account("Acme", "pro").await;
-    let (key_id, _) = app.create_key(&account, json!({"permissions": ["invoices.read"]})).await;
+    let (key_id, _) = app
+        .create_key(&account, json!({"permissions": ["invoices.read"]}))
+        .await;
     let made = portal_link(
         &app,
         &account,
@@ -1807,17 +1885,43 @@ async fn a_portal_session_does_only_what_its_link_allows() {
     assert!(page.contains(r#"value="invoices.read""#) && page.contains(r#"value="clients.read""#));
     assert!(!page.contains(r#"value="all""#));
     // A permission the link did not allow is refused with a message; an allowed one works.
-    let refused = portal.post("/portal/keys", &[("name", "x"), ("permission", "all")]).await;
+    let refused = portal
+        .post("/portal/keys", &[("name", "x"), ("permission", "all")])
+        .await;
     assert_eq!(refused.status(), 403);
     assert!(refused.text().await.unwrap().contains("may not hand out"));
-    let ok = portal.post("/portal/keys", &[("name", "reader"), ("permission", "clients.read")]).await;
+    let ok = portal
+        .post(
+            "/portal/keys",
+            &[("name", "reader"), ("permission", "clients.read")],
+        )
+        .await;
     assert_eq!(ok.status(), 303);
     // Neither revoke nor rotate was allowed.
-    let key_page = portal.get(&format!("/portal/keys/{key_id}")).await.text().await.unwrap();
+    let key_page = portal
+        .get(&format!("/portal/keys/{key_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(!key_page.contains("Revoke") && !key_page.contains("Rotate key"));
-    assert_eq!(portal.post(&format!("/portal/keys/{key_id}/revoke"), &[]).await.status(), 403);
-    assert_eq!(portal.post(&format!("/portal/keys/{key_id}/rotate"), &[("grace", "0")]).await.status(), 403);
-    let key = app.admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None).await;
+    assert_eq!(
+        portal
+            .post(&format!("/portal/keys/{key_id}/revoke"), &[])
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        portal
+            .post(&format!("/portal/keys/{key_id}/rotate"), &[("grace", "0")])
+            .await
+            .status(),
+        403
+    );
+    let key = app
+        .admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None)
+        .await;
     assert_eq!(key.body["status"], "active");
 }
 
@@ -1837,24 +1941,44 @@ async fn the_portal_link_uses_the_public_url_and_the_portal_its_branding() {
     let account = app.create_account("Acme", "pro").await;
     let made = portal_link(&app, &account, json!({})).await;
     let url = made.body["url"].as_str().unwrap();
-    assert!(url.starts_with("https://keys.example.com/portal/open?code="), "{url}");
+    assert!(
+        url.starts_with("https://keys.example.com/portal/open?code="),
+        "{url}"
+    );
     let local = url.replace("https://keys.example.com", &app.base);
     let portal = PortalHttp::open(&app, &local).await;
     let page = portal.get("/portal").await;
-    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
-    assert!(csp.contains("frame-ancestors https://app.example.com;"), "{csp}");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("frame-ancestors https://app.example.com;"),
+        "{csp}"
+    );
     assert!(page.headers().get("x-frame-options").is_none());
     let html = page.text().await.unwrap();
     assert!(html.contains("Back to Invoicely"));
     assert!(html.contains(r#"href="https://help.example.com/""#));
-    let brand = http().get(app.url("/portal/assets/brand.css")).send().await.unwrap();
+    let brand = http()
+        .get(app.url("/portal/assets/brand.css"))
+        .send()
+        .await
+        .unwrap();
     assert!(brand.text().await.unwrap().contains("--accent: #0a7d55"));
     // Without the setting the portal cannot be framed, like the dashboard.
     let plain = spawn().await;
-    let expired = http().get(plain.url("/portal/open?code=00")).send().await.unwrap();
+    let expired = http()
+        .get(plain.url("/portal/open?code=00"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(expired.status(), 410);
     assert_eq!(expired.headers()["x-frame-options"], "DENY");
-    assert!(expired.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    assert!(expired.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1865,7 +1989,11 @@ async fn a_customer_makes_uses_and_revokes_a_key_in_the_portal_in_the_browser() 
     let url = made.body["url"].as_str().unwrap().to_owned();
     with_browser(|c| async move {
         c.goto(&url).await.unwrap();
-        assert_eq!(path_of(&c).await, "/portal", "the code leaves the address bar");
+        assert_eq!(
+            path_of(&c).await,
+            "/portal",
+            "the code leaves the address bar"
+        );
         shot(&c, "portal-01-empty").await;
         fill(&c, "#name", "Zapier").await;
         click(&c, "input[name=permission][value=all]").await;
@@ -1874,7 +2002,12 @@ async fn a_customer_makes_uses_and_revokes_a_key_in_the_portal_in_the_browser() 
         let secret = text(&c, "#new-secret").await;
         assert!(secret.starts_with("kg_live_"), "{secret}");
         shot(&c, "portal-02-secret").await;
-        assert_eq!(app.forward_auth(Some(&secret), "GET", "/api/v1/invoices").await.status, 204);
+        assert_eq!(
+            app.forward_auth(Some(&secret), "GET", "/api/v1/invoices")
+                .await
+                .status,
+            204
+        );
         follow(&c, "#stored").await;
         assert!(text(&c, "#keys").await.contains("Zapier"));
         follow(&c, "#keys a").await;
@@ -1883,7 +2016,12 @@ async fn a_customer_makes_uses_and_revokes_a_key_in_the_portal_in_the_browser() 
         follow(&c, "#confirm-revoke").await;
         assert!(text(&c, ".notice").await.contains("revoked"));
         shot(&c, "portal-03-revoked").await;
-        assert_eq!(app.forward_auth(Some(&secret), "GET", "/api/v1/invoices").await.status, 401);
+        assert_eq!(
+            app.forward_auth(Some(&secret), "GET", "/api/v1/invoices")
+                .await
+                .status,
+            401
+        );
         // The link cannot be used twice.
         c.goto(&url).await.unwrap();
         assert_eq!(text(&c, "h1").await, "This link has expired");

@@ -580,7 +580,13 @@ async fn a_dashboard_session_spans_nodes_and_restarts() {
     assert_eq!(page.status(), 200);
 
     // Signing out on one node ends the session everywhere.
-    let out = post_with(&restarted, "/dashboard/sign-out", &cookie, &[("csrf", &csrf)]).await;
+    let out = post_with(
+        &restarted,
+        "/dashboard/sign-out",
+        &cookie,
+        &[("csrf", &csrf)],
+    )
+    .await;
     assert_eq!(out.status(), 303);
     let after = get_with(&restarted, "/dashboard/accounts", &cookie).await;
     assert_eq!(location_of(&after), "/dashboard/sign-in");
@@ -603,9 +609,7 @@ async fn a_portal_link_is_used_once_across_nodes() {
     let url = made.body["url"].as_str().unwrap();
     let path = &url[url.find("/portal/").unwrap()..];
     // Every node tries the link at once: exactly one opens it.
-    let tries = nodes
-        .iter()
-        .map(|node| get_with(node, path, ""));
+    let tries = nodes.iter().map(|node| get_with(node, path, ""));
     let answers = futures::future::join_all(tries).await;
     let opened: Vec<&reqwest::Response> = answers.iter().filter(|r| r.status() == 303).collect();
     assert_eq!(opened.len(), 1);

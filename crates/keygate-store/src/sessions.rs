@@ -33,12 +33,20 @@ pub struct SessionRecord {
 pub trait SessionStore: Send + Sync {
     async fn insert_session(&self, session: &SessionRecord) -> Result<()>;
     /// The session with `digest` and `kind` if it has not expired at `now`.
-    async fn get_session(&self, digest: &[u8; 32], kind: &str, now: i64)
-        -> Result<Option<SessionRecord>>;
+    async fn get_session(
+        &self,
+        digest: &[u8; 32],
+        kind: &str,
+        now: i64,
+    ) -> Result<Option<SessionRecord>>;
     /// Removes and returns the session with `digest` and `kind` if it has not expired at
     /// `now`: of several nodes taking it at once, exactly one gets it (single-use links).
-    async fn take_session(&self, digest: &[u8; 32], kind: &str, now: i64)
-        -> Result<Option<SessionRecord>>;
+    async fn take_session(
+        &self,
+        digest: &[u8; 32],
+        kind: &str,
+        now: i64,
+    ) -> Result<Option<SessionRecord>>;
     /// Moves the idle expiry (never past `ends_at`).
     async fn touch_session(&self, digest: &[u8; 32], expires_at: i64) -> Result<()>;
     /// Replaces the session's `data`.

@@ -279,7 +279,10 @@ impl Config {
             (&mut self.portal_product_name, "KEYGATE_PORTAL_PRODUCT_NAME"),
             (&mut self.portal_accent_color, "KEYGATE_PORTAL_ACCENT_COLOR"),
             (&mut self.portal_support_url, "KEYGATE_PORTAL_SUPPORT_URL"),
-            (&mut self.portal_frame_ancestors, "KEYGATE_PORTAL_FRAME_ANCESTORS"),
+            (
+                &mut self.portal_frame_ancestors,
+                "KEYGATE_PORTAL_FRAME_ANCESTORS",
+            ),
         ] {
             if let Some(v) = env(name) {
                 *target = Some(v);
@@ -490,7 +493,11 @@ impl Config {
             }
         }
         if let Some(sources) = &self.portal_frame_ancestors {
-            if sources.trim().is_empty() || sources.chars().any(|c| c == ';' || c == ',' || c.is_control()) {
+            if sources.trim().is_empty()
+                || sources
+                    .chars()
+                    .any(|c| c == ';' || c == ',' || c.is_control())
+            {
                 bail!("portal_frame_ancestors (KEYGATE_PORTAL_FRAME_ANCESTORS) must be CSP sources separated by spaces, not {sources:?}");
             }
         }

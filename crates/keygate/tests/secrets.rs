@@ -773,7 +773,10 @@ async fn scenario(
     assert_eq!(opened, 303);
     let cookie = d.cookies.join("; ");
     let (page, _) = d
-        .send("portal page", http.get(a("/portal")).header("cookie", cookie))
+        .send(
+            "portal page",
+            http.get(a("/portal")).header("cookie", cookie),
+        )
         .await;
     assert_eq!(page, 200);
     let (again, _) = d.send("portal link again", http.get(&url)).await;

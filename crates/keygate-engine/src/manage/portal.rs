@@ -80,7 +80,8 @@ impl PortalGrant {
     pub fn of(session: &Session) -> Result<PortalGrant> {
         let corrupt = || Error::Internal("portal session data does not parse".into());
         let account_id = session.account_id.clone().ok_or_else(corrupt)?;
-        let data: PortalData = serde_json::from_value(session.data.clone()).map_err(|_| corrupt())?;
+        let data: PortalData =
+            serde_json::from_value(session.data.clone()).map_err(|_| corrupt())?;
         let allowed = PermissionSet::parse(&data.allowed_scopes).map_err(|_| corrupt())?;
         Ok(PortalGrant {
             session_id: session.id.clone(),
@@ -167,7 +168,11 @@ fn actions(asked: Option<Vec<String>>) -> Result<Vec<PortalAction>> {
 
 impl Engine {
     /// Makes a single-use portal link for one account (admin only).
-    pub async fn create_portal_link(&self, caller: &Caller, new: NewPortalLink) -> Result<PortalLink> {
+    pub async fn create_portal_link(
+        &self,
+        caller: &Caller,
+        new: NewPortalLink,
+    ) -> Result<PortalLink> {
         if !matches!(caller.actor, Actor::Admin) {
             return Err(Error::Forbidden(
                 "portal sessions are made with the admin token".into(),
@@ -253,9 +258,12 @@ impl Engine {
             })
             .await?;
         let grant = Arc::new(PortalGrant::of(&session)?);
-        let event = grant
-            .caller(client_ip)
-            .audit("portal_session.open", Some(&grant.account_id), Some(&grant.session_id), Value::Object(Default::default()))?;
+        let event = grant.caller(client_ip).audit(
+            "portal_session.open",
+            Some(&grant.account_id),
+            Some(&grant.session_id),
+            Value::Object(Default::default()),
+        )?;
         self.store.append_audit(&event).await?;
         Ok(Some((secret, grant)))
     }

@@ -90,7 +90,11 @@ fn request_origin(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
                 "the request has no usable Host header; set public_url (KEYGATE_PUBLIC_URL)",
             ))
         })?;
-    let scheme = if is_https(parts, state) { "https" } else { "http" };
+    let scheme = if is_https(parts, state) {
+        "https"
+    } else {
+        "http"
+    };
     Ok(format!("{scheme}://{host}"))
 }
 

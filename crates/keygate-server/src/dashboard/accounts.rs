@@ -164,7 +164,8 @@ pub async fn create(Posted { ctx, form }: Posted) -> Page {
     };
     match ctx.engine().create_account(&ctx.caller, new).await {
         Ok(account) => {
-            ctx.flash(format!("Account “{}” created.", account.name)).await;
+            ctx.flash(format!("Account “{}” created.", account.name))
+                .await;
             Ok(see_other(&format!("/dashboard/accounts/{}", account.id)))
         }
         Err(Error::Validation { message, .. }) => {
@@ -372,7 +373,8 @@ pub async fn change_plan(Path(id): Path<String>, Posted { ctx, form }: Posted) -
     };
     match ctx.engine().update_account(&ctx.caller, &id, patch).await {
         Ok(account) => {
-            ctx.flash(format!("Plan changed to {}.", account.plan)).await;
+            ctx.flash(format!("Plan changed to {}.", account.plan))
+                .await;
             Ok(see_other(&format!("/dashboard/accounts/{id}")))
         }
         Err(Error::Validation { message, .. }) => {

@@ -861,7 +861,8 @@ pub async fn edit(Path(key_id): Path<String>, Posted { ctx, form }: Posted) -> P
     };
     match result {
         Ok(updated) => {
-            ctx.flash(format!("Key {} updated.", updated.display_prefix)).await;
+            ctx.flash(format!("Key {} updated.", updated.display_prefix))
+                .await;
             Ok(see_other(&format!("/dashboard/keys/{key_id}")))
         }
         Err(e) => {
@@ -914,7 +915,8 @@ pub async fn revoke_form(ctx: Ctx, Path(key_id): Path<String>) -> Page {
 /// `POST /dashboard/keys/{id}/revoke`.
 pub async fn revoke(Path(key_id): Path<String>, Posted { ctx, .. }: Posted) -> Page {
     let key = ctx.engine().revoke_key(&ctx.caller, &key_id).await?;
-    ctx.flash(format!("Key {} revoked.", key.display_prefix)).await;
+    ctx.flash(format!("Key {} revoked.", key.display_prefix))
+        .await;
     Ok(see_other(&format!("/dashboard/keys/{key_id}")))
 }
 

@@ -38,8 +38,8 @@ use keygate_engine::{now_ms, CachedKey, Error};
 use serde::{Deserialize, Serialize};
 
 pub use self::catalog::{CatalogError, PermissionCatalog};
-pub use self::portal::PortalConfig;
 use self::layout::{error_page, Chrome};
+pub use self::portal::PortalConfig;
 use self::session::{Reveal, SessionView};
 use crate::edge::request_ip;
 use crate::{ApiError, AppState};

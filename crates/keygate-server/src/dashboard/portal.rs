@@ -50,7 +50,9 @@ pub struct PortalConfig {
 
 impl PortalConfig {
     fn product(&self) -> Option<&str> {
-        self.product_name.as_deref().filter(|p| !p.trim().is_empty())
+        self.product_name
+            .as_deref()
+            .filter(|p| !p.trim().is_empty())
     }
 }
 
@@ -96,7 +98,13 @@ fn config(dash: &Dash) -> &PortalConfig {
 // The page shell
 
 /// A portal page: the product's name, "Back to <product>", the notice, the support link.
-fn page(dash: &Dash, grant: Option<&PortalGrant>, flash: Option<&str>, title: &str, content: Markup) -> Markup {
+fn page(
+    dash: &Dash,
+    grant: Option<&PortalGrant>,
+    flash: Option<&str>,
+    title: &str,
+    content: Markup,
+) -> Markup {
     let config = config(dash);
     let product = config.product();
     html! {
@@ -176,7 +184,12 @@ fn session_ended(dash: &Dash) -> Response {
 }
 
 async fn not_found(State(dash): State<Dash>) -> Response {
-    message_page(&dash, StatusCode::NOT_FOUND, "Not found", "There is no such page.")
+    message_page(
+        &dash,
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "There is no such page.",
+    )
 }
 
 /// `GET /portal/assets/brand.css`: the operator's accent colour.
@@ -268,7 +281,13 @@ impl PortalCtx {
     }
 
     fn page(&self, title: &str, content: Markup) -> Markup {
-        page(&self.dash, Some(&self.grant), self.flash.as_deref(), title, content)
+        page(
+            &self.dash,
+            Some(&self.grant),
+            self.flash.as_deref(),
+            title,
+            content,
+        )
     }
 
     fn require(&self, action: PortalAction) -> Result<(), PortalFailure> {
@@ -340,7 +359,8 @@ async fn open(State(dash): State<Dash>, parts: Parts) -> Response {
     let ip = request_ip(&parts, &dash.app);
     match dash.app.engine.open_portal_link(&code, ip).await {
         Ok(Some((secret, _grant))) => {
-            let cookie = session::cookie_for(COOKIE, &secret, "/portal", "Lax", is_https(&parts, &dash));
+            let cookie =
+                session::cookie_for(COOKIE, &secret, "/portal", "Lax", is_https(&parts, &dash));
             let mut response = see_other("/portal");
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().append(header::SET_COOKIE, v);
@@ -366,7 +386,12 @@ async fn index(ctx: PortalCtx) -> PortalPage {
     render_index(&ctx, None, StatusCode::OK, None).await
 }
 
-async fn render_index(ctx: &PortalCtx, error: Option<&str>, status: StatusCode, form: Option<&Form>) -> PortalPage {
+async fn render_index(
+    ctx: &PortalCtx,
+    error: Option<&str>,
+    status: StatusCode,
+    form: Option<&Form>,
+) -> PortalPage {
     let keys = ctx.engine().list_keys(&ctx.caller, None, None).await?;
     let now = now_ms();
     let value = |name: &str| form.and_then(|f| f.get(name)).unwrap_or("").to_owned();
@@ -457,7 +482,11 @@ async fn render_index(ctx: &PortalCtx, error: Option<&str>, status: StatusCode, 
 async fn create(PortalPosted { ctx, form }: PortalPosted) -> PortalPage {
     ctx.require(PortalAction::Create)?;
     let attempt = async {
-        let permissions: Vec<String> = form.all("permission").into_iter().map(str::to_owned).collect();
+        let permissions: Vec<String> = form
+            .all("permission")
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         if permissions.is_empty() {
             return Err(Error::validation("permission", "choose at least one scope"));
         }
@@ -501,7 +530,10 @@ async fn secret(ctx: PortalCtx, Path(key_id): Path<String>) -> PortalPage {
                 div.actions { a.button.primary href=(href) { "Go to the key" } }
             }
         };
-        return Ok(respond(StatusCode::GONE, ctx.page("Secret not available", body)));
+        return Ok(respond(
+            StatusCode::GONE,
+            ctx.page("Secret not available", body),
+        ));
     };
     let body = reveal_body(
         None,
@@ -520,7 +552,13 @@ async fn show(ctx: PortalCtx, Path(key_id): Path<String>) -> PortalPage {
     let today = now - now.rem_euclid(DAY_MS);
     let usage = ctx
         .engine()
-        .key_usage(&ctx.caller, &key.id, Some(today - 6 * DAY_MS), Some(now), Granularity::Day)
+        .key_usage(
+            &ctx.caller,
+            &key.id,
+            Some(today - 6 * DAY_MS),
+            Some(now),
+            Granularity::Day,
+        )
         .await?;
     let status = KeyStatus::of(&key, now);
     let href = format!("/portal/keys/{}", key.id);
@@ -593,12 +631,16 @@ async fn revoke_form(ctx: PortalCtx, Path(key_id): Path<String>) -> PortalPage {
 async fn revoke(Path(key_id): Path<String>, PortalPosted { ctx, .. }: PortalPosted) -> PortalPage {
     ctx.require(PortalAction::Revoke)?;
     let key = ctx.engine().revoke_key(&ctx.caller, &key_id).await?;
-    ctx.flash(format!("Key {} revoked.", key.display_prefix)).await;
+    ctx.flash(format!("Key {} revoked.", key.display_prefix))
+        .await;
     Ok(see_other(&format!("/portal/keys/{key_id}")))
 }
 
 /// `POST /portal/keys/{id}/rotate` → 303 to the new key's secret page.
-async fn rotate(Path(key_id): Path<String>, PortalPosted { ctx, form }: PortalPosted) -> PortalPage {
+async fn rotate(
+    Path(key_id): Path<String>,
+    PortalPosted { ctx, form }: PortalPosted,
+) -> PortalPage {
     ctx.require(PortalAction::Rotate)?;
     let grace = forms::grace(&form)?;
     let rotated = match ctx.engine().rotate_key(&ctx.caller, &key_id, grace).await {

@@ -45,14 +45,20 @@ impl SessionView {
     }
 
     /// Writes `edit`'s change to the session's data.
-    async fn edit(&mut self, engine: &Engine, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Result<(), Error> {
+    async fn edit(
+        &mut self,
+        engine: &Engine,
+        edit: impl FnOnce(&mut serde_json::Map<String, Value>),
+    ) -> Result<(), Error> {
         if !self.record.data.is_object() {
             self.record.data = Value::Object(Default::default());
         }
         if let Value::Object(map) = &mut self.record.data {
             edit(map);
         }
-        engine.set_session_data(&self.record, &self.record.data).await
+        engine
+            .set_session_data(&self.record, &self.record.data)
+            .await
     }
 
     /// The one-line notice for the next page ("Key revoked.").
@@ -65,7 +71,12 @@ impl SessionView {
 
     /// Takes the waiting notice, if any (one write only when there is one).
     pub async fn take_flash(&mut self, engine: &Engine) -> Result<Option<String>, Error> {
-        let flash = self.record.data.get("flash").and_then(Value::as_str).map(str::to_owned);
+        let flash = self
+            .record
+            .data
+            .get("flash")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         if flash.is_some() {
             self.edit(engine, |m| {
                 m.remove("flash");
@@ -85,7 +96,11 @@ impl SessionView {
     }
 
     /// Takes the waiting secret of `key_id`, if it is still fresh. It is gone afterwards.
-    pub async fn take_reveal(&mut self, engine: &Engine, key_id: &str) -> Result<Option<Reveal>, Error> {
+    pub async fn take_reveal(
+        &mut self,
+        engine: &Engine,
+        key_id: &str,
+    ) -> Result<Option<Reveal>, Error> {
         let Some(sealed) = self.record.data.get("reveal") else {
             return Ok(None);
         };
@@ -203,7 +218,10 @@ pub fn cookie_for(name: &str, value: &str, path: &str, same_site: &str, secure: 
 
 /// `Set-Cookie` that deletes cookie `name`.
 pub fn clear_cookie_for(name: &str, path: &str, same_site: &str, secure: bool) -> String {
-    format!("{}; Max-Age=0", cookie_for(name, "", path, same_site, secure))
+    format!(
+        "{}; Max-Age=0",
+        cookie_for(name, "", path, same_site, secure)
+    )
 }
 
 /// The dashboard session cookie: SameSite=Strict (no flow reaches the dashboard from

@@ -53,7 +53,13 @@ fn with_cookie(mut response: Response, cookie: &str) -> Response {
 }
 
 fn sign_in_cookie(token: &str, https: bool) -> String {
-    session::cookie_for(session::SIGN_IN_COOKIE, token, "/dashboard", "Strict", https)
+    session::cookie_for(
+        session::SIGN_IN_COOKIE,
+        token,
+        "/dashboard",
+        "Strict",
+        https,
+    )
 }
 
 /// The sign-in form with a fresh double-submit token (cookie and hidden field).
