@@ -357,7 +357,7 @@ async fn open(State(dash): State<Dash>, parts: Parts) -> Response {
         return expired_link(&dash);
     };
     let ip = request_ip(&parts, &dash.app);
-    match dash.app.engine.open_portal_link(&code, ip).await {
+    match dash.app.engine.open_portal_link(code, ip).await {
         Ok(Some((secret, _grant))) => {
             let cookie =
                 session::cookie_for(COOKIE, &secret, "/portal", "Lax", is_https(&parts, &dash));
