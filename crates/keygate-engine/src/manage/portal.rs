@@ -142,7 +142,8 @@ fn return_url(url: Option<String>) -> Result<Option<String>> {
         .split(['/', '?', '#'])
         .next()
         .is_some_and(|host| !host.is_empty());
-    let clean = url.len() <= RETURN_URL_MAX && !url.chars().any(|c| c.is_control() || c == ' ');
+    let clean = url.chars().count() <= RETURN_URL_MAX
+        && !url.chars().any(|c| c.is_control() || c.is_whitespace());
     if host_ok && clean {
         Ok(Some(url))
     } else {

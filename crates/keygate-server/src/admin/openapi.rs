@@ -207,6 +207,17 @@ field_schema!(
 );
 
 field_schema!(
+    /// Where the portal's "Back to …" link goes (`keygate_engine::manage::portal`'s check).
+    ReturnUrl => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("An absolute http or https URL with a host, without spaces or control characters"))
+        .max_length(Some(2048))
+        .pattern(Some(format!(
+            r"^https?://[^/?#{WHITE_SPACE}\x00-\x1f\x7f-\x9f]+[^{WHITE_SPACE}\x00-\x1f\x7f-\x9f]*$"
+        )))
+);
+
+field_schema!(
     /// A plan name; the served document lists the configured plans (`document_bytes`).
     Plan => ObjectBuilder::new()
         .schema_type(Type::String)

@@ -11,7 +11,7 @@ use keygate_engine::Error;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::openapi::{AuthErrors, BodyErrors, PermissionGrant, RecordErrors};
+use super::openapi::{AuthErrors, BodyErrors, PermissionGrant, RecordErrors, ReturnUrl};
 use super::views;
 use super::Auth;
 use crate::edge::is_https;
@@ -24,7 +24,7 @@ pub struct CreatePortalSession {
     /// The account whose keys the page manages.
     account_id: String,
     /// Where the page's "Back to …" link goes: an absolute http(s) URL.
-    #[schema(max_length = 2048)]
+    #[schema(value_type = Option<ReturnUrl>)]
     return_url: Option<String>,
     /// Seconds the link may wait to be opened: 1 to 3600, 300 by default. Once opened, the
     /// page's session lasts 30 minutes idle, 2 hours at most.
