@@ -851,6 +851,69 @@ mod tests {
     }
 
     #[test]
+    fn portal_settings_from_file_and_environment_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(
+            &path,
+            "public_url = \"https://keys.example.com\"\nportal_product_name = \"Invoicely\"\nportal_accent_color = \"#0a7d55\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let env = |name: &str| match name {
+            "KEYGATE_PORTAL_SUPPORT_URL" => Some("https://help.example.com".to_owned()),
+            "KEYGATE_PORTAL_FRAME_ANCESTORS" => Some("https://app.example.com".to_owned()),
+            "KEYGATE_PUBLIC_URL" => Some("https://portal.example.com".to_owned()),
+            _ => None,
+        };
+        let portal = Config::load(&args, &env).unwrap().portal().unwrap();
+        assert_eq!(
+            portal.public_url.as_deref(),
+            Some("https://portal.example.com")
+        );
+        assert_eq!(portal.product_name.as_deref(), Some("Invoicely"));
+        assert_eq!(portal.accent_color.as_deref(), Some("#0a7d55"));
+        assert_eq!(
+            portal.support_url.as_deref(),
+            Some("https://help.example.com")
+        );
+        assert_eq!(
+            portal.frame_ancestors.as_deref(),
+            Some("https://app.example.com")
+        );
+        for (name, bad, says) in [
+            (
+                "KEYGATE_PORTAL_ACCENT_COLOR",
+                "red; } body { x",
+                "portal_accent_color",
+            ),
+            (
+                "KEYGATE_PUBLIC_URL",
+                "https://keys.example.com/portal",
+                "public_url",
+            ),
+            ("KEYGATE_PUBLIC_URL", "keys.example.com", "public_url"),
+            (
+                "KEYGATE_PORTAL_SUPPORT_URL",
+                "javascript:alert(1)",
+                "portal_support_url",
+            ),
+            (
+                "KEYGATE_PORTAL_FRAME_ANCESTORS",
+                "'self'; script-src *",
+                "portal_frame_ancestors",
+            ),
+        ] {
+            let env = |n: &str| (n == name).then(|| bad.to_owned());
+            let e = Config::load(&args, &env).unwrap().portal().unwrap_err();
+            assert!(e.to_string().contains(says), "{name}={bad}: {e}");
+        }
+    }
+
+    #[test]
     fn permission_catalog_from_file_and_environment() {
         let none = |_: &str| None;
         let c = Config::load(&ServeArgs::default(), &none).unwrap();
