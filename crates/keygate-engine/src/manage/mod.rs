@@ -86,13 +86,22 @@ impl Caller {
     fn require(&self, resource: &str, action: &str) -> Result<()> {
         let key = match &self.actor {
             Actor::Admin => return Ok(()),
-            // The portal reads, makes and revokes its account's keys and nothing else;
-            // which of those its link allowed, the portal's pages check.
-            Actor::Portal(_) => {
-                return match (resource, action) {
-                    ("api_keys", "read" | "create" | "delete") => Ok(()),
-                    _ => Err(Error::Refused(Outcome::InsufficientPermissions)),
-                }
+            // The portal reads its account's keys, and makes and revokes them as far as
+            // its link allows (a rotation needs both; the page also checks which of
+            // rotate and revoke it was).
+            Actor::Portal(grant) => {
+                use portal::PortalAction::{Create, Revoke, Rotate};
+                let allowed = match (resource, action) {
+                    ("api_keys", "read") => true,
+                    ("api_keys", "create") => grant.may(Create) || grant.may(Rotate),
+                    ("api_keys", "delete") => grant.may(Revoke) || grant.may(Rotate),
+                    _ => false,
+                };
+                return if allowed {
+                    Ok(())
+                } else {
+                    Err(Error::Refused(Outcome::InsufficientPermissions))
+                };
             }
             Actor::Key(key) => key,
         };

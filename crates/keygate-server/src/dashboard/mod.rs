@@ -408,16 +408,18 @@ async fn method_not_allowed() -> Response {
 /// caching (pages carry CSRF tokens, account data and, once, a secret), and no framing
 /// unless `frame_ancestors` names who may (the portal's `portal_frame_ancestors`).
 fn set_security_headers(response: &mut Response, frame_ancestors: Option<&str>) {
+    const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+        img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'";
     let h = response.headers_mut();
-    let csp = format!(
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self'; form-action 'self'; frame-ancestors {}; base-uri 'none'",
-        frame_ancestors.unwrap_or("'none'")
-    );
-    if let Ok(csp) = HeaderValue::from_str(&csp) {
+    let policy =
+        |ancestors: &str| HeaderValue::from_str(&format!("{POLICY}; frame-ancestors {ancestors}"));
+    // A value a header cannot carry (the configuration is checked at start) frames nothing.
+    let framed = frame_ancestors.and_then(|a| policy(a).ok());
+    let may_be_framed = framed.is_some();
+    if let Some(csp) = framed.or_else(|| policy("'none'").ok()) {
         h.insert(header::CONTENT_SECURITY_POLICY, csp);
     }
-    if frame_ancestors.is_none() {
+    if !may_be_framed {
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
     h.insert(
