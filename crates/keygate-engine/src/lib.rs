@@ -18,6 +18,7 @@ pub mod manage;
 mod metrics;
 mod pepper_check;
 mod ratelimit;
+pub mod sessions;
 mod shared_limit;
 mod store_health;
 mod usage;

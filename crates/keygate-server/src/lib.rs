@@ -6,7 +6,8 @@
 //!   client addresses are the `keygate-edge` crate's.
 //! - `admin/`: the admin API (`/v1/accounts`, `/v1/api-keys`, audit log), verification
 //!   (`/v1/verify`, forward-auth `/v1/auth`, key info), health, metrics and OpenAPI.
-//! - `dashboard/`: the web dashboard under `/dashboard`.
+//! - `dashboard/`: the web dashboard under `/dashboard`, and the customer portal under
+//!   `/portal` (its own routes and cookie, the dashboard's pieces).
 //! - `gateway/`: the data-plane listener in front of an upstream API.
 //! - `webhooks.rs`: the webhook delivery worker (sends the bodies `admin/` renders).
 //!
@@ -31,7 +32,8 @@ use keygate_engine::{AdminToken, Engine};
 use tokio::net::TcpListener;
 
 pub use admin::{GithubScanningKeys, LeakConfig};
-pub use dashboard::{CatalogError, PermissionCatalog};
+pub use dashboard::portal::valid_accent_color;
+pub use dashboard::{CatalogError, PermissionCatalog, PortalConfig};
 pub use edge::access_log;
 pub use edge::listener::{serve_router_with, EdgeLimits};
 pub use gateway::{serve_gateway, GatewayConfig};
@@ -108,6 +110,8 @@ pub struct HttpConfig {
     pub permission_catalog: PermissionCatalog,
     /// Leaked-key reports: the action and GitHub's signing keys.
     pub leaks: LeakConfig,
+    /// The customer portal's address and branding.
+    pub portal: PortalConfig,
 }
 
 impl Default for HttpConfig {
@@ -120,6 +124,7 @@ impl Default for HttpConfig {
             failed_auth: None,
             permission_catalog: PermissionCatalog::default(),
             leaks: LeakConfig::default(),
+            portal: PortalConfig::default(),
         }
     }
 }
@@ -137,7 +142,9 @@ pub struct AppState {
 /// The whole admin listener's router: the admin API with the dashboard under
 /// `/dashboard`, inside the shared request context.
 pub fn router(state: AppState) -> Router {
-    let routes = admin::routes().nest("/dashboard", dashboard::router(state.clone()));
+    let routes = admin::routes()
+        .nest("/dashboard", dashboard::router(state.clone()))
+        .nest("/portal", dashboard::portal::router(state.clone()));
     edge::middleware::wrap(routes, state)
 }
 

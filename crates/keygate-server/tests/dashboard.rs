@@ -43,6 +43,19 @@ fn session_cookie(response: &reqwest::Response) -> Option<String> {
         .map(|v| v.split(';').next().unwrap_or("").to_owned())
 }
 
+/// The sign-in form's CSRF cookie (`keygate_sign_in=…`), as a `Cookie` header value.
+fn sign_in_cookie(response: &reqwest::Response) -> String {
+    let value = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("keygate_sign_in="))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+        .expect("the sign-in page sets its CSRF cookie");
+    format!("keygate_sign_in={value}")
+}
+
 fn set_cookie(response: &reqwest::Response) -> String {
     response
         .headers()
@@ -84,11 +97,11 @@ impl HttpSession {
             .send()
             .await
             .unwrap();
-        let cookie = session_cookie(&page).expect("sign-in page sets a session cookie");
+        let cookie = sign_in_cookie(&page);
         let csrf = csrf_of(&page.text().await.unwrap());
         let answer = client
             .post(app.url("/dashboard/sign-in"))
-            .header("cookie", format!("keygate_session={cookie}"))
+            .header("cookie", cookie)
             .form(&[("csrf", csrf.as_str()), ("credential", credential)])
             .send()
             .await
@@ -338,10 +351,10 @@ async fn every_form_needs_the_session_csrf_token() {
         .send()
         .await
         .unwrap();
-    let anonymous = session_cookie(&page).unwrap();
+    let anonymous = sign_in_cookie(&page);
     let refused = client
         .post(app.url("/dashboard/sign-in"))
-        .header("cookie", format!("keygate_session={anonymous}"))
+        .header("cookie", anonymous)
         .form(&[("credential", app.admin_token.as_str())])
         .send()
         .await
@@ -397,7 +410,15 @@ async fn every_form_needs_the_session_csrf_token() {
 
 #[tokio::test]
 async fn failed_sign_ins_are_throttled_and_audited() {
-    let app = spawn().await;
+    // The failed-authentication throttle every listener shares counts sign-ins too.
+    let app = spawn_with(Options {
+        failed_auth: Some(keygate_store::RateLimit {
+            requests: 10,
+            per_seconds: 60,
+        }),
+        ..Options::default()
+    })
+    .await;
     let _ok = HttpSession::sign_in(&app, &app.admin_token).await;
     let client = http();
     let page = client
@@ -405,7 +426,7 @@ async fn failed_sign_ins_are_throttled_and_audited() {
         .send()
         .await
         .unwrap();
-    let cookie = format!("keygate_session={}", session_cookie(&page).unwrap());
+    let cookie = sign_in_cookie(&page);
     let csrf = csrf_of(&page.text().await.unwrap());
     let attempt = |credential: String| {
         let client = client.clone();
@@ -431,7 +452,15 @@ async fn failed_sign_ins_are_throttled_and_audited() {
     assert_eq!(blocked.status(), 429, "even the right token waits");
     assert!(blocked.headers().contains_key("retry-after"));
 
-    let events = audit_actions(&app).await;
+    // The address waits for the admin API too: read the audit log from the store.
+    let events: Vec<Value> = app
+        .store
+        .list_audit(None, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| json!({"action": e.action, "client_ip": e.client_ip, "details": e.details}))
+        .collect();
     let failed: Vec<&Value> = events
         .iter()
         .filter(|e| e["action"] == "dashboard.sign_in_failed")
@@ -615,7 +644,7 @@ async fn a_key_session_sees_one_account_and_ends_with_its_key() {
         .send()
         .await
         .unwrap();
-    let cookie = format!("keygate_session={}", session_cookie(&page).unwrap());
+    let cookie = sign_in_cookie(&page);
     let csrf = csrf_of(&page.text().await.unwrap());
     let refused = client
         .post(app.url("/dashboard/sign-in"))
@@ -1572,6 +1601,490 @@ async fn editing_a_key_keeps_periods_the_form_does_not_list() {
             record.body["quota"]["refill"],
             json!({"amount": 50, "every": 600})
         );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The customer portal (`/portal`)
+
+/// A portal link for `account` made through the API, with `extra` fields: its answer.
+async fn portal_link(app: &TestApp, account: &str, extra: Value) -> helpers::Answer {
+    let mut body =
+        json!({ "account_id": account, "return_url": "https://app.example.com/settings" });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    app.admin(Method::POST, "/v1/portal-sessions", Some(body))
+        .await
+}
+
+/// A portal session over HTTP: opens `url` once and keeps the cookie and CSRF token.
+struct PortalHttp {
+    client: reqwest::Client,
+    base: String,
+    cookie: String,
+    csrf: String,
+}
+
+impl PortalHttp {
+    async fn open(app: &TestApp, url: &str) -> PortalHttp {
+        let client = http();
+        let opened = client.get(url).send().await.unwrap();
+        assert_eq!(opened.status(), 303);
+        assert_eq!(location(&opened), "/portal");
+        let cookie = set_cookie(&opened);
+        for attribute in ["HttpOnly", "SameSite=Lax", "Path=/portal"] {
+            assert!(cookie.contains(attribute), "{cookie}");
+        }
+        let cookie = cookie
+            .strip_prefix("keygate_portal=")
+            .and_then(|c| c.split(';').next())
+            .expect("a portal cookie")
+            .to_owned();
+        let mut portal = PortalHttp {
+            client,
+            base: app.base.clone(),
+            cookie,
+            csrf: String::new(),
+        };
+        let page = portal.get("/portal").await;
+        assert_eq!(page.status(), 200);
+        let html = page.text().await.unwrap();
+        if html.contains(r#"name="csrf""#) {
+            portal.csrf = csrf_of(&html);
+        }
+        portal
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .header("cookie", format!("keygate_portal={}", self.cookie))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn post(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut all: Vec<(&str, &str)> = fields.to_vec();
+        all.push(("csrf", &self.csrf));
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", format!("keygate_portal={}", self.cookie))
+            .form(&all)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn portal_sessions_check_their_fields() {
+    let app = spawn().await;
+    let account = app.create_account("Acme", "pro").await;
+    let made = portal_link(&app, &account, json!({})).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    assert!(made.body["id"].as_str().unwrap().starts_with("ps_"));
+    let url = made.body["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{}/portal/open?code=", app.base)),
+        "{url}"
+    );
+    assert!(made.body["expires_at"].is_string());
+
+    portal_link(&app, "acct_000000000000000000000000", json!({}))
+        .await
+        .assert_error(404, "not_found");
+    for (field, bad) in [
+        ("expires_in", json!(0)),
+        ("expires_in", json!(3601)),
+        ("actions", json!(["delete"])),
+        ("return_url", json!("javascript:alert(1)")),
+        ("allowed_scopes", json!(["not a permission"])),
+        ("allowed_scopes", json!([])),
+    ] {
+        let answer = portal_link(&app, &account, json!({ field: bad })).await;
+        assert_eq!(answer.status, 400, "{field}: {}", answer.body);
+        assert_eq!(answer.body["field"], field, "{}", answer.body);
+    }
+    // A self-service key, even one that manages keys, cannot hand out portal links.
+    let (_, manager) = app
+        .create_key(&account, json!({"permissions": ["api_keys.*"]}))
+        .await;
+    let by_key = app
+        .call(
+            Method::POST,
+            "/v1/portal-sessions",
+            Some(&manager),
+            Some(json!({ "account_id": account })),
+        )
+        .await;
+    assert_eq!(by_key.status, 403, "{}", by_key.body);
+}
+
+#[tokio::test]
+async fn a_portal_link_works_once_and_its_session_sees_one_account() {
+    let app = spawn().await;
+    let mine = app.create_account("Acme", "pro").await;
+    let theirs = app.create_account("Globex", "pro").await;
+    let (their_key, _) = app
+        .create_key(&theirs, json!({"name": "Globex prod"}))
+        .await;
+    let made = portal_link(&app, &mine, json!({})).await;
+    let url = made.body["url"].as_str().unwrap().to_owned();
+    let session_id = made.body["id"].as_str().unwrap().to_owned();
+
+    let portal = PortalHttp::open(&app, &url).await;
+    // Used once: a second visit, a forged or a missing code find the expired-link page.
+    let forged = format!("{}/portal/open?code={}", app.base, "ab".repeat(32));
+    for again in [url.clone(), forged, format!("{}/portal/open", app.base)] {
+        let r = http().get(&again).send().await.unwrap();
+        assert_eq!(r.status(), 410, "{again}");
+        assert!(set_cookie(&r).is_empty());
+        assert!(r.text().await.unwrap().contains("This link has expired"));
+    }
+
+    // Create a key: 303 to its secret, shown once.
+    let created = portal
+        .post(
+            "/portal/keys",
+            &[
+                ("name", "CI"),
+                ("environment", "test"),
+                ("permission", "all"),
+                ("expiry", "30"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status(), 303);
+    let secret_path = location(&created);
+    assert!(secret_path.starts_with("/portal/keys/key_") && secret_path.ends_with("/secret"));
+    let key_id = secret_path
+        .trim_start_matches("/portal/keys/")
+        .trim_end_matches("/secret")
+        .to_owned();
+    let shown = portal.get(&secret_path).await;
+    assert_eq!(shown.status(), 200);
+    let html = shown.text().await.unwrap();
+    let start = html.find("kg_test_").expect("the secret is on the page");
+    let secret: String = html[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    assert_eq!(
+        app.forward_auth(Some(&secret), "GET", "/api/v1/invoices")
+            .await
+            .status,
+        204
+    );
+    assert_eq!(portal.get(&secret_path).await.status(), 410, "shown once");
+    let key = app
+        .admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None)
+        .await;
+    assert_eq!(key.body["account_id"], mine.as_str());
+    assert!(key.body["expires_at"].is_string());
+
+    // The keys table lists it; the other account's key is nowhere.
+    let page = portal.get("/portal").await.text().await.unwrap();
+    assert!(page.contains(&key_id) && page.contains("CI"));
+    assert!(!page.contains("Globex"));
+    assert!(
+        page.contains(r#"href="https://app.example.com/settings""#),
+        "back link"
+    );
+    for path in [
+        format!("/portal/keys/{their_key}"),
+        format!("/portal/keys/{their_key}/revoke"),
+    ] {
+        let r = portal.get(&path).await;
+        assert_eq!(r.status(), 404, "{path}");
+        assert!(!r.text().await.unwrap().contains("Globex"));
+    }
+    let revoke_theirs = portal
+        .post(&format!("/portal/keys/{their_key}/revoke"), &[])
+        .await;
+    assert_eq!(revoke_theirs.status(), 404);
+    let theirs_now = app
+        .admin(Method::GET, &format!("/v1/api-keys/{their_key}"), None)
+        .await;
+    assert_eq!(theirs_now.body["status"], "active");
+
+    // Revoke its own key.
+    let revoked = portal
+        .post(&format!("/portal/keys/{key_id}/revoke"), &[])
+        .await;
+    assert_eq!(revoked.status(), 303);
+    assert_eq!(
+        app.forward_auth(Some(&secret), "GET", "/api/v1/invoices")
+            .await
+            .status,
+        401
+    );
+
+    // Audited as the portal session, in the account.
+    let events = audit_actions(&app).await;
+    let actor = format!("portal:{session_id}");
+    for action in ["portal_session.open", "key.create", "key.revoke"] {
+        assert!(
+            events.iter().any(|e| e["action"] == action
+                && e["actor"] == actor.as_str()
+                && e["account_id"] == mine.as_str()),
+            "{action} by {actor}: {events:?}"
+        );
+    }
+
+    // Without the CSRF token nothing happens.
+    let forged_post = portal
+        .client
+        .post(app.url("/portal/keys"))
+        .header("cookie", format!("keygate_portal={}", portal.cookie))
+        .form(&[("name", "x"), ("permission", "all")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged_post.status(), 403);
+}
+
+#[tokio::test]
+async fn a_portal_session_opens_no_dashboard_page() {
+    let app = spawn().await;
+    let account = app.create_account("Acme", "pro").await;
+    let (key_id, _) = app.create_key(&account, json!({})).await;
+    let made = portal_link(&app, &account, json!({})).await;
+    let portal = PortalHttp::open(&app, made.body["url"].as_str().unwrap()).await;
+    // The portal secret under either cookie name, with the portal's CSRF token.
+    let cookies = format!("keygate_portal={0}; keygate_session={0}", portal.cookie);
+    let pages = [
+        "/dashboard".to_owned(),
+        "/dashboard/accounts".to_owned(),
+        format!("/dashboard/accounts/{account}"),
+        format!("/dashboard/accounts/{account}/keys/new"),
+        format!("/dashboard/keys/{key_id}"),
+        format!("/dashboard/keys/{key_id}/edit"),
+        format!("/dashboard/keys/{key_id}/revoke"),
+        format!("/dashboard/keys/{key_id}/rotate"),
+        format!("/dashboard/keys/{key_id}/secret"),
+    ];
+    for path in &pages {
+        let r = http()
+            .get(app.url(path))
+            .header("cookie", &cookies)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "{path}");
+        assert_eq!(location(&r), "/dashboard/sign-in", "{path}");
+    }
+    let posts = [
+        (
+            "/dashboard/accounts".to_owned(),
+            vec![("name", "Mallory"), ("plan", "pro")],
+        ),
+        (
+            format!("/dashboard/accounts/{account}/plan"),
+            vec![("plan", "unlimited")],
+        ),
+        (
+            format!("/dashboard/accounts/{account}/keys"),
+            vec![("name", "x"), ("access", "all")],
+        ),
+        (
+            format!("/dashboard/keys/{key_id}/edit"),
+            vec![("name", "renamed")],
+        ),
+        (format!("/dashboard/keys/{key_id}/revoke"), vec![]),
+        (format!("/dashboard/keys/{key_id}/rotate"), vec![]),
+        ("/dashboard/sign-out".to_owned(), vec![]),
+    ];
+    for (path, fields) in &posts {
+        let mut fields = fields.clone();
+        fields.push(("csrf", &portal.csrf));
+        let r = http()
+            .post(app.url(path))
+            .header("cookie", &cookies)
+            .form(&fields)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "{path}");
+        assert_eq!(location(&r), "/dashboard/sign-in", "{path}");
+    }
+    let key = app
+        .admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None)
+        .await;
+    assert_eq!(key.body["status"], "active");
+    assert_ne!(key.body["name"], "renamed");
+    let accounts = app.admin(Method::GET, "/v1/accounts", None).await;
+    assert_eq!(accounts.body["data"].as_array().unwrap().len(), 1);
+    // Nor the admin API: the cookie is no credential there.
+    let api = http()
+        .get(app.url("/v1/accounts"))
+        .header("cookie", &cookies)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+}
+
+#[tokio::test]
+async fn a_portal_session_does_only_what_its_link_allows() {
+    let app = spawn().await;
+    let account = app.create_account("Acme", "pro").await;
+    let (key_id, _) = app
+        .create_key(&account, json!({"permissions": ["invoices.read"]}))
+        .await;
+    let made = portal_link(
+        &app,
+        &account,
+        json!({"allowed_scopes": ["invoices.read", "clients.read"], "actions": ["create"]}),
+    )
+    .await;
+    let portal = PortalHttp::open(&app, made.body["url"].as_str().unwrap()).await;
+    let page = portal.get("/portal").await.text().await.unwrap();
+    assert!(page.contains(r#"value="invoices.read""#) && page.contains(r#"value="clients.read""#));
+    assert!(!page.contains(r#"value="all""#));
+    // A permission the link did not allow is refused with a message; an allowed one works.
+    let refused = portal
+        .post("/portal/keys", &[("name", "x"), ("permission", "all")])
+        .await;
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("may not hand out"));
+    let ok = portal
+        .post(
+            "/portal/keys",
+            &[("name", "reader"), ("permission", "clients.read")],
+        )
+        .await;
+    assert_eq!(ok.status(), 303);
+    // Neither revoke nor rotate was allowed.
+    let key_page = portal
+        .get(&format!("/portal/keys/{key_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!key_page.contains("Revoke") && !key_page.contains("Rotate key"));
+    assert_eq!(
+        portal
+            .post(&format!("/portal/keys/{key_id}/revoke"), &[])
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        portal
+            .post(&format!("/portal/keys/{key_id}/rotate"), &[("grace", "0")])
+            .await
+            .status(),
+        403
+    );
+    let key = app
+        .admin(Method::GET, &format!("/v1/api-keys/{key_id}"), None)
+        .await;
+    assert_eq!(key.body["status"], "active");
+}
+
+#[tokio::test]
+async fn the_portal_link_uses_the_public_url_and_the_portal_its_branding() {
+    let app = spawn_with(Options {
+        portal: keygate_server::PortalConfig {
+            public_url: Some("https://keys.example.com".into()),
+            product_name: Some("Invoicely".into()),
+            accent_color: Some("#0a7d55".into()),
+            support_url: Some("https://help.example.com/".into()),
+            frame_ancestors: Some("https://app.example.com".into()),
+        },
+        ..Options::default()
+    })
+    .await;
+    let account = app.create_account("Acme", "pro").await;
+    let made = portal_link(&app, &account, json!({})).await;
+    let url = made.body["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("https://keys.example.com/portal/open?code="),
+        "{url}"
+    );
+    let local = url.replace("https://keys.example.com", &app.base);
+    let portal = PortalHttp::open(&app, &local).await;
+    let page = portal.get("/portal").await;
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.ends_with("; frame-ancestors https://app.example.com"),
+        "{csp}"
+    );
+    assert!(page.headers().get("x-frame-options").is_none());
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Back to Invoicely"));
+    assert!(html.contains(r#"href="https://help.example.com/""#));
+    let brand = http()
+        .get(app.url("/portal/assets/brand.css"))
+        .send()
+        .await
+        .unwrap();
+    assert!(brand.text().await.unwrap().contains("--accent: #0a7d55"));
+    // Without the setting the portal cannot be framed, like the dashboard.
+    let plain = spawn().await;
+    let expired = http()
+        .get(plain.url("/portal/open?code=00"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expired.status(), 410);
+    assert_eq!(expired.headers()["x-frame-options"], "DENY");
+    assert!(expired.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_makes_uses_and_revokes_a_key_in_the_portal_in_the_browser() {
+    let app = spawn().await;
+    let account = app.create_account("Acme", "pro").await;
+    let made = portal_link(&app, &account, json!({})).await;
+    let url = made.body["url"].as_str().unwrap().to_owned();
+    with_browser(|c| async move {
+        c.goto(&url).await.unwrap();
+        assert_eq!(
+            path_of(&c).await,
+            "/portal",
+            "the code leaves the address bar"
+        );
+        shot(&c, "portal-01-empty").await;
+        fill(&c, "#name", "Zapier").await;
+        click(&c, "input[name=permission][value=all]").await;
+        follow(&c, "#create").await;
+        assert!(path_of(&c).await.ends_with("/secret"));
+        let secret = text(&c, "#new-secret").await;
+        assert!(secret.starts_with("kg_live_"), "{secret}");
+        shot(&c, "portal-02-secret").await;
+        assert_eq!(
+            app.forward_auth(Some(&secret), "GET", "/api/v1/invoices")
+                .await
+                .status,
+            204
+        );
+        follow(&c, "#stored").await;
+        assert!(text(&c, "#keys").await.contains("Zapier"));
+        follow(&c, "#keys a").await;
+        assert!(c.find(Locator::Css("svg")).await.is_ok(), "the usage chart");
+        follow(&c, "#revoke").await;
+        follow(&c, "#confirm-revoke").await;
+        assert!(text(&c, ".notice").await.contains("revoked"));
+        shot(&c, "portal-03-revoked").await;
+        assert_eq!(
+            app.forward_auth(Some(&secret), "GET", "/api/v1/invoices")
+                .await
+                .status,
+            401
+        );
+        // The link cannot be used twice.
+        c.goto(&url).await.unwrap();
+        assert_eq!(text(&c, "h1").await, "This link has expired");
     })
     .await;
 }

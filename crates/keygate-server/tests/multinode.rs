@@ -450,3 +450,173 @@ async fn a_missed_notification_is_repaired_by_the_cache_ttl() {
         ms(returned.elapsed())
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Browser sessions in the store
+
+/// A client that follows no redirect and keeps no cookies (the tests carry them).
+fn browser_like() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// `name=value` of the cookie `name` an answer sets.
+fn cookie_set(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .unwrap_or_else(|| panic!("no {name} cookie"))
+        .to_owned()
+}
+
+fn csrf_in(html: &str) -> String {
+    let marker = r#"name="csrf" value=""#;
+    let start = html.find(marker).expect("a CSRF field") + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+fn location_of(response: &reqwest::Response) -> String {
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+async fn get_with(node: &TestApp, path: &str, cookie: &str) -> reqwest::Response {
+    browser_like()
+        .get(node.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn post_with(
+    node: &TestApp,
+    path: &str,
+    cookie: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    browser_like()
+        .post(node.url(path))
+        .header("cookie", cookie)
+        .form(fields)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Signs in to `node`'s dashboard with the admin token: the session cookie.
+async fn dashboard_sign_in(node: &TestApp) -> String {
+    let form = browser_like()
+        .get(node.url("/dashboard/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let form_cookie = cookie_set(&form, "keygate_sign_in");
+    let csrf = csrf_in(&form.text().await.unwrap());
+    let signed = post_with(
+        node,
+        "/dashboard/sign-in",
+        &form_cookie,
+        &[("csrf", &csrf), ("credential", &node.admin_token)],
+    )
+    .await;
+    assert_eq!(signed.status(), 303);
+    cookie_set(&signed, "keygate_session")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dashboard_session_spans_nodes_and_restarts() {
+    let Some(deployment) = Deployment::new().await else {
+        return;
+    };
+    let nodes = deployment.nodes(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let account = account(a, "pro").await;
+
+    // Signed in through A, the session works on B.
+    let cookie = dashboard_sign_in(a).await;
+    let page = get_with(b, &format!("/dashboard/accounts/{account}"), &cookie).await;
+    assert_eq!(page.status(), 200);
+    let csrf = csrf_in(&page.text().await.unwrap());
+
+    // A key made through B shows its secret once on A (sealed in the stored session).
+    let created = post_with(
+        b,
+        &format!("/dashboard/accounts/{account}/keys"),
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("name", "CI"),
+            ("environment", "live"),
+            ("access", "all"),
+        ],
+    )
+    .await;
+    assert_eq!(created.status(), 303);
+    let secret_page = location_of(&created);
+    let shown = get_with(a, &secret_page, &cookie).await;
+    assert_eq!(shown.status(), 200);
+    assert!(shown.text().await.unwrap().contains("kg_live_"));
+    assert_eq!(get_with(b, &secret_page, &cookie).await.status(), 410);
+    // The store holds the session's digest, never the cookie's secret or the key's.
+    let stored: Vec<(Vec<u8>, String)> = sqlx::query_as("SELECT digest, data FROM sessions")
+        .fetch_all(&sqlx::PgPool::connect(&deployment.url).await.unwrap())
+        .await
+        .unwrap();
+    let secret = cookie.trim_start_matches("keygate_session=");
+    assert!(stored.iter().all(|(digest, data)| digest.len() == 32
+        && !data.contains(secret)
+        && !data.contains("kg_live_")));
+
+    // A node started afresh on the same database (a restart) continues the session.
+    drop(nodes);
+    let restarted = deployment.start(deployment.node().await).await;
+    let page = get_with(&restarted, "/dashboard/accounts", &cookie).await;
+    assert_eq!(page.status(), 200);
+
+    // Signing out on one node ends the session everywhere.
+    let out = post_with(
+        &restarted,
+        "/dashboard/sign-out",
+        &cookie,
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(out.status(), 303);
+    let after = get_with(&restarted, "/dashboard/accounts", &cookie).await;
+    assert_eq!(location_of(&after), "/dashboard/sign-in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_portal_link_is_used_once_across_nodes() {
+    let Some((_deployment, nodes)) = three_nodes().await else {
+        return;
+    };
+    let account = account(&nodes[0], "pro").await;
+    let made = nodes[0]
+        .admin(
+            Method::POST,
+            "/v1/portal-sessions",
+            Some(json!({ "account_id": account })),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    let url = made.body["url"].as_str().unwrap();
+    let path = &url[url.find("/portal/").unwrap()..];
+    // Every node tries the link at once: exactly one opens it.
+    let tries = nodes.iter().map(|node| get_with(node, path, ""));
+    let answers = futures::future::join_all(tries).await;
+    let opened: Vec<&reqwest::Response> = answers.iter().filter(|r| r.status() == 303).collect();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(answers.iter().filter(|r| r.status() == 410).count(), 2);
+    // Its session works on every node.
+    let cookie = cookie_set(opened[0], "keygate_portal");
+    for node in &nodes {
+        assert_eq!(get_with(node, "/portal", &cookie).await.status(), 200);
+    }
+}

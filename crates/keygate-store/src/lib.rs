@@ -10,6 +10,7 @@ mod hygiene;
 mod migrate;
 mod model;
 pub mod postgres;
+mod sessions;
 mod sql;
 pub mod sqlite;
 mod webhooks;
@@ -29,6 +30,7 @@ pub use webhooks::{
     EndpointPatch, EventSubject, ExpiryScan, WebhookEndpoint, WebhookEvent, WebhookSecret,
     WebhookStore, EVENT_TYPES,
 };
+pub use sessions::{SessionRecord, SessionStore};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -91,7 +93,7 @@ pub struct AccountQuery<'a> {
 
 /// Everything keygate keeps. Times are unix milliseconds.
 #[async_trait]
-pub trait Store: WebhookStore + Send + Sync + 'static {
+pub trait Store: SessionStore + WebhookStore + Send + Sync + 'static {
     /// Key changes committed by every node, for backends shared by several nodes; `None`
     /// where this process is the only writer.
     async fn change_feed(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>>;

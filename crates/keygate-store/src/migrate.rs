@@ -18,6 +18,7 @@ macro_rules! migrations {
             migration!($backend, 4, "key_changes"),
             migration!($backend, 5, "list_order"),
             migration!($backend, 6, "webhooks"),
+            migration!($backend, 7, "sessions"),
             migration!($backend, 8, "leaks_idle"),
         ]
     };

@@ -140,7 +140,7 @@ pub struct AuditEvent {
     pub seq: i64,
     pub at: i64,
     pub account_id: Option<String>,
-    /// `admin` or `key:<key id>`.
+    /// `admin`, `key:<key id>` or `portal:<portal session id>`.
     pub actor: String,
     /// `account.create`, `key.create`, `key.update`, `key.revoke`, `key.rotate`, …
     pub action: String,

@@ -116,3 +116,4 @@ crate::webhooks::webhook_sql!(
     sqlx::postgres::PgRow,
     " FOR UPDATE SKIP LOCKED"
 );
+crate::sessions::session_sql!(PostgresStore, sqlx::Postgres, sqlx::postgres::PgRow);

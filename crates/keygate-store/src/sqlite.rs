@@ -183,3 +183,4 @@ async fn prune_key_changes(pool: &SqlitePool) -> Result<()> {
 sql_store!(SqliteStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow);
 // One writer at a time (`BEGIN IMMEDIATE`) already keeps two claims apart.
 crate::webhooks::webhook_sql!(SqliteStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow, "");
+crate::sessions::session_sql!(SqliteStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow);

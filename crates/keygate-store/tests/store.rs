@@ -142,6 +142,7 @@ on_each_backend!(
     import_copies_records_as_they_are_and_can_run_again,
     bulk_import_and_usage_flush_span_several_statements,
     key_changes_reach_another_handle,
+    sessions_expire_are_taken_once_and_pruned,
 );
 
 // --- records -------------------------------------------------------------------------------
@@ -1872,4 +1873,106 @@ async fn key_changes_reach_another_handle(store: Arc<dyn Store>, db: TestDb) {
         };
     }
     assert!(keys.iter().all(|k| heard.contains_key(&k.digest.to_hex())));
+}
+
+// --- browser sessions ----------------------------------------------------------------------
+
+fn session(digest: u8, kind: &str, expires_at: i64) -> keygate_store::SessionRecord {
+    keygate_store::SessionRecord {
+        digest: [digest; 32],
+        id: format!("sess_{digest}"),
+        kind: kind.to_owned(),
+        account_id: Some("acct_1".into()),
+        csrf: "c".repeat(64),
+        data: json!({"principal": {"as": "admin"}}),
+        created_at: NOW,
+        expires_at,
+        ends_at: expires_at + 1000,
+    }
+}
+
+async fn sessions_expire_are_taken_once_and_pruned(store: Arc<dyn Store>, db: TestDb) {
+    let live = session(1, "dashboard", NOW + 60_000);
+    store.insert_session(&live).await.unwrap();
+    store
+        .insert_session(&session(2, "dashboard", NOW - 1))
+        .await
+        .unwrap();
+    store
+        .insert_session(&session(3, "portal_link", NOW + 60_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_session(&[1; 32], "dashboard", NOW).await.unwrap(),
+        Some(live.clone())
+    );
+    // Another kind, an expired one, an unknown digest: nothing.
+    assert_eq!(
+        store.get_session(&[1; 32], "portal", NOW).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get_session(&[2; 32], "dashboard", NOW).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get_session(&[9; 32], "dashboard", NOW).await.unwrap(),
+        None
+    );
+    // Touching moves the expiry, never past the end; data is replaced.
+    store
+        .touch_session(&[1; 32], NOW + 10_000_000)
+        .await
+        .unwrap();
+    store
+        .update_session_data(&[1; 32], &json!({"flash": "hi"}))
+        .await
+        .unwrap();
+    let other_node = db.open().await;
+    let seen = other_node
+        .get_session(&[1; 32], "dashboard", NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.expires_at, live.ends_at);
+    assert_eq!(seen.data, json!({"flash": "hi"}));
+    // A link is taken by exactly one of many concurrent takers.
+    let takers = (0..8).map(|i| {
+        let store = if i % 2 == 0 {
+            store.clone()
+        } else {
+            other_node.clone()
+        };
+        tokio::spawn(async move {
+            store
+                .take_session(&[3; 32], "portal_link", NOW)
+                .await
+                .unwrap()
+        })
+    });
+    let taken = futures_count(takers).await;
+    assert_eq!(taken, 1);
+    // Pruning deletes what has expired, and only that.
+    assert_eq!(store.prune_sessions(NOW).await.unwrap(), 1);
+    assert!(store
+        .get_session(&[1; 32], "dashboard", NOW)
+        .await
+        .unwrap()
+        .is_some());
+    store.delete_session(&[1; 32]).await.unwrap();
+    assert_eq!(
+        store.get_session(&[1; 32], "dashboard", NOW).await.unwrap(),
+        None
+    );
+}
+
+/// How many of `tasks` took something.
+async fn futures_count(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<Option<keygate_store::SessionRecord>>>,
+) -> usize {
+    let mut n = 0;
+    for t in tasks {
+        n += usize::from(t.await.unwrap().is_some());
+    }
+    n
 }

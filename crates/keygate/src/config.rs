@@ -190,6 +190,15 @@ pub struct Config {
     pub webhook_scan_seconds: u64,
     /// `key.expiring` lead times, days before `expires_at`.
     pub webhook_expiring_days: Vec<u32>,
+    /// The origin portal links start with (`https://keys.example.com`); by default the
+    /// scheme and host a `POST /v1/portal-sessions` came to.
+    pub public_url: Option<String>,
+    /// The customer portal's branding: product name, accent colour (`#rrggbb`), support link.
+    pub portal_product_name: Option<String>,
+    pub portal_accent_color: Option<String>,
+    pub portal_support_url: Option<String>,
+    /// CSP `frame-ancestors` sources allowed to embed the portal; unset: none may.
+    pub portal_frame_ancestors: Option<String>,
 }
 
 impl Default for Config {
@@ -239,6 +248,11 @@ impl Default for Config {
             webhook_poll_ms: 1000,
             webhook_scan_seconds: 60,
             webhook_expiring_days: vec![30, 7, 1],
+            public_url: None,
+            portal_product_name: None,
+            portal_accent_color: None,
+            portal_support_url: None,
+            portal_frame_ancestors: None,
         }
     }
 }
@@ -302,6 +316,14 @@ impl Config {
             (&mut self.admin_token, "KEYGATE_ADMIN_TOKEN"),
             (&mut self.verify_token, "KEYGATE_VERIFY_TOKEN"),
             (&mut self.pepper, "KEYGATE_PEPPER"),
+            (&mut self.public_url, "KEYGATE_PUBLIC_URL"),
+            (&mut self.portal_product_name, "KEYGATE_PORTAL_PRODUCT_NAME"),
+            (&mut self.portal_accent_color, "KEYGATE_PORTAL_ACCENT_COLOR"),
+            (&mut self.portal_support_url, "KEYGATE_PORTAL_SUPPORT_URL"),
+            (
+                &mut self.portal_frame_ancestors,
+                "KEYGATE_PORTAL_FRAME_ANCESTORS",
+            ),
         ] {
             if let Some(v) = env(name) {
                 *target = Some(v);
@@ -530,6 +552,45 @@ impl Config {
                 keygate_engine::SharedLimiter::new(url, on_failure).map_err(anyhow::Error::msg)
             })
             .transpose()
+    }
+
+    /// The customer portal's settings, checked; a bad one stops the start, naming it.
+    pub fn portal(&self) -> anyhow::Result<keygate_server::PortalConfig> {
+        let is_http_url = |u: &str| {
+            (u.starts_with("https://") || u.starts_with("http://"))
+                && !u.chars().any(|c| c.is_whitespace() || c.is_control())
+        };
+        if let Some(url) = &self.public_url {
+            if !is_http_url(url) || url.trim_end_matches('/').matches('/').count() > 2 {
+                bail!("public_url (KEYGATE_PUBLIC_URL) must be an origin such as https://keys.example.com, not {url:?}");
+            }
+        }
+        if let Some(url) = &self.portal_support_url {
+            if !is_http_url(url) {
+                bail!("portal_support_url (KEYGATE_PORTAL_SUPPORT_URL) must be an http(s) URL, not {url:?}");
+            }
+        }
+        if let Some(colour) = &self.portal_accent_color {
+            if !keygate_server::valid_accent_color(colour) {
+                bail!("portal_accent_color (KEYGATE_PORTAL_ACCENT_COLOR) must look like #2453c7, not {colour:?}");
+            }
+        }
+        if let Some(sources) = &self.portal_frame_ancestors {
+            if sources.trim().is_empty()
+                || sources
+                    .chars()
+                    .any(|c| c == ';' || c == ',' || c.is_control())
+            {
+                bail!("portal_frame_ancestors (KEYGATE_PORTAL_FRAME_ANCESTORS) must be CSP sources separated by spaces, not {sources:?}");
+            }
+        }
+        Ok(keygate_server::PortalConfig {
+            public_url: self.public_url.clone(),
+            product_name: self.portal_product_name.clone(),
+            accent_color: self.portal_accent_color.clone(),
+            support_url: self.portal_support_url.clone(),
+            frame_ancestors: self.portal_frame_ancestors.clone(),
+        })
     }
 
     /// `failed_auth_limit` as a rate limit; `None` when off.
@@ -942,6 +1003,69 @@ mod tests {
         let word =
             |n: &str| (n == "KEYGATE_CLIENT_IDLE_TIMEOUT_SECONDS").then(|| "soon".to_owned());
         assert!(Config::load(&ServeArgs::default(), &word).is_err());
+    }
+
+    #[test]
+    fn portal_settings_from_file_and_environment_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.toml");
+        std::fs::write(
+            &path,
+            "public_url = \"https://keys.example.com\"\nportal_product_name = \"Invoicely\"\nportal_accent_color = \"#0a7d55\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let env = |name: &str| match name {
+            "KEYGATE_PORTAL_SUPPORT_URL" => Some("https://help.example.com".to_owned()),
+            "KEYGATE_PORTAL_FRAME_ANCESTORS" => Some("https://app.example.com".to_owned()),
+            "KEYGATE_PUBLIC_URL" => Some("https://portal.example.com".to_owned()),
+            _ => None,
+        };
+        let portal = Config::load(&args, &env).unwrap().portal().unwrap();
+        assert_eq!(
+            portal.public_url.as_deref(),
+            Some("https://portal.example.com")
+        );
+        assert_eq!(portal.product_name.as_deref(), Some("Invoicely"));
+        assert_eq!(portal.accent_color.as_deref(), Some("#0a7d55"));
+        assert_eq!(
+            portal.support_url.as_deref(),
+            Some("https://help.example.com")
+        );
+        assert_eq!(
+            portal.frame_ancestors.as_deref(),
+            Some("https://app.example.com")
+        );
+        for (name, bad, says) in [
+            (
+                "KEYGATE_PORTAL_ACCENT_COLOR",
+                "red; } body { x",
+                "portal_accent_color",
+            ),
+            (
+                "KEYGATE_PUBLIC_URL",
+                "https://keys.example.com/portal",
+                "public_url",
+            ),
+            ("KEYGATE_PUBLIC_URL", "keys.example.com", "public_url"),
+            (
+                "KEYGATE_PORTAL_SUPPORT_URL",
+                "javascript:alert(1)",
+                "portal_support_url",
+            ),
+            (
+                "KEYGATE_PORTAL_FRAME_ANCESTORS",
+                "'self'; script-src *",
+                "portal_frame_ancestors",
+            ),
+        ] {
+            let env = |n: &str| (n == name).then(|| bad.to_owned());
+            let e = Config::load(&args, &env).unwrap().portal().unwrap_err();
+            assert!(e.to_string().contains(says), "{name}={bad}: {e}");
+        }
     }
 
     #[test]

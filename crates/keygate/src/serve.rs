@@ -101,6 +101,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             edge,
             permission_catalog,
             leaks,
+            portal: config.portal()?,
             ..HttpConfig::default()
         }),
     };

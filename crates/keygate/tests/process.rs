@@ -749,21 +749,24 @@ async fn dashboard_new_key_form(server: &Server, token: &str, account: &str) -> 
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let session_of = |r: &reqwest::Response| {
+    // `name=value` of the cookie `name` an answer sets: the sign-in form's CSRF cookie,
+    // then the session's.
+    let cookie_of = |r: &reqwest::Response, name: &str| {
         r.headers()
             .get_all("set-cookie")
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .find_map(|v| v.strip_prefix("keygate_session="))
-            .map(|v| format!("keygate_session={}", v.split(';').next().unwrap_or("")))
-            .expect("a session cookie")
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("a {name} cookie"))
     };
     let page = http
         .get(server.url("/dashboard/sign-in"))
         .send()
         .await
         .unwrap();
-    let cookie = session_of(&page);
+    let cookie = cookie_of(&page, "keygate_sign_in");
     let html = page.text().await.unwrap();
     let marker = r#"name="csrf" value=""#;
     let start = html.find(marker).expect("a CSRF field") + marker.len();
@@ -778,7 +781,7 @@ async fn dashboard_new_key_form(server: &Server, token: &str, account: &str) -> 
     assert_eq!(signed_in.status(), StatusCode::SEE_OTHER, "signed in");
     let form = http
         .get(server.url(&format!("/dashboard/accounts/{account}/keys/new")))
-        .header("cookie", session_of(&signed_in))
+        .header("cookie", cookie_of(&signed_in, "keygate_session"))
         .send()
         .await
         .unwrap();

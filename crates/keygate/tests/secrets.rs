@@ -257,6 +257,9 @@ impl Driver<'_> {
             if status == 201 && o.contains_key("key") {
                 o.insert("key".into(), json!("<the secret, shown once>"));
             }
+            if status == 201 && o.contains_key("url") {
+                o.insert("url".into(), json!("<the portal link, shown once>"));
+            }
         }
         self.calls += 1;
         self.evidence.add(
@@ -750,6 +753,34 @@ async fn scenario(
             println!("dashboard {p} answered {s}");
         }
     }
+    // The customer portal: a link made and opened (then refused) once per run. Its code
+    // is in no log (the access log records the path, not the query) and in the database
+    // only as a digest.
+    let (status, link) = d
+        .send(
+            "portal session",
+            http.post(a("/v1/portal-sessions"))
+                .bearer_auth(admin)
+                .json(&json!({ "account_id": acct })),
+        )
+        .await;
+    assert_eq!(status, 201, "{link}");
+    let url = link["url"].as_str().unwrap_or_default().to_owned();
+    let code = url.split("code=").nth(1).unwrap_or_default().to_owned();
+    assert_eq!(code.len(), 64, "{url}");
+    secrets.other("portal link code", &code);
+    let (opened, _) = d.send("portal link", http.get(&url)).await;
+    assert_eq!(opened, 303);
+    let cookie = d.cookies.join("; ");
+    let (page, _) = d
+        .send(
+            "portal page",
+            http.get(a("/portal")).header("cookie", cookie),
+        )
+        .await;
+    assert_eq!(page, 200);
+    let (again, _) = d.send("portal link again", http.get(&url)).await;
+    assert_eq!(again, 410);
     // Usage is flushed every second; let a flush happen, then scrape the metrics.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     d.send("metrics at the end", http.get(a("/metrics"))).await;

@@ -146,6 +146,9 @@ impl Caller {
             Actor::Key(key) if !key.permissions.covers(permissions) => Err(Error::Forbidden(
                 "a key cannot grant a permission it does not hold itself".into(),
             )),
+            Actor::Portal(p) if !p.allowed.covers(permissions) => Err(Error::Forbidden(
+                "this page may not hand out that permission".into(),
+            )),
             _ => Ok(()),
         }
     }
@@ -642,7 +645,7 @@ impl Engine {
     pub async fn key_info(&self, caller: &Caller) -> Result<KeyRecord> {
         match &caller.actor {
             Actor::Key(key) => self.visible_key(caller, key.id()).await,
-            Actor::Admin => Err(Error::Forbidden(
+            Actor::Admin | Actor::Portal(_) => Err(Error::Forbidden(
                 "key info describes the API key that makes the request; the admin token is not a key".into(),
             )),
         }

@@ -7,6 +7,7 @@ mod keys;
 mod leaks;
 mod pages;
 mod retire;
+pub mod portal;
 mod sign_in;
 mod usage;
 pub mod validate;
@@ -40,6 +41,8 @@ pub enum Actor {
     Admin,
     /// A self-service key: its own account, within its own permissions.
     Key(Arc<CachedKey>),
+    /// A customer on the hosted API Keys page: one account's keys, within the grant.
+    Portal(Arc<portal::PortalGrant>),
 }
 
 /// The actor and where the request came from (for the audit log).
@@ -74,6 +77,7 @@ impl Caller {
         match &self.actor {
             Actor::Admin => "admin".to_owned(),
             Actor::Key(k) => format!("key:{}", k.id()),
+            Actor::Portal(p) => format!("portal:{}", p.session_id),
         }
     }
 
@@ -82,13 +86,32 @@ impl Caller {
         match &self.actor {
             Actor::Admin => None,
             Actor::Key(k) => Some(k.account_id()),
+            Actor::Portal(p) => Some(&p.account_id),
         }
     }
 
     /// Refuses a key that lacks `resource.action`. The admin may do anything.
     fn require(&self, resource: &str, action: &str) -> Result<()> {
-        let Actor::Key(key) = &self.actor else {
-            return Ok(());
+        let key = match &self.actor {
+            Actor::Admin => return Ok(()),
+            // The portal reads its account's keys, and makes and revokes them as far as
+            // its link allows (a rotation needs both; the page also checks which of
+            // rotate and revoke it was).
+            Actor::Portal(grant) => {
+                use portal::PortalAction::{Create, Revoke, Rotate};
+                let allowed = match (resource, action) {
+                    ("api_keys", "read") => true,
+                    ("api_keys", "create") => grant.may(Create) || grant.may(Rotate),
+                    ("api_keys", "delete") => grant.may(Revoke) || grant.may(Rotate),
+                    _ => false,
+                };
+                return if allowed {
+                    Ok(())
+                } else {
+                    Err(Error::Refused(Outcome::InsufficientPermissions))
+                };
+            }
+            Actor::Key(key) => key,
         };
         let needed =
             Permission::concrete(resource, action).map_err(|e| Error::Internal(e.to_string()))?;

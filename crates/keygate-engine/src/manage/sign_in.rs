@@ -14,6 +14,7 @@ impl Engine {
     pub async fn record_sign_in(&self, caller: &Caller) -> Result<()> {
         let (account, target) = match &caller.actor {
             Actor::Admin => (None, None),
+            Actor::Portal(p) => (Some(p.account_id.as_str()), Some(p.session_id.as_str())),
             Actor::Key(k) => (Some(k.account_id()), Some(k.id())),
         };
         let event = caller.audit("dashboard.sign_in", account, target, json!({}))?;

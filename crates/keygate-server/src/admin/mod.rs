@@ -12,6 +12,7 @@ mod key_changes;
 mod keys;
 mod leaks;
 mod openapi;
+mod portal_sessions;
 pub(crate) mod verify;
 mod views;
 mod webhooks;
@@ -64,6 +65,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::rotate_secret))
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(webhooks::retry))
+        .routes(routes!(portal_sessions::create))
         .merge(forward_auth())
 }
 

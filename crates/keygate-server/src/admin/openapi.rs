@@ -212,6 +212,17 @@ field_schema!(
 );
 
 field_schema!(
+    /// Where the portal's "Back to …" link goes (`keygate_engine::manage::portal`'s check).
+    ReturnUrl => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some("An absolute http or https URL with a host, without spaces or control characters"))
+        .max_length(Some(2048))
+        .pattern(Some(format!(
+            r"^https?://[^/?#{WHITE_SPACE}\x00-\x1f\x7f-\x9f]+[^{WHITE_SPACE}\x00-\x1f\x7f-\x9f]*$"
+        )))
+);
+
+field_schema!(
     /// A plan name; the served document lists the configured plans (`document_bytes`).
     Plan => ObjectBuilder::new()
         .schema_type(Type::String)
@@ -259,6 +270,7 @@ field_schema!(
         (name = "verification", description = "Verifying keys for other services"),
         (name = "leaks", description = "Leaked-key reports from secret scanners (GitHub's signed partner endpoint) and operators"),
         (name = "webhooks", description = "Lifecycle webhooks (Standard Webhooks v1): endpoints and deliveries (operator only)"),
+        (name = "portal", description = "Links to the hosted API Keys page a customer manages their own keys on"),
     )
 )]
 pub struct ApiDoc;

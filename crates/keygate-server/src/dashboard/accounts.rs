@@ -110,7 +110,7 @@ async fn render_list(
             h2 { "Create an account" }
             (form_error(error))
             form.row-form method="post" action="/dashboard/accounts" {
-                (csrf_field(&ctx.session.csrf))
+                (csrf_field(ctx.session.csrf()))
                 div.field {
                     label for="account-name" { "Name" }
                     input #account-name type="text" name="name" required maxlength="200" placeholder="Acme Invoicing";
@@ -164,7 +164,8 @@ pub async fn create(Posted { ctx, form }: Posted) -> Page {
     };
     match ctx.engine().create_account(&ctx.caller, new).await {
         Ok(account) => {
-            ctx.flash(format!("Account “{}” created.", account.name));
+            ctx.flash(format!("Account “{}” created.", account.name))
+                .await;
             Ok(see_other(&format!("/dashboard/accounts/{}", account.id)))
         }
         Err(Error::Validation { message, .. }) => {
@@ -283,7 +284,7 @@ async fn render_show(
                     h2 { "Plan" }
                     (form_error(plan_error))
                     form.row-form method="post" action={"/dashboard/accounts/" (view.id) "/plan"} {
-                        (csrf_field(&ctx.session.csrf))
+                        (csrf_field(ctx.session.csrf()))
                         div.field {
                             label for="plan" { "Plan" }
                             select #plan name="plan" { (plan_options(ctx, &a.plan)) }
@@ -372,7 +373,8 @@ pub async fn change_plan(Path(id): Path<String>, Posted { ctx, form }: Posted) -
     };
     match ctx.engine().update_account(&ctx.caller, &id, patch).await {
         Ok(account) => {
-            ctx.flash(format!("Plan changed to {}.", account.plan));
+            ctx.flash(format!("Plan changed to {}.", account.plan))
+                .await;
             Ok(see_other(&format!("/dashboard/accounts/{id}")))
         }
         Err(Error::Validation { message, .. }) => {

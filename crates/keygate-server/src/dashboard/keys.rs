@@ -26,7 +26,7 @@ const DEFAULT_REFILL_EVERY: &str = "86400";
 
 /// An engine error that belongs above the form (the person can fix it), with its status;
 /// anything else becomes an error page.
-fn inline_error(e: Error) -> Result<(StatusCode, String), Failure> {
+pub(super) fn inline_error(e: Error) -> Result<(StatusCode, String), Failure> {
     match e {
         Error::Validation { message, .. } => Ok((StatusCode::BAD_REQUEST, message)),
         Error::Forbidden(m) => Ok((StatusCode::FORBIDDEN, m)),
@@ -373,7 +373,7 @@ async fn render_create(
         section.card {
             (form_error(error))
             form.key-form method="post" action={"/dashboard/accounts/" (account.id) "/keys"} {
-                (csrf_field(&ctx.session.csrf))
+                (csrf_field(ctx.session.csrf()))
                 div.field {
                     label for="name" { "Name" }
                     input #name type="text" name="name" required maxlength="200" value=(values.name)
@@ -433,10 +433,8 @@ pub async fn create(Path(account_id): Path<String>, Posted { ctx, form }: Posted
     };
     match attempt.await {
         Ok((record, secret)) => {
-            ctx.dash.sessions().put_reveal(
-                &ctx.session.id,
-                Reveal::new(record.id.clone(), secret, None),
-            );
+            ctx.put_reveal(Reveal::new(record.id.clone(), secret, None))
+                .await?;
             Ok(see_other(&format!("/dashboard/keys/{}/secret", record.id)))
         }
         Err(e) => {
@@ -455,7 +453,7 @@ pub async fn create(Path(account_id): Path<String>, Posted { ctx, form }: Posted
 pub async fn secret(ctx: Ctx, Path(key_id): Path<String>) -> Page {
     let key = ctx.engine().get_key(&ctx.caller, &key_id).await?;
     let account = account_view(&ctx, &key.account_id).await?;
-    let reveal = ctx.dash.sessions().take_reveal(&ctx.session.id, &key_id);
+    let reveal = ctx.take_reveal(&key_id).await?;
     let key_href = format!("/dashboard/keys/{}", key.id);
     let Some(reveal) = reveal else {
         let body = html! {
@@ -501,7 +499,7 @@ pub async fn secret(ctx: Ctx, Path(key_id): Path<String>) -> Page {
 }
 
 /// The one showing of a secret.
-fn reveal_body(
+pub(super) fn reveal_body(
     crumbs: Option<Markup>,
     key: &KeyRecord,
     secret: &str,
@@ -539,7 +537,7 @@ fn reveal_body(
     }
 }
 
-fn secret_response(markup: Markup) -> axum::response::Response {
+pub(super) fn secret_response(markup: Markup) -> axum::response::Response {
     let mut response = respond(StatusCode::OK, markup);
     response
         .headers_mut()
@@ -788,7 +786,7 @@ async fn render_edit(
         section.card {
             (form_error(error))
             form.key-form method="post" action={(href) "/edit"} {
-                (csrf_field(&ctx.session.csrf))
+                (csrf_field(ctx.session.csrf()))
                 div.field {
                     label for="name" { "Name" }
                     input #name type="text" name="name" required maxlength="200" value=(values.name);
@@ -868,7 +866,7 @@ pub async fn edit(Path(key_id): Path<String>, Posted { ctx, form }: Posted) -> P
     let key = ctx.engine().get_key(&ctx.caller, &key_id).await?;
     let result = match update_from(&form, &key) {
         Ok(update) if is_empty(&update) => {
-            ctx.flash("Nothing changed.");
+            ctx.flash("Nothing changed.").await;
             return Ok(see_other(&format!("/dashboard/keys/{key_id}")));
         }
         Ok(update) => ctx.engine().update_key(&ctx.caller, &key_id, update).await,
@@ -876,7 +874,8 @@ pub async fn edit(Path(key_id): Path<String>, Posted { ctx, form }: Posted) -> P
     };
     match result {
         Ok(updated) => {
-            ctx.flash(format!("Key {} updated.", updated.display_prefix));
+            ctx.flash(format!("Key {} updated.", updated.display_prefix))
+                .await;
             Ok(see_other(&format!("/dashboard/keys/{key_id}")))
         }
         Err(e) => {
@@ -908,7 +907,7 @@ pub async fn revoke_form(ctx: Ctx, Path(key_id): Path<String>) -> Page {
                     "Software that uses it stops working until it is given another key."
                 }
                 form method="post" action={(href) "/revoke"} {
-                    (csrf_field(&ctx.session.csrf))
+                    (csrf_field(ctx.session.csrf()))
                     div.actions {
                         button.danger #confirm-revoke type="submit" { "Revoke permanently" }
                         a.button href=(href) { "Cancel" }
@@ -929,11 +928,12 @@ pub async fn revoke_form(ctx: Ctx, Path(key_id): Path<String>) -> Page {
 /// `POST /dashboard/keys/{id}/revoke`.
 pub async fn revoke(Path(key_id): Path<String>, Posted { ctx, .. }: Posted) -> Page {
     let key = ctx.engine().revoke_key(&ctx.caller, &key_id).await?;
-    ctx.flash(format!("Key {} revoked.", key.display_prefix));
+    ctx.flash(format!("Key {} revoked.", key.display_prefix))
+        .await;
     Ok(see_other(&format!("/dashboard/keys/{key_id}")))
 }
 
-const GRACE_CHOICES: &[(&str, &str)] = &[
+pub(super) const GRACE_CHOICES: &[(&str, &str)] = &[
     ("0", "None: the old key stops working now"),
     ("3600", "1 hour"),
     ("86400", "24 hours"),
@@ -961,7 +961,7 @@ async fn render_rotate(ctx: &Ctx, key_id: &str, error: Option<&str>, status: Sta
             }
             (form_error(error))
             form method="post" action={(href) "/rotate"} {
-                (csrf_field(&ctx.session.csrf))
+                (csrf_field(ctx.session.csrf()))
                 div.field {
                     label for="grace" { "Grace period for the old key" }
                     select #grace name="grace" {
@@ -995,7 +995,7 @@ pub async fn rotate(Path(key_id): Path<String>, Posted { ctx, form }: Posted) ->
             // The session's own key just stopped working, and the session with it: show
             // the new secret in this answer (there is no next page to carry it to) and
             // sign out. Reloading re-sends a form whose session is gone: nothing happens.
-            ctx.dash.sessions().remove(&ctx.session.id);
+            ctx.end_session().await?;
             let body = reveal_body(
                 None,
                 &rotated.key,
@@ -1015,10 +1015,8 @@ pub async fn rotate(Path(key_id): Path<String>, Posted { ctx, form }: Posted) ->
         }
         Ok(rotated) => {
             let new_id = rotated.key.id.clone();
-            ctx.dash.sessions().put_reveal(
-                &ctx.session.id,
-                Reveal::new(new_id.clone(), rotated.secret, Some(key_id)),
-            );
+            ctx.put_reveal(Reveal::new(new_id.clone(), rotated.secret, Some(key_id)))
+                .await?;
             Ok(see_other(&format!("/dashboard/keys/{new_id}/secret")))
         }
         Err(e) => {

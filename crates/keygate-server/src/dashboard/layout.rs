@@ -7,7 +7,7 @@ use keygate_engine::manage::KeyStatus;
 use maud::{html, Markup, DOCTYPE};
 
 use super::csrf;
-use super::session::Principal;
+use super::Principal;
 
 /// What the shell shows around a page: who is signed in, the sign-out form, a notice.
 #[derive(Default)]
@@ -26,19 +26,28 @@ pub enum Nav {
     Webhooks,
 }
 
+/// The `<head>` of every page: `base` is where the assets are served (`/dashboard`,
+/// `/portal`); `brand` a stylesheet of the operator's branding.
+pub fn head(title: &str, product: &str, base: &str, brand: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            meta name="referrer" content="no-referrer";
+            title { (title) " · " (product) }
+            link rel="icon" href="data:,";
+            link rel="stylesheet" href={(base) "/assets/dashboard.css"};
+            @if brand { link rel="stylesheet" href={(base) "/assets/brand.css"}; }
+            script src={(base) "/assets/dashboard.js"} defer {}
+        }
+    }
+}
+
 pub fn page(title: &str, chrome: &Chrome, nav: Nav, content: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="referrer" content="no-referrer";
-                title { (title) " · keygate" }
-                link rel="icon" href="data:,";
-                link rel="stylesheet" href="/dashboard/assets/dashboard.css";
-                script src="/dashboard/assets/dashboard.js" defer {}
-            }
+            (head(title, "keygate", "/dashboard", false))
             body {
                 a.skip href="#main" { "Skip to content" }
                 header.topbar {

@@ -4,9 +4,9 @@
 //!
 //! - Sign-in with the admin token (every account) or a self-service key holding
 //!   `api_keys.read` or more (its own account only; the engine enforces what it may do).
-//! - Server-side sessions in memory ([`session`]): they do not survive a restart and are not
-//!   shared between nodes. CSRF synchronizer token on every form ([`csrf`]). Failed sign-ins
-//!   are throttled per client address ([`throttle`]) and audited.
+//! - Server-side sessions in the store ([`session`]): any node continues them and a restart
+//!   ends none. CSRF synchronizer token on every form ([`csrf`]). Failed sign-ins count
+//!   against the failed-authentication throttle every listener shares, and are audited.
 //! - Handlers call the engine exactly as the JSON API does; engine errors are rendered as
 //!   HTML pages from the JSON API's own mapping (`error.rs`) by [`html_errors`].
 //! - A new secret is shown once: POST → 303 → a page that takes it out of the session.
@@ -19,15 +19,15 @@ mod csrf;
 mod forms;
 mod keys;
 mod layout;
+pub mod portal;
 mod session;
 mod sign_in;
-mod throttle;
 mod webhooks;
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{from_fn, Next};
@@ -35,42 +35,61 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use keygate_engine::manage::{Actor, Caller, KeyStatus};
-use keygate_engine::{now_ms, Error};
+use keygate_engine::{now_ms, CachedKey, Error};
+use serde::{Deserialize, Serialize};
 
 pub use self::catalog::{CatalogError, PermissionCatalog};
 use self::layout::{error_page, Chrome};
-use self::session::{Principal, SessionStore, SessionView};
-use self::throttle::SignInThrottle;
+pub use self::portal::PortalConfig;
+use self::session::{Reveal, SessionView};
 use crate::edge::request_ip;
 use crate::{ApiError, AppState};
 
-/// The dashboard's state: the API's state plus sessions and the sign-in throttle.
+/// The dashboard's state: the API's state (sessions are in the store).
 #[derive(Clone)]
 pub struct Dash {
     app: AppState,
-    inner: Arc<Inner>,
 }
 
-struct Inner {
-    sessions: SessionStore,
-    throttle: SignInThrottle,
+/// Who a signed-in session acts as.
+#[derive(Clone, Debug)]
+pub enum Principal {
+    Admin,
+    /// A self-service key, as it is now; the session ends when it changes (see [`Stored`]).
+    Key(Arc<CachedKey>),
 }
 
-impl Dash {
-    fn sessions(&self) -> &SessionStore {
-        &self.inner.sessions
+/// Who a session acts as, as the store keeps it: a key session remembers what the key was
+/// at sign-in, and lasts only while it still is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "as", rename_all = "lowercase")]
+enum Stored {
+    Admin,
+    Key {
+        key_id: String,
+        permissions: Vec<String>,
+        ip_allowlist: Vec<String>,
+        expires_at: Option<i64>,
+    },
+}
+
+impl Stored {
+    fn of(principal: &Principal) -> Stored {
+        match principal {
+            Principal::Admin => Stored::Admin,
+            Principal::Key(k) => Stored::Key {
+                key_id: k.id().to_owned(),
+                permissions: k.record.permissions.clone(),
+                ip_allowlist: k.record.ip_allowlist.clone(),
+                expires_at: k.record.expires_at,
+            },
+        }
     }
 }
 
 /// The dashboard's routes, to be nested at `/dashboard`.
 pub fn router(app: AppState) -> Router<AppState> {
-    let dash = Dash {
-        app,
-        inner: Arc::new(Inner {
-            sessions: SessionStore::default(),
-            throttle: SignInThrottle::default(),
-        }),
-    };
+    let dash = Dash { app };
     Router::new()
         .route("/", get(index))
         .route("/sign-in", get(sign_in::show).post(sign_in::submit))
@@ -151,15 +170,17 @@ pub struct Ctx {
     pub session: SessionView,
     pub principal: Principal,
     pub caller: Caller,
+    /// The session's one-time notice, taken when a page (GET) was asked for.
+    flash: Option<String>,
 }
 
 impl Ctx {
-    /// The shell of a page, taking the session's one-time notice.
+    /// The shell of a page, with the session's one-time notice.
     pub fn chrome(&self) -> Chrome {
         Chrome {
             principal: Some(self.principal.clone()),
-            csrf: Some(self.session.csrf.clone()),
-            flash: self.dash.sessions().take_flash(&self.session.id),
+            csrf: Some(self.session.csrf().to_owned()),
+            flash: self.flash.clone(),
         }
     }
 
@@ -187,65 +208,120 @@ impl Ctx {
         matches!(self.principal, Principal::Admin)
     }
 
-    pub fn flash(&self, message: impl Into<String>) {
-        self.dash.sessions().set_flash(&self.session.id, message);
+    /// A notice for the next page. Losing one is not worth failing the action for.
+    pub async fn flash(&self, message: impl Into<String>) {
+        let mut session = self.session.clone();
+        if let Err(e) = session.set_flash(self.engine(), message.into()).await {
+            tracing::warn!(error = %e, "could not keep a dashboard notice");
+        }
     }
+
+    /// Keeps a new secret for its one showing on the next page.
+    pub async fn put_reveal(&self, reveal: Reveal) -> Result<(), Failure> {
+        let mut session = self.session.clone();
+        Ok(session.put_reveal(self.engine(), reveal).await?)
+    }
+
+    pub async fn take_reveal(&self, key_id: &str) -> Result<Option<Reveal>, Failure> {
+        let mut session = self.session.clone();
+        Ok(session.take_reveal(self.engine(), key_id).await?)
+    }
+
+    /// Ends this session (sign-out, or its key is gone).
+    pub async fn end_session(&self) -> Result<(), Failure> {
+        Ok(self.engine().end_session(&self.session.secret).await?)
+    }
+}
+
+/// The signed-in dashboard session a request's cookie names, if any, and who it acts as.
+/// A key session whose key changed since sign-in is ended here.
+pub async fn signed_in_session(
+    parts: &Parts,
+    dash: &Dash,
+) -> Result<Option<(SessionView, Principal, Caller)>, Failure> {
+    let Some(secret) = session::id_from_cookies(&parts.headers) else {
+        return Ok(None);
+    };
+    let engine = &dash.app.engine;
+    let Some(record) = engine
+        .session(&secret, session::KIND, session::LIFETIME.idle_ms)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let view = SessionView { secret, record };
+    let ip = request_ip(parts, &dash.app);
+    let stored: Option<Stored> = view
+        .record
+        .data
+        .get("principal")
+        .and_then(|p| serde_json::from_value(p.clone()).ok());
+    let (principal, caller) = match stored {
+        Some(Stored::Admin) => (Principal::Admin, Caller::admin(ip)),
+        Some(stored @ Stored::Key { .. }) => match current_key(dash, &stored, ip).await? {
+            Some(key) => {
+                let caller = Caller {
+                    actor: Actor::Key(key.clone()),
+                    client_ip: ip,
+                };
+                (Principal::Key(key), caller)
+            }
+            None => {
+                engine.end_session(&view.secret).await?;
+                return Ok(None);
+            }
+        },
+        None => return Ok(None),
+    };
+    Ok(Some((view, principal, caller)))
 }
 
 impl FromRequestParts<Dash> for Ctx {
     type Rejection = Failure;
 
     async fn from_request_parts(parts: &mut Parts, dash: &Dash) -> Result<Self, Failure> {
-        let id = session::id_from_cookies(&parts.headers).ok_or(Failure::SignIn)?;
-        let session = dash.sessions().get(&id).ok_or(Failure::SignIn)?;
-        let principal = session.principal.clone().ok_or(Failure::SignIn)?;
-        let ip = request_ip(parts, &dash.app);
-        let caller = match &principal {
-            Principal::Admin => Caller::admin(ip),
-            Principal::Key(key) => {
-                let caller = Caller {
-                    actor: Actor::Key(key.clone()),
-                    client_ip: ip,
-                };
-                if !still_valid(dash, &caller, key).await? {
-                    dash.sessions().remove(&id);
-                    return Err(Failure::SignIn);
-                }
-                caller
-            }
+        let (mut session, principal, caller) = signed_in_session(parts, dash)
+            .await?
+            .ok_or(Failure::SignIn)?;
+        // Only a page shows the notice; a form POST leaves it for the page it leads to.
+        let flash = match parts.method {
+            axum::http::Method::GET => session.take_flash(&dash.app.engine).await?,
+            _ => None,
         };
         Ok(Ctx {
             dash: dash.clone(),
             session,
             principal,
             caller,
+            flash,
         })
     }
 }
 
 /// A key session lasts only while its key is what it was at sign-in: still active, same
-/// permissions, allowlist and expiry, and the request comes from an allowed address. The
-/// session holds the key as it verified then, so any change ends it.
-async fn still_valid(
+/// permissions, allowlist and expiry, and the request comes from an allowed address.
+/// The key as it is now, or `None` when the session must end.
+async fn current_key(
     dash: &Dash,
-    caller: &Caller,
-    key: &keygate_engine::CachedKey,
-) -> Result<bool, Failure> {
-    let address_ok = match caller.client_ip {
+    stored: &Stored,
+    ip: Option<std::net::IpAddr>,
+) -> Result<Option<Arc<CachedKey>>, Failure> {
+    let Stored::Key { key_id, .. } = stored else {
+        return Ok(None);
+    };
+    let record = match dash.app.engine.get_key(&Caller::admin(ip), key_id).await {
+        Ok(record) => record,
+        Err(Error::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let key = Arc::new(CachedKey::described(record));
+    let address_ok = match ip {
         Some(ip) => key.ip_allowlist.allows(ip),
         None => key.ip_allowlist.is_empty(),
     };
-    if !address_ok {
-        return Ok(false);
-    }
-    match dash.app.engine.get_key(caller, key.id()).await {
-        Ok(now) => Ok(KeyStatus::of(&now, now_ms()) == KeyStatus::Active
-            && now.permissions == key.record.permissions
-            && now.ip_allowlist == key.record.ip_allowlist
-            && now.expires_at == key.record.expires_at),
-        Err(Error::NotFound(_) | Error::Refused(_) | Error::Unauthenticated(_)) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    let unchanged = Stored::of(&Principal::Key(key.clone())) == *stored;
+    let active = KeyStatus::of(&key.record, now_ms()) == KeyStatus::Active;
+    Ok((address_ok && unchanged && active).then_some(key))
 }
 
 /// A form POST from a signed-in session whose CSRF token matches.
@@ -261,7 +337,7 @@ impl FromRequest<Dash> for Posted {
         let (mut parts, body) = req.into_parts();
         let ctx = Ctx::from_request_parts(&mut parts, dash).await?;
         let form = read_form(parts, body, dash).await?;
-        if !csrf::matches(&ctx.session.csrf, form.get(csrf::FIELD)) {
+        if !csrf::matches(ctx.session.csrf(), form.get(csrf::FIELD)) {
             return Err(Failure::Page(Box::new(csrf_refused())));
         }
         Ok(Posted { ctx, form })
@@ -307,14 +383,7 @@ async fn read_form(
 
 /// Was this request made over TLS (directly, or through a trusted proxy that says so)?
 pub fn is_https(parts: &Parts, dash: &Dash) -> bool {
-    if parts.uri.scheme_str() == Some("https") {
-        return true;
-    }
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0);
-    keygate_edge::client_ip::forwarded_https(peer, &parts.headers, &dash.app.http.trusted_proxies)
+    crate::edge::is_https(parts, &dash.app)
 }
 
 async fn index(ctx: Ctx) -> Response {
@@ -338,19 +407,24 @@ async fn method_not_allowed() -> Response {
     )
 }
 
-/// Every dashboard answer: no framing, no referrer, no inline script, no caching (pages
-/// carry CSRF tokens, account data and, once, a secret).
-async fn security_headers(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
+/// The dashboard's and the portal's headers: no referrer, no inline script or style, no
+/// caching (pages carry CSRF tokens, account data and, once, a secret), and no framing
+/// unless `frame_ancestors` names who may (the portal's `portal_frame_ancestors`).
+fn set_security_headers(response: &mut Response, frame_ancestors: Option<&str>) {
+    const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+        img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'";
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    let policy =
+        |ancestors: &str| HeaderValue::from_str(&format!("{POLICY}; frame-ancestors {ancestors}"));
+    // A value a header cannot carry (the configuration is checked at start) frames nothing.
+    let framed = frame_ancestors.and_then(|a| policy(a).ok());
+    let may_be_framed = framed.is_some();
+    if let Some(csp) = framed.or_else(|| policy("'none'").ok()) {
+        h.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    if !may_be_framed {
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
@@ -361,6 +435,11 @@ async fn security_headers(request: Request, next: Next) -> Response {
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
+}
+
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    set_security_headers(&mut response, None);
     response
 }
 

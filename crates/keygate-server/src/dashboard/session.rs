@@ -1,47 +1,131 @@
-//! Server-side sessions: an opaque random id in a cookie, everything else in memory here.
+//! Server-side sessions in the store (through the engine), shared by every node and kept
+//! across restarts: the browser holds a random secret in a cookie, the store its digest,
+//! the CSRF token, who the session acts as and a one-time notice.
 //!
-//! Sessions live in this process only: they do not survive a restart and are not shared
-//! between nodes (behind a load balancer, pin the dashboard to one node or sign in again).
-//! A session starts anonymous (it carries the CSRF token of the sign-in form) and gets a new
-//! id when it signs in, so an id planted before sign-in is worth nothing after it.
+//! A new secret waits for its one showing (POST → 303 → the secret page, maybe on another
+//! node) sealed in the session: ChaCha20-Poly1305 under a key derived from the session's
+//! own cookie secret, which the store never sees, so the database alone cannot open it.
+//!
+//! The sign-in form has no session yet: its CSRF token is a double-submit cookie.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
-
-use keygate_core::key::random_hex;
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use hmac::{Hmac, Mac};
+use keygate_core::key::{random_hex, to_hex};
 use keygate_core::ApiKeySecret;
-use keygate_engine::CachedKey;
+use keygate_engine::sessions::{Lifetime, Session};
+use keygate_engine::{now_ms, Engine, Error};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::Sha256;
 
-/// The cookie that carries the session id.
+/// The dashboard's session cookie.
 pub const COOKIE: &str = "keygate_session";
-/// A signed-in session ends after this long without a request…
-pub const IDLE: Duration = Duration::from_secs(30 * 60);
-/// …and after this long in any case.
-pub const ABSOLUTE: Duration = Duration::from_secs(12 * 3600);
-/// An anonymous session (a sign-in form not yet sent) ends after this long.
-pub const ANONYMOUS: Duration = Duration::from_secs(15 * 60);
+/// The sign-in form's double-submit CSRF cookie.
+pub const SIGN_IN_COOKIE: &str = "keygate_sign_in";
+/// Dashboard sessions end after 30 minutes without a request, 12 hours in any case.
+pub const LIFETIME: Lifetime = Lifetime {
+    idle_ms: 30 * 60 * 1000,
+    absolute_ms: 12 * 3600 * 1000,
+};
+pub const KIND: &str = "dashboard";
 /// A secret waiting for its one showing is dropped after this long if not fetched.
-pub const REVEAL: Duration = Duration::from_secs(120);
-/// Most sessions held; past it, anonymous sessions are evicted oldest first, so a flood
-/// of sign-in page loads cannot push signed-in operators out.
-const MAX_ANONYMOUS: usize = 10_000;
+pub const REVEAL_MS: i64 = 120_000;
 
-/// Who a signed-in session acts as.
-#[derive(Clone, Debug)]
-pub enum Principal {
-    Admin,
-    /// A self-service key, as it verified at sign-in. Rechecked on every request.
-    Key(Arc<CachedKey>),
+/// A live session as a request sees it: the cookie secret and the stored record.
+#[derive(Clone)]
+pub struct SessionView {
+    pub secret: String,
+    pub record: Session,
 }
 
-/// A new secret waiting to be shown once (create or rotate → 303 → this page).
+impl SessionView {
+    pub fn csrf(&self) -> &str {
+        &self.record.csrf
+    }
+
+    /// Writes `edit`'s change to the session's data.
+    async fn edit(
+        &mut self,
+        engine: &Engine,
+        edit: impl FnOnce(&mut serde_json::Map<String, Value>),
+    ) -> Result<(), Error> {
+        if !self.record.data.is_object() {
+            self.record.data = Value::Object(Default::default());
+        }
+        if let Value::Object(map) = &mut self.record.data {
+            edit(map);
+        }
+        engine
+            .set_session_data(&self.record, &self.record.data)
+            .await
+    }
+
+    /// The one-line notice for the next page ("Key revoked.").
+    pub async fn set_flash(&mut self, engine: &Engine, message: String) -> Result<(), Error> {
+        self.edit(engine, |m| {
+            m.insert("flash".into(), Value::String(message));
+        })
+        .await
+    }
+
+    /// Takes the waiting notice, if any (one write only when there is one).
+    pub async fn take_flash(&mut self, engine: &Engine) -> Result<Option<String>, Error> {
+        let flash = self
+            .record
+            .data
+            .get("flash")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if flash.is_some() {
+            self.edit(engine, |m| {
+                m.remove("flash");
+            })
+            .await?;
+        }
+        Ok(flash)
+    }
+
+    /// Keeps `reveal` sealed for the one page that shows it (replacing any unshown one).
+    pub async fn put_reveal(&mut self, engine: &Engine, reveal: Reveal) -> Result<(), Error> {
+        let sealed = seal(&self.secret, &reveal)?;
+        self.edit(engine, |m| {
+            m.insert("reveal".into(), sealed);
+        })
+        .await
+    }
+
+    /// Takes the waiting secret of `key_id`, if it is still fresh. It is gone afterwards.
+    pub async fn take_reveal(
+        &mut self,
+        engine: &Engine,
+        key_id: &str,
+    ) -> Result<Option<Reveal>, Error> {
+        let Some(sealed) = self.record.data.get("reveal") else {
+            return Ok(None);
+        };
+        let Some(reveal) = open(&self.secret, sealed) else {
+            return Ok(None);
+        };
+        if reveal.key_id != key_id {
+            // A different key's secret waits; leave it for its own page.
+            return Ok(None);
+        }
+        self.edit(engine, |m| {
+            m.remove("reveal");
+        })
+        .await?;
+        Ok((now_ms() - reveal.at <= REVEAL_MS).then_some(reveal))
+    }
+}
+
+/// A new secret waiting to be shown once (create or rotate → 303 → the secret page).
 pub struct Reveal {
     pub key_id: String,
     pub secret: ApiKeySecret,
     /// The key a rotation replaced.
     pub rotated_from: Option<String>,
-    at: Instant,
+    at: i64,
 }
 
 impl Reveal {
@@ -50,205 +134,104 @@ impl Reveal {
             key_id,
             secret,
             rotated_from,
-            at: Instant::now(),
+            at: now_ms(),
         }
     }
 }
 
-struct Session {
-    csrf: String,
-    principal: Option<Principal>,
-    created: Instant,
-    last_seen: Instant,
-    reveal: Option<Reveal>,
-    flash: Option<String>,
+#[derive(Serialize, Deserialize)]
+struct SealedReveal {
+    key_id: String,
+    rotated_from: Option<String>,
+    at: i64,
+    nonce: String,
+    sealed: String,
 }
 
-impl Session {
-    fn new(principal: Option<Principal>) -> Option<Session> {
-        let now = Instant::now();
-        Some(Session {
-            csrf: random_hex(32).ok()?,
-            principal,
-            created: now,
-            last_seen: now,
-            reveal: None,
-            flash: None,
-        })
-    }
-
-    fn expired(&self, now: Instant) -> bool {
-        match self.principal {
-            None => now.duration_since(self.created) > ANONYMOUS,
-            Some(_) => {
-                now.duration_since(self.last_seen) > IDLE
-                    || now.duration_since(self.created) > ABSOLUTE
-            }
-        }
-    }
+/// The sealing key: HMAC-SHA256 of a fixed label under the session's cookie secret.
+fn cipher(session_secret: &str) -> Option<ChaCha20Poly1305> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(session_secret.as_bytes()).ok()?;
+    mac.update(b"keygate session reveal v1");
+    let key = mac.finalize().into_bytes();
+    Some(ChaCha20Poly1305::new(Key::from_slice(&key)))
 }
 
-/// What a request learns about its session.
-#[derive(Clone)]
-pub struct SessionView {
-    pub id: String,
-    pub csrf: String,
-    pub principal: Option<Principal>,
+fn seal(session_secret: &str, reveal: &Reveal) -> Result<Value, Error> {
+    let internal = || Error::Internal("cannot seal a new secret for its showing".into());
+    let cipher = cipher(session_secret).ok_or_else(internal)?;
+    let nonce_hex = random_hex(12).map_err(|_| internal())?;
+    let nonce = keygate_core::key::from_hex(&nonce_hex).ok_or_else(internal)?;
+    let sealed = cipher
+        .encrypt(Nonce::from_slice(&nonce), reveal.secret.expose().as_bytes())
+        .map_err(|_| internal())?;
+    serde_json::to_value(SealedReveal {
+        key_id: reveal.key_id.clone(),
+        rotated_from: reveal.rotated_from.clone(),
+        at: reveal.at,
+        nonce: nonce_hex,
+        sealed: to_hex(&sealed),
+    })
+    .map_err(|_| internal())
 }
 
-#[derive(Default)]
-pub struct SessionStore {
-    sessions: Mutex<HashMap<String, Session>>,
+fn open(session_secret: &str, value: &Value) -> Option<Reveal> {
+    let sealed: SealedReveal = serde_json::from_value(value.clone()).ok()?;
+    let nonce = keygate_core::key::from_hex(&sealed.nonce).filter(|n| n.len() == 12)?;
+    let bytes = keygate_core::key::from_hex(&sealed.sealed)?;
+    let plain = cipher(session_secret)?
+        .decrypt(Nonce::from_slice(&nonce), bytes.as_slice())
+        .ok()?;
+    Some(Reveal {
+        key_id: sealed.key_id,
+        secret: ApiKeySecret::new_unchecked(String::from_utf8(plain).ok()?),
+        rotated_from: sealed.rotated_from,
+        at: sealed.at,
+    })
 }
 
-fn new_id() -> Option<String> {
-    random_hex(32).ok()
-}
-
-impl SessionStore {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Session>> {
-        // A panic while holding the lock leaves the map consistent (no multi-step edits).
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The live session `id` names; refreshes its idle timer. An expired one is removed.
-    pub fn get(&self, id: &str) -> Option<SessionView> {
-        let mut map = self.lock();
-        let now = Instant::now();
-        let session = map.get_mut(id)?;
-        if session.expired(now) {
-            map.remove(id);
-            return None;
-        }
-        session.last_seen = now;
-        Some(SessionView {
-            id: id.to_owned(),
-            csrf: session.csrf.clone(),
-            principal: session.principal.clone(),
-        })
-    }
-
-    /// A new anonymous session (for the sign-in form). `None` if randomness failed.
-    pub fn start_anonymous(&self) -> Option<SessionView> {
-        let session = Session::new(None)?;
-        let id = new_id()?;
-        let view = SessionView {
-            id: id.clone(),
-            csrf: session.csrf.clone(),
-            principal: None,
-        };
-        let mut map = self.lock();
-        Self::make_room(&mut map);
-        map.insert(id, session);
-        Some(view)
-    }
-
-    /// Signs in: drops the anonymous session `previous` and starts a new one under a
-    /// fresh id and CSRF token.
-    pub fn sign_in(&self, previous: Option<&str>, principal: Principal) -> Option<SessionView> {
-        let session = Session::new(Some(principal.clone()))?;
-        let id = new_id()?;
-        let view = SessionView {
-            id: id.clone(),
-            csrf: session.csrf.clone(),
-            principal: Some(principal),
-        };
-        let mut map = self.lock();
-        if let Some(old) = previous {
-            map.remove(old);
-        }
-        map.insert(id, session);
-        Some(view)
-    }
-
-    pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
-    }
-
-    /// Keeps `reveal` for the one page that shows it (replacing any unshown one).
-    pub fn put_reveal(&self, id: &str, reveal: Reveal) {
-        if let Some(s) = self.lock().get_mut(id) {
-            s.reveal = Some(reveal);
-        }
-    }
-
-    /// Takes the waiting secret of `key_id`, if it is still fresh. It is gone afterwards.
-    pub fn take_reveal(&self, id: &str, key_id: &str) -> Option<Reveal> {
-        let mut map = self.lock();
-        let session = map.get_mut(id)?;
-        let reveal = session.reveal.take()?;
-        if reveal.key_id != key_id {
-            // A different key's secret waits; leave it for its own page.
-            session.reveal = Some(reveal);
-            return None;
-        }
-        (reveal.at.elapsed() <= REVEAL).then_some(reveal)
-    }
-
-    /// A one-line notice for the next page ("Key revoked.").
-    pub fn set_flash(&self, id: &str, message: impl Into<String>) {
-        if let Some(s) = self.lock().get_mut(id) {
-            s.flash = Some(message.into());
-        }
-    }
-
-    pub fn take_flash(&self, id: &str) -> Option<String> {
-        self.lock().get_mut(id)?.flash.take()
-    }
-
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn make_room(map: &mut HashMap<String, Session>) {
-        let anonymous = map.values().filter(|s| s.principal.is_none()).count();
-        if anonymous < MAX_ANONYMOUS {
-            return;
-        }
-        let now = Instant::now();
-        map.retain(|_, s| !s.expired(now));
-        let mut anon: Vec<(String, Instant)> = map
-            .iter()
-            .filter(|(_, s)| s.principal.is_none())
-            .map(|(id, s)| (id.clone(), s.created))
-            .collect();
-        if anon.len() < MAX_ANONYMOUS {
-            return;
-        }
-        anon.sort_by_key(|(_, created)| *created);
-        let excess = anon.len() + 1 - MAX_ANONYMOUS;
-        for (id, _) in anon.into_iter().take(excess) {
-            map.remove(&id);
-        }
-    }
-}
-
-/// The session id in a request's `Cookie` headers, if any.
-pub fn id_from_cookies(headers: &axum::http::HeaderMap) -> Option<String> {
+/// The value of cookie `name` in a request's `Cookie` headers, if it looks like ours
+/// (hex, at most 128 characters).
+pub fn from_cookies(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value.trim().to_owned())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// `Set-Cookie` for a session: HttpOnly, SameSite=Strict, scoped to the dashboard, Secure
-/// when the client reached us over TLS. No Max-Age: it ends with the browser, and the
-/// server ends it sooner.
-pub fn cookie(id: &str, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{COOKIE}={id}; Path=/dashboard; HttpOnly; SameSite=Strict{secure}")
+/// The dashboard session secret in a request's cookies.
+pub fn id_from_cookies(headers: &axum::http::HeaderMap) -> Option<String> {
+    from_cookies(headers, COOKIE)
 }
 
-/// `Set-Cookie` that deletes the session cookie.
-pub fn clear_cookie(secure: bool) -> String {
+/// `Set-Cookie` for `name`: HttpOnly, `same_site`, scoped to `path`, Secure when the
+/// client reached us over TLS. No Max-Age: it ends with the browser, and the server ends
+/// it sooner.
+pub fn cookie_for(name: &str, value: &str, path: &str, same_site: &str, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
-    format!("{COOKIE}=; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age=0{secure}")
+    format!("{name}={value}; Path={path}; HttpOnly; SameSite={same_site}{secure}")
+}
+
+/// `Set-Cookie` that deletes cookie `name`.
+pub fn clear_cookie_for(name: &str, path: &str, same_site: &str, secure: bool) -> String {
+    format!(
+        "{}; Max-Age=0",
+        cookie_for(name, "", path, same_site, secure)
+    )
+}
+
+/// The dashboard session cookie: SameSite=Strict (no flow reaches the dashboard from
+/// another site).
+pub fn cookie(id: &str, secure: bool) -> String {
+    cookie_for(COOKIE, id, "/dashboard", "Strict", secure)
+}
+
+pub fn clear_cookie(secure: bool) -> String {
+    clear_cookie_for(COOKIE, "/dashboard", "Strict", secure)
 }
 
 #[cfg(test)]
@@ -256,45 +239,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sign_in_replaces_the_anonymous_session() {
-        let store = SessionStore::default();
-        let anon = store.start_anonymous().unwrap();
-        assert!(store.get(&anon.id).unwrap().principal.is_none());
-        let signed = store.sign_in(Some(&anon.id), Principal::Admin).unwrap();
-        assert_ne!(signed.id, anon.id);
-        assert_ne!(signed.csrf, anon.csrf);
-        assert!(store.get(&anon.id).is_none());
-        assert!(matches!(
-            store.get(&signed.id).unwrap().principal,
-            Some(Principal::Admin)
-        ));
-        store.remove(&signed.id);
-        assert!(store.get(&signed.id).is_none());
-    }
-
-    #[test]
-    fn a_secret_is_revealed_once() {
-        let store = SessionStore::default();
-        let s = store.sign_in(None, Principal::Admin).unwrap();
-        let secret = ApiKeySecret::new_unchecked("kg_test_x".into());
-        store.put_reveal(&s.id, Reveal::new("key_1".into(), secret, None));
-        assert!(store.take_reveal(&s.id, "key_2").is_none());
-        assert_eq!(
-            store.take_reveal(&s.id, "key_1").unwrap().secret.expose(),
-            "kg_test_x"
+    fn a_sealed_secret_opens_only_with_its_session_secret() {
+        let reveal = Reveal::new(
+            "key_1".into(),
+            ApiKeySecret::new_unchecked("kg_test_x".into()),
+            None,
         );
-        assert!(store.take_reveal(&s.id, "key_1").is_none());
-    }
-
-    #[test]
-    fn anonymous_sessions_are_bounded() {
-        let store = SessionStore::default();
-        let admin = store.sign_in(None, Principal::Admin).unwrap();
-        for _ in 0..MAX_ANONYMOUS + 10 {
-            store.start_anonymous().unwrap();
-        }
-        assert!(store.len() <= MAX_ANONYMOUS + 1);
-        assert!(store.get(&admin.id).is_some());
+        let sealed = seal("aa11", &reveal).unwrap();
+        assert!(!sealed.to_string().contains("kg_test_x"));
+        assert_eq!(open("aa11", &sealed).unwrap().secret.expose(), "kg_test_x");
+        assert!(open("aa12", &sealed).is_none());
     }
 
     #[test]

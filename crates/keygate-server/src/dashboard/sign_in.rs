@@ -10,13 +10,15 @@ use keygate_engine::Error;
 use maud::html;
 
 use super::layout::{csrf_field, form_error, page, respond, Chrome, Nav};
-use super::session::{self, Principal, SessionView};
-use super::{csrf, is_https, read_form, see_other, Dash, Posted};
+use super::session;
+use super::{csrf, is_https, read_form, see_other, Dash, Posted, Principal, Stored};
 use crate::edge::request_ip;
 use crate::ApiError;
-use keygate_edge::authenticate;
+use keygate_edge::{authenticate, AuthFailed};
+use keygate_engine::sessions::NewSession;
+use serde_json::json;
 
-fn form(session: &SessionView, error: Option<&str>) -> maud::Markup {
+fn form(token: &str, error: Option<&str>) -> maud::Markup {
     let body = html! {
         section.card.narrow {
             h1 { "Sign in" }
@@ -27,7 +29,7 @@ fn form(session: &SessionView, error: Option<&str>) -> maud::Markup {
             }
             (form_error(error))
             form method="post" action="/dashboard/sign-in" {
-                (csrf_field(&session.csrf))
+                (csrf_field(token))
                 div.field {
                     label for="credential" { "Admin token or API key" }
                     input #credential type="password" name="credential" required
@@ -50,19 +52,25 @@ fn with_cookie(mut response: Response, cookie: &str) -> Response {
     response
 }
 
-/// The anonymous session of this browser, or a new one (with its cookie to set).
-fn anonymous_session(parts: &Parts, dash: &Dash) -> Option<(SessionView, Option<String>)> {
-    let existing = session::id_from_cookies(&parts.headers)
-        .and_then(|id| dash.sessions().get(&id))
-        .filter(|s| s.principal.is_none());
-    match existing {
-        Some(s) => Some((s, None)),
-        None => {
-            let s = dash.sessions().start_anonymous()?;
-            let cookie = session::cookie(&s.id, is_https(parts, dash));
-            Some((s, Some(cookie)))
-        }
-    }
+fn sign_in_cookie(token: &str, https: bool) -> String {
+    session::cookie_for(
+        session::SIGN_IN_COOKIE,
+        token,
+        "/dashboard",
+        "Strict",
+        https,
+    )
+}
+
+/// The sign-in form with a fresh double-submit token (cookie and hidden field).
+fn fresh_form(status: StatusCode, error: Option<&str>, https: bool) -> Response {
+    let Ok(token) = keygate_engine::sessions::new_secret() else {
+        return internal();
+    };
+    with_cookie(
+        respond(status, form(&token, error)),
+        &sign_in_cookie(&token, https),
+    )
 }
 
 fn internal() -> Response {
@@ -71,19 +79,10 @@ fn internal() -> Response {
 
 /// `GET /dashboard/sign-in`.
 pub async fn show(State(dash): State<Dash>, parts: Parts) -> Response {
-    let signed_in = session::id_from_cookies(&parts.headers)
-        .and_then(|id| dash.sessions().get(&id))
-        .is_some_and(|s| s.principal.is_some());
-    if signed_in {
-        return see_other("/dashboard");
-    }
-    let Some((session, cookie)) = anonymous_session(&parts, &dash) else {
-        return internal();
-    };
-    let response = respond(StatusCode::OK, form(&session, None));
-    match cookie {
-        Some(c) => with_cookie(response, &c),
-        None => response,
+    match super::signed_in_session(&parts, &dash).await {
+        Ok(Some(_)) => see_other("/dashboard"),
+        Ok(None) => fresh_form(StatusCode::OK, None, is_https(&parts, &dash)),
+        Err(failure) => failure.into_response(),
     }
 }
 
@@ -109,62 +108,37 @@ fn refusal(error: &ApiError) -> (&'static str, &'static str) {
     }
 }
 
-/// `POST /dashboard/sign-in`: throttled per address, audited either way.
+/// `POST /dashboard/sign-in`: audited either way; a failure counts against the
+/// failed-authentication throttle of the client's address (see `edge/middleware.rs`).
 pub async fn submit(State(dash): State<Dash>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let ip = request_ip(&parts, &dash.app);
     let https = is_https(&parts, &dash);
-    let anonymous = session::id_from_cookies(&parts.headers)
-        .and_then(|id| dash.sessions().get(&id))
-        .filter(|s| s.principal.is_none());
+    let token = session::from_cookies(&parts.headers, session::SIGN_IN_COOKIE);
     let form_data = match read_form(parts.clone(), body, &dash).await {
         Ok(f) => f,
         Err(failure) => return failure.into_response(),
     };
-    // Without the anonymous session whose token the form carries, start over.
-    let Some(anonymous) = anonymous else {
-        let Some((fresh, cookie)) = anonymous_session(&parts, &dash) else {
-            return internal();
-        };
-        let response = respond(
+    // Without the cookie whose token the form carries, start over.
+    let Some(token) = token else {
+        return fresh_form(
             StatusCode::FORBIDDEN,
-            form(
-                &fresh,
-                Some("The sign-in form expired (or cookies are off). Please try again."),
-            ),
+            Some("The sign-in form expired (or cookies are off). Please try again."),
+            https,
         );
-        return match cookie {
-            Some(c) => with_cookie(response, &c),
-            None => response,
-        };
     };
-    if !csrf::matches(&anonymous.csrf, form_data.get(csrf::FIELD)) {
+    if !csrf::matches(&token, form_data.get(csrf::FIELD)) {
         return super::csrf_refused();
-    }
-    if let Some(wait) = dash.inner.throttle.blocked_for(ip) {
-        let mut response = respond(
-            StatusCode::TOO_MANY_REQUESTS,
-            form(
-                &anonymous,
-                Some(&format!(
-                    "Too many failed sign-ins from your address. Try again in {wait} seconds."
-                )),
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        return response;
     }
     let Some(credential) = form_data.get("credential") else {
         return respond(
             StatusCode::BAD_REQUEST,
-            form(&anonymous, Some("Enter the admin token or an API key.")),
+            form(&token, Some("Enter the admin token or an API key.")),
         );
     };
     let refused = match authenticate(&dash.app.engine, &dash.app.admin, credential, ip).await {
         Ok(caller) => match may_manage(&caller) {
-            true => return signed_in(&dash, &anonymous, caller, https).await,
+            true => return signed_in(&dash, caller, https).await,
             false => (
                 "not_a_key_manager",
                 "Sign-in failed: this key cannot manage API keys (it needs api_keys.read or api_keys.*).",
@@ -177,37 +151,56 @@ pub async fn submit(State(dash): State<Dash>, request: Request) -> Response {
         Err(e) => refusal(&e),
     };
     let (reason, message) = refused;
-    dash.inner.throttle.note_failure(ip);
     if let Err(e) = dash.app.engine.record_failed_sign_in(ip, reason).await {
         tracing::warn!(error = %e, "could not audit a failed dashboard sign-in");
     }
     tracing::info!(reason, client_ip = ?ip, "dashboard sign-in refused");
-    respond(StatusCode::FORBIDDEN, form(&anonymous, Some(message)))
+    let mut response = respond(StatusCode::FORBIDDEN, form(&token, Some(message)));
+    response.extensions_mut().insert(AuthFailed);
+    response
 }
 
 /// The operator, or a key that may at least read its account's keys.
 fn may_manage(caller: &Caller) -> bool {
     match &caller.actor {
         Actor::Admin => true,
+        Actor::Portal(_) => false,
         Actor::Key(key) => Permission::concrete("api_keys", "read")
             .is_ok_and(|needed| key.permissions.allows(&needed)),
     }
 }
 
-async fn signed_in(dash: &Dash, anonymous: &SessionView, caller: Caller, https: bool) -> Response {
+async fn signed_in(dash: &Dash, caller: Caller, https: bool) -> Response {
     let principal = match &caller.actor {
-        Actor::Admin => Principal::Admin,
         Actor::Key(key) => Principal::Key(key.clone()),
+        _ => Principal::Admin,
     };
-    let Some(session) = dash.sessions().sign_in(Some(&anonymous.id), principal) else {
-        return internal();
+    let started = dash
+        .app
+        .engine
+        .start_session(NewSession {
+            kind: session::KIND,
+            id_prefix: "sess",
+            id: None,
+            account_id: match &principal {
+                Principal::Admin => None,
+                Principal::Key(k) => Some(k.account_id().to_owned()),
+            },
+            data: json!({ "principal": Stored::of(&principal) }),
+            lifetime: session::LIFETIME,
+        })
+        .await;
+    let (secret, _) = match started {
+        Ok(s) => s,
+        Err(e) => return ApiError::Engine(e).into_response(),
     };
     if let Err(e) = dash.app.engine.record_sign_in(&caller).await {
         tracing::warn!(error = %e, "could not audit a dashboard sign-in");
     }
+    let response = with_cookie(see_other("/dashboard"), &session::cookie(&secret, https));
     with_cookie(
-        see_other("/dashboard"),
-        &session::cookie(&session.id, https),
+        response,
+        &session::clear_cookie_for(session::SIGN_IN_COOKIE, "/dashboard", "Strict", https),
     )
 }
 
@@ -219,7 +212,9 @@ pub async fn sign_out(State(dash): State<Dash>, request: Request) -> Response {
         Ok(p) => p,
         Err(failure) => return failure.into_response(),
     };
-    dash.sessions().remove(&posted.ctx.session.id);
+    if let Err(failure) = posted.ctx.end_session().await {
+        return failure.into_response();
+    }
     with_cookie(
         see_other("/dashboard/sign-in"),
         &session::clear_cookie(https),

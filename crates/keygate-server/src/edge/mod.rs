@@ -22,3 +22,15 @@ pub fn request_ip(parts: &Parts, state: &AppState) -> Option<IpAddr> {
         .map(|c| c.0);
     client_ip(peer, &parts.headers, &state.http.trusted_proxies)
 }
+
+/// Was this request made over TLS (directly, or through a trusted proxy that says so)?
+pub fn is_https(parts: &Parts, state: &AppState) -> bool {
+    if parts.uri.scheme_str() == Some("https") {
+        return true;
+    }
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    keygate_edge::client_ip::forwarded_https(peer, &parts.headers, &state.http.trusted_proxies)
+}

@@ -39,6 +39,7 @@ pub struct Options {
     pub permission_catalog: PermissionCatalog,
     /// Leak reports: the action and GitHub's key list.
     pub leaks: keygate_server::LeakConfig,
+    pub portal: keygate_server::PortalConfig,
 }
 
 impl Default for Options {
@@ -53,6 +54,7 @@ impl Default for Options {
             failed_auth: None,
             permission_catalog: PermissionCatalog::default(),
             leaks: keygate_server::LeakConfig::default(),
+            portal: keygate_server::PortalConfig::default(),
         }
     }
 }
@@ -168,6 +170,7 @@ pub async fn spawn_node(node: Node, options: Options, dir: tempfile::TempDir) ->
                 .map(|l| Arc::new(keygate_engine::FailureThrottle::new(l))),
             permission_catalog: options.permission_catalog,
             leaks: options.leaks,
+            portal: options.portal,
             ..HttpConfig::default()
         }),
     };
