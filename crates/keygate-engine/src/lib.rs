@@ -20,6 +20,7 @@ mod pepper_check;
 mod ratelimit;
 mod shared_limit;
 mod store_health;
+mod permission_usage;
 mod usage;
 mod verify;
 

@@ -8,6 +8,7 @@
 mod error;
 mod migrate;
 mod model;
+mod permission_usage;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -17,8 +18,8 @@ use keygate_core::{Environment, KeyDigest};
 
 pub use error::StoreError;
 pub use model::{
-    Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, Quota, RateLimit, Refill, SeenIp,
-    UsageCount, UsageUpdate,
+    Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, PermissionCount, PermissionUse, Quota,
+    RateLimit, Refill, SeenIp, UsageCount, UsageUpdate,
 };
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -155,8 +156,10 @@ pub trait Store: Send + Sync + 'static {
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<()>;
     /// Counts of one key with `from <= bucket < to`, oldest first.
     async fn usage_counts(&self, key_id: &str, from: i64, to: i64) -> Result<Vec<UsageCount>>;
-    /// Deletes counts older than `before`; returns how many rows went.
+    /// Deletes counts (and permission counts) older than `before`; returns how many rows went.
     async fn prune_usage(&self, before: i64) -> Result<u64>;
+    /// Allowed requests of one key per permission in days from `from` on, by permission.
+    async fn permission_usage(&self, key_id: &str, from: i64) -> Result<Vec<PermissionUse>>;
     /// Appends an audit event that goes with no other change (e.g. a failed sign-in).
     async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
     /// Audit events matching `query`, newest first.

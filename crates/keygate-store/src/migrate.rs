@@ -17,6 +17,7 @@ macro_rules! migrations {
             migration!($backend, 3, "quota_refill"),
             migration!($backend, 4, "key_changes"),
             migration!($backend, 5, "list_order"),
+            migration!($backend, 11, "permission_usage", "0011_permission_usage"),
         ]
     };
 }
@@ -35,6 +36,14 @@ macro_rules! migration {
                 $name,
                 ".sql"
             )),
+        }
+    };
+    // Numbers from 10 on are not padded by the arm above: the file is named in full.
+    ($backend:literal, $version:literal, $name:literal, $file:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../migrations/", $backend, "/", $file, ".sql")),
         }
     };
 }

@@ -5,6 +5,7 @@
 mod accounts;
 mod keys;
 mod pages;
+mod permission_usage;
 mod sign_in;
 mod usage;
 pub mod validate;
@@ -22,6 +23,7 @@ use crate::{now_ms, Engine, Error, Result};
 
 pub use accounts::{AccountPatch, NewAccount};
 pub use keys::{KeyStatus, KeyUpdate, NewKey, Rotated};
+pub use permission_usage::{PermissionUsageReport, DEFAULT_DAYS as DEFAULT_PERMISSION_USAGE_DAYS};
 pub use pages::{AccountFilter, KeyFilter, Page, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
 pub use usage::{Granularity, UsageBucket, UsageReport};
 
@@ -85,6 +87,8 @@ impl Caller {
         let needed =
             Permission::concrete(resource, action).map_err(|e| Error::Internal(e.to_string()))?;
         if key.permissions.allows(&needed) {
+            // For the least-privilege report: the key used this permission.
+            key.usage.count_permission(&needed, now_ms());
             Ok(())
         } else {
             Err(Error::Refused(Outcome::InsufficientPermissions))

@@ -10,6 +10,7 @@ mod health;
 mod key_changes;
 mod keys;
 mod openapi;
+mod permission_usage;
 pub(crate) mod verify;
 mod views;
 
@@ -47,6 +48,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::rotate))
         .routes(routes!(keys::usage))
+        .routes(routes!(permission_usage::permission_usage))
         .routes(routes!(keys::audit_log))
         .routes(routes!(verify::key_info))
         .routes(routes!(verify::verify))

@@ -19,6 +19,7 @@ mod csrf;
 mod forms;
 mod keys;
 mod layout;
+mod least_privilege;
 mod session;
 mod sign_in;
 mod throttle;
@@ -90,6 +91,7 @@ pub fn router(app: AppState) -> Router<AppState> {
             get(keys::rotate_form).post(keys::rotate),
         )
         .route("/keys/{id}/secret", get(keys::secret))
+        .route("/keys/{id}/narrow", post(least_privilege::narrow))
         .route("/assets/dashboard.css", get(assets::css))
         .route("/assets/dashboard.js", get(assets::js))
         .fallback(not_found)

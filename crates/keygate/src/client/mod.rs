@@ -33,6 +33,7 @@ mod http;
 mod keys;
 mod output;
 mod pages;
+mod permission_usage;
 mod parse;
 mod table;
 
