@@ -121,7 +121,10 @@ mod tests {
     #[test]
     fn unused_grants_are_named() {
         assert_eq!(
-            report(&["invoices.*", "clients.read", "webhooks.*"], &["invoice.read"]),
+            report(
+                &["invoices.*", "clients.read", "webhooks.*"],
+                &["invoice.read"]
+            ),
             (
                 vec!["clients.read".into(), "webhooks.*".into()],
                 vec!["invoices.read".into()]

@@ -17,10 +17,10 @@ mod ids;
 pub mod manage;
 mod metrics;
 mod pepper_check;
+mod permission_usage;
 mod ratelimit;
 mod shared_limit;
 mod store_health;
-mod permission_usage;
 mod usage;
 mod verify;
 

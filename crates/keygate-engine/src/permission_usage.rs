@@ -90,7 +90,13 @@ impl PermissionCounters {
 }
 
 /// Adds `count` requests at up to `last` to the (hour, permission) entry of `pending`.
-pub(crate) fn add(pending: &mut Pending, hour: i64, permission: &Permission, count: i64, last: i64) {
+pub(crate) fn add(
+    pending: &mut Pending,
+    hour: i64,
+    permission: &Permission,
+    count: i64,
+    last: i64,
+) {
     match pending
         .iter_mut()
         .find(|(h, p, _, _)| *h == hour && p == permission)

@@ -574,7 +574,12 @@ mod tests {
         u.record(Outcome::RateLimited, None, None, H + 7);
         u.record(Outcome::Valid, None, None, H + HOUR_MS + 1);
         // A clock that went back: counted in its own hour.
-        u.record(Outcome::InvalidKey(InvalidReason::Revoked), None, None, H + 9);
+        u.record(
+            Outcome::InvalidKey(InvalidReason::Revoked),
+            None,
+            None,
+            H + 9,
+        );
         assert_eq!(
             counts(&u),
             vec![
@@ -626,7 +631,12 @@ mod tests {
             ]
         );
         for i in 0..20u8 {
-            u.record(Outcome::Valid, None, Some(IpAddr::from([10, 0, 0, i])), H + 10);
+            u.record(
+                Outcome::Valid,
+                None,
+                Some(IpAddr::from([10, 0, 0, i])),
+                H + 10,
+            );
         }
         assert_eq!(u.recent_ips().len(), RECENT_IPS);
     }
@@ -741,16 +751,34 @@ mod tests {
         let cell = recorder.cell(&record_with_id("key_p".into()));
         let p = |s: &str| Permission::parse_concrete(s).unwrap();
         for t in 1..=3 {
-            recorder.record(&cell, Outcome::Valid, Some(&p("invoices.read")), None, H + t);
+            recorder.record(
+                &cell,
+                Outcome::Valid,
+                Some(&p("invoices.read")),
+                None,
+                H + t,
+            );
         }
         recorder.record(&cell, Outcome::Valid, None, None, H + 4);
         let next = H + HOUR_MS;
-        recorder.record(&cell, Outcome::Valid, Some(&p("invoices.send")), None, next + 1);
+        recorder.record(
+            &cell,
+            Outcome::Valid,
+            Some(&p("invoices.send")),
+            None,
+            next + 1,
+        );
         for i in 0..20 {
             let permission = p(&format!("r{i}.read"));
             recorder.record(&cell, Outcome::Valid, Some(&permission), None, next + 2);
         }
-        recorder.record(&cell, Outcome::Valid, Some(&p("invoices.read")), None, next + 5);
+        recorder.record(
+            &cell,
+            Outcome::Valid,
+            Some(&p("invoices.read")),
+            None,
+            next + 5,
+        );
         let pending = cell.unflushed_permissions();
         assert_eq!(pending.len(), 22, "{pending:?}");
         let read = pending
@@ -771,7 +799,13 @@ mod tests {
         assert!(cell.unflushed_permissions().is_empty());
         assert!(cell.is_flushed());
         // The next flush adds to the same day's rows.
-        recorder.record(&cell, Outcome::Valid, Some(&p("invoices.read")), None, next + 9);
+        recorder.record(
+            &cell,
+            Outcome::Valid,
+            Some(&p("invoices.read")),
+            None,
+            next + 9,
+        );
         recorder.flush(&store).await.unwrap();
         let stored = store.permission_usage("key_p", 0).await.unwrap();
         let read = stored

@@ -1569,7 +1569,9 @@ async fn narrowing_to_the_suggestion_needs_the_csrf_token_and_the_suggestion_sho
         json!(["clients.read", "invoices.*"])
     );
 
-    let done = session.post(&narrow, &[("suggested", "invoices.read")]).await;
+    let done = session
+        .post(&narrow, &[("suggested", "invoices.read")])
+        .await;
     assert_eq!(done.status(), 303);
     assert_eq!(location(&done), format!("/dashboard/keys/{id}"));
     assert_eq!(permissions_of(&app, &id).await, json!(["invoices.read"]));
@@ -1605,7 +1607,9 @@ async fn the_key_page_narrows_to_the_suggestion_in_the_browser() {
             .unwrap();
         assert_eq!(text(&c, "#unused-grants").await, "clients.read");
         assert_eq!(text(&c, "#suggested").await, "invoices.read");
-        assert!(text(&c, "#permission-usage").await.contains("invoices.read"));
+        assert!(text(&c, "#permission-usage")
+            .await
+            .contains("invoices.read"));
         shot(&c, "key-least-privilege").await;
         follow(&c, "#narrow").await;
         assert_eq!(path_of(&c).await, format!("/dashboard/keys/{id}"));

@@ -23,8 +23,8 @@ use crate::{now_ms, Engine, Error, Result};
 
 pub use accounts::{AccountPatch, NewAccount};
 pub use keys::{KeyStatus, KeyUpdate, NewKey, Rotated};
-pub use permission_usage::{PermissionUsageReport, DEFAULT_DAYS as DEFAULT_PERMISSION_USAGE_DAYS};
 pub use pages::{AccountFilter, KeyFilter, Page, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
+pub use permission_usage::{PermissionUsageReport, DEFAULT_DAYS as DEFAULT_PERMISSION_USAGE_DAYS};
 pub use usage::{Granularity, UsageBucket, UsageReport};
 
 /// Who is asking.

@@ -61,7 +61,9 @@ impl Engine {
         let mut by_permission: BTreeMap<String, (i64, i64)> = BTreeMap::new();
         let stored = self.store.permission_usage(&key.id, from).await?;
         let unflushed = self.usage.cell(&key).unflushed_permissions();
-        let rows = stored.into_iter().map(|u| (u.permission, u.requests, u.last_used_at));
+        let rows = stored
+            .into_iter()
+            .map(|u| (u.permission, u.requests, u.last_used_at));
         let unflushed = unflushed
             .into_iter()
             .filter(|c| c.bucket >= from)
@@ -79,7 +81,11 @@ impl Engine {
                 last_used_at,
             })
             .collect();
-        used.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.permission.cmp(&b.permission)));
+        used.sort_by(|a, b| {
+            b.requests
+                .cmp(&a.requests)
+                .then(a.permission.cmp(&b.permission))
+        });
         let granted = PermissionSet::parse(&key.permissions)
             .map_err(|e| Error::Internal(format!("stored permissions of {}: {e}", key.id)))?;
         // Stored by this code as `Permission::to_string`; anything else is not a permission.
@@ -90,7 +96,11 @@ impl Engine {
         let report = least_privilege(&granted, &needed);
         Ok(PermissionUsageReport {
             granted: granted.to_strings(),
-            unused_grants: report.unused_grants.iter().map(ToString::to_string).collect(),
+            unused_grants: report
+                .unused_grants
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             suggested: report.suggested.to_strings(),
             key,
             days,

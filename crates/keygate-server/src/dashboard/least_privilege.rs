@@ -69,8 +69,7 @@ pub fn section(ctx: &Ctx, r: &PermissionUsageReport) -> Markup {
 pub async fn narrow(Path(key_id): Path<String>, Posted { ctx, form }: Posted) -> Page {
     let r = report(&ctx, &key_id).await?;
     let back = format!("/dashboard/keys/{key_id}");
-    if r.suggested.is_empty() || form.get("suggested") != Some(fingerprint(&r.suggested).as_str())
-    {
+    if r.suggested.is_empty() || form.get("suggested") != Some(fingerprint(&r.suggested).as_str()) {
         ctx.flash("The suggestion changed since the page was shown: review it again.");
         return Ok(see_other(&back));
     }
@@ -78,7 +77,10 @@ pub async fn narrow(Path(key_id): Path<String>, Posted { ctx, form }: Posted) ->
         permissions: Some(r.suggested),
         ..KeyUpdate::default()
     };
-    let updated = ctx.engine().update_key(&ctx.caller, &key_id, update).await?;
+    let updated = ctx
+        .engine()
+        .update_key(&ctx.caller, &key_id, update)
+        .await?;
     ctx.flash(format!(
         "Key {} narrowed to {}.",
         updated.display_prefix,

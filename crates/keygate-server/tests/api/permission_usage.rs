@@ -57,10 +57,7 @@ async fn a_wide_key_used_only_for_reads_is_suggested_reads_and_narrowing_applies
     app.forward_auth_times(&key, "POST", "/api/v1/clients", 2, 403)
         .await;
     // Only validity asked: no permission needed.
-    assert!(app
-        .verify(json!({"key": key}))
-        .await
-        .body["valid"]
+    assert!(app.verify(json!({"key": key})).await.body["valid"]
         .as_bool()
         .unwrap());
 
@@ -98,7 +95,10 @@ async fn a_wide_key_used_only_for_reads_is_suggested_reads_and_narrowing_applies
         used(&r),
         pairs(&[("invoices.read", 5), ("invoices.send", 1)])
     );
-    assert_eq!(r.body["suggested"], json!(["invoices.read", "invoices.send"]));
+    assert_eq!(
+        r.body["suggested"],
+        json!(["invoices.read", "invoices.send"])
+    );
 
     // Narrowing is a normal update, audited.
     let narrowed = app
@@ -193,7 +193,10 @@ async fn a_self_service_key_sees_its_own_accounts_reports_only() {
     let a = app.create_account("A", "unlimited").await;
     let b = app.create_account("B", "unlimited").await;
     let (manager_id, manager) = app
-        .create_key(&a, json!({"permissions": ["api_keys.read", "invoices.read"]}))
+        .create_key(
+            &a,
+            json!({"permissions": ["api_keys.read", "invoices.read"]}),
+        )
         .await;
     let (sibling, _) = app.create_key(&a, json!({"scope": "read"})).await;
     let (other, _) = app.create_key(&b, json!({"scope": "read"})).await;

@@ -33,8 +33,8 @@ mod http;
 mod keys;
 mod output;
 mod pages;
-mod permission_usage;
 mod parse;
+mod permission_usage;
 mod table;
 
 use std::fmt;
