@@ -162,6 +162,11 @@ impl PermissionSet {
         preset_grants(name).map(Self::from_grants)
     }
 
+    /// The set of `grants` as given (already parsed), normalised like [`PermissionSet::parse`].
+    pub fn normalised(grants: Vec<Permission>) -> Self {
+        Self::from_grants(grants)
+    }
+
     fn from_grants(mut grants: Vec<Permission>) -> Self {
         grants.sort();
         grants.dedup();

@@ -17,6 +17,7 @@ mod ids;
 pub mod manage;
 mod metrics;
 mod pepper_check;
+mod permission_usage;
 mod ratelimit;
 pub mod sessions;
 mod shared_limit;

@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use keygate_core::Outcome;
+use keygate_core::{Outcome, Permission};
 use keygate_store::{KeyRecord, Quota, Refill, SeenIp, Store, UsageCount, UsageUpdate};
 
+use crate::permission_usage::{self, PermissionCounters};
 use crate::ratelimit::Gcra;
 use crate::Result;
 
@@ -56,6 +57,8 @@ struct Pending {
     /// Newest first; `changed` says whether it differs from what was flushed.
     recent_ips: Vec<(IpAddr, i64)>,
     ips_changed: bool,
+    /// Allowed requests by hour and the permission they needed.
+    permissions: permission_usage::Pending,
 }
 
 fn seen(ips: &[(IpAddr, i64)]) -> Vec<SeenIp> {
@@ -81,6 +84,8 @@ pub struct KeyUsage {
     /// Verifications in `hour` by outcome (`Outcome::ALL` order), not yet flushed. A count
     /// racing the change of hour may land in the new hour.
     hour_counts: [AtomicI64; OUTCOMES],
+    /// Allowed requests in `hour` by the permission they needed; made on first such request.
+    permissions: OnceLock<Box<PermissionCounters>>,
     /// The newest of `pending.recent_ips` as [`v4_code`] (0: none or IPv6), and the time
     /// it was last seen on the lock-free path (folded into `recent_ips` under the lock).
     newest_v4: AtomicU64,
@@ -114,6 +119,7 @@ impl KeyUsage {
             last_used: AtomicI64::new(0),
             hour: AtomicI64::new(0),
             hour_counts: Default::default(),
+            permissions: OnceLock::new(),
             newest_v4: AtomicU64::new(newest_v4),
             newest_seen: AtomicI64::new(newest_seen),
             quota_used: AtomicI64::new(record.quota_used),
@@ -256,6 +262,16 @@ impl KeyUsage {
             .collect()
     }
 
+    /// Permission counts not yet flushed, by day.
+    pub(crate) fn unflushed_permissions(&self) -> Vec<keygate_store::PermissionCount> {
+        let p = lock(&self.pending);
+        let mut all = p.permissions.clone();
+        if let Some(counters) = self.permissions.get() {
+            all.extend(counters.peek(self.hour.load(Ordering::Acquire)));
+        }
+        permission_usage::to_rows(&all)
+    }
+
     pub(crate) fn recent_ips(&self) -> Vec<SeenIp> {
         let mut p = lock(&self.pending);
         self.fold_newest_seen(&mut p);
@@ -271,11 +287,12 @@ impl KeyUsage {
                 .hour_counts
                 .iter()
                 .any(|c| c.load(Ordering::Acquire) != 0)
+            || self.permissions.get().is_some_and(|c| c.has_counts())
         {
             return false;
         }
         let p = lock(&self.pending);
-        p.counts.is_empty() && !p.ips_changed
+        p.counts.is_empty() && p.permissions.is_empty() && !p.ips_changed
     }
 
     /// Moves what `hour_counts` hold into `p.counts` under `hour` (call with the lock).
@@ -285,6 +302,9 @@ impl KeyUsage {
             if count != 0 {
                 add(&mut p.counts, hour, Outcome::ALL[i].detail(), count);
             }
+        }
+        if let Some(counters) = self.permissions.get() {
+            counters.take(hour, &mut p.permissions);
         }
     }
 
@@ -296,13 +316,20 @@ impl KeyUsage {
         }
     }
 
-    fn record(&self, outcome: Outcome, ip: Option<IpAddr>, now: i64) {
+    /// Counts one verification; `used`: the permission an allowed request needed.
+    fn record(&self, outcome: Outcome, used: Option<&Permission>, ip: Option<IpAddr>, now: i64) {
         let bucket = now - now.rem_euclid(HOUR_MS);
         let index = outcome_index(outcome);
         // AcqRel: pairs with `take_hour_counts`'s swap, so that a count the flush does not
         // take is followed by a `dirty` check that sees the flush's reset (`UsageRecorder`).
         if self.hour.load(Ordering::Acquire) == bucket {
             self.hour_counts[index].fetch_add(1, Ordering::AcqRel);
+            if let Some(permission) = used {
+                if !self.permission_counters().bump(permission, now) {
+                    let mut p = lock(&self.pending);
+                    permission_usage::add(&mut p.permissions, bucket, permission, 1, now);
+                }
+            }
         } else {
             let mut p = lock(&self.pending);
             let hour = self.hour.load(Ordering::Acquire);
@@ -317,10 +344,34 @@ impl KeyUsage {
                 // An earlier hour (the clock went back): counted as such.
                 add(&mut p.counts, bucket, outcome.detail(), 1);
             }
+            if let Some(permission) = used {
+                if bucket < hour || !self.permission_counters().bump(permission, now) {
+                    permission_usage::add(&mut p.permissions, bucket, permission, 1, now);
+                }
+            }
         }
         if let Some(ip) = ip {
             self.record_ip(ip, now);
         }
+    }
+
+    /// Counts a management call of a self-service key that needed `permission` (checked by
+    /// the engine, not by verification). The verification that authenticated the call
+    /// queued this cell for the next flush; should a flush slip in between, the count waits
+    /// in the cell (which is then not evicted) for the key's next use.
+    pub(crate) fn count_permission(&self, permission: &Permission, now: i64) {
+        let bucket = now - now.rem_euclid(HOUR_MS);
+        if self.hour.load(Ordering::Acquire) == bucket
+            && self.permission_counters().bump(permission, now)
+        {
+            return;
+        }
+        let mut p = lock(&self.pending);
+        permission_usage::add(&mut p.permissions, bucket, permission, 1, now);
+    }
+
+    fn permission_counters(&self) -> &PermissionCounters {
+        self.permissions.get_or_init(Box::default)
     }
 
     fn record_ip(&self, ip: IpAddr, now: i64) {
@@ -371,7 +422,15 @@ impl UsageRecorder {
     }
 
     /// Counts one verification of a known key; a valid one also moves `last_used_at`.
-    pub fn record(&self, usage: &Arc<KeyUsage>, outcome: Outcome, ip: Option<IpAddr>, now: i64) {
+    /// `used`: the permission an allowed request needed (`*` for one no route maps).
+    pub fn record(
+        &self,
+        usage: &Arc<KeyUsage>,
+        outcome: Outcome,
+        used: Option<&Permission>,
+        ip: Option<IpAddr>,
+        now: i64,
+    ) {
         // Plain loads first: under load the time rarely moves within a millisecond and the
         // key is already marked, so most calls write neither atomic.
         if !usage.touched.load(Ordering::Relaxed) {
@@ -380,7 +439,7 @@ impl UsageRecorder {
         if outcome.is_valid() && usage.last_used.load(Ordering::Relaxed) < now {
             usage.last_used.fetch_max(now, Ordering::Relaxed);
         }
-        usage.record(outcome, ip, now);
+        usage.record(outcome, used, ip, now);
         // `flush` clears the mark before it takes the counts, so a count made after that
         // take sees the mark cleared (see `KeyUsage::record` and `flush`).
         if !usage.dirty.load(Ordering::Acquire) && !usage.dirty.swap(true, Ordering::AcqRel) {
@@ -440,6 +499,7 @@ impl UsageRecorder {
             u.fold_newest_seen(&mut p);
             let used = u.quota_used.load(Ordering::Acquire);
             let counts = std::mem::take(&mut p.counts);
+            let permissions = std::mem::take(&mut p.permissions);
             let ips_changed = std::mem::take(&mut p.ips_changed);
             let refilled = u.refill_dirty.swap(false, Ordering::AcqRel);
             updates.push(UsageUpdate {
@@ -456,25 +516,31 @@ impl UsageRecorder {
                     })
                     .collect(),
                 recent_ips: ips_changed.then(|| seen(&p.recent_ips)),
+                permissions: permission_usage::to_rows(&permissions),
             });
-            taken.push((used, counts, ips_changed, refilled));
+            taken.push((used, counts, permissions, ips_changed, refilled));
         }
         match store.record_usage(&updates).await {
             Ok(()) => {
-                for (u, (used, _, _, _)) in pending.iter().zip(&taken) {
+                for (u, (used, _, _, _, _)) in pending.iter().zip(&taken) {
                     u.flushed_quota.store(*used, Ordering::Release);
                 }
                 Ok(updates.len())
             }
             Err(e) => {
                 // Put the counts back: the next flush retries with them.
-                for (u, (_, counts, ips_changed, refilled)) in pending.iter().zip(taken) {
+                for (u, (_, counts, permissions, ips_changed, refilled)) in
+                    pending.iter().zip(taken)
+                {
                     if refilled {
                         u.refill_dirty.store(true, Ordering::Release);
                     }
                     let mut p = lock(&u.pending);
                     for (bucket, outcome, count) in counts {
                         add(&mut p.counts, bucket, outcome, count);
+                    }
+                    for (hour, permission, count, last) in permissions {
+                        permission_usage::add(&mut p.permissions, hour, &permission, count, last);
                     }
                     p.ips_changed |= ips_changed;
                     drop(p);
@@ -512,12 +578,17 @@ mod tests {
     #[test]
     fn counts_by_hour_and_outcome_across_hours() {
         let u = usage();
-        u.record(Outcome::Valid, None, H + 5);
-        u.record(Outcome::Valid, None, H + 6);
-        u.record(Outcome::RateLimited, None, H + 7);
-        u.record(Outcome::Valid, None, H + HOUR_MS + 1);
+        u.record(Outcome::Valid, None, None, H + 5);
+        u.record(Outcome::Valid, None, None, H + 6);
+        u.record(Outcome::RateLimited, None, None, H + 7);
+        u.record(Outcome::Valid, None, None, H + HOUR_MS + 1);
         // A clock that went back: counted in its own hour.
-        u.record(Outcome::InvalidKey(InvalidReason::Revoked), None, H + 9);
+        u.record(
+            Outcome::InvalidKey(InvalidReason::Revoked),
+            None,
+            None,
+            H + 9,
+        );
         assert_eq!(
             counts(&u),
             vec![
@@ -532,7 +603,7 @@ mod tests {
         drop(p);
         // Nothing lost or doubled by taking the current hour's counters.
         assert_eq!(counts(&u).iter().map(|c| c.2).sum::<i64>(), 5);
-        u.record(Outcome::Valid, None, H + HOUR_MS + 2);
+        u.record(Outcome::Valid, None, None, H + HOUR_MS + 2);
         assert_eq!(counts(&u).iter().map(|c| c.2).sum::<i64>(), 6);
     }
 
@@ -542,19 +613,19 @@ mod tests {
         let a: IpAddr = "203.0.113.7".parse().unwrap();
         let b: IpAddr = "2001:db8::1".parse().unwrap();
         let c: IpAddr = "198.51.100.1".parse().unwrap();
-        u.record(Outcome::Valid, Some(a), H + 1);
-        u.record(Outcome::Valid, Some(a), H + 2); // lock-free: only the time moves
+        u.record(Outcome::Valid, None, Some(a), H + 1);
+        u.record(Outcome::Valid, None, Some(a), H + 2); // lock-free: only the time moves
         let seen = u.recent_ips();
         assert_eq!(
             (seen.len(), seen[0].ip.as_str(), seen[0].last_seen),
             (1, "203.0.113.7", H + 2)
         );
-        u.record(Outcome::Valid, Some(b), H + 3);
-        u.record(Outcome::Valid, Some(b), H + 4);
-        u.record(Outcome::Valid, Some(c), H + 5);
-        u.record(Outcome::Valid, Some(c), H + 6);
-        u.record(Outcome::Valid, Some(a), H + 7);
-        u.record(Outcome::Valid, Some(a), H + 8);
+        u.record(Outcome::Valid, None, Some(b), H + 3);
+        u.record(Outcome::Valid, None, Some(b), H + 4);
+        u.record(Outcome::Valid, None, Some(c), H + 5);
+        u.record(Outcome::Valid, None, Some(c), H + 6);
+        u.record(Outcome::Valid, None, Some(a), H + 7);
+        u.record(Outcome::Valid, None, Some(a), H + 8);
         let seen: Vec<(String, i64)> = u
             .recent_ips()
             .into_iter()
@@ -569,7 +640,12 @@ mod tests {
             ]
         );
         for i in 0..20u8 {
-            u.record(Outcome::Valid, Some(IpAddr::from([10, 0, 0, i])), H + 10);
+            u.record(
+                Outcome::Valid,
+                None,
+                Some(IpAddr::from([10, 0, 0, i])),
+                H + 10,
+            );
         }
         assert_eq!(u.recent_ips().len(), RECENT_IPS);
     }
@@ -588,7 +664,7 @@ mod tests {
                         } else {
                             H
                         };
-                        u.record(Outcome::Valid, None, hour + 1);
+                        u.record(Outcome::Valid, None, None, hour + 1);
                         if i % 1000 == 0 {
                             let mut p = lock(&u.pending);
                             u.take_hour_counts(&mut p, u.hour.load(Ordering::Acquire));
@@ -634,7 +710,7 @@ mod tests {
         const KEYS: usize = 100_000;
         for i in 0..KEYS {
             let cell = recorder.cell(&record_with_id(format!("key_{i}")));
-            recorder.record(&cell, Outcome::Valid, None, H + 1);
+            recorder.record(&cell, Outcome::Valid, None, None, H + 1);
         }
         // Held like a cache entry holds it.
         let held = recorder.cell(&record_with_id("key_0".into()));
@@ -644,7 +720,7 @@ mod tests {
         assert_eq!(recorder.evict_idle(0), 0);
         // Counted but not flushed yet: kept.
         let unflushed = recorder.cell(&record_with_id("key_1".into()));
-        recorder.record(&unflushed, Outcome::Valid, None, H + 2);
+        recorder.record(&unflushed, Outcome::Valid, None, None, H + 2);
         drop(unflushed);
         let evicted = recorder.evict_idle(0);
         assert_eq!(evicted, KEYS - 2);
@@ -656,9 +732,9 @@ mod tests {
         // Counts made after eviction, on a cell made again, are flushed exactly.
         let again = recorder.cell(&record_with_id("key_7".into()));
         for _ in 0..3 {
-            recorder.record(&again, Outcome::Valid, None, H + 3);
+            recorder.record(&again, Outcome::Valid, None, None, H + 3);
         }
-        recorder.record(&held, Outcome::Valid, None, H + 3);
+        recorder.record(&held, Outcome::Valid, None, None, H + 3);
         recorder.flush(&store).await.unwrap();
         assert_eq!(valid_count(&store, "key_7").await, 1 + 3);
         assert_eq!(valid_count(&store, "key_0").await, 1 + 1);
@@ -668,6 +744,84 @@ mod tests {
         recorder.evict_idle(0);
         recorder.evict_idle(0);
         assert_eq!(recorder.cell_count(), 0);
+    }
+
+    /// The least-privilege report's counts: per permission of an allowed request, in the
+    /// current hour's slots, across an hour change, past the lock-free slots, and written by
+    /// the usage flush (by day), after which nothing is left to flush.
+    #[tokio::test]
+    async fn permissions_of_allowed_requests_are_counted_and_flushed_by_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("usage.db").display());
+        let store = keygate_store::sqlite::SqliteStore::open(&url)
+            .await
+            .unwrap();
+        let recorder = UsageRecorder::default();
+        let cell = recorder.cell(&record_with_id("key_p".into()));
+        let p = |s: &str| Permission::parse_concrete(s).unwrap();
+        for t in 1..=3 {
+            recorder.record(
+                &cell,
+                Outcome::Valid,
+                Some(&p("invoices.read")),
+                None,
+                H + t,
+            );
+        }
+        recorder.record(&cell, Outcome::Valid, None, None, H + 4);
+        let next = H + HOUR_MS;
+        recorder.record(
+            &cell,
+            Outcome::Valid,
+            Some(&p("invoices.send")),
+            None,
+            next + 1,
+        );
+        for i in 0..20 {
+            let permission = p(&format!("r{i}.read"));
+            recorder.record(&cell, Outcome::Valid, Some(&permission), None, next + 2);
+        }
+        recorder.record(
+            &cell,
+            Outcome::Valid,
+            Some(&p("invoices.read")),
+            None,
+            next + 5,
+        );
+        let pending = cell.unflushed_permissions();
+        assert_eq!(pending.len(), 22, "{pending:?}");
+        let read = pending
+            .iter()
+            .find(|c| c.permission == "invoices.read")
+            .unwrap();
+        assert_eq!((read.count, read.last_used_at), (4, next + 5));
+
+        recorder.flush(&store).await.unwrap();
+        let stored = store.permission_usage("key_p", 0).await.unwrap();
+        assert_eq!(stored.len(), 22);
+        assert_eq!(stored.iter().map(|u| u.requests).sum::<i64>(), 4 + 1 + 20);
+        let read = stored
+            .iter()
+            .find(|u| u.permission == "invoices.read")
+            .unwrap();
+        assert_eq!((read.requests, read.last_used_at), (4, next + 5));
+        assert!(cell.unflushed_permissions().is_empty());
+        assert!(cell.is_flushed());
+        // The next flush adds to the same day's rows.
+        recorder.record(
+            &cell,
+            Outcome::Valid,
+            Some(&p("invoices.read")),
+            None,
+            next + 9,
+        );
+        recorder.flush(&store).await.unwrap();
+        let stored = store.permission_usage("key_p", 0).await.unwrap();
+        let read = stored
+            .iter()
+            .find(|u| u.permission == "invoices.read")
+            .unwrap();
+        assert_eq!((read.requests, read.last_used_at), (5, next + 9));
     }
 
     /// A cell whose rate limiter is still catching up stays, so dropping it cannot reset

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keygate_core::key::MAX_KEY_LEN;
+use keygate_core::least_privilege::EVERYTHING;
 use keygate_core::policy::{decide, KeyPolicy, RequestFacts};
 use keygate_core::{InvalidReason, KeyDigest, Outcome, Required};
 
@@ -335,8 +336,14 @@ impl Engine {
         rate_limit: Option<RateLimitStatus>,
         now: i64,
     ) -> Verdict {
+        // The permission an allowed request needed, for the least-privilege report.
+        let used = match (outcome, request.required) {
+            (Outcome::Valid, Some(Required::Permission(p))) => Some(p),
+            (Outcome::Valid, Some(Required::Unmapped)) => Some(&EVERYTHING),
+            _ => None,
+        };
         self.usage
-            .record(&key.usage, outcome, request.client_ip, now);
+            .record(&key.usage, outcome, used, request.client_ip, now);
         if matches!(outcome, Outcome::InvalidKey(_)) {
             // Refused as invalid: say nothing more about the key to the caller.
             return Verdict::refused(outcome);

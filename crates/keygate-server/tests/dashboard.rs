@@ -2088,3 +2088,107 @@ async fn a_customer_makes_uses_and_revokes_a_key_in_the_portal_in_the_browser() 
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The least-privilege report
+
+/// A key granted `invoices.*` and `clients.read` that made only invoice reads.
+async fn over_granted_key(app: &TestApp) -> (String, String) {
+    let account = app.create_account("Acme", "unlimited").await;
+    let (id, key) = app
+        .create_key(
+            &account,
+            json!({"permissions": ["invoices.*", "clients.read"]}),
+        )
+        .await;
+    app.forward_auth_times(&key, "GET", "/api/v1/invoices/7", 3, 204)
+        .await;
+    app.engine.flush_usage().await.unwrap();
+    (id, key)
+}
+
+async fn permissions_of(app: &TestApp, id: &str) -> Value {
+    app.admin(Method::GET, &format!("/v1/api-keys/{id}"), None)
+        .await
+        .body["permissions"]
+        .clone()
+}
+
+#[tokio::test]
+async fn narrowing_to_the_suggestion_needs_the_csrf_token_and_the_suggestion_shown() {
+    let app = spawn().await;
+    let (id, key) = over_granted_key(&app).await;
+    let session = HttpSession::sign_in(&app, &app.admin_token).await;
+    let page = session.get(&format!("/dashboard/keys/{id}")).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Least privilege, last 30 days"), "{html}");
+    assert!(html.contains("Narrow to the suggestion"));
+    let narrow = format!("/dashboard/keys/{id}/narrow");
+
+    // Without the session's CSRF token: refused, nothing changes.
+    let wrong = "0".repeat(session.csrf.len());
+    let refused = session
+        .post(&narrow, &[("csrf", &wrong), ("suggested", "invoices.read")])
+        .await;
+    assert_eq!(refused.status(), 403);
+    // A suggestion other than the current one (the page is stale): nothing changes.
+    let stale = session
+        .post(&narrow, &[("suggested", "invoices.read invoices.send")])
+        .await;
+    assert_eq!(stale.status(), 303);
+    assert_eq!(
+        permissions_of(&app, &id).await,
+        json!(["clients.read", "invoices.*"])
+    );
+
+    let done = session
+        .post(&narrow, &[("suggested", "invoices.read")])
+        .await;
+    assert_eq!(done.status(), 303);
+    assert_eq!(location(&done), format!("/dashboard/keys/{id}"));
+    assert_eq!(permissions_of(&app, &id).await, json!(["invoices.read"]));
+    let update = audit_actions(&app)
+        .await
+        .into_iter()
+        .find(|e| e["action"] == "key.update")
+        .expect("the narrowing is audited");
+    assert_eq!(update["target_id"], json!(id));
+    // The key works for what it used, and no longer for the rest.
+    app.forward_auth_times(&key, "GET", "/api/v1/invoices/7", 1, 204)
+        .await;
+    app.forward_auth_times(&key, "DELETE", "/api/v1/invoices/7", 1, 403)
+        .await;
+    // Nothing left to narrow: no button.
+    let html = session
+        .get(&format!("/dashboard/keys/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!html.contains("Narrow to the suggestion"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_page_narrows_to_the_suggestion_in_the_browser() {
+    let app = spawn().await;
+    let (id, _) = over_granted_key(&app).await;
+    with_browser(|c| async move {
+        sign_in(&c, &app, &app.admin_token).await;
+        c.goto(&app.url(&format!("/dashboard/keys/{id}")))
+            .await
+            .unwrap();
+        assert_eq!(text(&c, "#unused-grants").await, "clients.read");
+        assert_eq!(text(&c, "#suggested").await, "invoices.read");
+        assert!(text(&c, "#permission-usage")
+            .await
+            .contains("invoices.read"));
+        shot(&c, "key-least-privilege").await;
+        follow(&c, "#narrow").await;
+        assert_eq!(path_of(&c).await, format!("/dashboard/keys/{id}"));
+        assert_eq!(text(&c, "#granted").await, "invoices.read");
+        assert!(!exists(&c, "#narrow").await);
+        assert_eq!(permissions_of(&app, &id).await, json!(["invoices.read"]));
+    })
+    .await;
+}

@@ -9,6 +9,7 @@ mod error;
 mod hygiene;
 mod migrate;
 mod model;
+mod permission_usage;
 pub mod postgres;
 mod sessions;
 mod sql;
@@ -21,8 +22,8 @@ use keygate_core::{Environment, KeyDigest};
 pub use error::StoreError;
 pub use hygiene::RetiringKey;
 pub use model::{
-    Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, Quota, RateLimit, Refill, SeenIp,
-    UsageCount, UsageUpdate,
+    Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, PermissionCount, PermissionUse, Quota,
+    RateLimit, Refill, SeenIp, UsageCount, UsageUpdate,
 };
 
 pub use webhooks::{
@@ -194,8 +195,10 @@ pub trait Store: SessionStore + WebhookStore + Send + Sync + 'static {
     async fn record_usage(&self, batch: &[UsageUpdate]) -> Result<()>;
     /// Counts of one key with `from <= bucket < to`, oldest first.
     async fn usage_counts(&self, key_id: &str, from: i64, to: i64) -> Result<Vec<UsageCount>>;
-    /// Deletes counts older than `before`; returns how many rows went.
+    /// Deletes counts (and permission counts) older than `before`; returns how many rows went.
     async fn prune_usage(&self, before: i64) -> Result<u64>;
+    /// Allowed requests of one key per permission in days from `from` on, by permission.
+    async fn permission_usage(&self, key_id: &str, from: i64) -> Result<Vec<PermissionUse>>;
     /// Appends an audit event that goes with no other change (e.g. a failed sign-in).
     async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
     /// Audit events matching `query`, newest first.

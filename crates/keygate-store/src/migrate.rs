@@ -20,6 +20,7 @@ macro_rules! migrations {
             migration!($backend, 6, "webhooks"),
             migration!($backend, 7, "sessions"),
             migration!($backend, 8, "leaks_idle"),
+            migration!($backend, 11, "permission_usage", "0011_permission_usage"),
         ]
     };
 }
@@ -38,6 +39,14 @@ macro_rules! migration {
                 $name,
                 ".sql"
             )),
+        }
+    };
+    // Numbers from 10 on are not padded by the arm above: the file is named in full.
+    ($backend:literal, $version:literal, $name:literal, $file:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../migrations/", $backend, "/", $file, ".sql")),
         }
     };
 }

@@ -113,6 +113,28 @@ pub struct UsageUpdate {
     pub counts: Vec<UsageCount>,
     /// The latest client addresses, newest first, when they changed.
     pub recent_ips: Option<Vec<SeenIp>>,
+    /// Allowed requests to add, per day and the permission they needed.
+    pub permissions: Vec<PermissionCount>,
+}
+
+/// Allowed requests of one key in one day that needed one permission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermissionCount {
+    /// Start of the day (UTC), unix milliseconds.
+    pub bucket: i64,
+    /// A concrete permission (`invoices.read`), or `*` for requests no route maps.
+    pub permission: String,
+    pub count: i64,
+    /// The latest of these requests, unix milliseconds.
+    pub last_used_at: i64,
+}
+
+/// How one permission was used over a window ([`crate::Store::permission_usage`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermissionUse {
+    pub permission: String,
+    pub requests: i64,
+    pub last_used_at: i64,
 }
 
 /// Verifications of one key in one hour with one outcome.

@@ -150,6 +150,8 @@ macro_rules! sql_store {
 
             type Tx = Transaction<'static, $db>;
 
+            crate::permission_usage::permission_usage_sql!($store, $db);
+
             impl $store {
                 /// Applies, in one transaction, the migrations this binary knows and the
                 /// database lacks.
@@ -840,6 +842,7 @@ macro_rules! sql_store {
                         q.push(" ON CONFLICT (key_id, bucket, outcome) DO UPDATE SET count = usage_counts.count + excluded.count");
                         q.build().execute(&mut *tx).await.map_err(db_error)?;
                     }
+                    write_permission_counts(&mut tx, batch).await?;
                     tx.commit().await.map_err(db_error)
                 }
 
@@ -871,7 +874,11 @@ macro_rules! sql_store {
                         .execute(self.pool())
                         .await
                         .map_err(db_error)?;
-                    Ok(done.rows_affected())
+                    Ok(done.rows_affected() + prune_permission_usage(self, before).await?)
+                }
+
+                async fn permission_usage(&self, key_id: &str, from: i64) -> Result<Vec<crate::PermissionUse>> {
+                    read_permission_usage(self, key_id, from).await
                 }
 
                 async fn append_audit(&self, event: &AuditEvent) -> Result<()> {

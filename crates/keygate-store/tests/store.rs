@@ -1333,6 +1333,7 @@ fn usage(key_id: &str, last_used_at: i64, quota_used_delta: i64) -> UsageUpdate 
     UsageUpdate {
         counts: Vec::new(),
         recent_ips: None,
+        permissions: Vec::new(),
         quota_refilled_at: None,
         key_id: key_id.to_owned(),
         last_used_at,

@@ -843,6 +843,56 @@ fn keys_usage_reports_a_keys_verifications() {
 }
 
 #[test]
+fn keys_permission_usage_reports_the_narrowest_suggestion() {
+    let server = Server::start();
+    let account = server.account("Least");
+    let (id, secret) = server.key(
+        &account,
+        &["--permission", "invoices.*", "--permission", "clients.read"],
+    );
+    for _ in 0..2 {
+        server
+            .verify(&secret, &["--permission", "invoices.read"])
+            .assert_code(0);
+    }
+    server
+        .verify(&secret, &["--permission", "clients.delete"])
+        .assert_code(1);
+
+    let json = server.run(&["keys", "permission-usage", &id, "--days", "7", "--json"]);
+    json.assert_code(0);
+    let report = json.json();
+    assert_eq!(report["key_id"], id.as_str());
+    assert_eq!(report["days"], 7);
+    assert_eq!(report["used"][0]["permission"], "invoices.read", "{report}");
+    assert_eq!(report["used"][0]["requests"], 2, "{report}");
+    assert_eq!(report["unused_grants"], serde_json::json!(["clients.read"]));
+    assert_eq!(report["suggested"], serde_json::json!(["invoices.read"]));
+
+    let human = server.run(&["keys", "permission-usage", &id]);
+    human.assert_code(0);
+    assert_eq!(human.field("days"), "30");
+    assert_eq!(human.field("granted"), "clients.read, invoices.*");
+    assert_eq!(human.field("suggested"), "invoices.read");
+    assert!(
+        human
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("invoices.read") && l.contains(" 2 ")),
+        "{human:#?}"
+    );
+    let bad = server.run(&["keys", "permission-usage", &id, "--days", "0"]);
+    bad.assert_code(3);
+    assert!(bad.stderr.contains("days"), "{bad:#?}");
+    server
+        .run(&["keys", "permission-usage", &id, "--days", "many"])
+        .assert_code(2);
+    server
+        .run(&["keys", "permission-usage", "key_doesnotexist"])
+        .assert_code(3);
+}
+
+#[test]
 fn audit_list_filters_and_pages() {
     let server = Server::start();
     let account = server.account("Audited");

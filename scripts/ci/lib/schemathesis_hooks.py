@@ -124,6 +124,17 @@ def breaks_a_webhook_rule(body):
     return given(body, "url") and not acceptable_webhook_url(body["url"])
 
 
+USAGE_RETENTION_DAYS = 90  # keygate's default usage_retention_days, as the CI server runs
+
+
+def breaks_a_permission_usage_rule(query):
+    try:
+        days = int(query["days"]) if query.get("days") is not None else None
+    except (ValueError, TypeError):
+        return False
+    return days is not None and days > USAGE_RETENTION_DAYS  # days up to the retention
+
+
 def breaks_a_rule_in_words(method, path, body, query):
     """Whether a schema-valid request breaks a rule that only a description states."""
     query = query or {}
@@ -139,6 +150,8 @@ def breaks_a_rule_in_words(method, path, body, query):
         return breaks_a_usage_rule(query)
     if path == "/v1/api-keys/{id}/rotate":
         return breaks_a_rotate_rule(body)
+    if path == "/v1/api-keys/{id}/permission-usage":
+        return breaks_a_permission_usage_rule(query)
     return False
 
 

@@ -8,6 +8,7 @@ mod leaks;
 mod pages;
 mod retire;
 pub mod portal;
+mod permission_usage;
 mod sign_in;
 mod usage;
 pub mod validate;
@@ -29,6 +30,7 @@ pub use keys::{KeyStatus, KeyUpdate, NewKey, RotateOptions, Rotated};
 pub use leaks::{LeakAction, LeakSource, LeakVerdict};
 pub use pages::{AccountFilter, KeyFilter, Page, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
 pub use retire::IDLE_RETIREMENT_REASON;
+pub use permission_usage::{PermissionUsageReport, DEFAULT_DAYS as DEFAULT_PERMISSION_USAGE_DAYS};
 pub use usage::{Granularity, UsageBucket, UsageReport};
 pub use webhooks::{
     is_private_address, NewWebhookEndpoint, WebhookEndpointUpdate, WebhookSettings,
@@ -116,6 +118,8 @@ impl Caller {
         let needed =
             Permission::concrete(resource, action).map_err(|e| Error::Internal(e.to_string()))?;
         if key.permissions.allows(&needed) {
+            // For the least-privilege report: the key used this permission.
+            key.usage.count_permission(&needed, now_ms());
             Ok(())
         } else {
             Err(Error::Refused(Outcome::InsufficientPermissions))

@@ -13,6 +13,7 @@ mod keys;
 mod leaks;
 mod openapi;
 mod portal_sessions;
+mod permission_usage;
 pub(crate) mod verify;
 mod views;
 mod webhooks;
@@ -54,6 +55,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::rotate))
         .routes(routes!(keys::usage))
+        .routes(routes!(permission_usage::permission_usage))
         .routes(routes!(keys::audit_log))
         .routes(routes!(leaks::report))
         .routes(routes!(leaks::github))

@@ -659,6 +659,7 @@ pub async fn show(ctx: Ctx, Path(key_id): Path<String>) -> Page {
         )
         .await?;
     let events = key_events(&ctx, &key).await?;
+    let least_privilege = super::least_privilege::report(&ctx, &key.id).await?;
     let status = KeyStatus::of(&key, now_ms());
     let href = format!("/dashboard/keys/{}", key.id);
     let body = html! {
@@ -727,6 +728,7 @@ pub async fn show(ctx: Ctx, Path(key_id): Path<String>) -> Page {
                 }
             }
         }
+        (super::least_privilege::section(&ctx, &least_privilege))
         section.card {
             h2 { "Activity" }
             @if events.is_empty() {

@@ -20,6 +20,7 @@ mod forms;
 mod keys;
 mod layout;
 pub mod portal;
+mod least_privilege;
 mod session;
 mod sign_in;
 mod webhooks;
@@ -112,6 +113,7 @@ pub fn router(app: AppState) -> Router<AppState> {
         .route("/keys/{id}/secret", get(keys::secret))
         .route("/webhooks", get(webhooks::list))
         .route("/webhooks/{id}", get(webhooks::show))
+        .route("/keys/{id}/narrow", post(least_privilege::narrow))
         .route("/assets/dashboard.css", get(assets::css))
         .route("/assets/dashboard.js", get(assets::js))
         .fallback(not_found)

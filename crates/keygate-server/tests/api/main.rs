@@ -11,6 +11,7 @@ mod malformed;
 mod openapi;
 mod outcomes;
 mod pages;
+mod permission_usage;
 mod scopes;
 mod self_service;
 mod uniform;

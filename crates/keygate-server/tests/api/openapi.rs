@@ -26,6 +26,7 @@ const API: &[(&str, &[&str])] = &[
     ("/v1/api-keys/{id}/revoke", &["post"]),
     ("/v1/api-keys/{id}/rotate", &["post"]),
     ("/v1/api-keys/{id}/usage", &["get"]),
+    ("/v1/api-keys/{id}/permission-usage", &["get"]),
     ("/v1/audit-log", &["get"]),
     ("/v1/leaks", &["post"]),
     ("/v1/leaks/github", &["post"]),

@@ -1,4 +1,4 @@
-//! `keygate keys create|list|get|update|usage|revoke|rotate|verify`.
+//! `keygate keys create|list|get|update|usage|permission-usage|revoke|rotate|verify`.
 
 use std::io::{BufRead, IsTerminal, Read};
 
@@ -86,6 +86,16 @@ pub enum KeysCommand {
         /// Bucket size (server default: hour).
         #[arg(long, value_enum)]
         granularity: Option<Granularity>,
+    },
+    /// Which permissions a key's allowed requests needed over the last days, its unused
+    /// grants, and the narrowest permission list that would have allowed them all.
+    #[command(after_help = EXIT_CODES)]
+    PermissionUsage {
+        #[arg(value_parser = parse_id)]
+        id: String,
+        /// Days to look back, today included (server default: 30; at most the retention).
+        #[arg(long, value_name = "N")]
+        days: Option<u32>,
     },
     /// Revoke a key, immediately and permanently.
     #[command(after_help = EXIT_CODES)]
@@ -335,6 +345,14 @@ pub async fn run(conn: &Connection, cmd: KeysCommand) -> Result<Done, Failure> {
             let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let reply = api.get(&["v1", "api-keys", &id, "usage"], &pairs).await?;
             reply.emit(conn, |usage| Ok(usage_report(usage, reply.data()?)))
+        }
+        KeysCommand::PermissionUsage { id, days } => {
+            let days = days.map(|d| d.to_string());
+            let query: Vec<(&str, &str)> = days.iter().map(|d| ("days", d.as_str())).collect();
+            let reply = api
+                .get(&["v1", "api-keys", &id, "permission-usage"], &query)
+                .await?;
+            reply.emit(conn, |r| Ok(super::permission_usage::report(r)))
         }
         KeysCommand::Get { id } => {
             let reply = api.get(&["v1", "api-keys", &id], &[]).await?;

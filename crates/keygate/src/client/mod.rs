@@ -34,6 +34,7 @@ mod keys;
 mod output;
 mod pages;
 mod parse;
+mod permission_usage;
 mod table;
 
 use std::fmt;
