@@ -6,6 +6,7 @@
 
 pub mod ip;
 pub mod key;
+pub mod legacy;
 pub mod outcome;
 pub mod permission;
 pub mod policy;

@@ -14,6 +14,7 @@ mod clock;
 mod config;
 mod error;
 mod ids;
+mod legacy;
 pub mod manage;
 mod metrics;
 mod pepper_check;
@@ -64,6 +65,8 @@ pub struct Engine {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Key changes told to caches outside this process, by key id.
     announcer: Arc<announce::Announcer>,
+    /// Imported keys' legacy hashes: whether any exist, the bcrypt bound.
+    legacy: legacy::LegacyVerifier,
 }
 
 impl Engine {
@@ -86,6 +89,7 @@ impl Engine {
             started: std::time::Instant::now(),
             stopping: tokio::sync::watch::channel(false).0,
             announcer: Arc::new(announce::Announcer::new()),
+            legacy: legacy::LegacyVerifier::default(),
         })
     }
 
@@ -119,11 +123,13 @@ impl Engine {
 
     /// The Prometheus text for `/metrics`.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(
+        let mut out = self.metrics.render(
             self.cache.entry_count(),
             self.usage.cell_count() as u64,
             now_ms(),
-        )
+        );
+        self.legacy.metrics.render(&mut out);
+        out
     }
 
     /// Is the store reachable?

@@ -6,6 +6,7 @@
 //! that inserts the key, so they are exact under concurrency.
 
 mod error;
+mod legacy;
 mod migrate;
 mod model;
 pub mod postgres;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use keygate_core::{Environment, KeyDigest};
 
 pub use error::StoreError;
+pub use legacy::{ImportedKey, LegacyKey, LegacyStore};
 pub use model::{
     Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, Quota, RateLimit, Refill, SeenIp,
     UsageCount, UsageUpdate,
@@ -82,7 +84,7 @@ pub struct AccountQuery<'a> {
 
 /// Everything keygate keeps. Times are unix milliseconds.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: LegacyStore + Send + Sync + 'static {
     /// Key changes committed by every node, for backends shared by several nodes; `None`
     /// where this process is the only writer.
     async fn change_feed(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>>;

@@ -17,6 +17,7 @@ macro_rules! migrations {
             migration!($backend, 3, "quota_refill"),
             migration!($backend, 4, "key_changes"),
             migration!($backend, 5, "list_order"),
+            migration!($backend, 9, "legacy_keys"),
         ]
     };
 }

@@ -430,6 +430,8 @@ macro_rules! sql_store {
                 announce(tx, &key.digest).await
             }
 
+            crate::legacy::legacy_sql!($store, $db, $row);
+
             #[async_trait]
             impl Store for $store {
                 async fn change_feed(&self) -> Result<Option<tokio::sync::mpsc::Receiver<crate::Change>>> {

@@ -3,6 +3,7 @@
 //! cache before it returns.
 
 mod accounts;
+pub mod import;
 mod keys;
 mod pages;
 mod sign_in;
@@ -21,6 +22,7 @@ use crate::ids::new_id;
 use crate::{now_ms, Engine, Error, Result};
 
 pub use accounts::{AccountPatch, NewAccount};
+pub use import::{ImportError, ImportSummary, LineError};
 pub use keys::{KeyStatus, KeyUpdate, NewKey, Rotated};
 pub use pages::{AccountFilter, KeyFilter, Page, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
 pub use usage::{Granularity, UsageBucket, UsageReport};

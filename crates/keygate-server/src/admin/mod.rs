@@ -7,6 +7,7 @@ mod auth;
 mod extract;
 mod fast_path;
 mod health;
+mod import;
 mod key_changes;
 mod keys;
 mod openapi;
@@ -43,6 +44,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(accounts::list, accounts::create))
         .routes(routes!(accounts::get, accounts::update))
         .routes(routes!(keys::list, keys::create))
+        .routes(routes!(import::import_keys))
         .routes(routes!(keys::get, keys::update))
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::rotate))

@@ -34,7 +34,7 @@ fn is_json(request: &Request) -> bool {
 
 /// The whole body, within the body limit. A body over the limit is 413; one that cannot
 /// be read (broken chunked framing, a connection cut mid-body) is 400.
-async fn body_bytes(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
+pub(crate) async fn body_bytes(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
     Bytes::from_request(request, state)
         .await
         .map_err(|rejection| match rejection.status() {
