@@ -176,6 +176,36 @@ impl Engine {
             self.cache.fill(ticket, digest, Some(key.clone()));
             return Ok(Imported::Key(key));
         }
+        self.find_legacy(ticket, digest, credential).await
+    }
+
+    /// A credential in keygate's format that the store does not know may still be an
+    /// imported key with its legacy hash (the old system's keys may look like ours).
+    pub(crate) async fn imported_after_miss(
+        &self,
+        digest: KeyDigest,
+        credential: &str,
+    ) -> Result<Option<Arc<CachedKey>>> {
+        if !self.legacy.may_exist(clock::coarse_monotonic_ns())
+            || !self.imported_keys_exist().await?
+        {
+            return Ok(None);
+        }
+        let ticket = self.cache.ticket();
+        match self.find_legacy(ticket, digest, credential).await? {
+            Imported::Key(key) => Ok(Some(key)),
+            Imported::NoneExist | Imported::Unknown => Ok(None),
+        }
+    }
+
+    /// The imported key whose legacy hash `credential` matches, upgraded; `ticket` was
+    /// taken before the store was asked for `digest`.
+    async fn find_legacy(
+        &self,
+        ticket: crate::cache::FillTicket,
+        digest: KeyDigest,
+        credential: &str,
+    ) -> Result<Imported> {
         let lookups = LegacyLookups::of(credential);
         let candidates = self.healthy(self.store.legacy_candidates(&lookups).await)?;
         let Some(matched) = self.matching_legacy(candidates, credential).await? else {

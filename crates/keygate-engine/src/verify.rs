@@ -138,7 +138,10 @@ impl Engine {
         waited: &mut Duration,
     ) -> Result<Verdict> {
         let asked = Instant::now();
-        let found = self.lookup(digest, stale).await;
+        let mut found = self.lookup(digest, stale).await;
+        if matches!(found, Ok(None)) {
+            found = self.imported_after_miss(digest, request.key).await;
+        }
         *waited += asked.elapsed();
         self.judge_found(found?, request, waited).await
     }

@@ -155,6 +155,13 @@ async fn imported_keys_verify_and_upgrade(store: Arc<dyn Store>) {
     let sha256_key = reference_key(3, "");
     let sha512_key = reference_key(4, "");
     let plain_key = reference_key(5, "old-");
+    // An old key that happens to be in keygate's own format (the same prefix was used).
+    let native_looking = node
+        .key_format()
+        .generate(keygate_core::Environment::Live)
+        .unwrap()
+        .expose()
+        .to_owned();
     let file = [
         line(&account_id, "bcrypt", &format!("bcrypt:{bcrypt_hash}"), Some(&bcrypt_key[..8])),
         line(&account_id, "twin", &format!("bcrypt:{twin_hash}"), Some(&twin_key[..8])),
@@ -171,13 +178,19 @@ async fn imported_keys_verify_and_upgrade(store: Arc<dyn Store>) {
             None,
         ),
         line(&account_id, "plain", &format!("plaintext:{plain_key}"), None),
+        line(
+            &account_id,
+            "native-looking",
+            &format!("sha256:{}", php_hash("sha256", &native_looking).unwrap()),
+            None,
+        ),
     ]
     .join("\n");
 
     let summary = node.import_keys(&admin, &file).await.unwrap();
-    assert_eq!((summary.keys, summary.imported), (5, 5));
+    assert_eq!((summary.keys, summary.imported), (6, 6));
     let states = store.list_legacy_keys().await.unwrap();
-    assert_eq!(states.len(), 5);
+    assert_eq!(states.len(), 6);
     let plain_state = states.iter().find(|s| s.scheme == "plaintext").unwrap();
     assert_eq!(plain_state.hash, None, "a plaintext key is never stored");
 
@@ -235,6 +248,7 @@ async fn imported_keys_verify_and_upgrade(store: Arc<dyn Store>) {
     assert_eq!(verify(&node, &sha256_key).await, Outcome::Valid);
     assert_eq!(verify(&node, &sha512_key).await, Outcome::Valid);
     assert_eq!(verify(&node, &plain_key).await, Outcome::Valid);
+    assert_eq!(verify(&node, &native_looking).await, Outcome::Valid);
     // One character off: unknown, not malformed (imported keys exist).
     let mut off = sha256_key.clone();
     off.replace_range(..1, if off.starts_with('0') { "1" } else { "0" });
@@ -251,8 +265,8 @@ async fn imported_keys_verify_and_upgrade(store: Arc<dyn Store>) {
 
     // The same file again, after every key was upgraded: nothing new.
     let again = node.import_keys(&admin, &file).await.unwrap();
-    assert_eq!((again.imported, again.already_present), (0, 5));
-    assert_eq!(store.list_keys(Some(&account_id)).await.unwrap().len(), 5);
+    assert_eq!((again.imported, again.already_present), (0, 6));
+    assert_eq!(store.list_keys(Some(&account_id)).await.unwrap().len(), 6);
     assert_eq!(verify(&node, &bcrypt_key).await, Outcome::Valid);
 }
 

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod isolation;
+mod legacy_import;
 mod lifecycle;
 mod limits;
 mod malformed;
