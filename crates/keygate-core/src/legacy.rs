@@ -193,7 +193,10 @@ fn bcrypt_shape(s: &str) -> bool {
     if !matches!(b[2], b'a' | b'b' | b'y') {
         return false;
     }
-    let cost = match std::str::from_utf8(&b[4..6]).ok().and_then(|c| c.parse::<u32>().ok()) {
+    let cost = match std::str::from_utf8(&b[4..6])
+        .ok()
+        .and_then(|c| c.parse::<u32>().ok())
+    {
         Some(c) if b[4].is_ascii_digit() && b[5].is_ascii_digit() => c,
         _ => return false,
     };

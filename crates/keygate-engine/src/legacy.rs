@@ -230,7 +230,8 @@ impl Engine {
         }
         let now = clock::coarse_monotonic_ns();
         let checked = legacy.checked_at.load(Ordering::Relaxed);
-        let due = state == UNKNOWN || now.saturating_sub(checked) > ABSENT_RECHECK.as_nanos() as u64;
+        let due =
+            state == UNKNOWN || now.saturating_sub(checked) > ABSENT_RECHECK.as_nanos() as u64;
         if !due
             || legacy
                 .checked_at

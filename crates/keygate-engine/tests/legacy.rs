@@ -117,7 +117,8 @@ fn metric(engine: &Engine, line_start: &str) -> u64 {
         .unwrap_or_else(|| panic!("no metric {line_start}"))
 }
 
-const BCRYPT_MATCHES: &str = "keygate_legacy_verifications_total{scheme=\"bcrypt\",result=\"match\"}";
+const BCRYPT_MATCHES: &str =
+    "keygate_legacy_verifications_total{scheme=\"bcrypt\",result=\"match\"}";
 const BCRYPT_MISMATCHES: &str =
     "keygate_legacy_verifications_total{scheme=\"bcrypt\",result=\"mismatch\"}";
 
@@ -163,8 +164,18 @@ async fn imported_keys_verify_and_upgrade(store: Arc<dyn Store>) {
         .expose()
         .to_owned();
     let file = [
-        line(&account_id, "bcrypt", &format!("bcrypt:{bcrypt_hash}"), Some(&bcrypt_key[..8])),
-        line(&account_id, "twin", &format!("bcrypt:{twin_hash}"), Some(&twin_key[..8])),
+        line(
+            &account_id,
+            "bcrypt",
+            &format!("bcrypt:{bcrypt_hash}"),
+            Some(&bcrypt_key[..8]),
+        ),
+        line(
+            &account_id,
+            "twin",
+            &format!("bcrypt:{twin_hash}"),
+            Some(&twin_key[..8]),
+        ),
         line(
             &account_id,
             "sha256",
@@ -177,7 +188,12 @@ async fn imported_keys_verify_and_upgrade(store: Arc<dyn Store>) {
             &format!("sha512:{}", php_hash("sha512", &sha512_key).unwrap()),
             None,
         ),
-        line(&account_id, "plain", &format!("plaintext:{plain_key}"), None),
+        line(
+            &account_id,
+            "plain",
+            &format!("plaintext:{plain_key}"),
+            None,
+        ),
         line(
             &account_id,
             "native-looking",
@@ -218,7 +234,10 @@ async fn imported_keys_verify_and_upgrade(store: Arc<dyn Store>) {
         .expect("the bcrypt key is upgraded");
     assert!(bcrypt_state.upgraded_at.is_some());
     assert_eq!(
-        upgraded.iter().filter(|s| s.hash.as_deref() == Some(bcrypt_hash.as_str())).count(),
+        upgraded
+            .iter()
+            .filter(|s| s.hash.as_deref() == Some(bcrypt_hash.as_str()))
+            .count(),
         0,
         "no bcrypt hash of the used key is left"
     );
@@ -293,7 +312,12 @@ async fn a_bad_file_names_each_line_and_field_and_writes_nothing() {
     let store = sqlite(&dir).await;
     let node = engine(store.clone());
     let account_id = account(&node).await;
-    let good = line(&account_id, "good", &format!("sha256:{}", "ab".repeat(32)), None);
+    let good = line(
+        &account_id,
+        "good",
+        &format!("sha256:{}", "ab".repeat(32)),
+        None,
+    );
     let file = [
         good.clone(),
         line(&account_id, "no prefix", &format!("bcrypt:$2y$10${}", "a".repeat(53)), None),
@@ -327,7 +351,10 @@ async fn a_bad_file_names_each_line_and_field_and_writes_nothing() {
         assert!(message.contains(expected), "{expected:?} not in {message}");
     }
     assert!(!message.contains("line 1:"), "{message}");
-    assert!(!message.contains("k3y-secret"), "an error repeats a key: {message}");
+    assert!(
+        !message.contains("k3y-secret"),
+        "an error repeats a key: {message}"
+    );
     assert!(store.list_legacy_keys().await.unwrap().is_empty());
     assert!(store.list_keys(None).await.unwrap().is_empty());
 }
@@ -340,7 +367,10 @@ async fn without_imported_keys_garbage_stays_malformed_and_only_the_admin_import
     let store = sqlite(&dir).await;
     let node = engine(store.clone());
     let account_id = account(&node).await;
-    assert_eq!(verify(&node, "not-a-key-at-all").await, Outcome::MalformedKey);
+    assert_eq!(
+        verify(&node, "not-a-key-at-all").await,
+        Outcome::MalformedKey
+    );
     let (_, secret) = node
         .create_key(
             &Caller::admin(None),
@@ -364,7 +394,12 @@ async fn without_imported_keys_garbage_stays_malformed_and_only_the_admin_import
         actor: keygate_engine::manage::Actor::Key(verdict.key.unwrap()),
         client_ip: None,
     };
-    let file = line(&account_id, "k", &format!("sha256:{}", "ab".repeat(32)), None);
+    let file = line(
+        &account_id,
+        "k",
+        &format!("sha256:{}", "ab".repeat(32)),
+        None,
+    );
     assert!(matches!(
         node.import_keys(&caller, &file).await,
         Err(Error::Forbidden(_))

@@ -90,7 +90,12 @@ macro_rules! legacy_sql {
                         .push_bind(s.upgraded_at);
                 });
                 q.push(" ON CONFLICT (key_id) DO NOTHING");
-                inserted += q.build().execute(&mut **tx).await.map_err(db_error)?.rows_affected();
+                inserted += q
+                    .build()
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_error)?
+                    .rows_affected();
             }
             Ok(inserted)
         }
@@ -113,7 +118,8 @@ macro_rules! legacy_sql {
                 let records: Vec<KeyRecord> = keys.iter().map(|k| k.record.clone()).collect();
                 let states: Vec<crate::LegacyKey> = keys.iter().map(|k| k.legacy.clone()).collect();
                 let mut tx = self.write().await?;
-                let inserted = insert_keys(&mut tx, &records, " ON CONFLICT (id) DO NOTHING").await?;
+                let inserted =
+                    insert_keys(&mut tx, &records, " ON CONFLICT (id) DO NOTHING").await?;
                 insert_legacy_states(&mut tx, &states).await?;
                 // Other nodes may hold a digest of a plaintext key as unknown.
                 announce_all(&mut tx, records.iter().map(|k| &k.digest)).await?;

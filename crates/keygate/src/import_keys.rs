@@ -37,8 +37,7 @@ pub async fn import_keys(args: ImportKeysArgs) -> anyhow::Result<()> {
     // Plaintext keys are digested with the database's pepper (made here on a new database,
     // as `keygate serve` would).
     let pepper = settle_pepper(&config, store.as_ref()).await?;
-    let keys = match check_import(store.as_ref(), &pepper, &text, keygate_engine::now_ms()).await
-    {
+    let keys = match check_import(store.as_ref(), &pepper, &text, keygate_engine::now_ms()).await {
         Ok(keys) => keys,
         Err(ImportError::Lines { errors, more }) => {
             for e in &errors {

@@ -371,19 +371,33 @@ async fn imported_legacy_keys_are_upgraded_on_first_use_and_move_with_an_export(
     );
     let import = run(dir, &["import-keys", "keys.jsonl"], &env);
     assert!(import.status.success(), "{}", stderr(&import));
-    assert!(stderr(&import).contains("imported 2 of 2 keys"), "{}", stderr(&import));
+    assert!(
+        stderr(&import).contains("imported 2 of 2 keys"),
+        "{}",
+        stderr(&import)
+    );
 
     assert_eq!(server.auth(&used).await, 204);
     assert_eq!(server.auth(&format!("inv_{}", "3e".repeat(32))).await, 401);
     let again = run(dir, &["import-keys", "keys.jsonl"], &env);
     assert!(again.status.success(), "{}", stderr(&again));
-    assert!(stderr(&again).contains("imported 0 of 2 keys"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("imported 0 of 2 keys"),
+        "{}",
+        stderr(&again)
+    );
 
     let export = run(dir, &["export", "--output", "moved.jsonl"], &env);
     assert!(export.status.success(), "{}", stderr(&export));
     let text = std::fs::read_to_string(dir.join("moved.jsonl")).unwrap();
-    assert!(!text.contains(&used_hash), "the used key's bcrypt hash is still exported");
-    assert!(text.contains(&unused_hash), "the unused key's bcrypt hash must move");
+    assert!(
+        !text.contains(&used_hash),
+        "the used key's bcrypt hash is still exported"
+    );
+    assert!(
+        text.contains(&unused_hash),
+        "the unused key's bcrypt hash must move"
+    );
     let states: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -405,7 +419,11 @@ async fn imported_legacy_keys_are_upgraded_on_first_use_and_move_with_an_export(
     ];
     let moved = run(dir, &["import", "moved.jsonl"], &target_env);
     assert!(moved.status.success(), "{}", stderr(&moved));
-    assert!(stderr(&moved).contains("2 of 2 legacy key states"), "{}", stderr(&moved));
+    assert!(
+        stderr(&moved).contains("2 of 2 legacy key states"),
+        "{}",
+        stderr(&moved)
+    );
     let server = Server::start(dir, &target_env).await;
     assert_eq!(server.auth(&used).await, 204);
     assert_eq!(server.auth(&unused).await, 204);

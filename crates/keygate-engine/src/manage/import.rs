@@ -81,7 +81,10 @@ impl ImportError {
         match self {
             ImportError::Failed(e) => e,
             ImportError::Lines { errors, more } => {
-                let field = errors.first().map_or("body", |e| e.field.as_str()).to_owned();
+                let field = errors
+                    .first()
+                    .map_or("body", |e| e.field.as_str())
+                    .to_owned();
                 let mut message = errors
                     .iter()
                     .map(ToString::to_string)
@@ -128,7 +131,14 @@ pub async fn check_import(
         let key = match parse_line(raw, pepper, now) {
             Ok(key) => key,
             Err((field, message)) => {
-                note(LineError { line, field, message }, &mut errors);
+                note(
+                    LineError {
+                        line,
+                        field,
+                        message,
+                    },
+                    &mut errors,
+                );
                 continue;
             }
         };
@@ -152,7 +162,10 @@ pub async fn check_import(
             continue;
         }
         if let Some(first) = seen.insert(key.record.id.clone(), line) {
-            note(fail("hash", format!("the same key as line {first}")), &mut errors);
+            note(
+                fail("hash", format!("the same key as line {first}")),
+                &mut errors,
+            );
             continue;
         }
         if key.legacy.scheme == "plaintext" {
@@ -253,7 +266,10 @@ fn parse_line(
         Err(e) => {
             return Err(field_error(
                 "line",
-                format!("not JSON: {}", keygate_core::key::obscure(&e.to_string(), 120)),
+                format!(
+                    "not JSON: {}",
+                    keygate_core::key::obscure(&e.to_string(), 120)
+                ),
             ))
         }
     };
@@ -299,18 +315,37 @@ fn parse_line(
     let (id, digest, stored, lookup) = match &hash {
         LegacyHash::Bcrypt(h) => {
             let prefix = lookup_prefix.clone().ok_or_else(|| {
-                field_error("lookup_prefix", "a bcrypt hash needs the lookup_prefix it is found under")
+                field_error(
+                    "lookup_prefix",
+                    "a bcrypt hash needs the lookup_prefix it is found under",
+                )
             })?;
             let identity = format!("bcrypt:{h}");
-            (imported_key_id(identity.as_bytes()), placeholder_digest(&identity), Some(h.clone()), prefix)
+            (
+                imported_key_id(identity.as_bytes()),
+                placeholder_digest(&identity),
+                Some(h.clone()),
+                prefix,
+            )
         }
         LegacyHash::Sha256(h) | LegacyHash::Sha512(h) => {
             let identity = format!("{}:{h}", hash.scheme().as_str());
-            (imported_key_id(identity.as_bytes()), placeholder_digest(&identity), Some(h.clone()), h.clone())
+            (
+                imported_key_id(identity.as_bytes()),
+                placeholder_digest(&identity),
+                Some(h.clone()),
+                h.clone(),
+            )
         }
         LegacyHash::Plaintext(key) => {
-            if lookup_prefix.as_ref().is_some_and(|p| !key.starts_with(p.as_str())) {
-                return Err(field_error("lookup_prefix", "lookup_prefix must be the key's first characters"));
+            if lookup_prefix
+                .as_ref()
+                .is_some_and(|p| !key.starts_with(p.as_str()))
+            {
+                return Err(field_error(
+                    "lookup_prefix",
+                    "lookup_prefix must be the key's first characters",
+                ));
             }
             let digest: KeyDigest = pepper.digest(key.as_bytes());
             (imported_key_id(&digest.0), digest, None, String::new())
@@ -383,7 +418,9 @@ fn optional_time(
     let bad = || {
         field_error(
             field,
-            format!("{field} must be unix milliseconds, an RFC 3339 time or YYYY-MM-DD HH:MM:SS (UTC)"),
+            format!(
+                "{field} must be unix milliseconds, an RFC 3339 time or YYYY-MM-DD HH:MM:SS (UTC)"
+            ),
         )
     };
     match object.remove(field) {

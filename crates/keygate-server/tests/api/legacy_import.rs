@@ -37,9 +37,15 @@ async fn imported_keys_verify_through_the_http_entry_points() {
     .join("\n");
     let a = import(&app, &app.admin_token, &file).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-    assert_eq!(a.body, json!({"keys": 2, "imported": 2, "already_present": 0}));
+    assert_eq!(
+        a.body,
+        json!({"keys": 2, "imported": 2, "already_present": 0})
+    );
     let again = import(&app, &app.admin_token, &file).await;
-    assert_eq!(again.body, json!({"keys": 2, "imported": 0, "already_present": 2}));
+    assert_eq!(
+        again.body,
+        json!({"keys": 2, "imported": 0, "already_present": 2})
+    );
 
     let v = app.verify(json!({"key": legacy_key})).await;
     assert_eq!(v.body["valid"], true, "{}", v.body);
@@ -57,7 +63,11 @@ async fn imported_keys_verify_through_the_http_entry_points() {
 
     // The key appears in the key list like any other, with its lookup prefix shown.
     let list = app
-        .admin(Method::GET, &format!("/v1/api-keys?account_id={account}"), None)
+        .admin(
+            Method::GET,
+            &format!("/v1/api-keys?account_id={account}"),
+            None,
+        )
         .await;
     let names: Vec<&str> = list.body["data"]
         .as_array()
@@ -77,7 +87,8 @@ async fn imported_keys_verify_through_the_http_entry_points() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("keygate_legacy_verifications_total{scheme=\"bcrypt\",result=\"match\"} 0"),
+        metrics
+            .contains("keygate_legacy_verifications_total{scheme=\"bcrypt\",result=\"match\"} 0"),
         "{metrics}"
     );
 }
@@ -100,7 +111,11 @@ async fn a_bad_file_is_a_400_naming_line_and_field_and_only_the_admin_imports() 
         a.body
     );
     let keys = app
-        .admin(Method::GET, &format!("/v1/api-keys?account_id={account}"), None)
+        .admin(
+            Method::GET,
+            &format!("/v1/api-keys?account_id={account}"),
+            None,
+        )
         .await;
     assert_eq!(keys.body["data"], json!([]), "nothing was written");
 
