@@ -455,3 +455,53 @@ async fn a_burst_of_wrong_keys_against_a_prefix_is_bounded() {
     assert_eq!(metric(&node, "keygate_legacy_busy_total"), busy as u64);
     assert_eq!(verify(&node, &key).await, Outcome::Valid);
 }
+
+/// First-use (bcrypt, cost 10 as PHP's default) and later (HMAC, cache hit) verification
+/// times over `KEYGATE_LEGACY_TIMING_KEYS` keys (default 10), printed; the later ones must
+/// be at least 100 times faster. Figures: `cargo test -p keygate-engine --test legacy --
+/// first_use --nocapture` (the test profile: dependencies at opt-level 1).
+#[tokio::test]
+async fn first_use_pays_bcrypt_once_and_later_verifications_are_cache_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let node = engine(store.clone());
+    let account_id = account(&node).await;
+    let count: u8 = std::env::var("KEYGATE_LEGACY_TIMING_KEYS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10);
+    let mut keys = Vec::new();
+    let mut file = Vec::new();
+    for i in 0..count {
+        let key = reference_key(100 + i, "inv_");
+        let Some(hash) = php_password_hash(&key) else {
+            return;
+        };
+        file.push(line(&account_id, "k", &format!("bcrypt:{hash}"), Some(&key[..12])));
+        keys.push(key);
+    }
+    node.import_keys(&Caller::admin(None), &file.join("\n"))
+        .await
+        .unwrap();
+    let timed = |rounds: u32| {
+        let node = node.clone();
+        let keys = keys.clone();
+        async move {
+            let started = std::time::Instant::now();
+            for _ in 0..rounds {
+                for key in &keys {
+                    assert_eq!(verify(&node, key).await, Outcome::Valid);
+                }
+            }
+            started.elapsed() / (rounds * keys.len() as u32)
+        }
+    };
+    let first = timed(1).await;
+    let later = timed(1000).await;
+    eprintln!(
+        "{} imported bcrypt keys: first use {first:?} per key (bcrypt + upgrade), later {later:?} per verification",
+        keys.len()
+    );
+    assert_eq!(metric(&node, BCRYPT_MATCHES), u64::from(count));
+    assert!(later * 100 < first, "first {first:?}, later {later:?}");
+}
