@@ -477,7 +477,12 @@ async fn first_use_pays_bcrypt_once_and_later_verifications_are_cache_hits() {
         let Some(hash) = php_password_hash(&key) else {
             return;
         };
-        file.push(line(&account_id, "k", &format!("bcrypt:{hash}"), Some(&key[..12])));
+        file.push(line(
+            &account_id,
+            "k",
+            &format!("bcrypt:{hash}"),
+            Some(&key[..12]),
+        ));
         keys.push(key);
     }
     node.import_keys(&Caller::admin(None), &file.join("\n"))

@@ -24,7 +24,7 @@ pub struct ImportKeysArgs {
 
 pub async fn import_keys(args: ImportKeysArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config, &|name| std::env::var(name).ok())?;
-    let text = if args.file == PathBuf::from("-") {
+    let text = if args.file.as_os_str() == "-" {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
             .context("cannot read standard input")?;
