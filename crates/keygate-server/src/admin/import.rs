@@ -47,7 +47,7 @@ impl From<ImportSummary> for ImportedKeys {
     path = "/v1/api-keys/import",
     tag = "api-keys",
     security(("admin_token" = [])),
-    request_body(content = String, content_type = "application/x-ndjson", description = "JSON lines, one key a line"),
+    request_body(content = String, content_type = "text/plain", description = "JSON lines, one key a line (any content type is read as such; `application/x-ndjson` is usual)"),
     responses((status = 200, description = "What was imported", body = ImportedKeys), AuthErrors, BodyErrors)
 )]
 pub async fn import_keys(
