@@ -7,6 +7,7 @@
 pub mod ip;
 pub mod key;
 pub mod least_privilege;
+pub mod legacy;
 pub mod outcome;
 pub mod permission;
 pub mod policy;

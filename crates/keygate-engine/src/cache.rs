@@ -259,6 +259,15 @@ impl KeyCache {
         shard.unknown.remove(&slot);
     }
 
+    /// Forgets every digest remembered as unknown (keys were imported: one of them may be
+    /// a credential tried before).
+    pub fn invalidate_unknown(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for shard in self.shards.iter() {
+            write(shard).unknown = HashMap::default();
+        }
+    }
+
     /// Forgets everything (changes may have been missed).
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);

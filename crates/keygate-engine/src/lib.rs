@@ -14,6 +14,7 @@ mod clock;
 mod config;
 mod error;
 mod ids;
+mod legacy;
 pub mod manage;
 mod metrics;
 mod pepper_check;
@@ -68,6 +69,8 @@ pub struct Engine {
     announcer: Arc<announce::Announcer>,
     /// Webhook settings, set once at start (`manage/webhooks.rs`).
     webhooks: std::sync::OnceLock<manage::WebhookSettings>,
+    /// Imported keys' legacy hashes: whether any exist, the bcrypt bound.
+    legacy: legacy::LegacyVerifier,
 }
 
 impl Engine {
@@ -91,6 +94,7 @@ impl Engine {
             stopping: tokio::sync::watch::channel(false).0,
             announcer: Arc::new(announce::Announcer::new()),
             webhooks: std::sync::OnceLock::new(),
+            legacy: legacy::LegacyVerifier::default(),
         })
     }
 
@@ -124,11 +128,13 @@ impl Engine {
 
     /// The Prometheus text for `/metrics`.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render(
+        let mut out = self.metrics.render(
             self.cache.entry_count(),
             self.usage.cell_count() as u64,
             now_ms(),
-        )
+        );
+        self.legacy.metrics.render(&mut out);
+        out
     }
 
     /// Is the store reachable?

@@ -36,7 +36,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn refused(outcome: Outcome) -> Verdict {
+    pub(crate) fn refused(outcome: Outcome) -> Verdict {
         Verdict {
             outcome,
             key: None,
@@ -52,6 +52,8 @@ enum Memory {
     AskLimiter(Arc<CachedKey>),
     /// Not cached or not fresh: the store must be asked (with the stale copy, if any).
     AskStore(KeyDigest, Option<Arc<CachedKey>>),
+    /// Not cached, not in keygate's key format, and imported keys may exist (`legacy.rs`).
+    AskImported(KeyDigest),
 }
 
 impl Engine {
@@ -75,6 +77,9 @@ impl Engine {
             Memory::AskLimiter(key) => Box::pin(self.check_shared(key, request, &mut waited)).await,
             Memory::AskStore(digest, stale) => {
                 Box::pin(self.answer_from_store(digest, stale, request, &mut waited)).await
+            }
+            Memory::AskImported(digest) => {
+                Box::pin(self.answer_imported(digest, request, &mut waited)).await
             }
         };
         let elapsed = if waited.is_zero() {
@@ -116,10 +121,12 @@ impl Engine {
             Lookup::Hit(key) => Memory::AskStore(digest, Some(key)),
             // Only a key that parsed is ever cached (a digest is a hash of the very string
             // that was parsed), so the shape and checksum are checked only here, before
-            // anything unknown can reach the store.
+            // anything unknown can reach the store; other strings only while the store
+            // may hold imported keys, which need not be in keygate's format.
             Lookup::Miss => match self.format.parse(request.key) {
-                Err(_) => Memory::Answer(Verdict::refused(Outcome::MalformedKey)),
                 Ok(_) => Memory::AskStore(digest, None),
+                Err(_) if self.legacy.may_exist(started) => Memory::AskImported(digest),
+                Err(_) => Memory::Answer(Verdict::refused(Outcome::MalformedKey)),
             },
         }
     }
@@ -132,15 +139,25 @@ impl Engine {
         waited: &mut Duration,
     ) -> Result<Verdict> {
         let asked = Instant::now();
-        let found = self.lookup(digest, stale).await;
+        let mut found = self.lookup(digest, stale).await;
+        if matches!(found, Ok(None)) {
+            found = self.imported_after_miss(digest, request.key).await;
+        }
         *waited += asked.elapsed();
-        let key = match found? {
-            Some(key) => key,
-            None => {
-                return Ok(Verdict::refused(Outcome::InvalidKey(
-                    InvalidReason::Unknown,
-                )))
-            }
+        self.judge_found(found?, request, waited).await
+    }
+
+    /// The verdict for what the store answered: unknown, or a key to judge.
+    pub(crate) async fn judge_found(
+        &self,
+        found: Option<Arc<CachedKey>>,
+        request: &VerifyRequest<'_>,
+        waited: &mut Duration,
+    ) -> Result<Verdict> {
+        let Some(key) = found else {
+            return Ok(Verdict::refused(Outcome::InvalidKey(
+                InvalidReason::Unknown,
+            )));
         };
         match self.check_now(key, request) {
             Ok(verdict) => Ok(verdict),
@@ -179,16 +196,26 @@ impl Engine {
             }
         };
         let key = match record {
-            Some(r) => {
-                let plan_rate_limit = self.plan_rate_limit(&r).await?;
-                let usage = self.usage.cell(&r);
-                usage.reconcile(&r);
-                Some(Arc::new(CachedKey::from_record(r, usage, plan_rate_limit)))
-            }
+            Some(r) => Some(self.cached_key(r).await?),
             None => None,
         };
         self.cache.fill(ticket, digest, key.clone());
         Ok(key)
+    }
+
+    /// A stored key as the cache keeps it, with its usage cell and plan rate limit.
+    pub(crate) async fn cached_key(
+        &self,
+        record: keygate_store::KeyRecord,
+    ) -> Result<Arc<CachedKey>> {
+        let plan_rate_limit = self.plan_rate_limit(&record).await?;
+        let usage = self.usage.cell(&record);
+        usage.reconcile(&record);
+        Ok(Arc::new(CachedKey::from_record(
+            record,
+            usage,
+            plan_rate_limit,
+        )))
     }
 
     /// When the store cannot answer: the cached copy while it is younger than TTL +

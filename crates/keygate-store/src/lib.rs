@@ -7,6 +7,7 @@
 
 mod error;
 mod hygiene;
+mod legacy;
 mod migrate;
 mod model;
 mod permission_usage;
@@ -21,6 +22,7 @@ use keygate_core::{Environment, KeyDigest};
 
 pub use error::StoreError;
 pub use hygiene::RetiringKey;
+pub use legacy::{ImportedKey, LegacyKey, LegacyStore};
 pub use model::{
     Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, PermissionCount, PermissionUse, Quota,
     RateLimit, Refill, SeenIp, UsageCount, UsageUpdate,
@@ -94,7 +96,7 @@ pub struct AccountQuery<'a> {
 
 /// Everything keygate keeps. Times are unix milliseconds.
 #[async_trait]
-pub trait Store: SessionStore + WebhookStore + Send + Sync + 'static {
+pub trait Store: SessionStore + WebhookStore + LegacyStore + Send + Sync + 'static {
     /// Key changes committed by every node, for backends shared by several nodes; `None`
     /// where this process is the only writer.
     async fn change_feed(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>>;

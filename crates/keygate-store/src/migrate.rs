@@ -20,6 +20,7 @@ macro_rules! migrations {
             migration!($backend, 6, "webhooks"),
             migration!($backend, 7, "sessions"),
             migration!($backend, 8, "leaks_idle"),
+            migration!($backend, 9, "legacy_keys"),
             migration!($backend, 11, "permission_usage", "0011_permission_usage"),
         ]
     };

@@ -440,6 +440,7 @@ macro_rules! sql_store {
             }
 
             crate::hygiene::hygiene_sql!($store);
+            crate::legacy::legacy_sql!($store, $db, $row);
 
             #[async_trait]
             impl Store for $store {

@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod import_keys;
 mod serve;
 mod transfer;
 mod webhook_config;
@@ -31,6 +32,9 @@ enum Command {
     Export(transfer::ExportArgs),
     /// Read a `keygate export` into the configured database (e.g. SQLite to PostgreSQL).
     Import(transfer::ImportArgs),
+    /// Import keys from another system (JSON lines with bcrypt/SHA hashes or plaintext keys)
+    /// into the configured database; they are upgraded to keygate's digest on first use.
+    ImportKeys(import_keys::ImportKeysArgs),
     /// Manage accounts on a running server.
     Accounts {
         #[command(flatten)]
@@ -83,6 +87,13 @@ fn main() -> ExitCode {
                 }
             },
             Command::Export(args) => match transfer::export(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Command::ImportKeys(args) => match import_keys::import_keys(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");

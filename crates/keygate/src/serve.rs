@@ -260,7 +260,7 @@ const WRONG_PEPPER: &str = "the pepper is not the one this database's keys were 
 /// A generated pepper is written only once it is known to be accepted: just before the
 /// database records its check, so a start that refuses leaves no new `.pepper` file behind
 /// (issue 16), while a database never records a pepper that is not on disk.
-async fn settle_pepper(config: &Config, store: &dyn Store) -> anyhow::Result<Pepper> {
+pub(crate) async fn settle_pepper(config: &Config, store: &dyn Store) -> anyhow::Result<Pepper> {
     let (pepper, unsaved) = match &config.pepper {
         Some(p) => (parse_pepper(p)?, None),
         None => {

@@ -5,7 +5,8 @@
 //! one record a line, each with a `type`, in this order: `setting` (the pepper check and the
 //! admin token digest), `account`, `key` (its HMAC digest, never the key), `audit` (oldest
 //! first), `usage` (the hourly counts of one key); last an `end` line with the counts, so that
-//! a cut-off file is refused. The file holds no secret; the pepper the digests were made with
+//! a cut-off file is refused. Keys imported from another system (`keygate import-keys`) add
+//! `legacy_key` lines after the usage: each one's legacy hash while it is not upgraded yet. The file holds no secret; the pepper the digests were made with
 //! is not in it, and the keys verify after the move only where keygate runs with that pepper.
 //!
 //! An import checks the whole file before it writes anything, then inserts the records as
@@ -17,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use keygate_core::{Environment, KeyDigest};
-use keygate_store::{Account, AuditEvent, KeyRecord, Quota, RateLimit, SeenIp, Store, UsageCount};
+use keygate_store::{
+    Account, AuditEvent, KeyRecord, LegacyKey, Quota, RateLimit, SeenIp, Store, UsageCount,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ServeArgs};
@@ -70,6 +73,7 @@ enum Line {
     Key(Box<KeyLine>),
     Audit(AuditLine),
     Usage(UsageLine),
+    LegacyKey(LegacyKeyLine),
     End(Counts),
 }
 
@@ -82,7 +86,8 @@ impl Line {
             Line::Key(_) => 2,
             Line::Audit(_) => 3,
             Line::Usage(_) => 4,
-            Line::End(_) => 5,
+            Line::LegacyKey(_) => 5,
+            Line::End(_) => 6,
         }
     }
 }
@@ -162,6 +167,45 @@ struct CountLine {
     count: i64,
 }
 
+/// An imported key's legacy state: its legacy hash until the first verification upgrades it
+/// (`hash` is then null).
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct LegacyKeyLine {
+    key_id: String,
+    scheme: String,
+    lookup: String,
+    hash: Option<String>,
+    imported_at: i64,
+    upgraded_at: Option<i64>,
+}
+
+impl From<LegacyKey> for LegacyKeyLine {
+    fn from(l: LegacyKey) -> Self {
+        LegacyKeyLine {
+            key_id: l.key_id,
+            scheme: l.scheme,
+            lookup: l.lookup,
+            hash: l.hash,
+            imported_at: l.imported_at,
+            upgraded_at: l.upgraded_at,
+        }
+    }
+}
+
+impl From<LegacyKeyLine> for LegacyKey {
+    fn from(l: LegacyKeyLine) -> Self {
+        LegacyKey {
+            key_id: l.key_id,
+            scheme: l.scheme,
+            lookup: l.lookup,
+            hash: l.hash,
+            imported_at: l.imported_at,
+            upgraded_at: l.upgraded_at,
+        }
+    }
+}
+
 /// How many records of each type; the `end` line.
 #[derive(Serialize, Deserialize, Debug, Default, PartialEq, Eq, Clone, Copy)]
 #[serde(deny_unknown_fields)]
@@ -171,6 +215,9 @@ struct Counts {
     keys: u64,
     audit_events: u64,
     usage_counts: u64,
+    /// Absent in exports made before keys could be imported.
+    #[serde(default)]
+    legacy_keys: u64,
 }
 
 impl From<&Account> for AccountLine {
@@ -315,8 +362,8 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
         }
     };
     eprintln!(
-        "exported {} accounts, {} keys, {} audit events and {} usage counts from {shown}",
-        counts.accounts, counts.keys, counts.audit_events, counts.usage_counts
+        "exported {} accounts, {} keys, {} audit events, {} usage counts and {} imported keys' legacy states from {shown}",
+        counts.accounts, counts.keys, counts.audit_events, counts.usage_counts, counts.legacy_keys
     );
     eprintln!(
         "the file holds key digests, never keys; they verify only with the same pepper, which is not in the file"
@@ -405,6 +452,10 @@ async fn write_export(store: &dyn Store, out: &mut impl Write) -> anyhow::Result
             .collect();
         let key_id = key.id.clone();
         write_line(out, &Line::Usage(UsageLine { key_id, counts }))?;
+    }
+    for legacy in store.list_legacy_keys().await? {
+        write_line(out, &Line::LegacyKey(legacy.into()))?;
+        counts.legacy_keys += 1;
     }
     write_line(out, &Line::End(counts))?;
     Ok(counts)
@@ -530,6 +581,15 @@ fn check(source: &Source) -> anyhow::Result<Checked> {
                 }
                 seen.usage_counts += u.counts.len() as u64;
             }
+            Line::LegacyKey(l) => {
+                if !keys.contains(&l.key_id) {
+                    bail!(
+                        "line {n}: legacy hash of key {}, which the file does not hold",
+                        l.key_id
+                    );
+                }
+                seen.legacy_keys += 1;
+            }
             Line::End(counts) => end = Some(counts),
         }
     }
@@ -599,7 +659,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
 
     let total = checked.counts;
     eprintln!(
-        "imported into {}: {} of {} accounts, {} of {} keys, {} of {} audit events, {} of {} usage counts (the rest were there already)",
+        "imported into {}: {} of {} accounts, {} of {} keys, {} of {} audit events, {} of {} usage counts, {} of {} legacy key states (the rest were there already)",
         redact_url(&config.database_url),
         done.accounts,
         total.accounts,
@@ -609,6 +669,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
         total.audit_events,
         done.usage_counts,
         total.usage_counts,
+        done.legacy_keys,
+        total.legacy_keys,
     );
     if config.pepper.is_none() {
         eprintln!("start keygate on this database with the pepper of the exported installation (KEYGATE_PEPPER): the keys verify only with it");
@@ -622,6 +684,7 @@ struct Batch {
     accounts: Vec<Account>,
     keys: Vec<KeyRecord>,
     audit: Vec<AuditEvent>,
+    legacy: Vec<LegacyKey>,
 }
 
 impl Batch {
@@ -636,6 +699,9 @@ impl Batch {
             Line::Account(_) => !self.keys.is_empty() || !self.audit.is_empty(),
             Line::Key(_) => !self.accounts.is_empty() || !self.audit.is_empty(),
             Line::Audit(_) => !self.accounts.is_empty() || !self.keys.is_empty(),
+            Line::LegacyKey(_) => {
+                !self.accounts.is_empty() || !self.keys.is_empty() || !self.audit.is_empty()
+            }
             _ => true,
         };
         if pending_other {
@@ -645,6 +711,7 @@ impl Batch {
             Line::Account(a) => self.accounts.push(a.into()),
             Line::Key(k) => self.keys.push(k.into_record()?),
             Line::Audit(e) => self.audit.push(e.into()),
+            Line::LegacyKey(l) => self.legacy.push(l.into()),
             Line::Usage(u) => {
                 let counts: Vec<UsageCount> = u
                     .counts
@@ -659,7 +726,7 @@ impl Batch {
             }
             Line::Setting(_) | Line::End(_) => {}
         }
-        if self.accounts.len() + self.keys.len() + self.audit.len() >= BATCH {
+        if self.accounts.len() + self.keys.len() + self.audit.len() + self.legacy.len() >= BATCH {
             self.flush(store, done).await?;
         }
         Ok(())
@@ -680,6 +747,10 @@ impl Batch {
         if !self.audit.is_empty() {
             done.audit_events += store.import_audit(&self.audit).await?;
             self.audit.clear();
+        }
+        if !self.legacy.is_empty() {
+            done.legacy_keys += store.import_legacy_states(&self.legacy).await?;
+            self.legacy.clear();
         }
         Ok(())
     }

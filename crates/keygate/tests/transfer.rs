@@ -302,3 +302,130 @@ async fn an_sqlite_installation_moves_to_postgresql_without_reissuing_keys() {
         stderr(&refused)
     );
 }
+
+/// `php -r 'echo password_hash(KEY, PASSWORD_BCRYPT);'`, as the invoicing reference stores
+/// keys; `None` (the test says it skipped) without php-cli.
+fn php_password_hash(key: &str) -> Option<String> {
+    let code = r#"echo password_hash($argv[1], PASSWORD_BCRYPT, ["cost" => 8]);"#;
+    match Command::new("php").args(["-r", code, key]).output() {
+        Ok(out) if out.status.success() => Some(String::from_utf8(out.stdout).unwrap()),
+        Ok(out) => panic!("php failed: {out:?}"),
+        Err(_) => {
+            keygate_test_support::skip("php-cli not installed");
+            None
+        }
+    }
+}
+
+/// `keygate import-keys` into a running server's SQLite database: the keys verify, the used
+/// one is upgraded (the export shows no bcrypt hash for it, the other's still), a second run
+/// imports nothing, a bad file writes nothing; then `keygate export` / `import` move both to
+/// a fresh database where both verify, the one not yet upgraded by its bcrypt hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imported_legacy_keys_are_upgraded_on_first_use_and_move_with_an_export() {
+    let used = format!("inv_{}", "3c".repeat(32));
+    let unused = format!("inv_{}", "3d".repeat(32));
+    let (Some(used_hash), Some(unused_hash)) =
+        (php_password_hash(&used), php_password_hash(&unused))
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let pepper = "5e".repeat(32);
+    let env = [
+        ("KEYGATE_ADMIN_TOKEN", ADMIN),
+        ("KEYGATE_PEPPER", pepper.as_str()),
+    ];
+    let server = Server::start(dir, &env).await;
+    let account = server
+        .admin(
+            reqwest::Method::POST,
+            "/v1/accounts",
+            Some(json!({"name": "Invoicing", "plan": "pro"})),
+        )
+        .await;
+    let account_id = account["id"].as_str().unwrap();
+    let file: String = [(&used, &used_hash), (&unused, &unused_hash)]
+        .iter()
+        .map(|(key, hash)| {
+            json!({"account_id": account_id, "name": "imported", "hash": format!("bcrypt:{hash}"),
+                   "lookup_prefix": &key[..8], "scope": "read"})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(dir.join("keys.jsonl"), &file).unwrap();
+    std::fs::write(
+        dir.join("bad.jsonl"),
+        format!("{}\n{{\"name\":\"x\"}}\n", file.lines().next().unwrap()),
+    )
+    .unwrap();
+
+    let bad = run(dir, &["import-keys", "bad.jsonl"], &env);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("line 2: account_id: account_id is required"),
+        "{}",
+        stderr(&bad)
+    );
+    let import = run(dir, &["import-keys", "keys.jsonl"], &env);
+    assert!(import.status.success(), "{}", stderr(&import));
+    assert!(
+        stderr(&import).contains("imported 2 of 2 keys"),
+        "{}",
+        stderr(&import)
+    );
+
+    assert_eq!(server.auth(&used).await, 204);
+    assert_eq!(server.auth(&format!("inv_{}", "3e".repeat(32))).await, 401);
+    let again = run(dir, &["import-keys", "keys.jsonl"], &env);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("imported 0 of 2 keys"),
+        "{}",
+        stderr(&again)
+    );
+
+    let export = run(dir, &["export", "--output", "moved.jsonl"], &env);
+    assert!(export.status.success(), "{}", stderr(&export));
+    let text = std::fs::read_to_string(dir.join("moved.jsonl")).unwrap();
+    assert!(
+        !text.contains(&used_hash),
+        "the used key's bcrypt hash is still exported"
+    );
+    assert!(
+        text.contains(&unused_hash),
+        "the unused key's bcrypt hash must move"
+    );
+    let states: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["type"] == "legacy_key")
+        .collect();
+    assert_eq!(states.len(), 2);
+    assert_eq!(states.iter().filter(|s| s["hash"].is_null()).count(), 1);
+    for secret in [&used, &unused] {
+        assert!(!text.contains(secret.as_str()), "the export holds a key");
+    }
+    server.stop().await;
+
+    let target = tempfile::tempdir().unwrap();
+    let target_url = format!("sqlite://{}/moved.db", target.path().display());
+    let target_env = [
+        ("KEYGATE_ADMIN_TOKEN", ADMIN),
+        ("KEYGATE_PEPPER", pepper.as_str()),
+        ("KEYGATE_DATABASE_URL", target_url.as_str()),
+    ];
+    let moved = run(dir, &["import", "moved.jsonl"], &target_env);
+    assert!(moved.status.success(), "{}", stderr(&moved));
+    assert!(
+        stderr(&moved).contains("2 of 2 legacy key states"),
+        "{}",
+        stderr(&moved)
+    );
+    let server = Server::start(dir, &target_env).await;
+    assert_eq!(server.auth(&used).await, 204);
+    assert_eq!(server.auth(&unused).await, 204);
+    server.stop().await;
+}

@@ -63,7 +63,7 @@ pub struct Rotated {
     pub previous: KeyRecord,
 }
 
-fn permissions_of(
+pub(super) fn permissions_of(
     permissions: Option<&[String]>,
     scope: Option<&str>,
 ) -> Result<Option<PermissionSet>> {
@@ -82,7 +82,7 @@ fn permissions_of(
     }
 }
 
-fn allowlist_of(list: &[String]) -> Result<Vec<String>> {
+pub(super) fn allowlist_of(list: &[String]) -> Result<Vec<String>> {
     IpAllowlist::parse(list)
         .map(|l| l.to_strings())
         .map_err(|e| Error::validation("ip_allowlist", e.to_string()))

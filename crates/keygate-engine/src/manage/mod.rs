@@ -3,6 +3,7 @@
 //! cache before it returns.
 
 mod accounts;
+pub mod import;
 mod keys;
 mod leaks;
 mod pages;
@@ -26,6 +27,7 @@ use crate::ids::new_id;
 use crate::{now_ms, Engine, Error, Result};
 
 pub use accounts::{AccountPatch, NewAccount};
+pub use import::{ImportError, ImportSummary, LineError};
 pub use keys::{KeyStatus, KeyUpdate, NewKey, RotateOptions, Rotated};
 pub use leaks::{LeakAction, LeakSource, LeakVerdict};
 pub use pages::{AccountFilter, KeyFilter, Page, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};

@@ -8,6 +8,7 @@ mod extract;
 mod fast_path;
 mod github_scanning;
 mod health;
+mod import;
 mod key_changes;
 mod keys;
 mod leaks;
@@ -51,6 +52,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(accounts::list, accounts::create))
         .routes(routes!(accounts::get, accounts::update))
         .routes(routes!(keys::list, keys::create))
+        .routes(routes!(import::import_keys))
         .routes(routes!(keys::get, keys::update))
         .routes(routes!(keys::revoke))
         .routes(routes!(keys::rotate))

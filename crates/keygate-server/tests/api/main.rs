@@ -5,6 +5,7 @@ mod helpers;
 
 mod isolation;
 mod leaks;
+mod legacy_import;
 mod lifecycle;
 mod limits;
 mod malformed;

@@ -22,6 +22,7 @@ const API: &[(&str, &[&str])] = &[
     ("/v1/accounts", &["get", "post"]),
     ("/v1/accounts/{id}", &["get", "patch"]),
     ("/v1/api-keys", &["get", "post"]),
+    ("/v1/api-keys/import", &["post"]),
     ("/v1/api-keys/{id}", &["get", "patch"]),
     ("/v1/api-keys/{id}/revoke", &["post"]),
     ("/v1/api-keys/{id}/rotate", &["post"]),
