@@ -8,6 +8,7 @@
 mod error;
 mod migrate;
 mod model;
+mod signing_keys;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use keygate_core::{Environment, KeyDigest};
 
 pub use error::StoreError;
+pub use signing_keys::SigningKeyRecord;
 pub use model::{
     Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, Quota, RateLimit, Refill, SeenIp,
     UsageCount, UsageUpdate,
@@ -93,6 +95,11 @@ pub trait Store: Send + Sync + 'static {
     async fn get_setting(&self, name: &str) -> Result<Option<String>>;
     /// Stores `value` unless `name` is set already; returns whether it stored it.
     async fn insert_setting_if_absent(&self, name: &str, value: &str) -> Result<bool>;
+
+    /// Every token signing key, oldest generation first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
+    /// Stores a signing key unless its generation exists already; returns whether it did.
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<bool>;
 
     async fn create_account(&self, account: &Account, audit: &AuditEvent) -> Result<()>;
     async fn get_account(&self, id: &str) -> Result<Option<Account>>;

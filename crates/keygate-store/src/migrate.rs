@@ -17,11 +17,20 @@ macro_rules! migrations {
             migration!($backend, 3, "quota_refill"),
             migration!($backend, 4, "key_changes"),
             migration!($backend, 5, "list_order"),
+            migration!($backend, 10, "0010", "signing_keys"),
         ]
     };
 }
 
 macro_rules! migration {
+    // Two-digit and longer versions name their file number in full.
+    ($backend:literal, $version:literal, $file:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../migrations/", $backend, "/", $file, "_", $name, ".sql")),
+        }
+    };
     ($backend:literal, $version:literal, $name:literal) => {
         Migration {
             version: $version,
