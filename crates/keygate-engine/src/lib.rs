@@ -20,6 +20,7 @@ mod pepper_check;
 mod ratelimit;
 mod shared_limit;
 mod store_health;
+pub mod tokens;
 mod usage;
 mod verify;
 
@@ -64,6 +65,8 @@ pub struct Engine {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Key changes told to caches outside this process, by key id.
     announcer: Arc<announce::Announcer>,
+    /// Short-lived tokens: signing keys, settings, verified tokens.
+    tokens: tokens::Tokens,
 }
 
 impl Engine {
@@ -86,6 +89,7 @@ impl Engine {
             started: std::time::Instant::now(),
             stopping: tokio::sync::watch::channel(false).0,
             announcer: Arc::new(announce::Announcer::new()),
+            tokens: tokens::Tokens::new(),
         })
     }
 

@@ -72,6 +72,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(limiter) = shared_limiter {
         engine.share_rate_limits(limiter);
     }
+    engine.configure_tokens(config.token_settings());
+    // So the JWKS is never empty; a store hiccup here only delays it to the first token.
+    if let Err(e) = engine.prepare_signing_key().await {
+        tracing::warn!(error = %e, "cannot prepare the token signing key yet");
+    }
     let flusher =
         engine.spawn_usage_flusher(Duration::from_secs(config.usage_flush_seconds.max(1)));
     let change_listener = engine

@@ -10,6 +10,7 @@ mod health;
 mod key_changes;
 mod keys;
 mod openapi;
+mod tokens;
 pub(crate) mod verify;
 mod views;
 
@@ -51,6 +52,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(verify::key_info))
         .routes(routes!(verify::verify))
         .routes(routes!(key_changes::stream))
+        .routes(routes!(tokens::create))
+        .routes(routes!(tokens::jwks))
         .merge(forward_auth())
 }
 

@@ -252,6 +252,7 @@ field_schema!(
         (name = "api-keys", description = "API keys: never the secret, except when created or rotated"),
         (name = "audit", description = "Lifecycle events"),
         (name = "verification", description = "Verifying keys for other services"),
+        (name = "tokens", description = "Short-lived signed tokens derived from a key, and the keys that verify them"),
     )
 )]
 pub struct ApiDoc;
