@@ -13,7 +13,7 @@ use keygate_engine::Error;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::openapi::{AuthErrors, BodyErrors, PermissionGrant, StoreErrors};
+use super::openapi::{AuthErrors, BodyErrors, PermissionGrant, StoreErrors, ThrottleErrors};
 use super::views;
 use crate::edge::json::OptionalJson;
 use crate::edge::request_ip;
@@ -141,7 +141,7 @@ pub async fn create(State(state): State<AppState>, request: Request) -> Result<R
     operation_id = "get_jwks",
     path = "/.well-known/jwks.json",
     tag = "tokens",
-    responses((status = 200, description = "The JSON Web Key Set", body = JwkSet), StoreErrors)
+    responses((status = 200, description = "The JSON Web Key Set", body = JwkSet), ThrottleErrors, StoreErrors)
 )]
 pub async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
     let keys = state

@@ -29,7 +29,7 @@ async fn issue(app: &TestApp, key: &str, body: Value) -> Answer {
         .await
 }
 
-async fn token(app: &TestApp, key: &str, body: Value) -> String {
+async fn new_token(app: &TestApp, key: &str, body: Value) -> String {
     let a = issue(app, key, body).await;
     assert_eq!(a.status.as_u16(), 201, "{}", a.body);
     a.body["token"].as_str().unwrap().to_owned()
@@ -140,7 +140,7 @@ async fn asking_for_more_than_the_key_holds_is_403_and_bad_input_400() {
         .assert_error(401, "missing_credentials");
     let admin = app.admin_token.clone();
     assert_eq!(issue(&app, &admin, json!({})).await.status.as_u16(), 401);
-    let token = token(&app, &key, json!({})).await;
+    let token = new_token(&app, &key, json!({})).await;
     issue(&app, &token, json!({}))
         .await
         .assert_error(403, "forbidden");
@@ -161,13 +161,13 @@ async fn a_token_never_outlives_its_key() {
     let (_, key) = app
         .create_key(&account, json!({"scope": "read", "expires_in": 30}))
         .await;
-    let token = token(&app, &key, json!({"ttl_seconds": 3000})).await;
+    let token = new_token(&app, &key, json!({"ttl_seconds": 3000})).await;
     let claims = part(&token, 1);
     let life = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
     assert!((28..=30).contains(&life), "{life}");
     // The maximum caps what is asked.
     let (_, lasting) = app.create_key(&account, json!({"scope": "read"})).await;
-    let token = token(&app, &lasting, json!({"ttl_seconds": 1_000_000})).await;
+    let token = new_token(&app, &lasting, json!({"ttl_seconds": 1_000_000})).await;
     let claims = part(&token, 1);
     assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3600);
 }
@@ -175,10 +175,10 @@ async fn a_token_never_outlives_its_key() {
 #[tokio::test]
 async fn expired_tampered_and_foreign_tokens_are_refused() {
     let (app, _, key) = setup(json!(["invoices.read"])).await;
-    let short = token(&app, &key, json!({"ttl_seconds": 1})).await;
+    let short = new_token(&app, &key, json!({"ttl_seconds": 1})).await;
     assert_eq!(app.forward_auth(Some(&short), "GET", READ_INVOICE).await.status.as_u16(), 204);
 
-    let good = token(&app, &key, json!({})).await;
+    let good = new_token(&app, &key, json!({})).await;
     // The payload swapped for one claiming more: the signature no longer matches.
     let mut claims = part(&good, 1);
     claims["scope"] = json!("*");
@@ -209,7 +209,7 @@ async fn expired_tampered_and_foreign_tokens_are_refused() {
         .await
         .assert_error(401, "invalid_key");
     // Made for another service: this deployment expects no audience.
-    let foreign = token(&app, &key, json!({"audience": "billing"})).await;
+    let foreign = new_token(&app, &key, json!({"audience": "billing"})).await;
     app.forward_auth(Some(&foreign), "GET", READ_INVOICE)
         .await
         .assert_error(401, "invalid_key");
@@ -230,9 +230,9 @@ async fn an_expected_audience_is_required() {
     });
     let account = app.create_account("Acme", "unlimited").await;
     let (_, key) = app.create_key(&account, json!({"scope": "read"})).await;
-    let meant = token(&app, &key, json!({"audience": "invoices-api"})).await;
-    let other = token(&app, &key, json!({"audience": "billing"})).await;
-    let none = token(&app, &key, json!({})).await;
+    let meant = new_token(&app, &key, json!({"audience": "invoices-api"})).await;
+    let other = new_token(&app, &key, json!({"audience": "billing"})).await;
+    let none = new_token(&app, &key, json!({})).await;
     assert_eq!(app.forward_auth(Some(&meant), "GET", READ_INVOICE).await.status.as_u16(), 204);
     for refused in [other, none] {
         app.forward_auth(Some(&refused), "GET", READ_INVOICE)
@@ -244,7 +244,7 @@ async fn an_expected_audience_is_required() {
 #[tokio::test]
 async fn revoking_the_key_refuses_its_tokens() {
     let (app, key_id, key) = setup(json!(["invoices.read"])).await;
-    let token = token(&app, &key, json!({})).await;
+    let token = new_token(&app, &key, json!({})).await;
     assert_eq!(app.forward_auth(Some(&token), "GET", READ_INVOICE).await.status.as_u16(), 204);
     let revoked = app
         .admin(Method::POST, &format!("/v1/api-keys/{key_id}/revoke"), Some(json!({})))
@@ -260,8 +260,8 @@ async fn revoking_the_key_refuses_its_tokens() {
 #[tokio::test]
 async fn narrowing_the_key_refuses_tokens_it_no_longer_covers() {
     let (app, key_id, key) = setup(json!(["invoices.*", "clients.read"])).await;
-    let wide = token(&app, &key, json!({"permissions": ["invoices.*"]})).await;
-    let narrow = token(&app, &key, json!({"permissions": ["invoices.read"]})).await;
+    let wide = new_token(&app, &key, json!({"permissions": ["invoices.*"]})).await;
+    let narrow = new_token(&app, &key, json!({"permissions": ["invoices.read"]})).await;
     for t in [&wide, &narrow] {
         assert_eq!(app.forward_auth(Some(t), "GET", READ_INVOICE).await.status.as_u16(), 204);
     }
@@ -289,7 +289,7 @@ async fn tokens_are_refused_where_not_accepted() {
     });
     let account = app.create_account("Acme", "unlimited").await;
     let (_, key) = app.create_key(&account, json!({"scope": "read"})).await;
-    let token = token(&app, &key, json!({})).await;
+    let token = new_token(&app, &key, json!({})).await;
     app.forward_auth(Some(&token), "GET", READ_INVOICE)
         .await
         .assert_error(401, "malformed_key");
@@ -304,9 +304,9 @@ async fn signing_keys_rotate_and_the_old_one_stays_published() {
     });
     let account = app.create_account("Acme", "unlimited").await;
     let (_, key) = app.create_key(&account, json!({"scope": "read"})).await;
-    let first = token(&app, &key, json!({})).await;
+    let first = new_token(&app, &key, json!({})).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let second = token(&app, &key, json!({})).await;
+    let second = new_token(&app, &key, json!({})).await;
     let (old, new) = (part(&first, 0)["kid"].clone(), part(&second, 0)["kid"].clone());
     assert_ne!(old, new);
     let jwks = app.call(Method::GET, "/.well-known/jwks.json", None, None).await;
