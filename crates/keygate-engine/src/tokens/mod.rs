@@ -67,11 +67,18 @@ pub struct TokenRequest {
     pub audience: Option<String>,
 }
 
-/// A token just made.
-#[derive(Debug)]
+/// A token just made. Its `Debug` leaves the token out: it is a credential.
 pub struct IssuedToken {
     pub token: String,
     pub claims: Claims,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("claims", &self.claims)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One public key of the JWKS (RFC 8037 OKP).
