@@ -454,7 +454,9 @@ async fn a_missed_notification_is_repaired_by_the_cache_ttl() {
 // --- short-lived tokens across nodes -----------------------------------------------------
 
 async fn jwks(node: &TestApp) -> serde_json::Value {
-    let answer = node.call(Method::GET, "/.well-known/jwks.json", None, None).await;
+    let answer = node
+        .call(Method::GET, "/.well-known/jwks.json", None, None)
+        .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     answer.body["keys"].clone()
 }
@@ -478,7 +480,11 @@ async fn a_token_from_one_node_works_on_the_others_and_dies_with_its_key() {
     let token = issued.body["token"].as_str().unwrap().to_owned();
     let published = jwks(a).await;
     for node in [b, c] {
-        assert_eq!(jwks(node).await, published, "every node publishes the same keys");
+        assert_eq!(
+            jwks(node).await,
+            published,
+            "every node publishes the same keys"
+        );
         assert_eq!(auth_status(node, &token, "GET").await, 204);
     }
     revoke(a, &key_id).await;
@@ -488,5 +494,9 @@ async fn a_token_from_one_node_works_on_the_others_and_dies_with_its_key() {
         wait_for(b, &token, "GET", 401, returned, WITHIN),
         wait_for(c, &token, "GET", 401, returned, WITHIN),
     );
-    eprintln!("a token's key revocation reached B in {}, C in {}", ms(tb), ms(tc));
+    eprintln!(
+        "a token's key revocation reached B in {}, C in {}",
+        ms(tb),
+        ms(tc)
+    );
 }

@@ -8,8 +8,8 @@
 mod error;
 mod migrate;
 mod model;
-mod signing_keys;
 pub mod postgres;
+mod signing_keys;
 mod sql;
 pub mod sqlite;
 
@@ -17,11 +17,11 @@ use async_trait::async_trait;
 use keygate_core::{Environment, KeyDigest};
 
 pub use error::StoreError;
-pub use signing_keys::SigningKeyRecord;
 pub use model::{
     Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, Quota, RateLimit, Refill, SeenIp,
     UsageCount, UsageUpdate,
 };
+pub use signing_keys::SigningKeyRecord;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -28,7 +28,15 @@ macro_rules! migration {
         Migration {
             version: $version,
             name: $name,
-            sql: include_str!(concat!("../migrations/", $backend, "/", $file, "_", $name, ".sql")),
+            sql: include_str!(concat!(
+                "../migrations/",
+                $backend,
+                "/",
+                $file,
+                "_",
+                $name,
+                ".sql"
+            )),
         }
     };
     ($backend:literal, $version:literal, $name:literal) => {

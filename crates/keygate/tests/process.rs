@@ -600,7 +600,9 @@ async fn restart_keeps_the_token_signing_key() {
     assert_eq!(kids(&jwks_before).len(), 1, "{}", jwks_before.body);
     let account = server.create_account(&token, "Acme").await;
     let (_, key, _) = server.create_key(&token, &account, "tokens").await;
-    let issued = server.post(&key, "/v1/tokens", json!({"ttl_seconds": 600})).await;
+    let issued = server
+        .post(&key, "/v1/tokens", json!({"ttl_seconds": 600}))
+        .await;
     assert_eq!(issued.status, StatusCode::CREATED, "{}", issued.body);
     let short_lived = issued.body["token"].as_str().expect("token").to_owned();
     server.stop().await;
@@ -613,7 +615,10 @@ async fn restart_keeps_the_token_signing_key() {
         .send(server.http.get(server.url("/.well-known/jwks.json")))
         .await;
     assert_eq!(kids(&jwks_after), kids(&jwks_before));
-    assert_eq!(server.forward_auth(&short_lived).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        server.forward_auth(&short_lived).await.status,
+        StatusCode::NO_CONTENT
+    );
     let stderr = server.stderr();
     assert!(!stderr.contains(&short_lived), "a token was logged");
     server.stop().await;

@@ -6,8 +6,9 @@ use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-/// Longest credential taken for a token; anything longer is refused unread.
-pub const MAX_TOKEN_LEN: usize = 4096;
+/// Longest credential taken for a token; anything longer is refused unread (and a token
+/// that would be longer is not issued).
+pub const MAX_TOKEN_LEN: usize = 8192;
 
 /// The claims keygate puts in a token. Times are unix seconds (JWT NumericDate).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

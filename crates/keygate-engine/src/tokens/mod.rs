@@ -161,7 +161,10 @@ impl Engine {
     }
 
     pub fn token_settings(&self) -> &TokenSettings {
-        self.tokens.settings.get().unwrap_or(&TokenSettings::DEFAULT)
+        self.tokens
+            .settings
+            .get()
+            .unwrap_or(&TokenSettings::DEFAULT)
     }
 
     /// Does the verification path take `credential` as a token?
@@ -198,38 +201,58 @@ impl Engine {
     /// Issues a token for `key` (the verified caller). Its scope is the asked permissions,
     /// all within the key's (else `insufficient_permissions`); its life ends at the
     /// earliest of `ttl_seconds`, the configured maximum, and the key's own end.
-    pub async fn issue_token(&self, key: &CachedKey, request: &TokenRequest) -> Result<IssuedToken> {
+    pub async fn issue_token(
+        &self,
+        key: &CachedKey,
+        request: &TokenRequest,
+    ) -> Result<IssuedToken> {
         if key.token_id().is_some() {
-            return Err(Error::Forbidden("a token cannot be traded for another token; use the key".into()));
+            return Err(Error::Forbidden(
+                "a token cannot be traded for another token; use the key".into(),
+            ));
         }
         let scope = match &request.permissions {
             None => key.permissions.clone(),
             Some(asked) if asked.is_empty() => {
-                return Err(Error::validation("permissions", "permissions must name at least one permission"))
+                return Err(Error::validation(
+                    "permissions",
+                    "permissions must name at least one permission",
+                ))
             }
             Some(asked) => PermissionSet::parse(asked)
                 .map_err(|e| Error::validation("permissions", e.to_string()))?,
         };
         if !key.permissions.covers(&scope) {
-            return Err(Error::Refused(keygate_core::Outcome::InsufficientPermissions));
+            return Err(Error::Refused(
+                keygate_core::Outcome::InsufficientPermissions,
+            ));
         }
         let settings = self.token_settings();
         let max_ttl = settings.max_ttl.as_secs();
         let ttl = match request.ttl_seconds {
-            Some(0) => return Err(Error::validation("ttl_seconds", "ttl_seconds must be at least 1")),
+            Some(0) => {
+                return Err(Error::validation(
+                    "ttl_seconds",
+                    "ttl_seconds must be at least 1",
+                ))
+            }
             Some(ttl) => ttl.min(max_ttl),
             None => max_ttl,
         };
         let audience = match request.audience.as_deref().map(str::trim) {
             None => None,
             Some(a) if a.is_empty() || a.len() > 255 || a.chars().any(char::is_control) => {
-                return Err(Error::validation("audience", "audience must be 1 to 255 printable characters"))
+                return Err(Error::validation(
+                    "audience",
+                    "audience must be 1 to 255 printable characters",
+                ))
             }
             Some(a) => Some(a.to_owned()),
         };
         let now = now_ms();
         let ends = [key.record.expires_at, key.record.revoked_at];
-        let mut exp_ms = now.saturating_add(i64::try_from(ttl.saturating_mul(1000)).unwrap_or(i64::MAX));
+        let mut exp_ms =
+            now.saturating_add(i64::try_from(ttl.saturating_mul(1000)).unwrap_or(i64::MAX));
         for end in ends.into_iter().flatten() {
             exp_ms = exp_ms.min(end);
         }
@@ -252,11 +275,22 @@ impl Engine {
             jti: token_id()?,
         };
         let ring = self.current_signing_key().await?;
-        let Some(signer) = ring.newest().and_then(|k| k.signing.as_ref().map(|s| (k, s))) else {
-            return Err(Error::Internal("the current token signing key does not open with this pepper".into()));
+        let Some(signer) = ring
+            .newest()
+            .and_then(|k| k.signing.as_ref().map(|s| (k, s)))
+        else {
+            return Err(Error::Internal(
+                "the current token signing key does not open with this pepper".into(),
+            ));
         };
         let token = jwt::sign(&claims, &signer.0.kid, signer.1)
             .map_err(|e| Error::Internal(format!("encoding a token: {e}")))?;
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(Error::validation(
+                "permissions",
+                "the token would be too long for a header; ask for fewer permissions",
+            ));
+        }
         Ok(IssuedToken { token, claims })
     }
 

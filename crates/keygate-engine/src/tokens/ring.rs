@@ -179,8 +179,15 @@ mod tests {
         let old = generate(1, &pepper, 0).unwrap();
         let new = generate(2, &pepper, 10_000).unwrap();
         let ring = Ring::from_records(&[old.clone(), new.clone()], &pepper);
-        let kids = |now| ring.published(now, 3_600_000).map(|k| k.kid.clone()).collect::<Vec<_>>();
-        assert_eq!(kids(10_000 + 3_599_999), vec![old.kid.clone(), new.kid.clone()]);
+        let kids = |now| {
+            ring.published(now, 3_600_000)
+                .map(|k| k.kid.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kids(10_000 + 3_599_999),
+            vec![old.kid.clone(), new.kid.clone()]
+        );
         assert_eq!(kids(10_000 + 3_600_000), vec![new.kid]);
     }
 }

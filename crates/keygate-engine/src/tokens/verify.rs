@@ -43,7 +43,9 @@ impl Engine {
             return Ok(Verdict::refused(UNKNOWN));
         };
         if now_ms() >= token.expires_at {
-            return Ok(Verdict::refused(Outcome::InvalidKey(InvalidReason::Expired)));
+            return Ok(Verdict::refused(Outcome::InvalidKey(
+                InvalidReason::Expired,
+            )));
         }
         if token.claims.aud != self.token_settings().audience {
             return Ok(Verdict::refused(UNKNOWN));
@@ -80,7 +82,9 @@ impl Engine {
         }
         // Narrowed since the token was made: the token no longer stands for its key.
         if !parent.permissions.covers(&token.scope) {
-            return Ok(Verdict::refused(Outcome::InvalidKey(InvalidReason::Revoked)));
+            return Ok(Verdict::refused(Outcome::InvalidKey(
+                InvalidReason::Revoked,
+            )));
         }
         let view = Arc::new(token_view(&parent, &token));
         match self.check_now(view, request) {

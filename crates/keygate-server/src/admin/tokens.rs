@@ -108,8 +108,7 @@ pub async fn create(State(state): State<AppState>, request: Request) -> Result<R
         Authorization::Refused { error, .. } => return Err(error),
     };
     let OptionalJson(body) =
-        OptionalJson::<CreateToken>::from_request(Request::from_parts(parts, body), &state)
-            .await?;
+        OptionalJson::<CreateToken>::from_request(Request::from_parts(parts, body), &state).await?;
     let issued = state
         .engine
         .issue_token(

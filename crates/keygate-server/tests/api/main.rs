@@ -11,6 +11,6 @@ mod openapi;
 mod outcomes;
 mod pages;
 mod scopes;
-mod tokens;
 mod self_service;
+mod tokens;
 mod uniform;

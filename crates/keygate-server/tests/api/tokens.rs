@@ -63,10 +63,15 @@ async fn a_token_passes_forward_auth_and_verify_with_its_own_scope() {
     assert_eq!(claims["env"], "live");
     assert_eq!(claims["scope"], "invoices.read");
     assert_eq!(claims["jti"], token_id);
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 120);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        120
+    );
     assert!(claims.get("aud").is_none());
 
-    let jwks = app.call(Method::GET, "/.well-known/jwks.json", None, None).await;
+    let jwks = app
+        .call(Method::GET, "/.well-known/jwks.json", None, None)
+        .await;
     assert_eq!(jwks.status.as_u16(), 200);
     let keys = jwks.body["keys"].as_array().unwrap();
     assert!(keys.iter().any(|k| k["kid"] == header["kid"]
@@ -145,13 +150,14 @@ async fn asking_for_more_than_the_key_holds_is_403_and_bad_input_400() {
         .await
         .assert_error(403, "forbidden");
     // An empty body: everything the key holds, for the longest allowed.
-    let a = app
-        .call(Method::POST, "/v1/tokens", Some(&key), None)
-        .await;
+    let a = app.call(Method::POST, "/v1/tokens", Some(&key), None).await;
     assert_eq!(a.status.as_u16(), 201, "{}", a.body);
     let claims = part(a.body["token"].as_str().unwrap(), 1);
     assert_eq!(claims["scope"], "invoices.read");
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3600);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        3600
+    );
 }
 
 #[tokio::test]
@@ -169,14 +175,23 @@ async fn a_token_never_outlives_its_key() {
     let (_, lasting) = app.create_key(&account, json!({"scope": "read"})).await;
     let token = new_token(&app, &lasting, json!({"ttl_seconds": 1_000_000})).await;
     let claims = part(&token, 1);
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3600);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        3600
+    );
 }
 
 #[tokio::test]
 async fn expired_tampered_and_foreign_tokens_are_refused() {
     let (app, _, key) = setup(json!(["invoices.read"])).await;
     let short = new_token(&app, &key, json!({"ttl_seconds": 1})).await;
-    assert_eq!(app.forward_auth(Some(&short), "GET", READ_INVOICE).await.status.as_u16(), 204);
+    assert_eq!(
+        app.forward_auth(Some(&short), "GET", READ_INVOICE)
+            .await
+            .status
+            .as_u16(),
+        204
+    );
 
     let good = new_token(&app, &key, json!({})).await;
     // The payload swapped for one claiming more: the signature no longer matches.
@@ -195,7 +210,12 @@ async fn expired_tampered_and_foreign_tokens_are_refused() {
     // One signature bit flipped.
     let mut signature = URL_SAFE_NO_PAD.decode(pieces[2]).unwrap();
     signature[10] ^= 1;
-    let flipped = format!("{}.{}.{}", pieces[0], pieces[1], URL_SAFE_NO_PAD.encode(signature));
+    let flipped = format!(
+        "{}.{}.{}",
+        pieces[0],
+        pieces[1],
+        URL_SAFE_NO_PAD.encode(signature)
+    );
     app.forward_auth(Some(&flipped), "GET", READ_INVOICE)
         .await
         .assert_error(401, "invalid_key");
@@ -218,7 +238,13 @@ async fn expired_tampered_and_foreign_tokens_are_refused() {
     app.forward_auth(Some(&short), "GET", READ_INVOICE)
         .await
         .assert_error(401, "invalid_key");
-    assert_eq!(app.forward_auth(Some(&good), "GET", READ_INVOICE).await.status.as_u16(), 204);
+    assert_eq!(
+        app.forward_auth(Some(&good), "GET", READ_INVOICE)
+            .await
+            .status
+            .as_u16(),
+        204
+    );
 }
 
 #[tokio::test]
@@ -233,7 +259,13 @@ async fn an_expected_audience_is_required() {
     let meant = new_token(&app, &key, json!({"audience": "invoices-api"})).await;
     let other = new_token(&app, &key, json!({"audience": "billing"})).await;
     let none = new_token(&app, &key, json!({})).await;
-    assert_eq!(app.forward_auth(Some(&meant), "GET", READ_INVOICE).await.status.as_u16(), 204);
+    assert_eq!(
+        app.forward_auth(Some(&meant), "GET", READ_INVOICE)
+            .await
+            .status
+            .as_u16(),
+        204
+    );
     for refused in [other, none] {
         app.forward_auth(Some(&refused), "GET", READ_INVOICE)
             .await
@@ -245,9 +277,19 @@ async fn an_expected_audience_is_required() {
 async fn revoking_the_key_refuses_its_tokens() {
     let (app, key_id, key) = setup(json!(["invoices.read"])).await;
     let token = new_token(&app, &key, json!({})).await;
-    assert_eq!(app.forward_auth(Some(&token), "GET", READ_INVOICE).await.status.as_u16(), 204);
+    assert_eq!(
+        app.forward_auth(Some(&token), "GET", READ_INVOICE)
+            .await
+            .status
+            .as_u16(),
+        204
+    );
     let revoked = app
-        .admin(Method::POST, &format!("/v1/api-keys/{key_id}/revoke"), Some(json!({})))
+        .admin(
+            Method::POST,
+            &format!("/v1/api-keys/{key_id}/revoke"),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(revoked.status.as_u16(), 200, "{}", revoked.body);
     app.forward_auth(Some(&token), "GET", READ_INVOICE)
@@ -263,7 +305,13 @@ async fn narrowing_the_key_refuses_tokens_it_no_longer_covers() {
     let wide = new_token(&app, &key, json!({"permissions": ["invoices.*"]})).await;
     let narrow = new_token(&app, &key, json!({"permissions": ["invoices.read"]})).await;
     for t in [&wide, &narrow] {
-        assert_eq!(app.forward_auth(Some(t), "GET", READ_INVOICE).await.status.as_u16(), 204);
+        assert_eq!(
+            app.forward_auth(Some(t), "GET", READ_INVOICE)
+                .await
+                .status
+                .as_u16(),
+            204
+        );
     }
     let updated = app
         .admin(
@@ -277,7 +325,13 @@ async fn narrowing_the_key_refuses_tokens_it_no_longer_covers() {
     app.forward_auth(Some(&wide), "GET", READ_INVOICE)
         .await
         .assert_error(401, "invalid_key");
-    assert_eq!(app.forward_auth(Some(&narrow), "GET", READ_INVOICE).await.status.as_u16(), 204);
+    assert_eq!(
+        app.forward_auth(Some(&narrow), "GET", READ_INVOICE)
+            .await
+            .status
+            .as_u16(),
+        204
+    );
 }
 
 #[tokio::test]
@@ -307,13 +361,29 @@ async fn signing_keys_rotate_and_the_old_one_stays_published() {
     let first = new_token(&app, &key, json!({})).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let second = new_token(&app, &key, json!({})).await;
-    let (old, new) = (part(&first, 0)["kid"].clone(), part(&second, 0)["kid"].clone());
+    let (old, new) = (
+        part(&first, 0)["kid"].clone(),
+        part(&second, 0)["kid"].clone(),
+    );
     assert_ne!(old, new);
-    let jwks = app.call(Method::GET, "/.well-known/jwks.json", None, None).await;
-    let kids: Vec<&Value> = jwks.body["keys"].as_array().unwrap().iter().map(|k| &k["kid"]).collect();
+    let jwks = app
+        .call(Method::GET, "/.well-known/jwks.json", None, None)
+        .await;
+    let kids: Vec<&Value> = jwks.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| &k["kid"])
+        .collect();
     assert_eq!(kids, vec![&old, &new]);
     for t in [&first, &second] {
-        assert_eq!(app.forward_auth(Some(t), "GET", READ_INVOICE).await.status.as_u16(), 204);
+        assert_eq!(
+            app.forward_auth(Some(t), "GET", READ_INVOICE)
+                .await
+                .status
+                .as_u16(),
+            204
+        );
     }
     // Stored sealed: the private half is not the public one, nor the raw seed's length.
     let stored = app.store.signing_keys().await.unwrap();
