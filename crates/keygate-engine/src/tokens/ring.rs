@@ -163,7 +163,7 @@ mod tests {
         let key = ring.find(&record.kid).unwrap();
         assert_eq!(key.signing.as_ref().unwrap().verifying_key(), key.public);
 
-        let other = Ring::from_records(&[record.clone()], &Pepper::new(vec![2; 32]));
+        let other = Ring::from_records(std::slice::from_ref(&record), &Pepper::new(vec![2; 32]));
         assert!(other.find(&record.kid).unwrap().signing.is_none());
 
         // The sealed half bound to its kid: moved under another kid it does not open.
