@@ -81,7 +81,7 @@ pub struct JwkView {
     path = "/v1/tokens",
     tag = "tokens",
     security(("api_key" = []), ("api_key_header" = [])),
-    request_body = CreateToken,
+    request_body(content = Option<CreateToken>, description = "Optional: what the token may do and for how long"),
     responses((status = 201, description = "The token", body = TokenAnswer), AuthErrors, BodyErrors)
 )]
 pub async fn create(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
