@@ -29,8 +29,8 @@ pub struct CreateToken {
     #[schema(value_type = Option<Vec<PermissionGrant>>, min_items = 1, max_items = 256)]
     permissions: Option<Vec<String>>,
     /// Seconds the token lives; capped at `token_max_ttl_seconds` and at the key's own end.
-    #[schema(minimum = 1)]
-    ttl_seconds: Option<u64>,
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    ttl_seconds: Option<i64>,
     /// The `aud` claim: the service the token is meant for.
     #[schema(min_length = 1, max_length = 255)]
     audience: Option<String>,
@@ -115,7 +115,8 @@ pub async fn create(State(state): State<AppState>, request: Request) -> Result<R
             &identity.key,
             &TokenRequest {
                 permissions: body.permissions,
-                ttl_seconds: body.ttl_seconds,
+                // Below 1 is refused by the engine (as 0).
+                ttl_seconds: body.ttl_seconds.map(|t| u64::try_from(t).unwrap_or(0)),
                 audience: body.audience,
             },
         )
