@@ -43,7 +43,7 @@ validate(document, cls=OpenAPIV31SpecValidator)
 print(f"openapi: the document is valid OpenAPI {document['openapi']} ({len(document['paths'])} paths)")
 PY
 
-# Forward-auth and key info take a key, not the admin token: those operations get a key
+# Forward-auth, key info and tokens take a key, not the admin token: those operations get a key
 # with every permission, so that their allowed answers (204 and the identity headers, the
 # key's record) are checked too. Credentials reach schemathesis through its config file's
 # environment variables, not its command line.
@@ -64,6 +64,10 @@ headers = { Authorization = "Bearer ${KEYGATE_CI_API_KEY}" }
 
 [[operations]]
 include-path = "/v1/api-key-info"
+headers = { Authorization = "Bearer ${KEYGATE_CI_API_KEY}" }
+
+[[operations]]
+include-path = "/v1/tokens"
 headers = { Authorization = "Bearer ${KEYGATE_CI_API_KEY}" }
 TOML
 

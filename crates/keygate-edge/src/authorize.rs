@@ -168,14 +168,18 @@ pub async fn authorize(engine: &Engine, request: &AuthorizeRequest<'_>) -> Autho
         }
         Target::AnyPermission => None,
     };
-    let verdict = match engine
-        .verify(&VerifyRequest {
-            key,
-            required,
-            client_ip: request.client_ip,
-        })
-        .await
-    {
+    let verify = VerifyRequest {
+        key,
+        required,
+        client_ip: request.client_ip,
+    };
+    // A short-lived token (a JWT, never shaped like a key) where tokens are accepted.
+    let verdict = if engine.accepts_token(key) {
+        engine.verify_token(&verify).await
+    } else {
+        engine.verify(&verify).await
+    };
+    let verdict = match verdict {
         Ok(verdict) => verdict,
         Err(e) => return Authorization::refused(e),
     };
@@ -217,7 +221,8 @@ pub async fn authenticate(
     }
 }
 
-/// `X-Keygate-Key-Id`, `-Account-Id`, `-Environment` and `-Permissions` of `key`.
+/// `X-Keygate-Key-Id`, `-Account-Id`, `-Environment` and `-Permissions` of `key`, and
+/// `X-Keygate-Token-Id` when a short-lived token stood for the key.
 pub fn identity_headers(headers: &mut HeaderMap, key: &CachedKey) {
     let pairs = [
         ("x-keygate-key-id", HeaderValue::from_str(key.id())),
@@ -238,6 +243,10 @@ pub fn identity_headers(headers: &mut HeaderMap, key: &CachedKey) {
         if let Ok(v) = value {
             headers.insert(name, v);
         }
+    }
+    // A token's view of its key: say so (its permissions above are the token's scope).
+    if let Some(Ok(token_id)) = key.token_id().map(HeaderValue::from_str) {
+        headers.insert("x-keygate-token-id", token_id);
     }
 }
 

@@ -15,6 +15,7 @@ use futures::FutureExt;
 use hmac::{Hmac, Mac};
 use keygate_core::{KeyDigest, KeyFormat, Pepper, RouteTable};
 use keygate_engine::manage::{Caller, NewAccount, NewKey};
+use keygate_engine::tokens::TokenRequest;
 use keygate_engine::{Engine, EngineConfig, Plans, VerifyRequest};
 use keygate_store::sqlite::SqliteStore;
 use sha2::Sha256;
@@ -26,6 +27,8 @@ struct Fixture {
     key: String,
     /// A key with a rate limit it never reaches: measures the limiter's cost.
     limited_key: String,
+    /// A short-lived token of `key` (`invoices.read`), verified once already.
+    token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -105,10 +108,39 @@ fn fixture() -> Fixture {
                 .unwrap();
             assert!(warm.outcome.is_valid());
         }
+        let parent = engine
+            .verify(&VerifyRequest {
+                key: &key,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .key
+            .unwrap();
+        let token = engine
+            .issue_token(
+                &parent,
+                &TokenRequest {
+                    permissions: Some(vec!["invoices.read".into()]),
+                    ..TokenRequest::default()
+                },
+            )
+            .await
+            .unwrap()
+            .token;
+        let warm = engine
+            .verify_token(&VerifyRequest {
+                key: &token,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(warm.outcome.is_valid());
         Fixture {
             engine,
             key,
             limited_key,
+            token,
             _dir: dir,
         }
     })
@@ -184,6 +216,32 @@ fn benches(c: &mut Criterion) {
                 .unwrap()
                 .unwrap();
             black_box(verdict.outcome)
+        })
+    });
+    group.bench_function("keygate verify_token, seen before, with permission", |b| {
+        let request = VerifyRequest {
+            key: &f.token,
+            required: Some(&required),
+            client_ip: None,
+        };
+        b.iter(|| {
+            let verdict = f
+                .engine
+                .verify_token(black_box(&request))
+                .now_or_never()
+                .unwrap()
+                .unwrap();
+            black_box(verdict.outcome)
+        })
+    });
+    // What a token's first sight on a node adds: one Ed25519 strict verification.
+    let signing = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let public = signing.verifying_key();
+    let (signed, _) = f.token.rsplit_once('.').unwrap();
+    let signature = ed25519_dalek::Signer::sign(&signing, signed.as_bytes());
+    group.bench_function("floor: Ed25519 verify_strict of a token", |b| {
+        b.iter(|| {
+            black_box(public.verify_strict(black_box(signed.as_bytes()), black_box(&signature)))
         })
     });
     group.finish();

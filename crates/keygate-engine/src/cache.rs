@@ -31,6 +31,9 @@ pub struct CachedKey {
     pub(crate) fetched_at: u64,
     /// The account plan's rate limit, for a key without its own.
     pub(crate) plan_rate_limit: Option<RateLimit>,
+    /// Set on the view of a key that a short-lived token presents (`tokens/verify.rs`):
+    /// the token's `jti`. Never set on a cached key.
+    pub(crate) token_id: Option<Box<str>>,
 }
 
 impl CachedKey {
@@ -53,6 +56,11 @@ impl CachedKey {
 
     pub fn quota(&self) -> Option<Quota> {
         self.record.quota
+    }
+
+    /// The token's id (`jti`) when this is a short-lived token's view of its key.
+    pub fn token_id(&self) -> Option<&str> {
+        self.token_id.as_deref()
     }
 }
 
@@ -292,6 +300,13 @@ impl CachedKey {
         CachedKey::from_record(record, usage, None)
     }
 
+    /// This described key as a short-lived token with id `token_id` presents it (the
+    /// server's `/v1/verify` answer names the token).
+    pub fn presented_by_token(mut self, token_id: &str) -> CachedKey {
+        self.token_id = Some(token_id.into());
+        self
+    }
+
     pub(crate) fn from_record(
         record: KeyRecord,
         usage: Arc<KeyUsage>,
@@ -311,6 +326,7 @@ impl CachedKey {
             corrupt,
             fetched_at: crate::clock::coarse_monotonic_ns(),
             plan_rate_limit,
+            token_id: None,
         }
     }
 }

@@ -23,6 +23,7 @@ mod ratelimit;
 pub mod sessions;
 mod shared_limit;
 mod store_health;
+pub mod tokens;
 mod usage;
 mod verify;
 
@@ -71,6 +72,8 @@ pub struct Engine {
     webhooks: std::sync::OnceLock<manage::WebhookSettings>,
     /// Imported keys' legacy hashes: whether any exist, the bcrypt bound.
     legacy: legacy::LegacyVerifier,
+    /// Short-lived tokens: signing keys, settings, verified tokens.
+    tokens: tokens::Tokens,
 }
 
 impl Engine {
@@ -95,6 +98,7 @@ impl Engine {
             announcer: Arc::new(announce::Announcer::new()),
             webhooks: std::sync::OnceLock::new(),
             legacy: legacy::LegacyVerifier::default(),
+            tokens: tokens::Tokens::new(),
         })
     }
 

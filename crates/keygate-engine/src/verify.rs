@@ -165,7 +165,7 @@ impl Engine {
         }
     }
 
-    fn cache_ttl_ns(&self) -> u64 {
+    pub(crate) fn cache_ttl_ns(&self) -> u64 {
         u64::try_from(self.cache_ttl.as_nanos()).unwrap_or(u64::MAX)
     }
 
@@ -173,7 +173,7 @@ impl Engine {
     /// than the cache TTL), from the store. If the store cannot answer, the copy is served
     /// while it is younger than TTL + stale-if-error, and after that the answer is
     /// "unavailable".
-    async fn lookup(
+    pub(crate) async fn lookup(
         &self,
         digest: KeyDigest,
         stale: Option<Arc<CachedKey>>,
@@ -278,7 +278,7 @@ impl Engine {
     /// The verdict for a known key, without waiting; `Err(key)` when its rate limit or
     /// quota is shared through Redis and must be asked ([`Engine::check_shared`]). A key
     /// with neither never waits on Redis.
-    fn check_now(
+    pub(crate) fn check_now(
         &self,
         key: Arc<CachedKey>,
         request: &VerifyRequest<'_>,
@@ -312,7 +312,7 @@ impl Engine {
     }
 
     /// [`Engine::check_now`] for a key whose rate limit or quota is shared through Redis.
-    async fn check_shared(
+    pub(crate) async fn check_shared(
         &self,
         key: Arc<CachedKey>,
         request: &VerifyRequest<'_>,

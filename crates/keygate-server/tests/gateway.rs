@@ -1580,3 +1580,113 @@ async fn websockets_pass_through_to_an_https_upstream() {
     .await;
     assert_eq!(handshakes.lock().unwrap().len(), 1);
 }
+
+/// A short-lived token (`POST /v1/tokens`) through the gateway: forwarded with the key's
+/// identity, the token's scope and id, never the token itself; refused when it is past its
+/// `exp`, when its signature does not match, and once its key is revoked.
+#[tokio::test]
+async fn short_lived_tokens_pass_the_gateway_until_their_key_is_revoked() {
+    let app = spawn().await;
+    let up = upstream("live").await;
+    let gw = gateway(&app, up).await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (key_id, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let issued = app
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(&key),
+            Some(json!({"permissions": ["echo.*"], "ttl_seconds": 300})),
+        )
+        .await;
+    assert_eq!(issued.status, StatusCode::CREATED, "{}", issued.body);
+    let token = issued.body["token"].as_str().unwrap().to_owned();
+    let short = app
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            Some(&key),
+            Some(json!({"ttl_seconds": 1})),
+        )
+        .await
+        .body["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let a = call(
+        Method::GET,
+        &format!("{gw}/api/v1/echo/x"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        echoed_one(&a, "x-keygate-key-id").as_deref(),
+        Some(key_id.as_str())
+    );
+    assert_eq!(
+        echoed_one(&a, "x-keygate-token-id").as_deref(),
+        issued.body["token_id"].as_str()
+    );
+    assert_eq!(
+        echoed_one(&a, "x-keygate-permissions").as_deref(),
+        Some("echo.*")
+    );
+    for (name, value) in echoed(&a) {
+        assert!(!value.contains(&token), "{name} carries the token upstream");
+    }
+    // Outside the token's scope, though within the key's.
+    let outside = call(
+        Method::GET,
+        &format!("{gw}/api/v1/invoices"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(outside.status, StatusCode::FORBIDDEN, "{}", outside.body);
+    assert_eq!(outside.code(), "insufficient_permissions");
+    // Tampered: one character of the signature changed.
+    let mut tampered = token.clone();
+    let at = tampered.len() - 10;
+    let other = if &tampered[at..=at] == "A" { "B" } else { "A" };
+    tampered.replace_range(at..=at, other);
+    let refused = call(
+        Method::GET,
+        &format!("{gw}/api/v1/echo/x"),
+        Some(&tampered),
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = call(
+        Method::GET,
+        &format!("{gw}/api/v1/echo/x"),
+        Some(&short),
+        None,
+    )
+    .await;
+    assert_eq!(expired.status, StatusCode::UNAUTHORIZED, "{}", expired.body);
+    assert_eq!(expired.code(), "invalid_key");
+
+    let revoked = app
+        .admin(
+            Method::POST,
+            &format!("/v1/api-keys/{key_id}/revoke"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    let after = call(
+        Method::GET,
+        &format!("{gw}/api/v1/echo/x"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(after.status, StatusCode::UNAUTHORIZED, "{}", after.body);
+    assert_eq!(after.code(), "invalid_key");
+}

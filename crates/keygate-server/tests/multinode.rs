@@ -620,3 +620,53 @@ async fn a_portal_link_is_used_once_across_nodes() {
         assert_eq!(get_with(node, "/portal", &cookie).await.status(), 200);
     }
 }
+
+// --- short-lived tokens across nodes -----------------------------------------------------
+
+async fn jwks(node: &TestApp) -> serde_json::Value {
+    let answer = node
+        .call(Method::GET, "/.well-known/jwks.json", None, None)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    answer.body["keys"].clone()
+}
+
+/// A token issued through node A passes on B and C (they read A's signing key from the
+/// database), and revoking its key through A refuses it on B and C within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_from_one_node_works_on_the_others_and_dies_with_its_key() {
+    let Some((_deployment, nodes)) = three_nodes().await else {
+        return;
+    };
+    let [a, b, c] = &nodes[..] else {
+        unreachable!()
+    };
+    let acct = account(a, "pro").await;
+    let (key_id, key) = a.create_key(&acct, json!({"scope": "read"})).await;
+    let issued = a
+        .call(Method::POST, "/v1/tokens", Some(&key), Some(json!({})))
+        .await;
+    assert_eq!(issued.status, StatusCode::CREATED, "{}", issued.body);
+    let token = issued.body["token"].as_str().unwrap().to_owned();
+    let published = jwks(a).await;
+    for node in [b, c] {
+        assert_eq!(
+            jwks(node).await,
+            published,
+            "every node publishes the same keys"
+        );
+        assert_eq!(auth_status(node, &token, "GET").await, 204);
+    }
+    revoke(a, &key_id).await;
+    let returned = Instant::now();
+    assert_eq!(auth_status(a, &token, "GET").await, 401);
+    let (tb, tc) = tokio::join!(
+        wait_for(b, &token, "GET", 401, returned, WITHIN),
+        wait_for(c, &token, "GET", 401, returned, WITHIN),
+    );
+    eprintln!(
+        "a token's key revocation reached B in {}, C in {}",
+        ms(tb),
+        ms(tc)
+    );
+}

@@ -13,6 +13,7 @@ mod model;
 mod permission_usage;
 pub mod postgres;
 mod sessions;
+mod signing_keys;
 mod sql;
 pub mod sqlite;
 mod webhooks;
@@ -27,6 +28,7 @@ pub use model::{
     Account, AuditEvent, KeyPatch, KeyRecord, KeyStatus, PermissionCount, PermissionUse, Quota,
     RateLimit, Refill, SeenIp, UsageCount, UsageUpdate,
 };
+pub use signing_keys::SigningKeyRecord;
 
 pub use webhooks::{
     event_type_for_action, AttemptOutcome, ClaimedDelivery, Delivery, DeliveryStatus,
@@ -107,6 +109,11 @@ pub trait Store: SessionStore + WebhookStore + LegacyStore + Send + Sync + 'stat
     async fn get_setting(&self, name: &str) -> Result<Option<String>>;
     /// Stores `value` unless `name` is set already; returns whether it stored it.
     async fn insert_setting_if_absent(&self, name: &str, value: &str) -> Result<bool>;
+
+    /// Every token signing key, oldest generation first.
+    async fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>>;
+    /// Stores a signing key unless its generation exists already; returns whether it did.
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<bool>;
 
     async fn create_account(&self, account: &Account, audit: &AuditEvent) -> Result<()>;
     async fn get_account(&self, id: &str) -> Result<Option<Account>>;

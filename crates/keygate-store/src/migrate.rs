@@ -21,6 +21,7 @@ macro_rules! migrations {
             migration!($backend, 7, "sessions"),
             migration!($backend, 8, "leaks_idle"),
             migration!($backend, 9, "legacy_keys"),
+            migration!($backend, 10, "signing_keys", "0010_signing_keys"),
             migration!($backend, 11, "permission_usage", "0011_permission_usage"),
         ]
     };

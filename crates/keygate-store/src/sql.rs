@@ -473,6 +473,43 @@ macro_rules! sql_store {
                     Ok(done.rows_affected() == 1)
                 }
 
+                async fn signing_keys(&self) -> Result<Vec<crate::SigningKeyRecord>> {
+                    let rows = sqlx::query(
+                        "SELECT generation, kid, public_key, private_key, created_at \
+                         FROM signing_keys ORDER BY generation",
+                    )
+                    .fetch_all(self.pool())
+                    .await
+                    .map_err(db_error)?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok(crate::SigningKeyRecord {
+                                generation: r.try_get("generation").map_err(db_error)?,
+                                kid: r.try_get("kid").map_err(db_error)?,
+                                public_key: r.try_get("public_key").map_err(db_error)?,
+                                private_key: r.try_get("private_key").map_err(db_error)?,
+                                created_at: r.try_get("created_at").map_err(db_error)?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn insert_signing_key(&self, key: &crate::SigningKeyRecord) -> Result<bool> {
+                    let done = sqlx::query(
+                        "INSERT INTO signing_keys (generation, kid, public_key, private_key, created_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (generation) DO NOTHING",
+                    )
+                    .bind(key.generation)
+                    .bind(&key.kid)
+                    .bind(&key.public_key)
+                    .bind(&key.private_key)
+                    .bind(key.created_at)
+                    .execute(self.pool())
+                    .await
+                    .map_err(db_error)?;
+                    Ok(done.rows_affected() == 1)
+                }
+
                 async fn create_account(&self, a: &Account, audit: &AuditEvent) -> Result<()> {
                     let mut tx = self.write().await?;
                     sqlx::query("INSERT INTO accounts (id, name, plan, created_at) VALUES ($1, $2, $3, $4)")

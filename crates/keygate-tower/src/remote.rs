@@ -283,6 +283,9 @@ struct VerifyAnswer {
     permissions: Option<Vec<String>>,
     meta: Option<serde_json::Value>,
     rate_limit: Option<AnswerRateLimit>,
+    /// Set when the credential was a short-lived token.
+    #[serde(default)]
+    token_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -325,7 +328,9 @@ impl RemoteClient {
             Ok(None) => return refused(Outcome::MissingCredentials),
             Err(e) => return refused(e),
         };
-        if self.key_format.parse(key).is_err() {
+        // A short-lived token is judged by the server like a key (whether it takes tokens
+        // is the server's setting).
+        if self.key_format.parse(key).is_err() && !keygate_engine::tokens::looks_like_token(key) {
             return refused(Outcome::MalformedKey);
         }
         let required = match needs {
@@ -464,7 +469,11 @@ fn described(answer: VerifyAnswer) -> Option<Arc<CachedKey>> {
         leaked_at: None,
         retire_when_idle_ms: None,
     };
-    Some(Arc::new(CachedKey::described(record)))
+    let key = CachedKey::described(record);
+    Some(Arc::new(match answer.token_id {
+        Some(token_id) => key.presented_by_token(&token_id),
+        None => key,
+    }))
 }
 
 /// A valid key may do what this request needs: the server judged a named permission;

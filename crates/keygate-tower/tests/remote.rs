@@ -720,3 +720,53 @@ async fn the_change_stream_speaks_server_sent_events() {
     assert!(!text.contains(&key[8..]), "no secret in the stream");
     server.stop().await;
 }
+
+/// A short-lived token (`POST /v1/tokens`) through the remote layer: the server judges it,
+/// the layer keeps the verdict, and revoking the token's key drops it (the change stream
+/// names the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_token_passes_the_remote_layer_until_its_key_is_revoked() {
+    let (_dir, store) = sqlite().await;
+    let pepper = new_pepper();
+    let server = Server::start(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        store,
+        &pepper,
+    )
+    .await;
+    let app = start_app(open_layer(&server).await).await;
+    let account = server.account("unlimited").await;
+    let (key_id, key) = server.read_key(&account).await;
+    let issued: Value = server
+        .http
+        .post(format!("{}/v1/tokens", server.base))
+        .bearer_auth(&key)
+        .json(&json!({"ttl_seconds": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = issued["token"].as_str().expect("a token").to_owned();
+
+    let who = call(&app, reqwest::Method::GET, Some(&token), "/whoami").await;
+    assert_eq!(who.status, 200, "{}", who.body);
+    let who: Value = serde_json::from_str(&who.body).unwrap();
+    assert_eq!(who["key_id"], key_id.as_str());
+    assert_eq!(who["permissions"], json!(["*.read"]));
+    let create = call(
+        &app,
+        reqwest::Method::POST,
+        Some(&token),
+        "/api/v1/invoices",
+    )
+    .await;
+    assert_eq!(create.status, 403, "{}", create.body);
+    until_cached(&app, &token, &server).await;
+
+    server.revoke(&key_id).await;
+    let took = refused_after(&app, &token, Instant::now(), HEARD_WITHIN).await;
+    eprintln!("the token's key revocation reached the layer in {took:?}");
+    server.stop().await;
+}

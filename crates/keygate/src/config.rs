@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -199,6 +200,14 @@ pub struct Config {
     pub portal_support_url: Option<String>,
     /// CSP `frame-ancestors` sources allowed to embed the portal; unset: none may.
     pub portal_frame_ancestors: Option<String>,
+    /// Whether the edges accept short-lived tokens (`POST /v1/tokens`) as credentials.
+    pub accept_tokens: bool,
+    /// The longest life of a short-lived token.
+    pub token_max_ttl_seconds: u64,
+    /// How long one token signing key signs before a new one takes over.
+    pub token_signing_key_rotation_days: u64,
+    /// The `aud` a token must carry to be accepted here; unset: tokens without `aud` only.
+    pub token_audience: Option<String>,
 }
 
 impl Default for Config {
@@ -253,6 +262,10 @@ impl Default for Config {
             portal_accent_color: None,
             portal_support_url: None,
             portal_frame_ancestors: None,
+            accept_tokens: true,
+            token_max_ttl_seconds: 3600,
+            token_signing_key_rotation_days: 30,
+            token_audience: None,
         }
     }
 }
@@ -371,7 +384,45 @@ impl Config {
                     .with_context(|| format!("{name} must be a whole number of seconds"))?;
             }
         }
+        self.apply_token_env(env)
+    }
+
+    /// The short-lived token settings' variables.
+    fn apply_token_env(&mut self, env: Env<'_>) -> anyhow::Result<()> {
+        if let Some(v) = env("KEYGATE_ACCEPT_TOKENS") {
+            self.accept_tokens =
+                parse_bool(&v).context("KEYGATE_ACCEPT_TOKENS must be true or false")?;
+        }
+        for (target, name) in [
+            (
+                &mut self.token_max_ttl_seconds,
+                "KEYGATE_TOKEN_MAX_TTL_SECONDS",
+            ),
+            (
+                &mut self.token_signing_key_rotation_days,
+                "KEYGATE_TOKEN_SIGNING_KEY_ROTATION_DAYS",
+            ),
+        ] {
+            if let Some(v) = env(name) {
+                *target = v
+                    .parse()
+                    .with_context(|| format!("{name} must be a whole number"))?;
+            }
+        }
+        if let Some(v) = env("KEYGATE_TOKEN_AUDIENCE") {
+            self.token_audience = Some(v).filter(|a| !a.trim().is_empty());
+        }
         Ok(())
+    }
+
+    /// The engine's token settings (a zero maximum or period is taken as the smallest).
+    pub fn token_settings(&self) -> keygate_engine::tokens::TokenSettings {
+        keygate_engine::tokens::TokenSettings {
+            accept: self.accept_tokens,
+            max_ttl: Duration::from_secs(self.token_max_ttl_seconds.max(1)),
+            rotation: Duration::from_secs(self.token_signing_key_rotation_days.max(1) * 86_400),
+            audience: self.token_audience.clone(),
+        }
     }
 
     fn apply_flags(&mut self, args: &ServeArgs) {

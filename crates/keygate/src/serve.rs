@@ -79,6 +79,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let webhook_worker =
         keygate_server::spawn_webhook_worker(engine.clone(), config.webhook_worker())
             .context("cannot start the webhook worker")?;
+    engine.configure_tokens(config.token_settings());
+    // So the JWKS is never empty; a store hiccup here only delays it to the first token.
+    if let Err(e) = engine.prepare_signing_key().await {
+        tracing::warn!(error = %e, "cannot prepare the token signing key yet");
+    }
     let flusher =
         engine.spawn_usage_flusher(Duration::from_secs(config.usage_flush_seconds.max(1)));
     // Ends with the other background tasks (`stop_background`).

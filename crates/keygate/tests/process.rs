@@ -575,6 +575,55 @@ async fn restart_keeps_everything() {
     server.stop().await;
 }
 
+/// The token signing key is made at the first start, stored sealed, and kept: after a
+/// restart the JWKS names the same key and a token issued before still passes.
+#[tokio::test]
+async fn restart_keeps_the_token_signing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Launch::listening(dir.path(), "first", port)
+        .start(port)
+        .await;
+    let token = the_printed_token(&server.stderr());
+    let jwks_before = server
+        .send(server.http.get(server.url("/.well-known/jwks.json")))
+        .await;
+    assert_eq!(jwks_before.status, StatusCode::OK, "{}", jwks_before.body);
+    let kids = |jwks: &Answer| -> Vec<String> {
+        jwks.body["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(kids(&jwks_before).len(), 1, "{}", jwks_before.body);
+    let account = server.create_account(&token, "Acme").await;
+    let (_, key, _) = server.create_key(&token, &account, "tokens").await;
+    let issued = server
+        .post(&key, "/v1/tokens", json!({"ttl_seconds": 600}))
+        .await;
+    assert_eq!(issued.status, StatusCode::CREATED, "{}", issued.body);
+    let short_lived = issued.body["token"].as_str().expect("token").to_owned();
+    server.stop().await;
+
+    let port = free_port();
+    let server = Launch::listening(dir.path(), "second", port)
+        .start(port)
+        .await;
+    let jwks_after = server
+        .send(server.http.get(server.url("/.well-known/jwks.json")))
+        .await;
+    assert_eq!(kids(&jwks_after), kids(&jwks_before));
+    assert_eq!(
+        server.forward_auth(&short_lived).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let stderr = server.stderr();
+    assert!(!stderr.contains(&short_lived), "a token was logged");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn sigterm_flushes_usage() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,7 @@ mod leaks;
 mod openapi;
 mod portal_sessions;
 mod permission_usage;
+mod tokens;
 pub(crate) mod verify;
 mod views;
 mod webhooks;
@@ -70,6 +71,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(webhooks::retry))
         .routes(routes!(portal_sessions::create))
+        .routes(routes!(tokens::create))
+        .routes(routes!(tokens::jwks))
         .merge(forward_auth())
 }
 

@@ -271,6 +271,7 @@ field_schema!(
         (name = "leaks", description = "Leaked-key reports from secret scanners (GitHub's signed partner endpoint) and operators"),
         (name = "webhooks", description = "Lifecycle webhooks (Standard Webhooks v1): endpoints and deliveries (operator only)"),
         (name = "portal", description = "Links to the hosted API Keys page a customer manages their own keys on"),
+        (name = "tokens", description = "Short-lived signed tokens derived from a key, and the keys that verify them"),
     )
 )]
 pub struct ApiDoc;

@@ -75,6 +75,11 @@ pub struct VerifyAnswer {
     /// For keys with a rate limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<VerifyRateLimit>,
+    /// The token's id when the credential was a short-lived token (`POST /v1/tokens`):
+    /// then `key_id` is the key it was derived from, `permissions` the token's scope and
+    /// `expires_at` the earlier of the token's and the key's ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_id: Option<String>,
 }
 
 /// The caller of `/v1/verify`: the admin token or the verify token.
@@ -150,6 +155,9 @@ fn verdict_json(authorization: &Authorization) -> serde_json::Value {
     });
     if !outcome.is_valid() {
         v["error"] = json!(outcome.message());
+    }
+    if let Some(token_id) = key.and_then(|k| k.token_id()) {
+        v["token_id"] = json!(token_id);
     }
     if let Some(r) = rate {
         v["rate_limit"] =

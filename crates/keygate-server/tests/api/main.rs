@@ -15,4 +15,5 @@ mod pages;
 mod permission_usage;
 mod scopes;
 mod self_service;
+mod tokens;
 mod uniform;

@@ -35,6 +35,8 @@ const API: &[(&str, &[&str])] = &[
     ("/v1/verify", &["post"]),
     ("/v1/key-changes", &["get"]),
     ("/v1/portal-sessions", &["post"]),
+    ("/v1/tokens", &["post"]),
+    ("/.well-known/jwks.json", &["get"]),
     ("/v1/auth", FORWARD_AUTH_METHODS),
     ("/v1/auth/{path}", FORWARD_AUTH_METHODS),
     ("/v1/webhook-endpoints", &["get", "post"]),
