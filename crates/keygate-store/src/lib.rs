@@ -30,12 +30,12 @@ pub use model::{
 };
 pub use signing_keys::SigningKeyRecord;
 
+pub use sessions::{SessionRecord, SessionStore};
 pub use webhooks::{
     event_type_for_action, AttemptOutcome, ClaimedDelivery, Delivery, DeliveryStatus,
     EndpointPatch, EventSubject, ExpiryScan, WebhookEndpoint, WebhookEvent, WebhookSecret,
     WebhookStore, EVENT_TYPES,
 };
-pub use sessions::{SessionRecord, SessionStore};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

@@ -1583,7 +1583,8 @@ fn assert_migrations_recorded_once(rows: &[(i64, String)]) {
     let expected: Vec<i64> = (1..=versions.len() as i64).collect();
     assert_eq!(versions, expected, "each migration recorded once: {rows:?}");
     assert!(
-        rows.iter().any(|r| r == &(11, "permission_usage".to_owned())),
+        rows.iter()
+            .any(|r| r == &(11, "permission_usage".to_owned())),
         "{rows:?}"
     );
 }

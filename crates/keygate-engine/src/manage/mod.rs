@@ -7,9 +7,9 @@ pub mod import;
 mod keys;
 mod leaks;
 mod pages;
-mod retire;
-pub mod portal;
 mod permission_usage;
+pub mod portal;
+mod retire;
 mod sign_in;
 mod usage;
 pub mod validate;
@@ -31,8 +31,8 @@ pub use import::{ImportError, ImportSummary, LineError};
 pub use keys::{KeyStatus, KeyUpdate, NewKey, RotateOptions, Rotated};
 pub use leaks::{LeakAction, LeakSource, LeakVerdict};
 pub use pages::{AccountFilter, KeyFilter, Page, PageRequest, DEFAULT_LIMIT, MAX_LIMIT};
-pub use retire::IDLE_RETIREMENT_REASON;
 pub use permission_usage::{PermissionUsageReport, DEFAULT_DAYS as DEFAULT_PERMISSION_USAGE_DAYS};
+pub use retire::IDLE_RETIREMENT_REASON;
 pub use usage::{Granularity, UsageBucket, UsageReport};
 pub use webhooks::{
     is_private_address, NewWebhookEndpoint, WebhookEndpointUpdate, WebhookSettings,
