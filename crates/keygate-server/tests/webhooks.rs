@@ -818,16 +818,22 @@ async fn the_openapi_document_lists_the_webhook_operations() {
     }
 }
 
-/// The dashboard's session cookie from a `Set-Cookie` answer.
-fn session_cookie(response: &reqwest::Response) -> String {
+/// The value of cookie `name` from a `Set-Cookie` answer.
+fn cookie_value(response: &reqwest::Response, name: &str) -> String {
+    let prefix = format!("{name}=");
     response
         .headers()
         .get_all("set-cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix("keygate_session="))
+        .find_map(|v| v.strip_prefix(prefix.as_str()))
         .map(|v| v.split(';').next().unwrap_or("").to_owned())
-        .expect("a session cookie")
+        .unwrap_or_else(|| panic!("no {name} cookie"))
+}
+
+/// The dashboard's session cookie from a `Set-Cookie` answer.
+fn session_cookie(response: &reqwest::Response) -> String {
+    cookie_value(response, "keygate_session")
 }
 
 #[tokio::test]
@@ -852,14 +858,15 @@ async fn the_dashboard_lists_endpoints_and_their_deliveries_for_the_operator_onl
         let url = app.url("/dashboard/sign-in");
         async move {
             let page = client.get(&url).send().await.unwrap();
-            let cookie = session_cookie(&page);
+            // The sign-in form's CSRF token is double-submitted in its own cookie.
+            let cookie = cookie_value(&page, "keygate_sign_in");
             let html = page.text().await.unwrap();
             let marker = r#"name="csrf" value=""#;
             let start = html.find(marker).unwrap() + marker.len();
             let csrf = html[start..].split('"').next().unwrap().to_owned();
             let answer = client
                 .post(&url)
-                .header("cookie", format!("keygate_session={cookie}"))
+                .header("cookie", format!("keygate_sign_in={cookie}"))
                 .form(&[("csrf", csrf.as_str()), ("credential", credential.as_str())])
                 .send()
                 .await
