@@ -910,3 +910,46 @@ async fn the_dashboard_lists_endpoints_and_their_deliveries_for_the_operator_onl
     let (status, _) = get(tenant, "/dashboard/webhooks".into()).await;
     assert_eq!(status, 403);
 }
+
+#[tokio::test]
+async fn key_quota_threshold_fires_once_at_80_and_once_at_100_percent() {
+    let app = app_with_worker(false).await;
+    let receiver = Receiver::start().await;
+    create_endpoint(
+        &app,
+        json!({"url": receiver.url, "events": ["key.quota_threshold"]}),
+    )
+    .await;
+    let account = app.create_account("Acme", "pro").await;
+    let (key_id, key) = app
+        .create_key(&account, json!({"scope": "all", "quota": {"requests": 5}}))
+        .await;
+    let spend = |n: usize, status: u16| {
+        let (app, key) = (&app, key.clone());
+        async move {
+            app.forward_auth_times(&key, "GET", "/api/v1/invoices/7", n, status)
+                .await;
+            app.engine.flush_usage().await.unwrap();
+        }
+    };
+    spend(3, 204).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(receiver.received().is_empty(), "nothing below 80 %");
+
+    spend(1, 204).await; // 4 of 5: 80 %
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].body["type"], "key.quota_threshold");
+    assert_eq!(got[0].body["data"]["id"], key_id.as_str());
+    assert_eq!(got[0].body["data"]["quota"]["used"], 4);
+    app.engine.flush_usage().await.unwrap();
+
+    spend(1, 204).await; // 5 of 5: 100 %
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].body["type"], "key.quota_threshold");
+    assert_eq!(got[1].body["data"]["quota"]["used"], 5);
+    assert_ne!(got[0].id, got[1].id);
+
+    spend(2, 429).await; // over the quota: refused, nothing more reached
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(receiver.received().len(), 2, "each threshold once");
+}

@@ -868,7 +868,24 @@ macro_rules! sql_store {
                             row.push("CAST(").push_bind_unseparated(u.quota_refilled_at).push_unseparated(" AS BIGINT)");
                         });
                         q.push(") AS v WHERE api_keys.id = v.column1");
-                        q.build().execute(&mut *tx).await.map_err(db_error)?;
+                        if !updates.iter().any(|u| u.quota_used_delta > 0) {
+                            q.build().execute(&mut *tx).await.map_err(db_error)?;
+                            continue;
+                        }
+                        // Quota was spent: see which keys reached a reported share of theirs.
+                        q.push(" RETURNING api_keys.id, api_keys.quota, api_keys.quota_used");
+                        let returned = q.build().fetch_all(&mut *tx).await.map_err(db_error)?;
+                        for row in &returned {
+                            let id: String = row.try_get("id").map_err(corrupt)?;
+                            let quota: Option<String> = row.try_get("quota").map_err(corrupt)?;
+                            let after: i64 = row.try_get("quota_used").map_err(corrupt)?;
+                            let (Some(quota), Some(&i)) = (quota, row_of.get(id.as_str())) else { continue };
+                            let quota: crate::Quota = from_json(&quota)?;
+                            let before = after - rows[i].quota_used_delta;
+                            for pct in crate::webhooks::quota_thresholds_crossed(quota.requests, before, after) {
+                                super::webhook_sql::record_quota_threshold(&mut tx, &id, pct, rows[i].last_used_at).await?;
+                            }
+                        }
                     }
                     for counts in counts.chunks(ROWS_PER_STATEMENT) {
                         let mut q = sqlx::QueryBuilder::<$db>::new(

@@ -20,8 +20,32 @@ pub const EVENT_TYPES: &[&str] = &[
     "key.expiring",
     "key.expired",
     "key.leaked",
+    "key.quota_threshold",
     "account.updated",
 ];
+
+/// The shares of a key's quota whose reaching is reported (`key.quota_threshold`).
+pub const QUOTA_THRESHOLDS_PERCENT: [u32; 2] = [80, 100];
+
+/// The thresholds (percent of `limit`) that spending from `before` to `after` reached.
+pub(crate) fn quota_thresholds_crossed(limit: u64, before: i64, after: i64) -> Vec<u32> {
+    let limit = i128::from(limit);
+    QUOTA_THRESHOLDS_PERCENT
+        .into_iter()
+        .filter(|&pct| {
+            // The first count at or above the share (rounded up).
+            let at = (limit * i128::from(pct) + 99) / 100;
+            i128::from(before) < at && i128::from(after) >= at
+        })
+        .collect()
+}
+
+/// `msg_…` of a `key.quota_threshold` event: one per key, quota period and threshold, so
+/// the event is written once however often a flush sees the crossing.
+pub(crate) fn quota_event_id(key_id: &str, period_started_at: i64, pct: u32) -> String {
+    let tail = key_id.split_once('_').map_or(key_id, |(_, tail)| tail);
+    format!("msg_quota_{tail}_{period_started_at}_{pct}")
+}
 
 /// The webhook event an audit action reports, if any.
 pub fn event_type_for_action(action: &str) -> Option<&'static str> {
@@ -502,6 +526,41 @@ macro_rules! webhook_sql {
                     account_id: audit.account_id.clone(),
                     at: audit.at,
                     subject,
+                };
+                insert_event(tx, &event).await
+            }
+
+            /// A `key.quota_threshold` event for key `key_id` (as it stands in `tx`), unless
+            /// this period's event for `pct` exists already.
+            pub(crate) async fn record_quota_threshold(tx: &mut Tx, key_id: &str, pct: u32, now: i64) -> Result<()> {
+                let Some(key) = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
+                    .bind(key_id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db_error)?
+                    .as_ref()
+                    .map(super::shared_sql::key_from_row)
+                    .transpose()?
+                else {
+                    return Ok(());
+                };
+                let period = key.quota_refilled_at.unwrap_or(key.created_at);
+                let id = crate::webhooks::quota_event_id(&key.id, period, pct);
+                let exists = sqlx::query("SELECT 1 FROM webhook_events WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(db_error)?
+                    .is_some();
+                if exists {
+                    return Ok(());
+                }
+                let event = WebhookEvent {
+                    id,
+                    event_type: "key.quota_threshold".to_owned(),
+                    account_id: Some(key.account_id.clone()),
+                    at: now,
+                    subject: EventSubject::Key(Box::new(key)),
                 };
                 insert_event(tx, &event).await
             }
@@ -1004,3 +1063,26 @@ macro_rules! webhook_sql {
 }
 
 pub(crate) use webhook_sql;
+
+#[cfg(test)]
+mod quota_tests {
+    use super::quota_thresholds_crossed;
+
+    #[test]
+    fn each_threshold_is_reached_once_on_the_way_up() {
+        assert_eq!(quota_thresholds_crossed(100, 0, 79), Vec::<u32>::new());
+        assert_eq!(quota_thresholds_crossed(100, 79, 80), vec![80]);
+        assert_eq!(quota_thresholds_crossed(100, 80, 99), Vec::<u32>::new());
+        assert_eq!(quota_thresholds_crossed(100, 99, 100), vec![100]);
+        assert_eq!(quota_thresholds_crossed(100, 10, 150), vec![80, 100]);
+        assert_eq!(quota_thresholds_crossed(100, 100, 120), Vec::<u32>::new());
+        // Rounded up: 80 % of 3 is the third request, 100 % too.
+        assert_eq!(quota_thresholds_crossed(3, 2, 3), vec![80, 100]);
+        assert_eq!(
+            quota_thresholds_crossed(u64::MAX, 0, i64::MAX),
+            Vec::<u32>::new()
+        );
+        // Going down (a refill) reaches nothing.
+        assert_eq!(quota_thresholds_crossed(100, 100, 0), Vec::<u32>::new());
+    }
+}

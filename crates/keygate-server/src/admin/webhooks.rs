@@ -42,6 +42,8 @@ pub enum EventTypeName {
     KeyExpired,
     #[serde(rename = "key.leaked")]
     KeyLeaked,
+    #[serde(rename = "key.quota_threshold")]
+    KeyQuotaThreshold,
     #[serde(rename = "account.updated")]
     AccountUpdated,
 }
