@@ -75,9 +75,13 @@ status=0
 # Run from the temp dir: schemathesis reads schemathesis.toml and writes its cache there.
 # /v1/key-changes is left out: its answer is an event stream that never ends, which
 # schemathesis can only report as a timeout (tests/remote.rs in keygate-tower checks it).
+# /v1/api-keys/import too: its body is JSON lines naming accounts that exist, a binary
+# upload to OpenAPI, so no generated body is a valid one and every invalid one is a 400;
+# crates/keygate-server/tests/api/legacy_import.rs tests its answers.
 (cd "$WORK" && PYTHONPATH="$ROOT/scripts/ci/lib" SCHEMATHESIS_HOOKS=schemathesis_hooks \
     timeout 600 schemathesis run "$URL/openapi.json" \
     --checks all --generation-with-security-parameters false --exclude-path /v1/key-changes \
+    --exclude-path /v1/api-keys/import \
     --max-examples 25 --seed 1 --workers 1 --request-timeout 10 \
     --suppress-health-check all --no-color) || status=$?
 if ((status != 0)); then

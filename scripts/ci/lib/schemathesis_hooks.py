@@ -142,12 +142,6 @@ def breaks_a_rule_in_words(method, path, body, query):
         return True  # a cursor is the id of a record of the list, as a page handed it out
     if path in ("/v1/api-keys", "/v1/api-keys/{id}") and method in ("POST", "PATCH"):
         return isinstance(body, dict) and breaks_a_key_rule(method, body)
-    if path == "/v1/api-keys/import":
-        # The body is JSON lines naming accounts that exist: no generated string is one
-        # (the document says so in words), so the generated "valid" bodies are dropped.
-        # Its 400s (line and field named, never a 500) are tested in
-        # crates/keygate-server/tests/api/legacy_import.rs.
-        return True
     if path == "/v1/verify":
         return breaks_a_verify_rule(body)
     if path in ("/v1/webhook-endpoints", "/v1/webhook-endpoints/{id}") and method in ("POST", "PATCH"):

@@ -33,6 +33,13 @@ impl From<ImportSummary> for ImportedKeys {
     }
 }
 
+/// The body: JSON lines, as bytes. Documented as a binary upload because OpenAPI tools
+/// (generated clients, schemathesis) know no `application/x-ndjson` body.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct JsonLines(Vec<u8>);
+
 /// Import keys from another system, verified by their legacy hashes until first use.
 ///
 /// One JSON object a line: `{account_id, name, hash, lookup_prefix?, permissions?, scope?,
@@ -47,7 +54,7 @@ impl From<ImportSummary> for ImportedKeys {
     path = "/v1/api-keys/import",
     tag = "api-keys",
     security(("admin_token" = [])),
-    request_body(content = String, content_type = "text/plain", description = "JSON lines, one key a line (any content type is read as such; `application/x-ndjson` is usual)"),
+    request_body(content = JsonLines, content_type = "application/octet-stream", description = "JSON lines, one key a line (any content type is read as such; `application/x-ndjson` is usual)"),
     responses((status = 200, description = "What was imported", body = ImportedKeys), AuthErrors, BodyErrors)
 )]
 pub async fn import_keys(
