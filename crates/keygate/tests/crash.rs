@@ -102,55 +102,63 @@ impl Deployment {
 
     /// Starts `keygate serve` and waits for `/healthz`.
     async fn start(&self, round: usize) -> Server {
-        let port = free_port();
-        let mut command = Command::new(BIN);
-        command.arg("serve").current_dir(&self.dir);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("KEYGATE_") {
-                command.env_remove(&name);
+        'attempt: for attempt in 1.. {
+            let port = free_port();
+            let mut command = Command::new(BIN);
+            command.arg("serve").current_dir(&self.dir);
+            for (name, _) in std::env::vars_os() {
+                if name.to_string_lossy().starts_with("KEYGATE_") {
+                    command.env_remove(&name);
+                }
             }
-        }
-        command
-            .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("KEYGATE_LOG", "warn")
-            // Verifying revoked keys is failing authentication on purpose, many times.
-            .env("KEYGATE_FAILED_AUTH_LIMIT", "off")
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
-        let stderr_path = self.dir.join(format!("round-{round}.stderr"));
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr_path).unwrap())
-            .spawn()
-            .expect("spawn keygate serve");
-        let mut server = Server {
-            child: Some(child),
-            base: format!("http://127.0.0.1:{port}"),
-            stderr_path,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "keygate serve exited with {status} on start; stderr:\n{}",
+            command
+                .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
+                .env("KEYGATE_LOG", "warn")
+                // Verifying revoked keys is failing authentication on purpose, many times.
+                .env("KEYGATE_FAILED_AUTH_LIMIT", "off")
+                .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
+            let stderr_path = self.dir.join(format!("round-{round}.stderr"));
+            let child = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(&stderr_path).unwrap())
+                .spawn()
+                .expect("spawn keygate serve");
+            let mut server = Server {
+                child: Some(child),
+                base: format!("http://127.0.0.1:{port}"),
+                stderr_path,
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap(),
+            };
+            let deadline = Instant::now() + READY_TIMEOUT;
+            loop {
+                if let Some(status) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                    // Another process may take a free port before the child binds it
+                    // (rare; seen once in CI): try another port.
+                    if attempt < 3 && server.stderr().contains("Address already in use") {
+                        continue 'attempt;
+                    }
+                    panic!(
+                        "keygate serve exited with {status} on start; stderr:\n{}",
+                        server.stderr()
+                    );
+                }
+                let health = server.http.get(server.url("/healthz")).send().await;
+                if matches!(&health, Ok(r) if r.status().as_u16() == 200) {
+                    return server;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no /healthz within {READY_TIMEOUT:?}; stderr:\n{}",
                     server.stderr()
                 );
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            let health = server.http.get(server.url("/healthz")).send().await;
-            if matches!(&health, Ok(r) if r.status().as_u16() == 200) {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no /healthz within {READY_TIMEOUT:?}; stderr:\n{}",
-                server.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        unreachable!("the attempts loop only returns")
     }
 }
 
