@@ -507,15 +507,7 @@ macro_rules! webhook_sql {
                         .and_then(|v| v.as_str())
                         .filter(|_| audit.action == "key.rotate")
                         .unwrap_or(target);
-                    sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
-                        .bind(key_id)
-                        .fetch_optional(&mut **tx)
-                        .await
-                        .map_err(db_error)?
-                        .as_ref()
-                        .map(super::shared_sql::key_from_row)
-                        .transpose()?
-                        .map(|k| EventSubject::Key(Box::new(k)))
+                    key_in(tx, key_id).await?.map(|k| EventSubject::Key(Box::new(k)))
                 };
                 let Some(subject) = subject else {
                     return Ok(());
@@ -530,18 +522,22 @@ macro_rules! webhook_sql {
                 insert_event(tx, &event).await
             }
 
-            /// A `key.quota_threshold` event for key `key_id` (as it stands in `tx`), unless
-            /// this period's event for `pct` exists already.
-            pub(crate) async fn record_quota_threshold(tx: &mut Tx, key_id: &str, pct: u32, now: i64) -> Result<()> {
-                let Some(key) = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
+            /// Key `key_id` as it stands in `tx`.
+            async fn key_in(tx: &mut Tx, key_id: &str) -> Result<Option<crate::KeyRecord>> {
+                sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
                     .bind(key_id)
                     .fetch_optional(&mut **tx)
                     .await
                     .map_err(db_error)?
                     .as_ref()
                     .map(super::shared_sql::key_from_row)
-                    .transpose()?
-                else {
+                    .transpose()
+            }
+
+            /// A `key.quota_threshold` event for key `key_id` (as it stands in `tx`), unless
+            /// this period's event for `pct` exists already.
+            pub(crate) async fn record_quota_threshold(tx: &mut Tx, key_id: &str, pct: u32, now: i64) -> Result<()> {
+                let Some(key) = key_in(tx, key_id).await? else {
                     return Ok(());
                 };
                 let period = key.quota_refilled_at.unwrap_or(key.created_at);
