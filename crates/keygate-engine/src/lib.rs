@@ -25,6 +25,7 @@ mod shared_limit;
 mod store_health;
 pub mod tokens;
 mod usage;
+mod usage_pace;
 mod verify;
 
 use std::sync::Arc;
@@ -151,9 +152,14 @@ impl Engine {
     /// than the retention.
     pub async fn flush_usage(&self) -> Result<usize> {
         use std::sync::atomic::Ordering::Relaxed;
+        let started = std::time::Instant::now();
         let written = match self.usage.flush(self.store.as_ref()).await {
             Ok(n) => {
                 self.metrics.usage_flushes.fetch_add(1, Relaxed);
+                self.metrics
+                    .usage_flush_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+                self.metrics.usage_flushed_keys.fetch_add(n as u64, Relaxed);
                 self.metrics
                     .usage_flushed_at
                     .store(now_ms() as u64, Relaxed);
@@ -187,21 +193,38 @@ impl Engine {
         self: &Arc<Self>,
         interval: std::time::Duration,
     ) -> tokio::task::JoinHandle<()> {
+        self.spawn_usage_flusher_within(interval, None)
+    }
+
+    /// As [`Engine::spawn_usage_flusher`], and when `max_keys_per_second` is given, a flush
+    /// that wrote `n` keys is followed by a pause of at least `n / max_keys_per_second`: the
+    /// store's usage writes stay under that budget however many keys are in use, and a
+    /// longer pause only means more counts per write (they add up in memory meanwhile).
+    pub fn spawn_usage_flusher_within(
+        self: &Arc<Self>,
+        interval: std::time::Duration,
+        max_keys_per_second: Option<std::num::NonZeroU32>,
+    ) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         let mut stopping = self.stopping.subscribe();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
+            let mut pause = interval;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = stopping.wait_for(|stop| *stop) => return,
                 }
                 let Some(engine) = weak.upgrade() else { return };
-                if let Err(e) = engine.flush_usage().await {
-                    tracing::warn!(error = %e, "usage flush failed; will retry");
-                }
+                let started = std::time::Instant::now();
+                let written = match engine.flush_usage().await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "usage flush failed; will retry");
+                        0
+                    }
+                };
+                pause = usage_pace::pause_after_flush(interval, written, max_keys_per_second)
+                    .saturating_sub(started.elapsed());
             }
         })
     }

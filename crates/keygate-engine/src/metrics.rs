@@ -86,6 +86,10 @@ pub struct Metrics {
     pub(crate) store_errors: AtomicU64,
     pub(crate) usage_flushes: AtomicU64,
     pub(crate) usage_flush_errors: AtomicU64,
+    /// Keys written by successful usage flushes (a key's counts are one write per flush).
+    pub(crate) usage_flushed_keys: AtomicU64,
+    /// Time spent in successful usage flushes, microseconds.
+    pub(crate) usage_flush_micros: AtomicU64,
     /// Unix ms of the last successful usage flush (0: none yet).
     pub(crate) usage_flushed_at: AtomicU64,
     pub(crate) rate_limiter_errors: AtomicU64,
@@ -105,6 +109,8 @@ impl Default for Metrics {
             store_errors: AtomicU64::default(),
             usage_flushes: AtomicU64::default(),
             usage_flush_errors: AtomicU64::default(),
+            usage_flushed_keys: AtomicU64::default(),
+            usage_flush_micros: AtomicU64::default(),
             usage_flushed_at: AtomicU64::default(),
             rate_limiter_errors: AtomicU64::default(),
             auth_throttled: AtomicU64::default(),
@@ -204,7 +210,7 @@ impl Metrics {
             self.total(|h| &h.latency_sum_ns) as f64 / 1e9
         );
         let _ = writeln!(out, "keygate_verification_duration_seconds_count {count}");
-        let counters: [(&str, &str, u64); 8] = [
+        let counters: [(&str, &str, u64); 9] = [
             (
                 "keygate_cache_hits_total",
                 "Verifications answered from the cache.",
@@ -231,6 +237,11 @@ impl Metrics {
                 get(&self.usage_flushes),
             ),
             (
+                "keygate_usage_flushed_keys_total",
+                "Keys whose usage a flush wrote to the store (the flush's rows grow with these).",
+                get(&self.usage_flushed_keys),
+            ),
+            (
                 "keygate_usage_flush_errors_total",
                 "Failed usage flushes (retried).",
                 get(&self.usage_flush_errors),
@@ -252,6 +263,13 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP keygate_usage_flush_seconds_total Time spent writing usage flushes.\n\
+             # TYPE keygate_usage_flush_seconds_total counter\n\
+             keygate_usage_flush_seconds_total {}",
+            get(&self.usage_flush_micros) as f64 / 1e6
+        );
         let flushed_at = get(&self.usage_flushed_at) as i64;
         let lag = if flushed_at == 0 {
             0.0

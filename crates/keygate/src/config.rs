@@ -144,6 +144,9 @@ pub struct Config {
     pub negative_cache_ttl_seconds: u64,
     pub stale_if_error_seconds: u64,
     pub usage_flush_seconds: u64,
+    /// Keys a usage flush may write per second on average (0: no budget); a larger flush
+    /// is followed by a longer pause.
+    pub usage_flush_max_keys_per_second: u32,
     pub usage_retention_days: u64,
     /// Failed authentications allowed per client address, `REQUESTS/SECONDS`, or `off`.
     pub failed_auth_limit: String,
@@ -230,6 +233,7 @@ impl Default for Config {
             negative_cache_ttl_seconds: 10,
             stale_if_error_seconds: 300,
             usage_flush_seconds: 5,
+            usage_flush_max_keys_per_second: 0,
             usage_retention_days: 90,
             failed_auth_limit: "100/60".into(),
             redis_url: None,
@@ -354,6 +358,10 @@ impl Config {
             (&mut self.cache_ttl_seconds, "KEYGATE_CACHE_TTL_SECONDS"),
             (&mut self.usage_flush_seconds, "KEYGATE_USAGE_FLUSH_SECONDS"),
             (
+                &mut self.stale_if_error_seconds,
+                "KEYGATE_STALE_IF_ERROR_SECONDS",
+            ),
+            (
                 &mut self.idle_retirement_check_seconds,
                 "KEYGATE_IDLE_RETIREMENT_CHECK_SECONDS",
             ),
@@ -383,6 +391,16 @@ impl Config {
                     .parse()
                     .with_context(|| format!("{name} must be a whole number of seconds"))?;
             }
+        }
+        if let Some(v) = env("KEYGATE_USAGE_RETENTION_DAYS") {
+            self.usage_retention_days = v
+                .parse()
+                .context("KEYGATE_USAGE_RETENTION_DAYS must be a whole number of days")?;
+        }
+        if let Some(v) = env("KEYGATE_USAGE_FLUSH_MAX_KEYS_PER_SECOND") {
+            self.usage_flush_max_keys_per_second = v
+                .parse()
+                .context("KEYGATE_USAGE_FLUSH_MAX_KEYS_PER_SECOND must be a whole number")?;
         }
         self.apply_token_env(env)
     }
@@ -759,6 +777,47 @@ mod tests {
             ..args
         };
         assert_eq!(Config::load(&args, &env).unwrap().listen, "127.0.0.1:3");
+    }
+
+    /// Every variable the README's settings tables name changes the configuration (or is
+    /// refused when its value does not fit): a documented variable that nothing reads
+    /// would silently leave the default in place.
+    #[test]
+    fn every_documented_variable_is_read() {
+        let readme = include_str!("../../../README.md");
+        let mut documented: Vec<&str> = readme
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .flat_map(|line| line.split('`'))
+            .filter(|word| word.starts_with("KEYGATE_"))
+            .collect();
+        documented.sort_unstable();
+        documented.dedup();
+        assert!(documented.len() > 40, "README tables not found");
+        let args = ServeArgs::default();
+        let default = Config::load(&args, &|_: &str| None).unwrap();
+        let candidates = [
+            "7",
+            "true",
+            "1/1",
+            "closed",
+            "json",
+            "10.0.0.0/8",
+            "127.0.0.1:9",
+            "http://127.0.0.1:9",
+            "#123456",
+        ];
+        let unread: Vec<&str> = documented
+            .iter()
+            .copied()
+            .filter(|&name| {
+                candidates.iter().all(|value| {
+                    let env = |n: &str| (n == name).then(|| value.to_string());
+                    matches!(Config::load(&args, &env), Ok(c) if c == default)
+                })
+            })
+            .collect();
+        assert!(unread.is_empty(), "documented but never read: {unread:?}");
     }
 
     #[test]

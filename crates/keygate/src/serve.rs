@@ -84,8 +84,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Err(e) = engine.prepare_signing_key().await {
         tracing::warn!(error = %e, "cannot prepare the token signing key yet");
     }
-    let flusher =
-        engine.spawn_usage_flusher(Duration::from_secs(config.usage_flush_seconds.max(1)));
+    let flusher = engine.spawn_usage_flusher_within(
+        Duration::from_secs(config.usage_flush_seconds.max(1)),
+        std::num::NonZeroU32::new(config.usage_flush_max_keys_per_second),
+    );
     // Ends with the other background tasks (`stop_background`).
     engine.spawn_idle_retirer(idle_retirement_interval);
     let change_listener = engine
