@@ -839,6 +839,13 @@ macro_rules! sql_store {
                             }
                         }
                     }
+                    // In key id order, locked in that order below: every node then locks
+                    // the rows they share in the same order, so two nodes' flushes wait for
+                    // each other instead of deadlocking (the counters below are in key
+                    // order too).
+                    rows.sort_unstable_by(|a, b| a.key_id.cmp(b.key_id));
+                    let row_of: std::collections::HashMap<&str, usize> =
+                        rows.iter().enumerate().map(|(i, r)| (r.key_id, i)).collect();
                     let ips = rows
                         .iter()
                         .map(|r| r.recent_ips.map(to_json).transpose())
@@ -858,6 +865,17 @@ macro_rules! sql_store {
                     );
                     let mut tx = self.write().await?;
                     for (updates, ips) in rows.chunks(ROWS_PER_STATEMENT).zip(ips.chunks(ROWS_PER_STATEMENT)) {
+                        if !$store::DIALECT.for_update.is_empty() {
+                            // An UPDATE … FROM locks rows in its join's order, not the
+                            // VALUES order.
+                            let mut lock = sqlx::QueryBuilder::<$db>::new("SELECT id FROM api_keys WHERE id IN (");
+                            let mut ids = lock.separated(", ");
+                            for u in updates {
+                                ids.push_bind(u.key_id);
+                            }
+                            lock.push(") ORDER BY id ").push($store::DIALECT.for_update);
+                            lock.build().execute(&mut *tx).await.map_err(db_error)?;
+                        }
                         let mut q = sqlx::QueryBuilder::<$db>::new(&key_sql);
                         // Typed, as PostgreSQL reads an untyped VALUES parameter as text.
                         q.push_values(updates.iter().zip(ips), |mut row, (u, ips)| {

@@ -141,6 +141,7 @@ on_each_backend!(
     migrations_apply_once,
     import_copies_records_as_they_are_and_can_run_again,
     bulk_import_and_usage_flush_span_several_statements,
+    usage_flushes_of_two_nodes_in_opposite_orders_both_land,
     key_changes_reach_another_handle,
     sessions_expire_are_taken_once_and_pruned,
 );
@@ -1849,6 +1850,47 @@ async fn bulk_import_and_usage_flush_span_several_statements(store: Arc<dyn Stor
         );
         let counts = store.usage_counts(&k.id, NOW, NOW + 1).await.unwrap();
         assert_eq!(counts.iter().map(|c| c.count).sum::<i64>(), 4, "{counts:?}");
+    }
+}
+
+/// Two nodes flush the same keys at once, each in its own order (the order keys were first
+/// used on it). On PostgreSQL their row locks could wait on each other in a cycle (a
+/// deadlock, one flush failing after a second); both must land, every time.
+async fn usage_flushes_of_two_nodes_in_opposite_orders_both_land(
+    store: Arc<dyn Store>,
+    db: TestDb,
+) {
+    let other_node = db.open().await;
+    add_account(&store, "acct_nodes").await;
+    let keys: Vec<KeyRecord> = (0..300).map(|_| key("acct_nodes")).collect();
+    store.import_keys(&keys).await.unwrap();
+    let flush = |order: &mut dyn Iterator<Item = &KeyRecord>| -> Vec<UsageUpdate> {
+        order
+            .map(|k| UsageUpdate {
+                counts: vec![UsageCount {
+                    bucket: NOW,
+                    outcome: "valid".to_owned(),
+                    count: 1,
+                }],
+                ..usage(&k.id, NOW, 1)
+            })
+            .collect()
+    };
+    let forward = flush(&mut keys.iter());
+    let backward = flush(&mut keys.iter().rev());
+    const ROUNDS: i64 = 10;
+    for _ in 0..ROUNDS {
+        let (a, b) = tokio::join!(
+            store.record_usage(&forward),
+            other_node.record_usage(&backward)
+        );
+        a.unwrap();
+        b.unwrap();
+    }
+    for k in keys.iter().step_by(37) {
+        assert_eq!(get(&store, &k.id).await.quota_used, 2 * ROUNDS);
+        let counts = store.usage_counts(&k.id, NOW, NOW + 1).await.unwrap();
+        assert_eq!(counts.iter().map(|c| c.count).sum::<i64>(), 2 * ROUNDS);
     }
 }
 
