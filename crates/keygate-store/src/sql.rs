@@ -892,11 +892,23 @@ macro_rules! sql_store {
                         }
                         // Quota was spent: see which keys reached a reported share of theirs.
                         q.push(" RETURNING api_keys.id, api_keys.quota, api_keys.quota_used");
-                        let returned = q.build().fetch_all(&mut *tx).await.map_err(db_error)?;
-                        for row in &returned {
-                            let id: String = row.try_get("id").map_err(corrupt)?;
-                            let quota: Option<String> = row.try_get("quota").map_err(corrupt)?;
-                            let after: i64 = row.try_get("quota_used").map_err(corrupt)?;
+                        let mut returned = q
+                            .build()
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(db_error)?
+                            .iter()
+                            .map(|row| -> Result<(String, Option<String>, i64)> {
+                                Ok((
+                                    row.try_get("id").map_err(corrupt)?,
+                                    row.try_get("quota").map_err(corrupt)?,
+                                    row.try_get("quota_used").map_err(corrupt)?,
+                                ))
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        // Events written in key order too (other nodes may write the same).
+                        returned.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                        for (id, quota, after) in returned {
                             let (Some(quota), Some(&i)) = (quota, row_of.get(id.as_str())) else { continue };
                             let quota: crate::Quota = from_json(&quota)?;
                             let before = after - rows[i].quota_used_delta;
