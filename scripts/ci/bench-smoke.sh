@@ -13,3 +13,6 @@ KEYGATE_BENCH_SIZES=1000 cargo test --locked --workspace --benches
 # HTTP and scale scripts end to end on the debug binaries: 1 x 2 s per target; 20 000 keys.
 BUILD=0 bash bench/http/run.sh --smoke
 BUILD=0 bash bench/scale/run.sh --smoke
+# Three nodes on one PostgreSQL (the capacity check behind docs/capacity.md), on the
+# PostgreSQL server CI already runs.
+BUILD=0 KEYGATE_BENCH_POSTGRES=${KEYGATE_TEST_POSTGRES:-} bash bench/capacity/three-nodes.sh --smoke
