@@ -174,11 +174,15 @@ def main():
     print(f"| CPU seconds (all its processes) | {pg_seconds:.2f} | {pg_seconds / window:.3f} | {pg_seconds * 1e6 / max(total_flushed, 1):.1f} µs |")
     print(f"| connections from the nodes | {after['pg_connections']} | | |")
     print()
-    model = len(ADDRS) * int(ENV["HOT"]) / FLUSH
-    print(f"Model: each node writes each hot key once per flush, so keys written per second "
-          f"≈ nodes × hot keys / interval = 3 × {ENV['HOT']} / {FLUSH} s = {model:,.0f}/s while "
-          f"the load runs; measured {total_flushed / DURATION:,.0f}/s over the {DURATION} s of "
-          f"load (the window's {total_flushed:,.0f} keys, one more flush included, / {DURATION} s).")
+    hot = int(ENV["HOT"])
+    intervals = -(-DURATION // FLUSH)  # flush intervals the load touches, rounded up
+    low, high = len(ADDRS) * hot * intervals, len(ADDRS) * hot * (intervals + 1)
+    print(f"Model: a node writes each key it served once per flush, however often it served "
+          f"it, so keys written ≈ nodes × hot keys × flush intervals touched = 3 × {hot:,} × "
+          f"{intervals}–{intervals + 1} = {low:,}–{high:,} for {DURATION} s of load at "
+          f"{FLUSH} s per flush; measured {total_flushed:,.0f}. In steady state: nodes × hot "
+          f"keys / interval = {len(ADDRS) * hot / FLUSH:,.0f} keys/s whatever the request rate "
+          f"(budget per node: {ENV['FLUSH_BUDGET'] if ENV['FLUSH_BUDGET'] != '0' else 'none'}).")
     print()
 
     # Management writes through node A while all three listen for changes.

@@ -74,6 +74,17 @@ KEYGATE_PID=$!
 PIDS+=("$KEYGATE_PID")
 wait_port "$KG_PORT"
 
+# The same server as shipped: default log level (an access-log line per request, written
+# to a file as a service manager would keep it), default failed-auth throttle.
+KS_PORT=$(free_port)
+KEYGATE_ADMIN_TOKEN="$ADMIN_TOKEN" \
+KEYGATE_DATABASE_URL="sqlite://$WORK/keygate.db" \
+KEYGATE_LISTEN="127.0.0.1:$KS_PORT" \
+  taskset -c "$SERVER_CPU" "${NICE[@]}" "$KEYGATE" serve 2>"$WORK/shipped.log" &
+SHIPPED_PID=$!
+PIDS+=("$SHIPPED_PID")
+wait_port "$KS_PORT"
+
 admin() { curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' "$@"; }
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
 ACCOUNT=$(admin -X POST "http://127.0.0.1:$KG_PORT/v1/accounts" -d '{"name":"Bench","plan":"unlimited"}' | json_field id)
@@ -119,10 +130,12 @@ VERIFY_BODY_UNKNOWN="{\"key\":\"$UNKNOWN\",\"method\":\"GET\",\"path\":\"/api/v1
 
 # name | url | expected status
 declare -A URL STATUS SERVER ADDR
-declare -a NAMES=(nginx auth verify nginx_invalid auth_invalid verify_invalid)
+declare -a NAMES=(nginx auth shipped verify nginx_invalid auth_invalid verify_invalid)
 URL[nginx]="$NG/"; STATUS[nginx]=204; SERVER[nginx]=$NGINX_WORKER
 URL[nginx_invalid]="$NG/"; STATUS[nginx_invalid]=401; SERVER[nginx_invalid]=$NGINX_WORKER
 URL[auth]="$KG/v1/auth"; STATUS[auth]=204; SERVER[auth]=$KEYGATE_PID
+URL[shipped]="http://127.0.0.1:$KS_PORT/v1/auth"; STATUS[shipped]=204; SERVER[shipped]=$SHIPPED_PID
+ADDR[shipped]="127.0.0.1:$KS_PORT"
 URL[auth_invalid]="$KG/v1/auth"; STATUS[auth_invalid]=401; SERVER[auth_invalid]=$KEYGATE_PID
 URL[verify]="$KG/v1/verify"; STATUS[verify]=200; SERVER[verify]=$KEYGATE_PID
 URL[verify_invalid]="$KG/v1/verify"; STATUS[verify_invalid]=200; SERVER[verify_invalid]=$KEYGATE_PID
@@ -131,6 +144,7 @@ for name in auth auth_invalid verify verify_invalid; do ADDR[$name]="127.0.0.1:$
 declare -A LABEL=(
   [nginx]="nginx \`map\`, valid key (204)"
   [auth]="keygate \`GET /v1/auth\`, valid key (204)"
+  [shipped]="keygate \`GET /v1/auth\` as shipped (access log on), valid key (204)"
   [verify]="keygate \`POST /v1/verify\`, valid key (200)"
   [nginx_invalid]="nginx \`map\`, unknown key (401)"
   [auth_invalid]="keygate \`GET /v1/auth\`, unknown key (401)"
@@ -139,7 +153,7 @@ declare -A LABEL=(
 # The request each target gets: forward-auth headers as nginx auth_request sends them.
 headers_of() {
   case $1 in
-    nginx|auth) printf '%s\n' "Authorization: Bearer $KEY" "X-Original-Method: GET" "X-Original-URI: /api/v1/invoices/42" ;;
+    nginx|auth|shipped) printf '%s\n' "Authorization: Bearer $KEY" "X-Original-Method: GET" "X-Original-URI: /api/v1/invoices/42" ;;
     nginx_invalid|auth_invalid) printf '%s\n' "Authorization: Bearer $UNKNOWN" "X-Original-Method: GET" "X-Original-URI: /api/v1/invoices/42" ;;
     verify|verify_invalid) printf '%s\n' "Authorization: Bearer $ADMIN_TOKEN" "Content-Type: application/json" ;;
   esac
@@ -238,6 +252,8 @@ for rep in $(seq 1 "$REPS"); do
   half nginx "$(python3 -c "print(round(${MEDIAN[auth]} / 2))")" nginx_at_auth_rate
 done
 UPTIME_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+# The as-shipped row means something only if that server really logged each request.
+grep -q '/v1/auth' "$WORK/shipped.log" || { echo "the as-shipped server wrote no access log" >&2; exit 1; }
 
 {
   echo "### HTTP: keygate vs nginx \`map\` ($STAMP)"
@@ -253,6 +269,7 @@ half = [l.split("\t") for l in open(sys.argv[2]).read().splitlines()]
 labels = {
     "nginx": "nginx `map`, valid key (204)",
     "auth": "keygate `GET /v1/auth`, valid key (204)",
+    "shipped": "keygate `GET /v1/auth` as shipped (access log on), valid key (204)",
     "verify": "keygate `POST /v1/verify`, valid key (200)",
     "nginx_invalid": "nginx `map`, unknown key (401)",
     "auth_invalid": "keygate `GET /v1/auth`, unknown key (401)",
@@ -265,7 +282,7 @@ for name, rate, got, p50, p99 in half:
     H.setdefault(name, []).append((float(rate), float(got or 0), float(p50 or 0), float(p99 or 0)))
 control = H.pop("nginx_at_auth_rate", [])
 med = lambda xs: statistics.median(xs)
-floor = {"nginx": "nginx", "auth": "nginx", "verify": "nginx",
+floor = {"nginx": "nginx", "auth": "nginx", "shipped": "nginx", "verify": "nginx",
          "nginx_invalid": "nginx_invalid", "auth_invalid": "nginx_invalid", "verify_invalid": "nginx_invalid"}
 print("| target | req/s median | min–max | ratio to nginx | server CPU µs/req | p99 at 50 % load (median, min–max) | p50 at 50 % load | req/s asked → got at 50 % |")
 print("|---|---|---|---|---|---|---|---|")
@@ -284,6 +301,11 @@ v = med([x[0] for x in P["verify"]]); vi = med([x[0] for x in P["verify_invalid"
 print(f"Invalid vs valid key, same endpoint: `/v1/auth` {ai / a:.2f}×, `/v1/verify` {vi / v:.2f}× the req/s "
       f"(CPU per request {med([x[3] for x in P['auth_invalid']]) / med([x[3] for x in P['auth']]):.2f}× and "
       f"{med([x[3] for x in P['verify_invalid']]) / med([x[3] for x in P['verify']]):.2f}×).")
+if "shipped" in P:
+    s = med([x[0] for x in P["shipped"]])
+    print()
+    print(f"As shipped (access log on) vs `KEYGATE_LOG=warn`: {s / a:.2f}× the req/s "
+          f"(CPU per request {med([x[3] for x in P['shipped']]) / med([x[3] for x in P['auth']]):.2f}×).")
 if control:
     print()
     print(f"Control for the load generator: nginx at the rate asked of keygate's `/v1/auth` "
