@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use keygate_core::{Environment, Outcome, Required};
 use keygate_engine::manage::{Actor, Caller};
@@ -224,18 +224,21 @@ pub async fn authenticate(
 /// `X-Keygate-Key-Id`, `-Account-Id`, `-Environment` and `-Permissions` of `key`, and
 /// `X-Keygate-Token-Id` when a short-lived token stood for the key.
 pub fn identity_headers(headers: &mut HeaderMap, key: &CachedKey) {
+    // Names made at compile time: `from_static` at run time checks every byte, per request.
+    const KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
+    const ACCOUNT_ID: HeaderName = HeaderName::from_static("x-keygate-account-id");
+    const ENVIRONMENT: HeaderName = HeaderName::from_static("x-keygate-environment");
+    const PERMISSIONS: HeaderName = HeaderName::from_static("x-keygate-permissions");
+    const TOKEN_ID: HeaderName = HeaderName::from_static("x-keygate-token-id");
     let pairs = [
-        ("x-keygate-key-id", HeaderValue::from_str(key.id())),
+        (KEY_ID, HeaderValue::from_str(key.id())),
+        (ACCOUNT_ID, HeaderValue::from_str(key.account_id())),
         (
-            "x-keygate-account-id",
-            HeaderValue::from_str(key.account_id()),
-        ),
-        (
-            "x-keygate-environment",
+            ENVIRONMENT,
             Ok(HeaderValue::from_static(key.environment().as_str())),
         ),
         (
-            "x-keygate-permissions",
+            PERMISSIONS,
             HeaderValue::from_str(&key.record.permissions.join(",")),
         ),
     ];
@@ -246,7 +249,7 @@ pub fn identity_headers(headers: &mut HeaderMap, key: &CachedKey) {
     }
     // A token's view of its key: say so (its permissions above are the token's scope).
     if let Some(Ok(token_id)) = key.token_id().map(HeaderValue::from_str) {
-        headers.insert("x-keygate-token-id", token_id);
+        headers.insert(TOKEN_ID, token_id);
     }
 }
 

@@ -38,7 +38,15 @@ pub fn new_request_id() -> String {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
-    format!("req_{prefix}{z:016x}")
+    // Written by hand: `format!` was a few percent of a forward-auth request's instructions.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(4 + prefix.len() + 16);
+    id.push_str("req_");
+    id.push_str(prefix);
+    for shift in (0..16).rev() {
+        id.push(char::from(HEX[((z >> (shift * 4)) & 0xf) as usize]));
+    }
+    id
 }
 
 /// Runs `future` with `id` as the current request id.

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
+use axum::http::HeaderName;
 use axum::response::{IntoResponse, Response};
 use axum::Json as JsonOut;
 use keygate_core::{InvalidReason, Outcome, Permission, Required};
@@ -268,12 +269,17 @@ pub struct OriginalRequestHeaders {
 /// The original request a proxy asks about: nginx's `X-Original-*`, Traefik's
 /// `X-Forwarded-*`, or, for Envoy, this request's own method and the path after `/v1/auth`.
 fn original_request(parts: &Parts) -> (Option<&str>, Option<String>) {
-    let header = |names: &[&str]| {
+    // Prebuilt names: a `&str` name is parsed and hashed anew on every lookup.
+    const ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+    const FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+    const ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+    const FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+    let header = |names: [HeaderName; 2]| {
         names
             .iter()
-            .find_map(|n| parts.headers.get(*n).and_then(|v| v.to_str().ok()))
+            .find_map(|n| parts.headers.get(n).and_then(|v| v.to_str().ok()))
     };
-    let uri = header(&["x-original-uri", "x-forwarded-uri"])
+    let uri = header([ORIGINAL_URI, FORWARDED_URI])
         .map(str::to_owned)
         .or_else(|| {
             parts
@@ -286,7 +292,7 @@ fn original_request(parts: &Parts) -> (Option<&str>, Option<String>) {
                     None => p.to_owned(),
                 })
         });
-    let method = header(&["x-original-method", "x-forwarded-method"]);
+    let method = header([ORIGINAL_METHOD, FORWARDED_METHOD]);
     (method, uri)
 }
 

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -153,7 +153,8 @@ where
             }
         }
         if let Ok(v) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert("x-request-id", v);
+            const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+            response.headers_mut().insert(REQUEST_ID, v);
         }
         if let Some((started, method, uri)) = logged {
             let prefix = state.engine.key_format().prefix();
