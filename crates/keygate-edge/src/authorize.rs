@@ -73,7 +73,7 @@ impl Identity {
 
     /// The key's permissions as stored.
     pub fn permissions(&self) -> &[String] {
-        &self.key.record.permissions
+        self.key.permission_strings()
     }
 
     /// A management caller acting as this key.
@@ -236,7 +236,7 @@ pub fn identity_headers(headers: &mut HeaderMap, key: &CachedKey) {
         ),
         (
             "x-keygate-permissions",
-            HeaderValue::from_str(&key.record.permissions.join(",")),
+            HeaderValue::from_str(&key.permission_strings().join(",")),
         ),
     ];
     for (name, value) in pairs {
