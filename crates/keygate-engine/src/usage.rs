@@ -404,6 +404,10 @@ impl KeyUsage {
                 if let Some(i) = found {
                     p.recent_ips.remove(i);
                 }
+                // Most keys are used from one address: room for one, not the default four.
+                if p.recent_ips.capacity() == 0 {
+                    p.recent_ips.reserve_exact(1);
+                }
                 p.recent_ips.insert(0, (ip, now));
                 p.recent_ips.truncate(RECENT_IPS);
                 p.ips_changed = true;

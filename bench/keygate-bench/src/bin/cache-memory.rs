@@ -1,6 +1,8 @@
 //! Resident memory per cached key: loads bench keys `0..N` into a database, verifies each
-//! once in a fresh engine (so all are cached, each with its usage cell), and prints the
-//! growth of the process's resident memory (VmRSS) divided by N.
+//! once in a fresh engine as forward-auth does (`GET /api/v1/invoices/42`, from a client
+//! address), so all are cached, each with its usage cell, its recent address and the
+//! permission it was used with, and prints the growth of the process's resident memory
+//! (VmRSS) divided by N.
 //!
 //! ```text
 //! cargo run --release -p keygate-bench --bin cache-memory -- [URL] [N,N,...]
@@ -14,7 +16,34 @@
 //! SQLite it also holds SQLite's page cache (a few MiB, bounded).
 
 use anyhow::{bail, Context};
-use keygate_bench::{bulk_load, engine, is_postgres, key, open_store, rss_bytes, secs, warm};
+use futures::StreamExt;
+use keygate_bench::{bulk_load, engine, is_postgres, key, open_store, rss_bytes, secs};
+use keygate_core::RouteTable;
+use keygate_engine::{Engine, VerifyRequest};
+
+/// Verifies `keys` once each, 16 at a time, as forward-auth asks for a request to
+/// `GET /api/v1/invoices/42` from 203.0.113.7. Panics on a key that is not valid.
+async fn verify_each(engine: &Engine, keys: &[String]) {
+    let required = RouteTable::default().required("GET", "/api/v1/invoices/42");
+    let client_ip = "203.0.113.7".parse().ok();
+    futures::stream::iter(keys)
+        .for_each_concurrent(16, |k| {
+            let required = &required;
+            async move {
+                let request = VerifyRequest {
+                    key: k,
+                    required: Some(required),
+                    client_ip,
+                };
+                let verdict = engine.verify(&request).await.expect("the store answers");
+                assert!(
+                    verdict.outcome.is_valid(),
+                    "bench key {k:.12}… is not valid"
+                );
+            }
+        })
+        .await;
+}
 use sqlx::Connection;
 
 fn main() -> anyhow::Result<()> {
@@ -75,9 +104,9 @@ async fn measure_in(url: &str, n: u64) -> anyhow::Result<()> {
     let engine = engine(store, n + n / 4 + 1000);
     // One key first: what is made once (connections, statements, interned grants)
     // is not counted per key.
-    warm(&engine, &keys[..1], 1).await;
+    verify_each(&engine, &keys[..1]).await;
     let before = rss_bytes().context("no VmRSS")?;
-    warm(&engine, &keys, 16).await;
+    verify_each(&engine, &keys).await;
     let after = rss_bytes().context("no VmRSS")?;
     let cached = engine.cached_keys();
     if cached < n {
