@@ -635,6 +635,37 @@ pub(crate) mod tests {
         assert!(big.keys_per_shard * MAX_SHARDS >= 200_000);
     }
 
+    /// Issue 13: 1 M cached keys must fit in about 1 GB. Keys with the same grants and
+    /// account share one copy of them; the cached copy is small and keeps no management
+    /// fields; what the identity answers need is still there.
+    #[test]
+    fn cached_keys_are_small_and_share_their_grants() {
+        let a = key(1);
+        let b = key(2);
+        assert!(Arc::ptr_eq(&a.grants, &b.grants));
+        assert!(Arc::ptr_eq(&a.account_id, &b.account_id));
+        assert!(
+            std::mem::size_of::<CachedKey>() <= 160,
+            "{}",
+            std::mem::size_of::<CachedKey>()
+        );
+        assert!(a.meta.is_none(), "an empty meta takes no allocation");
+        assert_eq!(a.meta(), &serde_json::json!({}));
+        assert_eq!(a.permission_strings(), ["*.read"]);
+        assert_eq!((a.id(), a.account_id()), ("key_1", "acct_1"));
+        // Different grants are not shared, and a meta is kept as given.
+        let mut r = record(3);
+        r.permissions = vec!["invoices.read".into()];
+        r.meta = serde_json::json!({"team": "billing"});
+        let usage = Arc::new(KeyUsage::new(&r));
+        let c = CachedKey::from_record(r, usage, None);
+        assert!(!Arc::ptr_eq(&a.grants, &c.grants));
+        assert_eq!(c.meta()["team"], "billing");
+        assert!(c
+            .permissions()
+            .allows(&keygate_core::Permission::parse_concrete("invoices.read").unwrap()));
+    }
+
     #[test]
     fn without_a_negative_ttl_unknown_digests_are_not_kept() {
         let cache = KeyCache::new(100, Duration::ZERO);
