@@ -10,6 +10,8 @@ TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import js
 KEYGATE_BENCH_SIZES=1000 cargo test --locked --workspace --benches
 # The profiling loop.
 "$TARGET_DIR/debug/verify-loop" verify,floor,invalid 10000 100
+# Bytes per cached key (SQLite, 2 000 keys).
+"$TARGET_DIR/debug/cache-memory" sqlite 2000
 # HTTP and scale scripts end to end on the debug binaries: 1 x 2 s per target; 20 000 keys.
 BUILD=0 bash bench/http/run.sh --smoke
 BUILD=0 bash bench/scale/run.sh --smoke

@@ -73,7 +73,7 @@ impl Identity {
 
     /// The key's permissions as stored.
     pub fn permissions(&self) -> &[String] {
-        &self.key.record.permissions
+        self.key.permission_strings()
     }
 
     /// A management caller acting as this key.
@@ -239,7 +239,7 @@ pub fn identity_headers(headers: &mut HeaderMap, key: &CachedKey) {
         ),
         (
             PERMISSIONS,
-            HeaderValue::from_str(&key.record.permissions.join(",")),
+            HeaderValue::from_str(&key.permission_strings().join(",")),
         ),
     ];
     for (name, value) in pairs {

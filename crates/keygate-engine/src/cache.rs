@@ -8,54 +8,174 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, LazyLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use keygate_core::ip::IpAllowlist;
 use keygate_core::{Environment, KeyDigest, PermissionSet};
 use keygate_store::{KeyRecord, Quota, RateLimit};
 
+use crate::intern::Interner;
 use crate::usage::KeyUsage;
 
-/// A key as the hot path needs it: parsed once, when it enters the cache.
+/// What a key may do, parsed once: its permissions and IP allowlist as stored and parsed.
+/// Many keys hold the same grants (presets), so equal ones are shared ([`crate::intern`]).
 #[derive(Debug)]
-pub struct CachedKey {
-    pub record: KeyRecord,
-    pub permissions: PermissionSet,
-    pub ip_allowlist: IpAllowlist,
-    /// Usage and limiter state; shared by every cache generation of this key.
-    pub(crate) usage: Arc<KeyUsage>,
+pub(crate) struct Grants {
+    permission_strings: Vec<String>,
+    allowlist_strings: Vec<String>,
+    permissions: PermissionSet,
+    ip_allowlist: IpAllowlist,
     /// Stored data that no longer parses: the key is refused rather than trusted.
-    pub(crate) corrupt: bool,
+    corrupt: bool,
+}
+
+impl PartialEq for Grants {
+    fn eq(&self, other: &Grants) -> bool {
+        self.permission_strings == other.permission_strings
+            && self.allowlist_strings == other.allowlist_strings
+    }
+}
+
+impl Eq for Grants {}
+
+impl std::hash::Hash for Grants {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.permission_strings.hash(state);
+        self.allowlist_strings.hash(state);
+    }
+}
+
+static GRANTS: LazyLock<Interner<Grants>> = LazyLock::new(Interner::new);
+static ACCOUNTS: LazyLock<Interner<str>> = LazyLock::new(Interner::new);
+static EMPTY_META: LazyLock<serde_json::Value> =
+    LazyLock::new(|| serde_json::Value::Object(serde_json::Map::new()));
+
+impl Grants {
+    /// The shared grants for these stored strings (`key_id`: for the log line when they do
+    /// not parse).
+    fn shared(permissions: Vec<String>, ip_allowlist: Vec<String>, key_id: &str) -> Arc<Grants> {
+        let parsed_permissions = PermissionSet::parse(&permissions);
+        let parsed_allowlist = IpAllowlist::parse(&ip_allowlist);
+        let corrupt = parsed_permissions.is_err() || parsed_allowlist.is_err();
+        if corrupt {
+            tracing::error!(key_id = %key_id, "stored permissions or allowlist do not parse; refusing the key");
+        }
+        let grants = Grants {
+            permission_strings: permissions,
+            allowlist_strings: ip_allowlist,
+            permissions: parsed_permissions.unwrap_or_default(),
+            ip_allowlist: parsed_allowlist.unwrap_or_default(),
+            corrupt,
+        };
+        GRANTS.intern(grants)
+    }
+}
+
+/// A key's rate limit (its own or its plan's) and quota.
+#[derive(Clone, Debug)]
+struct Limits {
+    rate_limit: Option<RateLimit>,
+    quota: Option<Quota>,
+}
+
+impl Limits {
+    fn of(rate_limit: Option<RateLimit>, quota: Option<Quota>) -> Option<Box<Limits>> {
+        (rate_limit.is_some() || quota.is_some()).then(|| Box::new(Limits { rate_limit, quota }))
+    }
+}
+
+/// A key as the hot path needs it: parsed once, when it enters the cache, and holding only
+/// what verification, limits, usage and the identity answers read (not the key's name,
+/// recent addresses or other management fields: 1 M cached keys must fit in about 1 GB).
+///
+/// The fields every hit reads come first (`repr(C)`), so that they share cache lines with
+/// the `Arc`'s counts, which a hit writes anyway.
+#[derive(Debug)]
+#[repr(C)]
+pub struct CachedKey {
     /// When this copy was read from the store ([`crate::clock::coarse_monotonic_ns`]).
     pub(crate) fetched_at: u64,
-    /// The account plan's rate limit, for a key without its own.
-    pub(crate) plan_rate_limit: Option<RateLimit>,
+    revoked_at: Option<i64>,
+    expires_at: Option<i64>,
+    /// `None` for a key with neither a rate limit nor a quota (most keys).
+    limits: Option<Box<Limits>>,
+    grants: Arc<Grants>,
+    /// Usage and limiter state; shared by every cache generation of this key. Holds the
+    /// key's id.
+    pub(crate) usage: Arc<KeyUsage>,
+    environment: Environment,
+    account_id: Arc<str>,
+    display_prefix: Box<str>,
+    /// `None` for an empty object (most keys).
+    meta: Option<Box<serde_json::Value>>,
     /// Set on the view of a key that a short-lived token presents (`tokens/verify.rs`):
     /// the token's `jti`. Never set on a cached key.
-    pub(crate) token_id: Option<Box<str>>,
+    token_id: Option<Box<str>>,
 }
 
 impl CachedKey {
     pub fn id(&self) -> &str {
-        &self.record.id
+        self.usage.key_id()
     }
 
     pub fn account_id(&self) -> &str {
-        &self.record.account_id
+        &self.account_id
     }
 
     pub fn environment(&self) -> Environment {
-        self.record.environment
+        self.environment
+    }
+
+    /// The start of the key as shown to people (`kg_live_1a2b3c4d`).
+    pub fn display_prefix(&self) -> &str {
+        &self.display_prefix
     }
 
     /// The key's own rate limit, or its plan's.
     pub fn rate_limit(&self) -> Option<RateLimit> {
-        self.record.rate_limit.or(self.plan_rate_limit)
+        self.limits.as_ref().and_then(|l| l.rate_limit)
     }
 
     pub fn quota(&self) -> Option<Quota> {
-        self.record.quota
+        self.limits.as_ref().and_then(|l| l.quota)
+    }
+
+    /// The permissions as stored (canonical strings).
+    pub fn permission_strings(&self) -> &[String] {
+        &self.grants.permission_strings
+    }
+
+    pub fn permissions(&self) -> &PermissionSet {
+        &self.grants.permissions
+    }
+
+    /// The IP allowlist as stored (canonical addresses and blocks).
+    pub fn allowlist_strings(&self) -> &[String] {
+        &self.grants.allowlist_strings
+    }
+
+    pub fn ip_allowlist(&self) -> &IpAllowlist {
+        &self.grants.ip_allowlist
+    }
+
+    /// Stored data that no longer parses: the key is refused rather than trusted.
+    pub(crate) fn corrupt(&self) -> bool {
+        self.grants.corrupt
+    }
+
+    pub fn expires_at(&self) -> Option<i64> {
+        self.expires_at
+    }
+
+    /// May lie in the future: a rotation's grace period.
+    pub fn revoked_at(&self) -> Option<i64> {
+        self.revoked_at
+    }
+
+    /// The JSON object the operator attached.
+    pub fn meta(&self) -> &serde_json::Value {
+        self.meta.as_deref().unwrap_or(&EMPTY_META)
     }
 
     /// The token's id (`jti`) when this is a short-lived token's view of its key.
@@ -111,11 +231,37 @@ const EVICTION_SAMPLE: usize = 8;
 /// Most shards; each has its own lock.
 const MAX_SHARDS: usize = 64;
 
+/// A cached key and its usage cell, which every hit reads and writes. With both addresses
+/// in the map's bucket, a hit fetches the key's memory and the cell's at the same time,
+/// rather than the cell's only once the key's has arrived (with many keys cached, each is
+/// a cache miss: the floor makes two, the bucket's control bytes and the bucket).
+struct Entry {
+    key: Arc<CachedKey>,
+    usage: Arc<KeyUsage>,
+}
+
+impl Entry {
+    fn new(key: Arc<CachedKey>) -> Entry {
+        Entry {
+            usage: key.usage.clone(),
+            key,
+        }
+    }
+
+    /// The key, after starting to fetch the lines of the key and of its usage cell that a
+    /// verification reads. Plain loads, made before the atomic increment of the key's
+    /// count, which waits for them: the two misses overlap instead of following each other.
+    fn hit(&self) -> Arc<CachedKey> {
+        std::hint::black_box((self.key.fetched_at, self.usage.last_used()));
+        self.key.clone()
+    }
+}
+
 /// One part of the cache: known keys and unknown digests (with when they were found
 /// unknown), behind one lock.
 #[derive(Default)]
 struct Shard {
-    keys: HashMap<Slot, Arc<CachedKey>, DigestHash>,
+    keys: HashMap<Slot, Entry, DigestHash>,
     /// Digest → when it was found unknown (coarse monotonic ns).
     unknown: HashMap<Slot, u64, DigestHash>,
 }
@@ -209,8 +355,8 @@ impl KeyCache {
     pub fn get(&self, digest: &KeyDigest, now: u64) -> Lookup {
         let shard = read(self.shard(digest));
         let slot = Slot(*digest);
-        if let Some(key) = shard.keys.get(&slot) {
-            return Lookup::Hit(key.clone());
+        if let Some(entry) = shard.keys.get(&slot) {
+            return Lookup::Hit(entry.hit());
         }
         match shard.unknown.get(&slot) {
             Some(at) if now.saturating_sub(*at) <= self.negative_ttl_ns => Lookup::Unknown,
@@ -239,9 +385,9 @@ impl KeyCache {
             Some(k) => {
                 shard.unknown.remove(&slot);
                 if !shard.keys.contains_key(&slot) {
-                    make_room(&mut shard.keys, self.keys_per_shard, |v| v.fetched_at);
+                    make_room(&mut shard.keys, self.keys_per_shard, |e| e.key.fetched_at);
                 }
-                shard.keys.insert(slot, k);
+                shard.keys.insert(slot, Entry::new(k));
             }
             None => {
                 shard.keys.remove(&slot);
@@ -312,21 +458,56 @@ impl CachedKey {
         usage: Arc<KeyUsage>,
         plan_rate_limit: Option<RateLimit>,
     ) -> CachedKey {
-        let permissions = PermissionSet::parse(&record.permissions);
-        let ip_allowlist = IpAllowlist::parse(&record.ip_allowlist);
-        let corrupt = permissions.is_err() || ip_allowlist.is_err();
-        if corrupt {
-            tracing::error!(key_id = %record.id, "stored permissions or allowlist do not parse; refusing the key");
-        }
+        let meta = match record.meta {
+            serde_json::Value::Object(map) if map.is_empty() => None,
+            meta => Some(Box::new(meta)),
+        };
         CachedKey {
-            record,
-            permissions: permissions.unwrap_or_default(),
-            ip_allowlist: ip_allowlist.unwrap_or_default(),
-            usage,
-            corrupt,
             fetched_at: crate::clock::coarse_monotonic_ns(),
-            plan_rate_limit,
+            revoked_at: record.revoked_at,
+            expires_at: record.expires_at,
+            limits: Limits::of(record.rate_limit.or(plan_rate_limit), record.quota),
+            grants: Grants::shared(record.permissions, record.ip_allowlist, &record.id),
+            usage,
+            environment: record.environment,
+            account_id: ACCOUNTS.intern_str(&record.account_id),
+            display_prefix: record.display_prefix.into_boxed_str(),
+            meta,
             token_id: None,
+        }
+    }
+
+    /// This key as a short-lived token presents it: the token's `permissions` (scope,
+    /// stored and parsed), the earlier of the two ends, the token's id. It shares the key's
+    /// usage cell, so limits, quota and counts are the key's.
+    pub(crate) fn token_view(
+        &self,
+        permissions: PermissionSet,
+        expires_at: i64,
+        token_id: &str,
+    ) -> CachedKey {
+        let grants = Grants {
+            permission_strings: permissions.to_strings(),
+            allowlist_strings: self.grants.allowlist_strings.clone(),
+            permissions,
+            ip_allowlist: self.grants.ip_allowlist.clone(),
+            corrupt: self.grants.corrupt,
+        };
+        CachedKey {
+            fetched_at: self.fetched_at,
+            revoked_at: self.revoked_at,
+            expires_at: Some(
+                self.expires_at
+                    .map_or(expires_at, |end| end.min(expires_at)),
+            ),
+            limits: self.limits.clone(),
+            grants: GRANTS.intern(grants),
+            usage: self.usage.clone(),
+            environment: self.environment,
+            account_id: self.account_id.clone(),
+            display_prefix: self.display_prefix.clone(),
+            meta: self.meta.clone(),
+            token_id: Some(token_id.into()),
         }
     }
 }
@@ -452,6 +633,37 @@ pub(crate) mod tests {
         let big = KeyCache::new(200_000, Duration::from_secs(10));
         assert_eq!(big.shards.len(), MAX_SHARDS);
         assert!(big.keys_per_shard * MAX_SHARDS >= 200_000);
+    }
+
+    /// Issue 13: 1 M cached keys must fit in about 1 GB. Keys with the same grants and
+    /// account share one copy of them; the cached copy is small and keeps no management
+    /// fields; what the identity answers need is still there.
+    #[test]
+    fn cached_keys_are_small_and_share_their_grants() {
+        let a = key(1);
+        let b = key(2);
+        assert!(Arc::ptr_eq(&a.grants, &b.grants));
+        assert!(Arc::ptr_eq(&a.account_id, &b.account_id));
+        assert!(
+            std::mem::size_of::<CachedKey>() <= 160,
+            "{}",
+            std::mem::size_of::<CachedKey>()
+        );
+        assert!(a.meta.is_none(), "an empty meta takes no allocation");
+        assert_eq!(a.meta(), &serde_json::json!({}));
+        assert_eq!(a.permission_strings(), ["*.read"]);
+        assert_eq!((a.id(), a.account_id()), ("key_1", "acct_1"));
+        // Different grants are not shared, and a meta is kept as given.
+        let mut r = record(3);
+        r.permissions = vec!["invoices.read".into()];
+        r.meta = serde_json::json!({"team": "billing"});
+        let usage = Arc::new(KeyUsage::new(&r));
+        let c = CachedKey::from_record(r, usage, None);
+        assert!(!Arc::ptr_eq(&a.grants, &c.grants));
+        assert_eq!(c.meta()["team"], "billing");
+        assert!(c
+            .permissions()
+            .allows(&keygate_core::Permission::parse_concrete("invoices.read").unwrap()));
     }
 
     #[test]

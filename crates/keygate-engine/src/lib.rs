@@ -14,6 +14,7 @@ mod clock;
 mod config;
 mod error;
 mod ids;
+mod intern;
 mod legacy;
 pub mod manage;
 mod metrics;

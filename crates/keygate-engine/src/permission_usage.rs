@@ -7,21 +7,29 @@
 //! with more distinct permissions than there are slots counts the rest under the cell's lock.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use keygate_core::Permission;
 use keygate_store::PermissionCount;
 
+use crate::intern::Interner;
+
 /// Distinct permissions counted lock-free per key.
 const SLOTS: usize = 16;
+/// Of which held in the cell itself; the rest are allocated when a key needs them (most
+/// keys are used with one or two permissions, and a slot costs about 80 bytes).
+const FIRST_SLOTS: usize = 2;
 const DAY_MS: i64 = 24 * crate::usage::HOUR_MS;
 
 /// Counts not yet flushed: (hour bucket, permission, count, last use).
 pub(crate) type Pending = Vec<(i64, Permission, i64, i64)>;
 
+/// The permissions slots hold, one copy each (most keys are used with the same few).
+static PERMISSIONS: LazyLock<Interner<Permission>> = LazyLock::new(Interner::new);
+
 #[derive(Debug)]
 struct Slot {
-    permission: Permission,
+    permission: Arc<Permission>,
     /// Allowed requests in the cell's current hour, not yet taken.
     count: AtomicI64,
     last_used: AtomicI64,
@@ -30,21 +38,36 @@ struct Slot {
 /// One key's per-permission counters for its current hour.
 #[derive(Debug, Default)]
 pub(crate) struct PermissionCounters {
-    slots: [OnceLock<Slot>; SLOTS],
+    first: [OnceLock<Slot>; FIRST_SLOTS],
+    more: OnceLock<Box<[OnceLock<Slot>; SLOTS - FIRST_SLOTS]>>,
 }
 
 impl PermissionCounters {
+    /// The slots in use, in the order they were filled.
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.first
+            .iter()
+            .chain(self.more.get().into_iter().flat_map(|more| more.iter()))
+            .map_while(OnceLock::get)
+    }
+
+    /// Every slot, the ones beyond the first made now if need be.
+    fn all_slots(&self) -> impl Iterator<Item = &OnceLock<Slot>> {
+        let more = std::iter::once_with(|| self.more.get_or_init(Default::default));
+        self.first.iter().chain(more.flat_map(|more| more.iter()))
+    }
+
     /// Counts one allowed request that needed `permission` at `now`; false when every
     /// slot holds another permission (the caller then counts it under the lock).
     pub fn bump(&self, permission: &Permission, now: i64) -> bool {
-        for cell in &self.slots {
+        for cell in self.all_slots() {
             // A slot another thread filled with another permission meanwhile: try the next.
             let slot = cell.get_or_init(|| Slot {
-                permission: permission.clone(),
+                permission: PERMISSIONS.intern(permission.clone()),
                 count: AtomicI64::new(0),
                 last_used: AtomicI64::new(0),
             });
-            if slot.permission == *permission {
+            if *slot.permission == *permission {
                 // AcqRel: pairs with `take`'s swap, as the outcome counters do.
                 slot.count.fetch_add(1, Ordering::AcqRel);
                 if slot.last_used.load(Ordering::Relaxed) < now {
@@ -58,7 +81,7 @@ impl PermissionCounters {
 
     /// Moves the counts into `pending` under `hour` (call with the cell's lock).
     pub fn take(&self, hour: i64, pending: &mut Pending) {
-        for slot in self.slots.iter().map_while(OnceLock::get) {
+        for slot in self.slots() {
             let count = slot.count.swap(0, Ordering::AcqRel);
             if count != 0 {
                 let last = slot.last_used.load(Ordering::Relaxed);
@@ -69,20 +92,17 @@ impl PermissionCounters {
 
     /// Is any count not yet taken?
     pub fn has_counts(&self) -> bool {
-        self.slots
-            .iter()
-            .map_while(OnceLock::get)
-            .any(|s| s.count.load(Ordering::Acquire) != 0)
+        self.slots().any(|s| s.count.load(Ordering::Acquire) != 0)
     }
 
     /// The counts not yet taken, as of `hour`.
     pub fn peek(&self, hour: i64) -> Pending {
         let mut out = Vec::new();
-        for slot in self.slots.iter().map_while(OnceLock::get) {
+        for slot in self.slots() {
             let count = slot.count.load(Ordering::Acquire);
             if count != 0 {
                 let last = slot.last_used.load(Ordering::Relaxed);
-                out.push((hour, slot.permission.clone(), count, last));
+                out.push((hour, Permission::clone(&slot.permission), count, last));
             }
         }
         out
@@ -150,6 +170,7 @@ mod tests {
         }
         assert!(c.bump(&p("r0.read"), 100));
         assert!(!c.bump(&p("other.read"), 5), "no slot left");
+        assert_eq!(c.slots().count(), SLOTS);
         let mut pending = Pending::new();
         c.take(0, &mut pending);
         assert_eq!(pending.len(), SLOTS);
@@ -158,6 +179,16 @@ mod tests {
         // Taken counts are not taken twice; the last use stays.
         c.take(0, &mut pending);
         assert_eq!(pending[0], (0, p("r0.read"), 2, 100));
+    }
+
+    #[test]
+    fn a_key_used_with_few_permissions_keeps_only_the_first_slots() {
+        let c = PermissionCounters::default();
+        assert!(c.bump(&p("invoices.read"), 1));
+        assert!(c.bump(&p("invoices.read"), 2));
+        assert!(c.more.get().is_none());
+        assert_eq!(c.slots().count(), 1);
+        assert!(c.has_counts());
     }
 
     #[test]

@@ -75,37 +75,46 @@ fn seen(ips: &[(IpAddr, i64)]) -> Vec<SeenIp> {
 /// Most verifications change only atomics here: the count of their outcome in the current
 /// hour and, when they come from the same IPv4 address as the one before, that address's
 /// time. A new hour, a new address or an IPv6 address take the lock.
+///
+/// The fields a verification reads or writes come first (`repr(C)`): most verifications
+/// touch one or two cache lines of the cell.
 #[derive(Debug)]
+#[repr(C)]
 pub struct KeyUsage {
-    key_id: String,
+    /// Recorded since the last eviction pass ([`UsageRecorder::evict_idle`]).
+    touched: AtomicBool,
+    dirty: AtomicBool,
+    refill_dirty: AtomicBool,
     last_used: AtomicI64,
     /// The hour (bucket start, unix ms) that `hour_counts` count for; 0 before any.
     hour: AtomicI64,
-    /// Verifications in `hour` by outcome (`Outcome::ALL` order), not yet flushed. A count
-    /// racing the change of hour may land in the new hour.
+    /// Verifications in `hour` by outcome (`Outcome::ALL` order, `valid` first), not yet
+    /// flushed. A count racing the change of hour may land in the new hour.
     hour_counts: [AtomicI64; OUTCOMES],
-    /// Allowed requests in `hour` by the permission they needed; made on first such request.
-    permissions: OnceLock<Box<PermissionCounters>>,
     /// The newest of `pending.recent_ips` as [`v4_code`] (0: none or IPv6), and the time
     /// it was last seen on the lock-free path (folded into `recent_ips` under the lock).
     newest_v4: AtomicU64,
     newest_seen: AtomicI64,
+    pub(crate) limiter: Gcra,
     /// Quota spent, including what is not yet flushed.
     pub(crate) quota_used: AtomicI64,
     /// What the store already has of `quota_used`.
     flushed_quota: AtomicI64,
-    /// When the quota last refilled (unix ms), and whether that is not flushed yet.
+    /// When the quota last refilled (unix ms); whether that is flushed is `refill_dirty`.
     quota_refilled_at: AtomicI64,
-    refill_dirty: AtomicBool,
-    dirty: AtomicBool,
-    /// Recorded since the last eviction pass ([`UsageRecorder::evict_idle`]).
-    touched: AtomicBool,
+    /// Allowed requests in `hour` by the permission they needed; made on first such request.
+    permissions: OnceLock<Box<PermissionCounters>>,
+    /// Shared with the key's cache entries and the recorder's index.
+    key_id: Arc<str>,
     pending: Mutex<Pending>,
-    pub(crate) limiter: Gcra,
 }
 
 impl KeyUsage {
     pub fn new(record: &KeyRecord) -> KeyUsage {
+        KeyUsage::with_id(record, Arc::from(record.id.as_str()))
+    }
+
+    fn with_id(record: &KeyRecord, key_id: Arc<str>) -> KeyUsage {
         let recent_ips: Vec<(IpAddr, i64)> = record
             .recent_ips
             .iter()
@@ -115,7 +124,7 @@ impl KeyUsage {
             .first()
             .map_or((0, 0), |(ip, at)| (v4_code(*ip), *at));
         KeyUsage {
-            key_id: record.id.clone(),
+            key_id,
             last_used: AtomicI64::new(0),
             hour: AtomicI64::new(0),
             hour_counts: Default::default(),
@@ -136,6 +145,10 @@ impl KeyUsage {
             }),
             limiter: Gcra::default(),
         }
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
     }
 
     /// When the key was last used successfully on this node (unix ms; 0: not since start).
@@ -391,6 +404,10 @@ impl KeyUsage {
                 if let Some(i) = found {
                     p.recent_ips.remove(i);
                 }
+                // Most keys are used from one address: room for one, not the default four.
+                if p.recent_ips.capacity() == 0 {
+                    p.recent_ips.reserve_exact(1);
+                }
                 p.recent_ips.insert(0, (ip, now));
                 p.recent_ips.truncate(RECENT_IPS);
                 p.ips_changed = true;
@@ -408,17 +425,22 @@ impl KeyUsage {
 #[derive(Default)]
 pub(crate) struct UsageRecorder {
     dirty: Mutex<Vec<Arc<KeyUsage>>>,
-    cells: Mutex<HashMap<String, Arc<KeyUsage>>>,
+    /// By key id (the cell's own `key_id`, shared).
+    cells: Mutex<HashMap<Arc<str>, Arc<KeyUsage>>>,
 }
 
 impl UsageRecorder {
     /// The usage cell of a key, created from the stored state on first sight. Called on
     /// cache fills and management reads, not per request.
     pub fn cell(&self, record: &KeyRecord) -> Arc<KeyUsage> {
-        lock(&self.cells)
-            .entry(record.id.clone())
-            .or_insert_with(|| Arc::new(KeyUsage::new(record)))
-            .clone()
+        let mut cells = lock(&self.cells);
+        if let Some(cell) = cells.get(record.id.as_str()) {
+            return cell.clone();
+        }
+        let id: Arc<str> = Arc::from(record.id.as_str());
+        let cell = Arc::new(KeyUsage::with_id(record, id.clone()));
+        cells.insert(id, cell.clone());
+        cell
     }
 
     /// Counts one verification of a known key; a valid one also moves `last_used_at`.
@@ -503,7 +525,7 @@ impl UsageRecorder {
             let ips_changed = std::mem::take(&mut p.ips_changed);
             let refilled = u.refill_dirty.swap(false, Ordering::AcqRel);
             updates.push(UsageUpdate {
-                key_id: u.key_id.clone(),
+                key_id: u.key_id.to_string(),
                 last_used_at: u.last_used.load(Ordering::Relaxed),
                 quota_used_delta: used - u.flushed_quota.load(Ordering::Acquire),
                 quota_refilled_at: refilled.then(|| u.quota_refilled_at.load(Ordering::Acquire)),

@@ -258,20 +258,20 @@ impl Engine {
     /// Liveness, IP allowlist and permission, at `now` (coarse); revocation and expiry
     /// are decided with the precise clock, read only for a key that has either.
     fn policy(&self, key: &CachedKey, request: &VerifyRequest<'_>, now: i64) -> Outcome {
-        if key.corrupt {
+        if key.corrupt() {
             return Outcome::InvalidKey(InvalidReason::Unknown);
         }
         let policy = KeyPolicy {
-            permissions: &key.permissions,
-            ip_allowlist: &key.ip_allowlist,
-            revoked_at: key.record.revoked_at,
-            expires_at: key.record.expires_at,
+            permissions: key.permissions(),
+            ip_allowlist: key.ip_allowlist(),
+            revoked_at: key.revoked_at(),
+            expires_at: key.expires_at(),
         };
         let facts = RequestFacts {
             required: request.required,
             client_ip: request.client_ip,
         };
-        let timed = key.record.revoked_at.is_some() || key.record.expires_at.is_some();
+        let timed = key.revoked_at().is_some() || key.expires_at().is_some();
         decide(&policy, &facts, if timed { now_ms() } else { now })
     }
 

@@ -486,8 +486,8 @@ fn decide(
 ) -> Authorization {
     let allowed = match required {
         None => true,
-        Some(Required::Permission(permission)) => key.permissions.allows(permission),
-        Some(Required::Unmapped) => key.permissions.allows_everything(),
+        Some(Required::Permission(permission)) => key.permissions().allows(permission),
+        Some(Required::Unmapped) => key.permissions().allows_everything(),
     };
     if allowed {
         Authorization::Allowed(Identity { key, rate_limit })

@@ -143,7 +143,7 @@ impl Caller {
     /// A self-service key may hand out only what it holds itself.
     fn may_grant(&self, permissions: &PermissionSet) -> Result<()> {
         match &self.actor {
-            Actor::Key(key) if !key.permissions.covers(permissions) => Err(Error::Forbidden(
+            Actor::Key(key) if !key.permissions().covers(permissions) => Err(Error::Forbidden(
                 "a key cannot grant a permission it does not hold itself".into(),
             )),
             Actor::Portal(p) if !p.allowed.covers(permissions) => Err(Error::Forbidden(
@@ -161,11 +161,11 @@ impl Caller {
             return Ok(requested.unwrap_or_default());
         };
         let Some(list) = requested else {
-            return Ok(key.ip_allowlist.to_strings());
+            return Ok(key.ip_allowlist().to_strings());
         };
         let parsed = IpAllowlist::parse(&list)
             .map_err(|e| Error::validation("ip_allowlist", e.to_string()))?;
-        if key.ip_allowlist.covers(&parsed) {
+        if key.ip_allowlist().covers(&parsed) {
             Ok(list)
         } else {
             Err(Error::Forbidden(
@@ -180,7 +180,7 @@ impl Caller {
         let Actor::Key(key) = &self.actor else {
             return Ok(requested);
         };
-        match (key.record.expires_at, requested) {
+        match (key.expires_at(), requested) {
             (Some(own), None) if inherit => Ok(Some(own)),
             (Some(_), None) => Err(Error::Forbidden(
                 "a key that expires cannot hand out a key that never does".into(),

@@ -119,7 +119,7 @@ impl Caller {
         };
         let needed =
             Permission::concrete(resource, action).map_err(|e| Error::Internal(e.to_string()))?;
-        if key.permissions.allows(&needed) {
+        if key.permissions().allows(&needed) {
             // For the least-privilege report: the key used this permission.
             key.usage.count_permission(&needed, now_ms());
             Ok(())

@@ -212,7 +212,7 @@ impl Engine {
             ));
         }
         let scope = match &request.permissions {
-            None => key.permissions.clone(),
+            None => key.permissions().clone(),
             Some(asked) if asked.is_empty() => {
                 return Err(Error::validation(
                     "permissions",
@@ -222,7 +222,7 @@ impl Engine {
             Some(asked) => PermissionSet::parse(asked)
                 .map_err(|e| Error::validation("permissions", e.to_string()))?,
         };
-        if !key.permissions.covers(&scope) {
+        if !key.permissions().covers(&scope) {
             return Err(Error::Refused(
                 keygate_core::Outcome::InsufficientPermissions,
             ));
@@ -250,7 +250,7 @@ impl Engine {
             Some(a) => Some(a.to_owned()),
         };
         let now = now_ms();
-        let ends = [key.record.expires_at, key.record.revoked_at];
+        let ends = [key.expires_at(), key.revoked_at()];
         let mut exp_ms =
             now.saturating_add(i64::try_from(ttl.saturating_mul(1000)).unwrap_or(i64::MAX));
         for end in ends.into_iter().flatten() {

@@ -81,7 +81,7 @@ impl Engine {
             return Ok(Verdict::refused(UNKNOWN));
         }
         // Narrowed since the token was made: the token no longer stands for its key.
-        if !parent.permissions.covers(&token.scope) {
+        if !parent.permissions().covers(&token.scope) {
             return Ok(Verdict::refused(Outcome::InvalidKey(
                 InvalidReason::Revoked,
             )));
@@ -160,21 +160,9 @@ impl Engine {
 /// The parent as the token presents it: the token's scope, the earlier end, the token id.
 /// It shares the parent's usage cell, so limits, quota and counts are the key's.
 fn token_view(parent: &CachedKey, token: &VerifiedToken) -> CachedKey {
-    let mut record = parent.record.clone();
-    record.permissions = token.scope.to_strings();
-    record.expires_at = Some(
-        record
-            .expires_at
-            .map_or(token.expires_at, |end| end.min(token.expires_at)),
-    );
-    CachedKey {
-        record,
-        permissions: token.scope.clone(),
-        ip_allowlist: parent.ip_allowlist.clone(),
-        usage: parent.usage.clone(),
-        corrupt: parent.corrupt,
-        fetched_at: parent.fetched_at,
-        plan_rate_limit: parent.plan_rate_limit,
-        token_id: Some(token.claims.jti.as_str().into()),
-    }
+    parent.token_view(
+        token.scope.clone(),
+        token.expires_at,
+        token.claims.jti.as_str(),
+    )
 }

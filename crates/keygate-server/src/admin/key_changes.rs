@@ -128,7 +128,7 @@ pub fn verify_cache_control(engine: &Engine, authorization: &Authorization) -> H
         return NO_STORE;
     }
     let now = now_ms();
-    let ends = [key.record.expires_at, key.record.revoked_at];
+    let ends = [key.expires_at(), key.revoked_at()];
     let until_end_ms = ends.into_iter().flatten().map(|at| at - now).min();
     let ttl_ms = i64::try_from(engine.cache_ttl().as_millis()).unwrap_or(i64::MAX);
     let seconds = until_end_ms.map_or(ttl_ms, |end| end.min(ttl_ms)) / 1000;

@@ -149,9 +149,9 @@ fn verdict_json(authorization: &Authorization) -> serde_json::Value {
         "key_id": key.map(|k| k.id()),
         "account_id": key.map(|k| k.account_id()),
         "environment": key.map(|k| k.environment()),
-        "permissions": key.map(|k| &k.record.permissions),
-        "expires_at": key.map(|k| views::opt_time(k.record.expires_at)),
-        "meta": key.map(|k| &k.record.meta),
+        "permissions": key.map(|k| k.permission_strings()),
+        "expires_at": key.map(|k| views::opt_time(k.expires_at())),
+        "meta": key.map(|k| k.meta()),
         "request_id": current_request_id(),
     });
     if !outcome.is_valid() {

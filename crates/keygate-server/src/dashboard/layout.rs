@@ -71,7 +71,7 @@ pub fn page(title: &str, chrome: &Chrome, nav: Nav, content: Markup) -> Markup {
                                 span.who-label {
                                     @match principal {
                                         Principal::Admin => { "Signed in as " strong { "operator" } }
-                                        Principal::Key(key) => { "Signed in with key " code { (key.record.display_prefix) } }
+                                        Principal::Key(key) => { "Signed in with key " code { (key.display_prefix()) } }
                                     }
                                 }
                                 @if let Some(token) = &chrome.csrf {

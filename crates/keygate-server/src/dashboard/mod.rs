@@ -80,9 +80,9 @@ impl Stored {
             Principal::Admin => Stored::Admin,
             Principal::Key(k) => Stored::Key {
                 key_id: k.id().to_owned(),
-                permissions: k.record.permissions.clone(),
-                ip_allowlist: k.record.ip_allowlist.clone(),
-                expires_at: k.record.expires_at,
+                permissions: k.permission_strings().to_vec(),
+                ip_allowlist: k.allowlist_strings().to_vec(),
+                expires_at: k.expires_at(),
             },
         }
     }
@@ -316,13 +316,13 @@ async fn current_key(
         Err(Error::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    let active = KeyStatus::of(&record, now_ms()) == KeyStatus::Active;
     let key = Arc::new(CachedKey::described(record));
     let address_ok = match ip {
-        Some(ip) => key.ip_allowlist.allows(ip),
-        None => key.ip_allowlist.is_empty(),
+        Some(ip) => key.ip_allowlist().allows(ip),
+        None => key.ip_allowlist().is_empty(),
     };
     let unchanged = Stored::of(&Principal::Key(key.clone())) == *stored;
-    let active = KeyStatus::of(&key.record, now_ms()) == KeyStatus::Active;
     Ok((address_ok && unchanged && active).then_some(key))
 }
 

@@ -166,7 +166,7 @@ fn may_manage(caller: &Caller) -> bool {
         Actor::Admin => true,
         Actor::Portal(_) => false,
         Actor::Key(key) => Permission::concrete("api_keys", "read")
-            .is_ok_and(|needed| key.permissions.allows(&needed)),
+            .is_ok_and(|needed| key.permissions().allows(&needed)),
     }
 }
 
