@@ -20,6 +20,8 @@
 
 use std::fmt;
 
+pub use crate::name::Name;
+
 /// Resources that resource wildcards (`*.read`) do not reach.
 pub const RESTRICTED_RESOURCES: &[&str] = &["webhook", "api_key", "account"];
 /// Longest resource or action name.
@@ -31,7 +33,7 @@ pub const MAX_GRANTS: usize = 256;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Part {
     Any,
-    Name(String),
+    Name(Name),
 }
 
 /// A grant as written (lowercase, `.`-separated), or a concrete permission a request needs.
@@ -117,15 +119,15 @@ impl Permission {
 
 impl fmt::Display for Permission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn name(part: &Part) -> &str {
+            match part {
+                Part::Any => "*",
+                Part::Name(n) => n.as_str(),
+            }
+        }
         match (&self.resource, &self.action) {
             (Part::Any, Part::Any) => f.write_str("*"),
-            (r, a) => {
-                let name = |p: &Part| match p {
-                    Part::Any => "*".to_owned(),
-                    Part::Name(n) => n.clone(),
-                };
-                write!(f, "{}.{}", name(r), name(a))
-            }
+            (r, a) => write!(f, "{}.{}", name(r), name(a)),
         }
     }
 }
@@ -228,7 +230,7 @@ pub fn is_restricted(resource: &str) -> bool {
 fn preset_grants(name: &str) -> Option<Vec<Permission>> {
     let every = |action: &str| Permission {
         resource: Part::Any,
-        action: Part::Name(action.to_owned()),
+        action: Part::Name(Name::lowercase(action)),
     };
     Some(match name {
         "all" | "*" | "*.*" | "*:*" => vec![Permission {
@@ -241,7 +243,7 @@ fn preset_grants(name: &str) -> Option<Vec<Permission>> {
             .map(every)
             .collect(),
         "webhooks" => vec![Permission {
-            resource: Part::Name("webhook".to_owned()),
+            resource: Part::Name(Name::lowercase("webhook")),
             action: Part::Any,
         }],
         _ => return None,
@@ -279,7 +281,7 @@ fn parse_grant(raw: &str) -> Result<Vec<Permission>, PermissionError> {
         // ordermonk's `products:write` means create, update and delete.
         "write" => ["create", "update", "delete"]
             .iter()
-            .map(|a| Part::Name((*a).to_owned()))
+            .map(|a| Part::Name(Name::lowercase(a)))
             .collect(),
         a => vec![Part::Name(canonical_action(a).map_err(err)?)],
     };
@@ -313,8 +315,8 @@ fn valid_name(name: &str) -> Result<(), &'static str> {
 
 /// A resource name as written, in lowercase, once it is known to be valid. Its spelling is
 /// kept; matching goes through [`same_resource`].
-pub fn resource_name(name: &str) -> Result<String, &'static str> {
-    let name = name.to_ascii_lowercase();
+pub fn resource_name(name: &str) -> Result<Name, &'static str> {
+    let name = Name::lowercase(name);
     valid_name(&name)?;
     Ok(name)
 }
@@ -331,8 +333,8 @@ pub fn same_resource(a: &str, b: &str) -> bool {
     a_bytes.eq(b_bytes)
 }
 
-fn canonical_action(name: &str) -> Result<String, &'static str> {
-    let name = name.to_ascii_lowercase();
+fn canonical_action(name: &str) -> Result<Name, &'static str> {
+    let name = Name::lowercase(name);
     valid_name(&name)?;
     Ok(name)
 }
@@ -615,7 +617,7 @@ mod tests {
             prop_assume!(a != "write");
             let grant = set(&[format!("*.{a}").as_str()]);
             let restricted = matches!(&req.resource, Part::Name(n) if is_restricted(n));
-            prop_assert_eq!(grant.allows(&req), req.action == Part::Name(a.clone()) && !restricted);
+            prop_assert_eq!(grant.allows(&req), req.action == Part::Name(Name::lowercase(&a)) && !restricted);
         }
 
         #[test]

@@ -60,5 +60,5 @@ mod remote;
 
 pub use embedded::{Embedded, OpenError};
 pub use keygate_edge::Identity;
-pub use layer::{Caller, KeygateLayer, KeygateService};
+pub use layer::{Caller, KeygateLayer, KeygateService, ResponseFuture};
 pub use remote::Remote;
