@@ -13,7 +13,7 @@ use std::ops::Deref;
 /// Longest name kept without a heap allocation.
 pub const INLINE_LEN: usize = 22;
 
-/// A resource or action name, in ASCII lowercase. Compares, orders and hashes as its text.
+/// A resource or action name, in ASCII lowercase. Compares and orders as its text.
 #[derive(Clone)]
 pub struct Name(Repr);
 
@@ -41,13 +41,20 @@ impl Name {
         }
     }
 
+    /// The name's bytes, read without the UTF-8 check that [`Name::as_str`] makes: what
+    /// matching a permission on every verification compares.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Heap(text) => text.as_bytes(),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match &self.0 {
             // A copy of a whole `str` with only ASCII bytes changed: still UTF-8, so the
             // fallback is never taken.
-            Repr::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
+            Repr::Inline { .. } => std::str::from_utf8(self.as_bytes()).unwrap_or_default(),
             Repr::Heap(text) => text,
         }
     }
@@ -95,13 +102,14 @@ impl PartialOrd for Name {
 
 impl Ord for Name {
     fn cmp(&self, other: &Name) -> Ordering {
-        self.as_str().cmp(other.as_str())
+        // Byte order is `str` order.
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
 impl Hash for Name {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        self.as_bytes().hash(state);
     }
 }
 

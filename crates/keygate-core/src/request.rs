@@ -194,7 +194,13 @@ pub fn try_normalise_path(path: &str) -> Option<Vec<String>> {
 /// The path part of `path` (no query or fragment), percent-decoded; `None` when it does not
 /// decode to UTF-8.
 fn decoded_path(path: &str) -> Option<Cow<'_, str>> {
-    percent_decode(path.split(['?', '#']).next().unwrap_or(""))
+    // By byte (both are ASCII, so the cut is on a character boundary): splitting on a
+    // set of chars decodes every character of the path.
+    let end = path
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(path.len());
+    percent_decode(&path[..end])
 }
 
 /// Segments a path may have before they no longer fit on the stack.
@@ -203,14 +209,22 @@ const STACK_SEGMENTS: usize = 16;
 /// The segments of a decoded path with `.`, `..` and empty ones resolved, borrowed from it.
 fn segments_of(decoded: &str) -> SmallVec<[&str; STACK_SEGMENTS]> {
     let mut out = SmallVec::new();
-    for seg in decoded.split(['/', '\\']) {
-        match seg {
+    // Split by byte: both separators are ASCII, so every cut is on a character boundary
+    // (splitting on chars would decode each character of the path).
+    let mut start = 0;
+    let ends = decoded.bytes().enumerate().chain([(decoded.len(), b'/')]);
+    for (end, byte) in ends {
+        if byte != b'/' && byte != b'\\' {
+            continue;
+        }
+        match &decoded[start..end] {
             "" | "." => {}
             ".." => {
                 out.pop();
             }
-            s => out.push(s),
+            segment => out.push(segment),
         }
+        start = end + 1;
     }
     out
 }
