@@ -208,23 +208,26 @@ const STACK_SEGMENTS: usize = 16;
 
 /// The segments of a decoded path with `.`, `..` and empty ones resolved, borrowed from it.
 fn segments_of(decoded: &str) -> SmallVec<[&str; STACK_SEGMENTS]> {
+    // A path without backslashes (nearly all) is split on '/' alone, which searches bytes
+    // (memchr); a set of separators would decode every character of the path.
+    if decoded.contains('\\') {
+        resolved(decoded.split(['/', '\\']))
+    } else {
+        resolved(decoded.split('/'))
+    }
+}
+
+/// `segments` with `.`, `..` and empty ones resolved.
+fn resolved<'a>(segments: impl Iterator<Item = &'a str>) -> SmallVec<[&'a str; STACK_SEGMENTS]> {
     let mut out = SmallVec::new();
-    // Split by byte: both separators are ASCII, so every cut is on a character boundary
-    // (splitting on chars would decode each character of the path).
-    let mut start = 0;
-    let ends = decoded.bytes().enumerate().chain([(decoded.len(), b'/')]);
-    for (end, byte) in ends {
-        if byte != b'/' && byte != b'\\' {
-            continue;
-        }
-        match &decoded[start..end] {
+    for segment in segments {
+        match segment {
             "" | "." => {}
             ".." => {
                 out.pop();
             }
             segment => out.push(segment),
         }
-        start = end + 1;
     }
     out
 }
