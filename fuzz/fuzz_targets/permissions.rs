@@ -42,11 +42,11 @@ fn parse(grants: &[String]) -> Option<PermissionSet> {
 /// Concrete permissions a grant stands for: its names, or sample names for wildcards.
 fn samples(g: &Permission) -> Vec<Permission> {
     let resources: Vec<String> = match &g.resource {
-        Part::Name(n) => vec![n.clone()],
+        Part::Name(n) => vec![n.to_string()],
         Part::Any => FILL_RESOURCES.iter().map(|s| s.to_string()).collect(),
     };
     let actions: Vec<String> = match &g.action {
-        Part::Name(n) => vec![n.clone()],
+        Part::Name(n) => vec![n.to_string()],
         Part::Any => FILL_ACTIONS.iter().map(|s| s.to_string()).collect(),
     };
     let mut out = Vec::new();

@@ -8,6 +8,7 @@ pub mod ip;
 pub mod key;
 pub mod least_privilege;
 pub mod legacy;
+pub mod name;
 pub mod outcome;
 pub mod permission;
 pub mod policy;

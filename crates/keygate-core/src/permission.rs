@@ -20,6 +20,8 @@
 
 use std::fmt;
 
+pub use crate::name::Name;
+
 /// Resources that resource wildcards (`*.read`) do not reach.
 pub const RESTRICTED_RESOURCES: &[&str] = &["webhook", "api_key", "account"];
 /// Longest resource or action name.
@@ -31,7 +33,7 @@ pub const MAX_GRANTS: usize = 256;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Part {
     Any,
-    Name(String),
+    Name(Name),
 }
 
 /// A grant as written (lowercase, `.`-separated), or a concrete permission a request needs.
@@ -61,7 +63,7 @@ impl Permission {
         };
         Ok(Permission {
             resource: Part::Name(resource_name(resource).map_err(err)?),
-            action: Part::Name(canonical_action(action).map_err(err)?),
+            action: Part::Name(name(action).map_err(err)?),
         })
     }
 
@@ -99,9 +101,9 @@ impl Permission {
             return true;
         }
         let resource_ok = match (&self.resource, &other.resource) {
-            (Part::Name(a), Part::Name(b)) => same_resource(a, b),
+            (Part::Name(a), Part::Name(b)) => same_names(a.as_bytes(), b.as_bytes()),
             // `*.x` covers named resources except the restricted ones.
-            (Part::Any, Part::Name(b)) => !is_restricted(b),
+            (Part::Any, Part::Name(b)) => !restricted(b.as_bytes()),
             (Part::Any, Part::Any) => true,
             (Part::Name(_), Part::Any) => false,
         };
@@ -117,15 +119,15 @@ impl Permission {
 
 impl fmt::Display for Permission {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn text(part: &Part) -> &str {
+            match part {
+                Part::Any => "*",
+                Part::Name(n) => n.as_str(),
+            }
+        }
         match (&self.resource, &self.action) {
             (Part::Any, Part::Any) => f.write_str("*"),
-            (r, a) => {
-                let name = |p: &Part| match p {
-                    Part::Any => "*".to_owned(),
-                    Part::Name(n) => n.clone(),
-                };
-                write!(f, "{}.{}", name(r), name(a))
-            }
+            (r, a) => write!(f, "{}.{}", text(r), text(a)),
         }
     }
 }
@@ -220,15 +222,19 @@ impl PermissionSet {
 
 /// Is `resource` (in any spelling) one that resource wildcards do not reach?
 pub fn is_restricted(resource: &str) -> bool {
+    restricted(resource.as_bytes())
+}
+
+fn restricted(resource: &[u8]) -> bool {
     RESTRICTED_RESOURCES
         .iter()
-        .any(|restricted| same_resource(restricted, resource))
+        .any(|restricted| same_names(restricted.as_bytes(), resource))
 }
 
 fn preset_grants(name: &str) -> Option<Vec<Permission>> {
     let every = |action: &str| Permission {
         resource: Part::Any,
-        action: Part::Name(action.to_owned()),
+        action: Part::Name(Name::lowercase(action)),
     };
     Some(match name {
         "all" | "*" | "*.*" | "*:*" => vec![Permission {
@@ -241,7 +247,7 @@ fn preset_grants(name: &str) -> Option<Vec<Permission>> {
             .map(every)
             .collect(),
         "webhooks" => vec![Permission {
-            resource: Part::Name("webhook".to_owned()),
+            resource: Part::Name(Name::lowercase("webhook")),
             action: Part::Any,
         }],
         _ => return None,
@@ -279,9 +285,9 @@ fn parse_grant(raw: &str) -> Result<Vec<Permission>, PermissionError> {
         // ordermonk's `products:write` means create, update and delete.
         "write" => ["create", "update", "delete"]
             .iter()
-            .map(|a| Part::Name((*a).to_owned()))
+            .map(|a| Part::Name(Name::lowercase(a)))
             .collect(),
-        a => vec![Part::Name(canonical_action(a).map_err(err)?)],
+        a => vec![Part::Name(name(a).map_err(err)?)],
     };
     Ok(actions
         .into_iter()
@@ -292,79 +298,81 @@ fn parse_grant(raw: &str) -> Result<Vec<Permission>, PermissionError> {
         .collect())
 }
 
-fn valid_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() {
+/// A resource or action name in lowercase, when `text` is one (in any case): a letter, then
+/// letters, digits, `_` and `-`, at most [`MAX_NAME_LEN`] bytes. Checked before the name
+/// is made, so an overlong input is not copied.
+fn name(text: &str) -> Result<Name, &'static str> {
+    let bytes = text.as_bytes();
+    if bytes.is_empty() {
         return Err("empty resource or action");
     }
-    if name.len() > MAX_NAME_LEN {
+    if bytes.len() > MAX_NAME_LEN {
         return Err("resource or action longer than 64 characters");
     }
-    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+    if !bytes[0].is_ascii_alphabetic() {
         return Err("names start with a letter");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
     {
         return Err("names use only a-z, 0-9, '_' and '-'");
     }
-    Ok(())
+    Ok(Name::lowercase(text))
 }
 
 /// A resource name as written, in lowercase, once it is known to be valid. Its spelling is
 /// kept; matching goes through [`same_resource`].
-pub fn resource_name(name: &str) -> Result<String, &'static str> {
-    let name = name.to_ascii_lowercase();
-    valid_name(&name)?;
-    Ok(name)
+pub fn resource_name(text: &str) -> Result<Name, &'static str> {
+    name(text)
 }
 
 /// Do two (lowercase) resource names name the same resource? Compared in singular form with
 /// `-` and `_` alike: `invoices` = `invoice`, `api-keys` = `api_key`. Allocation-free, as
 /// it runs for every grant on every verification.
 pub fn same_resource(a: &str, b: &str) -> bool {
-    let (a_stem, a_tail) = singular_parts(a);
-    let (b_stem, b_tail) = singular_parts(b);
-    let unify = |c: u8| if c == b'-' { b'_' } else { c };
-    let a_bytes = a_stem.bytes().chain(a_tail.bytes()).map(unify);
-    let b_bytes = b_stem.bytes().chain(b_tail.bytes()).map(unify);
-    a_bytes.eq(b_bytes)
+    same_names(a.as_bytes(), b.as_bytes())
 }
 
-fn canonical_action(name: &str) -> Result<String, &'static str> {
-    let name = name.to_ascii_lowercase();
-    valid_name(&name)?;
-    Ok(name)
+/// [`same_resource`] on the names' bytes ([`Name::as_bytes`] needs no UTF-8 check).
+fn same_names(a: &[u8], b: &[u8]) -> bool {
+    let (a_stem, a_tail) = singular_parts(a);
+    let (b_stem, b_tail) = singular_parts(b);
+    let unify = |c: &u8| if *c == b'-' { b'_' } else { *c };
+    let a_bytes = a_stem.iter().chain(a_tail).map(unify);
+    let b_bytes = b_stem.iter().chain(b_tail).map(unify);
+    a_bytes.eq(b_bytes)
 }
 
 /// A plain English singular, good enough that a URL's plural and a grant's singular meet:
 /// `invoices` → `invoice`, `categories` → `category`, `taxes` → `tax`, `status` stays.
 /// Only the last word of a snake_case name changes (`api_keys` → `api_key`).
 pub fn singular(word: &str) -> String {
-    let (stem, tail) = singular_parts(word);
-    format!("{stem}{tail}")
+    let (stem, tail) = singular_parts(word.as_bytes());
+    // Only ASCII suffixes are cut, so the stem ends on a character boundary.
+    format!("{}{}", &word[..stem.len()], String::from_utf8_lossy(tail))
 }
 
 /// The singular of `word` as a prefix of it and a suffix to append (`categories` →
-/// (`categor`, `y`)), so that comparing needs no allocation. ASCII suffixes only, so the
-/// slicing stays on character boundaries.
-fn singular_parts(w: &str) -> (&str, &'static str) {
+/// (`categor`, `y`)), so that comparing needs no allocation. ASCII suffixes only, so a
+/// prefix of a UTF-8 word stays on a character boundary.
+fn singular_parts(w: &[u8]) -> (&[u8], &'static [u8]) {
     let strip = |n: usize| &w[..w.len() - n];
-    if w.len() > 3 && w.ends_with("ies") {
-        return (strip(3), "y");
+    if w.len() > 3 && w.ends_with(b"ies") {
+        return (strip(3), b"y");
     }
-    for suffix in ["sses", "shes", "ches", "xes", "zes", "uses"] {
+    for suffix in [&b"sses"[..], b"shes", b"ches", b"xes", b"zes", b"uses"] {
         if w.len() > suffix.len() && w.ends_with(suffix) {
-            return (strip(2), "");
+            return (strip(2), b"");
         }
     }
-    if w.ends_with("ss") || w.ends_with("us") || w.ends_with("is") {
-        return (w, "");
+    if w.ends_with(b"ss") || w.ends_with(b"us") || w.ends_with(b"is") {
+        return (w, b"");
     }
-    if w.len() > 1 && w.ends_with('s') {
-        return (strip(1), "");
+    if w.len() > 1 && w.ends_with(b"s") {
+        return (strip(1), b"");
     }
-    (w, "")
+    (w, b"")
 }
 
 #[cfg(test)]
@@ -615,7 +623,7 @@ mod tests {
             prop_assume!(a != "write");
             let grant = set(&[format!("*.{a}").as_str()]);
             let restricted = matches!(&req.resource, Part::Name(n) if is_restricted(n));
-            prop_assert_eq!(grant.allows(&req), req.action == Part::Name(a.clone()) && !restricted);
+            prop_assert_eq!(grant.allows(&req), req.action == Part::Name(Name::lowercase(&a)) && !restricted);
         }
 
         #[test]

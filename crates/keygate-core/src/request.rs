@@ -9,6 +9,8 @@
 
 use std::borrow::Cow;
 
+use smallvec::SmallVec;
+
 use crate::permission::{Permission, PermissionError};
 
 /// What a request needs.
@@ -121,8 +123,8 @@ impl RouteTable {
     /// does not percent-decode to UTF-8 is unmapped, whatever the table says: it cannot be
     /// matched against a route (it is not the root path `/`).
     pub fn required(&self, method: &str, path: &str) -> Required {
-        // On every request: borrowed segments, no allocation but the one `Vec` (and the
-        // decoded path when it has escapes) before the permission itself.
+        // On every request: borrowed segments on the stack and a permission whose names are
+        // inline, so no allocation unless the path has escapes or is unusually deep.
         let Some(decoded) = decoded_path(path) else {
             return Required::Unmapped;
         };
@@ -192,19 +194,39 @@ pub fn try_normalise_path(path: &str) -> Option<Vec<String>> {
 /// The path part of `path` (no query or fragment), percent-decoded; `None` when it does not
 /// decode to UTF-8.
 fn decoded_path(path: &str) -> Option<Cow<'_, str>> {
-    percent_decode(path.split(['?', '#']).next().unwrap_or(""))
+    // By byte (both are ASCII, so the cut is on a character boundary): splitting on a
+    // set of chars decodes every character of the path.
+    let end = path
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(path.len());
+    percent_decode(&path[..end])
 }
 
+/// Segments a path may have before they no longer fit on the stack.
+const STACK_SEGMENTS: usize = 16;
+
 /// The segments of a decoded path with `.`, `..` and empty ones resolved, borrowed from it.
-fn segments_of(decoded: &str) -> Vec<&str> {
-    let mut out: Vec<&str> = Vec::with_capacity(8);
-    for seg in decoded.split(['/', '\\']) {
-        match seg {
+fn segments_of(decoded: &str) -> SmallVec<[&str; STACK_SEGMENTS]> {
+    // A path without backslashes (nearly all) is split on '/' alone, which searches bytes
+    // (memchr); a set of separators would decode every character of the path.
+    if decoded.contains('\\') {
+        resolved(decoded.split(['/', '\\']))
+    } else {
+        resolved(decoded.split('/'))
+    }
+}
+
+/// `segments` with `.`, `..` and empty ones resolved.
+fn resolved<'a>(segments: impl Iterator<Item = &'a str>) -> SmallVec<[&'a str; STACK_SEGMENTS]> {
+    let mut out = SmallVec::new();
+    for segment in segments {
+        match segment {
             "" | "." => {}
             ".." => {
                 out.pop();
             }
-            s => out.push(s),
+            segment => out.push(segment),
         }
     }
     out

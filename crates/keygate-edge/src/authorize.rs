@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use keygate_core::{Environment, Outcome, Required};
 use keygate_engine::manage::{Actor, Caller};
 use keygate_engine::CachedKey;
-use keygate_engine::{AdminToken, Engine, RateLimitStatus, VerifyRequest};
+use keygate_engine::{AdminToken, Engine, RateLimitStatus, Verdict, VerifyRequest};
 
 use crate::credentials::{key_from_headers, query_carries_key};
 use crate::ApiError;
@@ -138,47 +138,96 @@ impl IntoResponse for Authorization {
 
 /// Judges one request. Store failures are refusals too (`503 store_unavailable`).
 pub async fn authorize(engine: &Engine, request: &AuthorizeRequest<'_>) -> Authorization {
-    if let Target::Request { path, .. } = &request.target {
-        if let Some((_, query)) = path.split_once('?') {
-            if query_carries_key(query, engine.key_format()) {
-                return Authorization::refused(Outcome::KeyInUrl);
-            }
-        }
-    }
-    let key = match request.credential {
-        Credential::Headers(headers) => match key_from_headers(headers) {
-            Ok(key) => key,
-            Err(e) => return Authorization::refused(e),
-        },
-        Credential::Key(key) => key.map(str::trim).filter(|k| !k.is_empty()),
+    let question = match Question::of(engine, request) {
+        Ok(question) => question,
+        Err(refused) => return refused,
     };
-    let Some(key) = key else {
-        return Authorization::refused(Outcome::MissingCredentials);
-    };
-    let derived;
-    let required = match &request.target {
-        Target::Request { method, path } => {
-            derived = engine.routes().required(method, path);
-            Some(&derived)
-        }
-        Target::Required(required) => Some(required.as_ref()),
-        Target::Unknown => {
-            derived = Required::Unmapped;
-            Some(&derived)
-        }
-        Target::AnyPermission => None,
-    };
-    let verify = VerifyRequest {
-        key,
-        required,
-        client_ip: request.client_ip,
-    };
+    let verify = question.verify_request();
     // A short-lived token (a JWT, never shaped like a key) where tokens are accepted.
-    let verdict = if engine.accepts_token(key) {
+    let verdict = if engine.accepts_token(verify.key) {
         engine.verify_token(&verify).await
     } else {
         engine.verify(&verify).await
     };
+    conclude(verdict)
+}
+
+/// [`authorize`] when the answer needs no waiting: a request refused before verification,
+/// or a key the engine judges from memory ([`Engine::verify_from_memory`]); the same
+/// verdict, counted the same way. `None` when the store, a shared rate limiter or a token's
+/// signing keys must be asked: then call [`authorize`]. A service judging on a cache hit
+/// this way builds no future for it.
+pub fn authorize_now(engine: &Engine, request: &AuthorizeRequest<'_>) -> Option<Authorization> {
+    let question = match Question::of(engine, request) {
+        Ok(question) => question,
+        Err(refused) => return Some(refused),
+    };
+    let verify = question.verify_request();
+    if engine.accepts_token(verify.key) {
+        return None;
+    }
+    engine
+        .verify_from_memory(&verify)
+        .map(|verdict| conclude(Ok(verdict)))
+}
+
+/// What the engine is asked about one request: its key and the permission it needs.
+struct Question<'a> {
+    key: &'a str,
+    /// `None`: any valid key.
+    required: Option<Cow<'a, Required>>,
+    client_ip: Option<IpAddr>,
+}
+
+impl<'a> Question<'a> {
+    /// The credential and the permission of `request`, or the refusal when the request
+    /// carries no usable key (none, two, one in the URL).
+    fn of(
+        engine: &Engine,
+        request: &'a AuthorizeRequest<'_>,
+    ) -> Result<Question<'a>, Authorization> {
+        if let Target::Request { path, .. } = &request.target {
+            if let Some((_, query)) = path.split_once('?') {
+                if query_carries_key(query, engine.key_format()) {
+                    return Err(Authorization::refused(Outcome::KeyInUrl));
+                }
+            }
+        }
+        let key = match request.credential {
+            Credential::Headers(headers) => {
+                key_from_headers(headers).map_err(Authorization::refused)?
+            }
+            Credential::Key(key) => key.map(str::trim).filter(|k| !k.is_empty()),
+        };
+        let Some(key) = key else {
+            return Err(Authorization::refused(Outcome::MissingCredentials));
+        };
+        let required = match &request.target {
+            Target::Request { method, path } => {
+                Some(Cow::Owned(engine.routes().required(method, path)))
+            }
+            Target::Required(required) => Some(Cow::Borrowed(required.as_ref())),
+            Target::Unknown => Some(Cow::Owned(Required::Unmapped)),
+            Target::AnyPermission => None,
+        };
+        Ok(Question {
+            key,
+            required,
+            client_ip: request.client_ip,
+        })
+    }
+
+    fn verify_request(&self) -> VerifyRequest<'_> {
+        VerifyRequest {
+            key: self.key,
+            required: self.required.as_deref(),
+            client_ip: self.client_ip,
+        }
+    }
+}
+
+/// The authorization for the engine's verdict.
+fn conclude(verdict: keygate_engine::Result<Verdict>) -> Authorization {
     let verdict = match verdict {
         Ok(verdict) => verdict,
         Err(e) => return Authorization::refused(e),

@@ -4,7 +4,8 @@
 //!
 //! - [`authorize`]: the one authorize path. A request (method, path, headers or a key,
 //!   client address) in, an [`Authorization`] out: the verified identity to pass on, or the
-//!   refusal with its status, code, headers and body.
+//!   refusal with its status, code, headers and body. [`authorize_now`] is the same
+//!   judgement without a future when the engine answers from memory.
 //! - [`ApiError`]: the one mapping from a failure to an HTTP answer. JSON bodies, the
 //!   dashboard's HTML pages and the connection layer's own answers (414, 431, 408…) are all
 //!   rendered from [`ApiError::answer`].
@@ -22,7 +23,7 @@ pub mod error;
 pub mod request_id;
 
 pub use authorize::{
-    authenticate, authorize, identity_headers, rate_limit_headers, Authorization, Credential,
-    Identity, Target,
+    authenticate, authorize, authorize_now, identity_headers, rate_limit_headers, Authorization,
+    Credential, Identity, Target,
 };
 pub use error::{ApiError, AuthFailed, EdgeOutcome, ErrorAnswer};

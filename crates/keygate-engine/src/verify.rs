@@ -82,19 +82,43 @@ impl Engine {
                 Box::pin(self.answer_imported(digest, request, &mut waited)).await
             }
         };
+        self.observe(started, waited, &verdict);
+        verdict
+    }
+
+    /// [`Engine::verify`] when memory answers at once (a fresh cached key, a digest known
+    /// to be unknown, a string that is not a key): the same verdict, counted the same way,
+    /// without a future to build and poll. `None` when the store or a shared rate limiter
+    /// must be asked; nothing has been counted then, and the caller asks [`Engine::verify`].
+    pub fn verify_from_memory(&self, request: &VerifyRequest<'_>) -> Option<Verdict> {
+        // With limits shared through Redis a fresh hit may still have to wait, which is
+        // known only once the hit was counted: `verify` answers those.
+        if self.shared_limiter.get().is_some() {
+            return None;
+        }
+        let started = clock::coarse_monotonic_ns();
+        let Memory::Answer(verdict) = self.answer_from_memory(request, started) else {
+            return None;
+        };
+        let verdict = Ok(verdict);
+        self.observe(started, Duration::ZERO, &verdict);
+        verdict.ok()
+    }
+
+    /// Counts one verification in the metrics: its latency and outcome.
+    fn observe(&self, started: u64, waited: Duration, verdict: &Result<Verdict>) {
         let elapsed = if waited.is_zero() {
             Duration::from_nanos(clock::coarse_monotonic_ns().saturating_sub(started))
         } else {
             waited
         };
         self.metrics.observe_latency(elapsed);
-        match &verdict {
+        match verdict {
             Ok(v) => self.metrics.count_outcome(v.outcome),
             Err(_) => {
                 self.metrics.store_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-        verdict
     }
 
     /// The answer when memory has it: a fresh cached key (unless its rate limit or quota is

@@ -2,7 +2,8 @@
 //! The same trivial service is called with and without the layer, with the same request;
 //! the difference is the layer's cost (target: at most 1.5× `Engine::verify`).
 //!
-//! Run: `cargo bench -p keygate-tower --bench layer`
+//! Run: `cargo bench -p keygate-tower --bench layer`; with `KEYGATE_LAYER_ROUNDS=200` it
+//! also measures the three in turn, round after round (see [`interleaved`]).
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -101,31 +102,78 @@ fn benches(c: &mut Criterion) {
         .expect("an embedded layer has an engine")
         .clone();
     let required = keygate_core::RouteTable::default().required("GET", "/api/v1/invoices/42");
-    group.bench_function("Engine::verify (cache hit)", |b| {
-        b.iter(|| {
-            let verdict = engine
-                .verify(&VerifyRequest {
-                    key: black_box(&key),
-                    required: Some(&required),
-                    client_ip: None,
-                })
-                .now_or_never()
-                .unwrap()
-                .unwrap();
-            black_box(verdict.outcome)
-        })
-    });
-    group.bench_function("service without the layer", |b| {
-        b.iter(|| black_box(bare.call(request()).now_or_never().unwrap().unwrap()))
-    });
-    group.bench_function("service with the layer (cache hit)", |b| {
-        b.iter(|| {
-            let answer = layered.call(request()).now_or_never().unwrap().unwrap();
-            debug_assert_eq!(answer.status(), 200);
-            black_box(answer)
-        })
-    });
+    let mut verify = || {
+        let verdict = engine
+            .verify(&VerifyRequest {
+                key: black_box(&key),
+                required: Some(&required),
+                client_ip: None,
+            })
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        black_box(verdict.outcome);
+    };
+    let mut without = || {
+        black_box(bare.call(request()).now_or_never().unwrap().unwrap());
+    };
+    let mut with = || {
+        let answer = layered.call(request()).now_or_never().unwrap().unwrap();
+        debug_assert_eq!(answer.status(), 200);
+        black_box(answer);
+    };
+    group.bench_function("Engine::verify (cache hit)", |b| b.iter(&mut verify));
+    group.bench_function("service without the layer", |b| b.iter(&mut without));
+    group.bench_function("service with the layer (cache hit)", |b| b.iter(&mut with));
     group.finish();
+    if let Some(rounds) = std::env::var("KEYGATE_LAYER_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+    {
+        interleaved(rounds, &mut verify, &mut without, &mut with);
+    }
+}
+
+/// The three measurements taken in turn, a short batch of each per round, so that a loaded
+/// machine's noise falls on all three alike (criterion measures one after the other, each
+/// in its own seconds). Prints the medians and the median of each round's own ratio.
+fn interleaved(
+    rounds: usize,
+    verify: &mut dyn FnMut(),
+    without: &mut dyn FnMut(),
+    with: &mut dyn FnMut(),
+) {
+    const BATCH: u32 = 2_000;
+    let time = |f: &mut dyn FnMut()| {
+        let started = std::time::Instant::now();
+        for _ in 0..BATCH {
+            f();
+        }
+        started.elapsed().as_secs_f64() * 1e9 / f64::from(BATCH)
+    };
+    let (mut v, mut wo, mut w, mut ratio) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let (a, b, c) = (time(verify), time(without), time(with));
+        v.push(a);
+        wo.push(b);
+        w.push(c);
+        ratio.push((c - b) / a);
+    }
+    // The fastest round of each is the one least disturbed by other work on the machine.
+    let summary = |xs: &mut Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        (xs[0], xs[xs.len() / 2])
+    };
+    let ((v_min, v), (wo_min, wo), (w_min, w)) =
+        (summary(&mut v), summary(&mut wo), summary(&mut w));
+    println!(
+        "interleaved, {rounds} rounds of {BATCH}: medians: Engine::verify {v:.0} ns, without \
+         {wo:.0} ns, with {w:.0} ns, added ÷ verify {:.2}×; median of the rounds' ratios {:.2}×; \
+         fastest rounds: {v_min:.0} / {wo_min:.0} / {w_min:.0} ns, added ÷ verify {:.2}×",
+        (w - wo) / v,
+        summary(&mut ratio).1,
+        (w_min - wo_min) / v_min
+    );
 }
 
 criterion_group!(layer, benches);

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -17,9 +17,11 @@ use keygate_core::{Permission, PermissionError, Required};
 use keygate_edge::authorize::AuthorizeRequest;
 use keygate_edge::client_ip::client_ip;
 use keygate_edge::{
-    authorize, rate_limit_headers, ApiError, Authorization, Credential, Identity, Target,
+    authorize, authorize_now, rate_limit_headers, ApiError, Authorization, Credential, Identity,
+    Target,
 };
-use keygate_engine::Engine;
+use keygate_engine::{Engine, RateLimitStatus};
+use pin_project_lite::pin_project;
 use tokio::task::JoinHandle;
 use tower::{Layer, Service};
 
@@ -236,28 +238,61 @@ impl Shared {
         headers: &HeaderMap,
         peer: Option<SocketAddr>,
     ) -> Authorization {
-        // With the query: a key in the URL is refused, as everywhere in keygate.
-        let path = uri.path_and_query().map_or("/", |path| path.as_str());
-        let client_ip = client_ip(peer, headers, &self.trusted_proxies);
+        let request = self.request(needs, method, uri, headers, peer);
         match &self.judge {
-            Judge::Embedded(engine) => {
-                authorize(
-                    engine,
-                    &AuthorizeRequest {
-                        credential: Credential::Headers(headers),
-                        target: needs.target(method.as_str(), path),
-                        client_ip,
-                    },
-                )
-                .await
-            }
+            Judge::Embedded(engine) => authorize(engine, &request).await,
             Judge::Remote(client) => {
                 client
-                    .authorize(needs, method.as_str(), path, headers, client_ip)
+                    .authorize(
+                        needs,
+                        method.as_str(),
+                        path_of(uri),
+                        headers,
+                        request.client_ip,
+                    )
                     .await
             }
         }
     }
+
+    /// [`Shared::authorize`] when it needs no waiting (a refusal before verification, a
+    /// cache hit of the embedded engine); `None` otherwise.
+    fn authorize_now(
+        &self,
+        needs: &Needs,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Option<Authorization> {
+        match &self.judge {
+            Judge::Embedded(engine) => {
+                authorize_now(engine, &self.request(needs, method, uri, headers, peer))
+            }
+            Judge::Remote(_) => None,
+        }
+    }
+
+    /// The request as the authorize path takes it.
+    fn request<'a>(
+        &self,
+        needs: &'a Needs,
+        method: &'a Method,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> AuthorizeRequest<'a> {
+        AuthorizeRequest {
+            credential: Credential::Headers(headers),
+            target: needs.target(method.as_str(), path_of(uri)),
+            client_ip: client_ip(peer, headers, &self.trusted_proxies),
+        }
+    }
+}
+
+/// The path with its query: a key in the URL is refused, as everywhere in keygate.
+fn path_of(uri: &Uri) -> &str {
+    uri.path_and_query().map_or("/", |path| path.as_str())
 }
 
 /// The socket peer, when the service is served with `into_make_service_with_connect_info`.
@@ -296,34 +331,116 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let peer = peer(request.extensions());
+        let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+        // Judged here when no waiting is needed (a cache hit): no future is built for it
+        // and the service that was polled ready takes the request at once.
+        if let Some(authorization) =
+            self.shared
+                .authorize_now(&self.needs, method, uri, headers, peer)
+        {
+            return ResponseFuture::answer(authorization, &mut self.inner, request);
+        }
         // The service that was polled ready is the one that gets the request.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let shared = self.shared.clone();
         let needs = self.needs.clone();
-        Box::pin(async move {
-            let peer = peer(request.extensions());
+        let waiting = Box::pin(async move {
             let (method, uri, headers) = (request.method(), request.uri(), request.headers());
-            let identity = match shared.authorize(&needs, method, uri, headers, peer).await {
-                Authorization::Allowed(identity) => identity,
-                // The refusal alone: the caller is not told which key was found.
-                Authorization::Refused { error, .. } => return Ok(error.into_response()),
-            };
-            let rate_limit = identity.rate_limit;
-            request.extensions_mut().insert(identity);
-            let mut response = inner.call(request).await?;
-            if let Some(rate) = &rate_limit {
-                rate_limit_headers(response.headers_mut(), rate);
+            let authorization = shared.authorize(&needs, method, uri, headers, peer).await;
+            ResponseFuture::answer(authorization, &mut inner, request).await
+        });
+        ResponseFuture {
+            state: State::Waiting { future: waiting },
+        }
+    }
+}
+
+pin_project! {
+    /// The answer of [`KeygateService`]: the inner service's (with the rate-limit fields
+    /// of the caller's key) or the layer's refusal.
+    pub struct ResponseFuture<F, E> {
+        #[pin]
+        state: State<F, E>,
+    }
+}
+
+pin_project! {
+    #[project = StateProjection]
+    enum State<F, E> {
+        /// Allowed: the inner service answers.
+        Inner {
+            #[pin]
+            future: F,
+            rate_limit: Option<RateLimitStatus>,
+        },
+        /// Refused; `None` once the answer was taken.
+        Refused { answer: Option<Response> },
+        /// The verdict needs the store, a shared rate limiter or the keygate server (boxed:
+        /// it is the rare path, and its state is large).
+        Waiting {
+            future: Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>,
+        },
+    }
+}
+
+impl<F, E> ResponseFuture<F, E> {
+    /// Passes an allowed request on to `inner` with its [`Identity`], or answers the refusal.
+    fn answer<S, B>(
+        authorization: Authorization,
+        inner: &mut S,
+        mut request: Request<B>,
+    ) -> ResponseFuture<F, E>
+    where
+        S: Service<Request<B>, Future = F, Error = E>,
+    {
+        let state = match authorization {
+            Authorization::Allowed(identity) => {
+                let rate_limit = identity.rate_limit;
+                request.extensions_mut().insert(identity);
+                State::Inner {
+                    future: inner.call(request),
+                    rate_limit,
+                }
             }
-            Ok(response)
-        })
+            // The refusal alone: the caller is not told which key was found.
+            Authorization::Refused { error, .. } => State::Refused {
+                answer: Some(error.into_response()),
+            },
+        };
+        ResponseFuture { state }
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F, E>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProjection::Inner { future, rate_limit } => {
+                let mut response = ready!(future.poll(cx))?;
+                if let Some(rate) = rate_limit {
+                    rate_limit_headers(response.headers_mut(), rate);
+                }
+                Poll::Ready(Ok(response))
+            }
+            // Polled again after it answered (a caller's bug): an error answer, not a panic.
+            StateProjection::Refused { answer } => Poll::Ready(Ok(answer
+                .take()
+                .unwrap_or_else(|| ApiError::Internal.into_response()))),
+            StateProjection::Waiting { future } => future.as_mut().poll(cx),
+        }
     }
 }
 

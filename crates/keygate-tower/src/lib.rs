@@ -17,6 +17,11 @@
 //! like the server does; call [`KeygateLayer::shutdown`] when the service stops to write
 //! what is still pending.
 //!
+//! On a cache hit the request is judged inside [`KeygateService`]'s `call`, with no future
+//! of its own and no allocation but the [`Identity`] put in the request's extensions; the
+//! service's [`ResponseFuture`] is the inner service's future. A request whose key must be
+//! read from the database (or, remote, asked of the server) waits in a boxed future.
+//!
 //! **Remote mode** ([`KeygateLayer::remote`]): when the service cannot open the database,
 //! the layer asks a keygate server (`POST /v1/verify` with its verify token) and keeps the
 //! valid verdicts the server lets it reuse (keys without rate limit or quota, which the
@@ -60,5 +65,5 @@ mod remote;
 
 pub use embedded::{Embedded, OpenError};
 pub use keygate_edge::Identity;
-pub use layer::{Caller, KeygateLayer, KeygateService};
+pub use layer::{Caller, KeygateLayer, KeygateService, ResponseFuture};
 pub use remote::Remote;

@@ -265,3 +265,120 @@ async fn a_wrong_pepper_or_a_bad_url_is_refused_at_open() {
         "{mysql:?}"
     );
 }
+
+/// The valid verifications the engine has counted.
+fn valid_count(engine: &Engine) -> u64 {
+    engine
+        .render_metrics()
+        .lines()
+        .find(|l| l.starts_with("keygate_verifications_total") && l.contains("code=\"valid\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the valid outcome's counter")
+}
+
+/// A cache hit is judged inside `call`: its future is the inner service's, ready at once,
+/// the service sees the caller's identity, and the verification is counted as
+/// `Engine::verify` counts it. A refusal is answered at once without calling the service.
+#[tokio::test]
+async fn a_cache_hit_is_judged_in_call_without_waiting() {
+    use futures::FutureExt;
+    use keygate_engine::manage::{Caller, NewAccount, NewKey};
+    use tower::{Layer, Service};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/keygate.db", dir.path().display());
+    let pepper = keygate_core::key::random_hex(32).unwrap();
+    let layer = KeygateLayer::embedded(&url, &pepper).open().await.unwrap();
+    let engine = layer.engine().unwrap().clone();
+    let admin = Caller::admin(None);
+    let account = engine
+        .create_account(
+            &admin,
+            NewAccount {
+                name: "hit".into(),
+                plan: Some("unlimited".into()),
+            },
+        )
+        .await
+        .unwrap();
+    let (created, secret) = engine
+        .create_key(
+            &admin,
+            NewKey {
+                account_id: Some(account.id.clone()),
+                name: "hit".into(),
+                scope: Some("read".into()),
+                ..NewKey::default()
+            },
+        )
+        .await
+        .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let service = {
+        let seen = seen.clone();
+        tower::service_fn(move |request: axum::http::Request<axum::body::Body>| {
+            let caller = request
+                .extensions()
+                .get::<Identity>()
+                .map(|i| i.key_id().to_owned());
+            seen.lock().unwrap().push(caller);
+            async {
+                Ok::<_, std::convert::Infallible>(axum::response::Response::new(
+                    axum::body::Body::empty(),
+                ))
+            }
+        })
+    };
+    let mut layered = layer.layer(service);
+    let request = |key: Option<&str>| {
+        let mut builder = axum::http::Request::get("/api/v1/invoices/42");
+        if let Some(key) = key {
+            builder = builder.header("authorization", format!("Bearer {key}"));
+        }
+        builder.body(axum::body::Body::empty()).unwrap()
+    };
+
+    // The first call reads the key from the database and caches it. The key's own creation
+    // comes back through the change feed and may drop the entry once: call again until
+    // an answer is ready at once.
+    let mut hit = None;
+    for _ in 0..20 {
+        let before = valid_count(&engine);
+        if let Some(answer) = layered.call(request(Some(secret.expose()))).now_or_never() {
+            hit = Some((answer.unwrap().status(), valid_count(&engine) - before));
+            break;
+        }
+        let answer = layered.call(request(Some(secret.expose()))).await.unwrap();
+        assert_eq!(answer.status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        hit,
+        Some((axum::http::StatusCode::OK, 1)),
+        "a hit answered at once, counted once"
+    );
+    assert_eq!(seen.lock().unwrap().last(), Some(&Some(created.id.clone())));
+
+    let calls = seen.lock().unwrap().len();
+    let refused = layered
+        .call(request(None))
+        .now_or_never()
+        .expect("a refusal is ready at once");
+    assert_eq!(refused.unwrap().status(), 401);
+    let forbidden = axum::http::Request::post("/api/v1/invoices")
+        .header("authorization", format!("Bearer {}", secret.expose()))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let forbidden = layered
+        .call(forbidden)
+        .now_or_never()
+        .expect("judged from the cache");
+    assert_eq!(forbidden.unwrap().status(), 403);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        calls,
+        "refused requests never reach the service"
+    );
+    layer.shutdown().await;
+}
