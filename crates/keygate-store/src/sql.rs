@@ -828,24 +828,20 @@ macro_rules! sql_store {
                     // many keys holds the write lock briefly.
                     // One row per key (a multi-row UPDATE sees each key once): the latest
                     // time, the sum of the deltas, the latest addresses and refill.
-                    let mut rows: Vec<KeyUsageRow> = Vec::with_capacity(batch.len());
-                    let mut row_of = std::collections::HashMap::<&str, usize>::new();
-                    for u in batch {
-                        match row_of.get(u.key_id.as_str()) {
-                            Some(&i) => rows[i].add(u),
-                            None => {
-                                row_of.insert(&u.key_id, rows.len());
-                                rows.push(KeyUsageRow::from(u));
-                            }
-                        }
-                    }
                     // In key id order, locked in that order below: every node then locks
                     // the rows they share in the same order, so two nodes' flushes wait for
                     // each other instead of deadlocking (the counters below are in key
                     // order too).
-                    rows.sort_unstable_by(|a, b| a.key_id.cmp(b.key_id));
-                    let row_of: std::collections::HashMap<&str, usize> =
-                        rows.iter().enumerate().map(|(i, r)| (r.key_id, i)).collect();
+                    let mut merged = std::collections::BTreeMap::<&str, KeyUsageRow>::new();
+                    for u in batch {
+                        match merged.entry(u.key_id.as_str()) {
+                            std::collections::btree_map::Entry::Occupied(mut row) => row.get_mut().add(u),
+                            std::collections::btree_map::Entry::Vacant(slot) => {
+                                slot.insert(KeyUsageRow::from(u));
+                            }
+                        }
+                    }
+                    let rows: Vec<KeyUsageRow> = merged.into_values().collect();
                     let ips = rows
                         .iter()
                         .map(|r| r.recent_ips.map(to_json).transpose())
@@ -909,7 +905,7 @@ macro_rules! sql_store {
                         // Events written in key order too (other nodes may write the same).
                         returned.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                         for (id, quota, after) in returned {
-                            let (Some(quota), Some(&i)) = (quota, row_of.get(id.as_str())) else { continue };
+                            let (Some(quota), Ok(i)) = (quota, rows.binary_search_by(|r| r.key_id.cmp(id.as_str()))) else { continue };
                             let quota: crate::Quota = from_json(&quota)?;
                             let before = after - rows[i].quota_used_delta;
                             for pct in crate::webhooks::quota_thresholds_crossed(quota.requests, before, after) {
