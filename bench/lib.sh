@@ -77,3 +77,24 @@ http {
     fastcgi_temp_path $WORK/fastcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
 NGINX
 }
+
+# rotate_lua FILE: writes a wrk script of forward-auth requests (GET /api/v1/invoices/42),
+# each with the next key of a file. wrk arguments after `--`: the key file, the first line.
+rotate_lua() {
+  cat >"$1" <<'LUA'
+local keys, i = {}, 0
+function init(args)
+  for line in io.lines(args[1]) do keys[#keys + 1] = line end
+  i = tonumber(args[2] or "0")
+end
+function request()
+  i = i + 1
+  if i > #keys then i = 1 end
+  return wrk.format("GET", "/v1/auth", {
+    ["Authorization"] = "Bearer " .. keys[i],
+    ["X-Original-Method"] = "GET",
+    ["X-Original-URI"] = "/api/v1/invoices/42",
+  })
+end
+LUA
+}

@@ -99,22 +99,7 @@ done
 # The warm-up's usage is flushed before the first snapshot.
 sleep $((USAGE_FLUSH_SECONDS + 1))
 
-cat >"$WORK/rotate.lua" <<'LUA'
-local keys, i = {}, 0
-function init(args)
-  for line in io.lines(args[1]) do keys[#keys + 1] = line end
-  i = math.random(#keys)
-end
-function request()
-  i = i + 1
-  if i > #keys then i = 1 end
-  return wrk.format("GET", "/v1/auth", {
-    ["Authorization"] = "Bearer " .. keys[i],
-    ["X-Original-Method"] = "GET",
-    ["X-Original-URI"] = "/api/v1/invoices/42",
-  })
-end
-LUA
+rotate_lua "$WORK/rotate.lua"
 
 BASE="$base" URL="$URL" WORK="$WORK" ADDRS="${ADDRS[*]}" NODE_PIDS="${NODE_PIDS[*]}" \
 DURATION="$DURATION" CONNECTIONS="$CONNECTIONS" HOT="$HOT" KEYS="$KEYS" \

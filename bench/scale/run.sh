@@ -72,23 +72,7 @@ cleanup() {
 trap cleanup EXIT
 
 rss_kib() { awk '$1 == "VmRSS:" {print $2}' "/proc/$1/status"; }
-cat >"$WORK/rotate.lua" <<'EOF'
--- Forward-auth requests, each with the next key of a file (args: file, first line).
-local keys, i = {}, 0
-function init(args)
-  for line in io.lines(args[1]) do keys[#keys + 1] = line end
-  i = tonumber(args[2] or "0")
-end
-function request()
-  i = i + 1
-  if i > #keys then i = 1 end
-  return wrk.format("GET", "/v1/auth", {
-    ["Authorization"] = "Bearer " .. keys[i],
-    ["X-Original-Method"] = "GET",
-    ["X-Original-URI"] = "/api/v1/invoices/42",
-  })
-end
-EOF
+rotate_lua "$WORK/rotate.lua"
 
 # serve DB_URL -> sets SERVE_PID, SERVE_ADDR, READY_MS
 serve() {
