@@ -3,15 +3,16 @@
 //! an independent implementation, PHP (`password_hash`, `crypt`, `hash`), as the
 //! invoicing-admin-api-auth reference makes them; the tests skip, saying so, without php-cli.
 
+mod common;
+use common::{engine, sqlite};
+
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
-use keygate_core::{KeyFormat, Outcome, Pepper, RouteTable};
+use keygate_core::Outcome;
 use keygate_engine::manage::{Caller, NewAccount};
-use keygate_engine::{Engine, EngineConfig, Error, Plans, VerifyRequest};
+use keygate_engine::{Engine, Error, VerifyRequest};
 use keygate_store::postgres::PostgresStore;
-use keygate_store::sqlite::SqliteStore;
 use keygate_store::Store;
 use serde_json::json;
 
@@ -54,31 +55,6 @@ fn reference_key(seed: u8, prefix: &str) -> String {
         .map(|i| format!("{:02x}", i.wrapping_mul(37).wrapping_add(seed)))
         .collect();
     format!("{prefix}{body}")
-}
-
-fn engine(store: Arc<dyn Store>) -> Arc<Engine> {
-    Engine::new(
-        store,
-        EngineConfig {
-            key_format: KeyFormat::new("kg", true).unwrap(),
-            pepper: Pepper::new(vec![7; 32]),
-            routes: RouteTable::default(),
-            plans: Plans::reference(),
-            cache_capacity: 1000,
-            cache_ttl: Duration::from_secs(60),
-            negative_cache_ttl: Duration::from_secs(10),
-            stale_if_error: Duration::from_secs(300),
-            usage_retention: Duration::from_secs(86_400),
-        },
-    )
-}
-
-async fn sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    Arc::new(
-        SqliteStore::open(&format!("sqlite://{}/k.db", dir.path().display()))
-            .await
-            .unwrap(),
-    )
 }
 
 async fn account(engine: &Engine) -> String {

@@ -2,15 +2,15 @@
 //! Redis goes away (fail open / fail closed). Skips, saying so, when redis-server is not
 //! installed (or, for the quota tests, when KEYGATE_TEST_POSTGRES is unset).
 
+mod common;
+use common::{engine, engine_with_ttl};
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_core::{KeyFormat, Pepper, RouteTable};
 use keygate_engine::manage::{Caller, KeyUpdate, NewAccount, NewKey};
-use keygate_engine::{
-    Engine, EngineConfig, Error, LimiterFailure, Plans, SharedLimiter, VerifyRequest,
-};
+use keygate_engine::{Engine, Error, LimiterFailure, SharedLimiter, VerifyRequest};
 use keygate_store::postgres::PostgresStore;
 use keygate_store::sqlite::SqliteStore;
 use keygate_store::{KeyRecord, Quota, RateLimit, Refill, Store};
@@ -59,27 +59,6 @@ async fn start_redis() -> Option<Redis> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("redis-server did not start");
-}
-
-fn engine(store: Arc<dyn Store>) -> Arc<Engine> {
-    engine_with_ttl(store, Duration::from_secs(60))
-}
-
-fn engine_with_ttl(store: Arc<dyn Store>, cache_ttl: Duration) -> Arc<Engine> {
-    Engine::new(
-        store,
-        EngineConfig {
-            key_format: KeyFormat::new("kg", true).unwrap(),
-            pepper: Pepper::new(vec![9; 32]),
-            routes: RouteTable::default(),
-            plans: Plans::reference(),
-            cache_capacity: 1000,
-            cache_ttl,
-            negative_cache_ttl: Duration::from_secs(10),
-            stale_if_error: Duration::from_secs(300),
-            usage_retention: Duration::from_secs(86_400),
-        },
-    )
 }
 
 /// Two nodes over one store, and a key limited to `requests` per minute.

@@ -2,14 +2,13 @@
 //! SQLite store: after a flush of `n` keys the next one waits `n / budget`, and every count
 //! still reaches the store.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use keygate_core::{KeyFormat, Outcome, Pepper, RouteTable};
+use keygate_core::Outcome;
 use keygate_engine::manage::{Caller, NewAccount, NewKey};
-use keygate_engine::{Engine, EngineConfig, Plans, VerifyRequest};
-use keygate_store::sqlite::SqliteStore;
-use keygate_store::Store;
+use keygate_engine::{Engine, VerifyRequest};
 
 const FLUSHED_KEYS: &str = "keygate_usage_flushed_keys_total ";
 
@@ -38,24 +37,8 @@ async fn wait_for_flushed(engine: &Engine, at_least: u64, within: Duration) -> D
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_flush_is_followed_by_a_pause_that_keeps_the_write_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&format!("sqlite://{}/k.db", dir.path().display()))
-        .await
-        .unwrap();
-    let store: Arc<dyn Store> = Arc::new(store);
-    let engine = Engine::new(
-        store.clone(),
-        EngineConfig {
-            key_format: KeyFormat::new("kg", true).unwrap(),
-            pepper: Pepper::new(vec![7; 32]),
-            routes: RouteTable::default(),
-            plans: Plans::reference(),
-            cache_capacity: 1000,
-            cache_ttl: Duration::from_secs(60),
-            negative_cache_ttl: Duration::from_secs(10),
-            stale_if_error: Duration::from_secs(300),
-            usage_retention: Duration::from_secs(86_400),
-        },
-    );
+    let store = common::sqlite(&dir).await;
+    let engine = common::engine(store.clone());
     let admin = Caller::admin(None);
     let account = engine
         .create_account(
