@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use keygate_core::ip::IpAllowlist;
 use keygate_core::{Environment, KeyDigest, PermissionSet};
 use keygate_store::{KeyRecord, Quota, RateLimit};
@@ -23,6 +24,10 @@ use crate::usage::KeyUsage;
 #[derive(Debug)]
 pub(crate) struct Grants {
     permission_strings: Vec<String>,
+    /// `permission_strings` joined with `,` (forward-auth's `X-Keygate-Permissions`), made
+    /// once per shared set instead of once per request; `Bytes` so that a header value
+    /// shares it without copying.
+    permissions_joined: Bytes,
     allowlist_strings: Vec<String>,
     permissions: PermissionSet,
     ip_allowlist: IpAllowlist,
@@ -61,14 +66,31 @@ impl Grants {
         if corrupt {
             tracing::error!(key_id = %key_id, "stored permissions or allowlist do not parse; refusing the key");
         }
-        let grants = Grants {
-            permission_strings: permissions,
-            allowlist_strings: ip_allowlist,
-            permissions: parsed_permissions.unwrap_or_default(),
-            ip_allowlist: parsed_allowlist.unwrap_or_default(),
+        let grants = Grants::new(
+            permissions,
+            ip_allowlist,
+            parsed_permissions.unwrap_or_default(),
+            parsed_allowlist.unwrap_or_default(),
             corrupt,
-        };
+        );
         GRANTS.intern(grants)
+    }
+
+    fn new(
+        permission_strings: Vec<String>,
+        allowlist_strings: Vec<String>,
+        permissions: PermissionSet,
+        ip_allowlist: IpAllowlist,
+        corrupt: bool,
+    ) -> Grants {
+        Grants {
+            permissions_joined: Bytes::from(permission_strings.join(",")),
+            permission_strings,
+            allowlist_strings,
+            permissions,
+            ip_allowlist,
+            corrupt,
+        }
     }
 }
 
@@ -144,6 +166,11 @@ impl CachedKey {
     /// The permissions as stored (canonical strings).
     pub fn permission_strings(&self) -> &[String] {
         &self.grants.permission_strings
+    }
+
+    /// The permissions as stored, joined with `,` (shared by every key with these grants).
+    pub fn permissions_joined(&self) -> &Bytes {
+        &self.grants.permissions_joined
     }
 
     pub fn permissions(&self) -> &PermissionSet {
@@ -486,13 +513,13 @@ impl CachedKey {
         expires_at: i64,
         token_id: &str,
     ) -> CachedKey {
-        let grants = Grants {
-            permission_strings: permissions.to_strings(),
-            allowlist_strings: self.grants.allowlist_strings.clone(),
+        let grants = Grants::new(
+            permissions.to_strings(),
+            self.grants.allowlist_strings.clone(),
             permissions,
-            ip_allowlist: self.grants.ip_allowlist.clone(),
-            corrupt: self.grants.corrupt,
-        };
+            self.grants.ip_allowlist.clone(),
+            self.grants.corrupt,
+        );
         CachedKey {
             fetched_at: self.fetched_at,
             revoked_at: self.revoked_at,

@@ -10,11 +10,11 @@ use axum::http::request::Parts;
 use axum::http::HeaderName;
 use axum::response::{IntoResponse, Response};
 use axum::Json as JsonOut;
-use keygate_core::{InvalidReason, Outcome, Permission, Required};
+use keygate_core::{Environment, InvalidReason, Outcome, Permission, Required};
 use keygate_edge::authorize::{authorize, AuthorizeRequest, Credential, Target};
 use keygate_edge::credentials::key_from_headers;
 use keygate_edge::error::expose_error_code;
-use keygate_edge::request_id::current_request_id;
+use keygate_edge::request_id::{try_current_request_id, RequestId};
 use keygate_edge::{rate_limit_headers, Authorization};
 use keygate_engine::manage::Caller;
 use keygate_engine::{Error, RateLimitStatus};
@@ -56,23 +56,27 @@ pub struct VerifyRateLimit {
     reset_seconds: u64,
 }
 
-/// `/v1/verify`'s answer, valid or not (`verdict_json` builds it).
+/// `/v1/verify`'s answer, valid or not ([`VerifyAnswer::of`] builds it; borrowed from the
+/// cached key and serialized straight to the body).
 #[derive(Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct VerifyAnswer {
+pub struct VerifyAnswer<'a> {
     valid: bool,
     /// `valid`, or why not (`invalid_key`, `insufficient_permissions`, `rate_limited`, …).
-    code: String,
-    key_id: Option<String>,
-    account_id: Option<String>,
-    environment: Option<EnvironmentName>,
-    permissions: Option<Vec<String>>,
+    code: &'static str,
+    key_id: Option<&'a str>,
+    account_id: Option<&'a str>,
+    #[schema(value_type = Option<EnvironmentName>)]
+    environment: Option<Environment>,
+    permissions: Option<&'a [String]>,
     expires_at: Option<String>,
-    meta: Option<serde_json::Value>,
-    request_id: String,
+    #[schema(value_type = Option<Object>)]
+    meta: Option<&'a serde_json::Value>,
+    #[schema(value_type = String)]
+    #[serde(serialize_with = "keygate_edge::request_id::serialize_or_unknown")]
+    request_id: Option<RequestId>,
     /// The refusal's message (refusals only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    error: Option<&'static str>,
     /// For keys with a rate limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<VerifyRateLimit>,
@@ -80,7 +84,7 @@ pub struct VerifyAnswer {
     /// then `key_id` is the key it was derived from, `permissions` the token's scope and
     /// `expires_at` the earlier of the token's and the key's ends.
     #[serde(skip_serializing_if = "Option::is_none")]
-    token_id: Option<String>,
+    token_id: Option<&'a str>,
 }
 
 /// The caller of `/v1/verify`: the admin token or the verify token.
@@ -130,41 +134,38 @@ fn target_of(body: &VerifyBody) -> Result<Target<'_>, ApiError> {
     }
 }
 
-/// `/v1/verify`'s answer: `{valid, code, key_id, …}` for any verdict, valid or not.
-fn verdict_json(authorization: &Authorization) -> serde_json::Value {
-    let (outcome, key) = match authorization {
-        Authorization::Allowed(identity) => (Outcome::Valid, Some(&identity.key)),
-        Authorization::Refused { error, key } => {
-            let outcome = match error {
-                ApiError::Outcome(o, _) | ApiError::Edge(o) => *o,
-                _ => Outcome::InvalidKey(InvalidReason::Unknown),
-            };
-            (outcome, key.as_ref())
+impl<'a> VerifyAnswer<'a> {
+    /// The answer for any verdict, valid or not.
+    fn of(authorization: &'a Authorization) -> VerifyAnswer<'a> {
+        let (outcome, key) = match authorization {
+            Authorization::Allowed(identity) => (Outcome::Valid, Some(&identity.key)),
+            Authorization::Refused { error, key } => {
+                let outcome = match error {
+                    ApiError::Outcome(o, _) | ApiError::Edge(o) => *o,
+                    _ => Outcome::InvalidKey(InvalidReason::Unknown),
+                };
+                (outcome, key.as_ref())
+            }
+        };
+        VerifyAnswer {
+            valid: outcome.is_valid(),
+            code: outcome.code(),
+            key_id: key.map(|k| k.id()),
+            account_id: key.map(|k| k.account_id()),
+            environment: key.map(|k| k.environment()),
+            permissions: key.map(|k| k.permission_strings()),
+            expires_at: key.and_then(|k| views::opt_time(k.expires_at())),
+            meta: key.map(|k| k.meta()),
+            request_id: try_current_request_id(),
+            error: (!outcome.is_valid()).then(|| outcome.message()),
+            rate_limit: rate_of(authorization).map(|r| VerifyRateLimit {
+                limit: r.limit,
+                remaining: r.remaining,
+                reset_seconds: r.reset_seconds,
+            }),
+            token_id: key.and_then(|k| k.token_id()),
         }
-    };
-    let rate = rate_of(authorization);
-    let mut v = json!({
-        "valid": outcome.is_valid(),
-        "code": outcome.code(),
-        "key_id": key.map(|k| k.id()),
-        "account_id": key.map(|k| k.account_id()),
-        "environment": key.map(|k| k.environment()),
-        "permissions": key.map(|k| k.permission_strings()),
-        "expires_at": key.map(|k| views::opt_time(k.expires_at())),
-        "meta": key.map(|k| k.meta()),
-        "request_id": current_request_id(),
-    });
-    if !outcome.is_valid() {
-        v["error"] = json!(outcome.message());
     }
-    if let Some(token_id) = key.and_then(|k| k.token_id()) {
-        v["token_id"] = json!(token_id);
-    }
-    if let Some(r) = rate {
-        v["rate_limit"] =
-            json!({"limit": r.limit, "remaining": r.remaining, "reset_seconds": r.reset_seconds});
-    }
-    v
 }
 
 fn rate_of(authorization: &Authorization) -> Option<&RateLimitStatus> {
@@ -235,7 +236,7 @@ pub async fn verify(
         }
         authorization => authorization,
     };
-    let mut response = JsonOut(verdict_json(&authorization)).into_response();
+    let mut response = JsonOut(VerifyAnswer::of(&authorization)).into_response();
     let cache_control = super::key_changes::verify_cache_control(&state.engine, &authorization);
     response
         .headers_mut()
@@ -268,7 +269,7 @@ pub struct OriginalRequestHeaders {
 
 /// The original request a proxy asks about: nginx's `X-Original-*`, Traefik's
 /// `X-Forwarded-*`, or, for Envoy, this request's own method and the path after `/v1/auth`.
-fn original_request(parts: &Parts) -> (Option<&str>, Option<String>) {
+fn original_request(parts: &Parts) -> (Option<&str>, Option<Cow<'_, str>>) {
     // Prebuilt names: a `&str` name is parsed and hashed anew on every lookup.
     const ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
     const FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
@@ -280,7 +281,7 @@ fn original_request(parts: &Parts) -> (Option<&str>, Option<String>) {
             .find_map(|n| parts.headers.get(n).and_then(|v| v.to_str().ok()))
     };
     let uri = header([ORIGINAL_URI, FORWARDED_URI])
-        .map(str::to_owned)
+        .map(Cow::Borrowed)
         .or_else(|| {
             parts
                 .uri
@@ -288,8 +289,8 @@ fn original_request(parts: &Parts) -> (Option<&str>, Option<String>) {
                 .strip_prefix("/v1/auth")
                 .filter(|p| p.starts_with('/'))
                 .map(|p| match parts.uri.query() {
-                    Some(q) => format!("{p}?{q}"),
-                    None => p.to_owned(),
+                    Some(q) => Cow::Owned(format!("{p}?{q}")),
+                    None => Cow::Borrowed(p),
                 })
         });
     let method = header([ORIGINAL_METHOD, FORWARDED_METHOD]);

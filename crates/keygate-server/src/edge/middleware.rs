@@ -128,7 +128,7 @@ where
     Fut: std::future::Future<Output = Response>,
 {
     let id = new_request_id();
-    request_id::scope(id.clone(), async move {
+    request_id::scope(id, async move {
         // The access log line's fields, made only when the line is written (at the
         // default `info`; `KEYGATE_LOG=warn` skips the redaction's allocations).
         // (A `Uri` clone shares its bytes; the path is redacted only when written.)
@@ -152,14 +152,14 @@ where
                 throttle.note_failure(ip);
             }
         }
-        if let Ok(v) = HeaderValue::from_str(&id) {
+        if let Ok(v) = HeaderValue::from_bytes(id.as_bytes()) {
             const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
             response.headers_mut().insert(REQUEST_ID, v);
         }
         if let Some((started, method, uri)) = logged {
             let prefix = state.engine.key_format().prefix();
             access_log::record(&access_log::Entry {
-                request_id: &id,
+                request_id: id.as_str(),
                 method: method.as_str(),
                 path: &redact(uri.path(), prefix),
                 status: response.status().as_u16(),
