@@ -11,6 +11,8 @@
 #   bench/http/instructions.sh            release build, 3 repetitions x 5 s
 #   REPS=1 DURATION=2 bench/http/instructions.sh
 #   BUILD=0 bench/http/instructions.sh    use target/release/keygate as it is
+#   KEYGATE_BIN=/path/keygate KEEP=/tmp/cg BUILD=0 bench/http/instructions.sh
+#                                         another binary; keep the profiles in /tmp/cg
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . bench/lib.sh
@@ -19,7 +21,7 @@ results_file http-instructions
 require_tools wrk nginx curl python3 valgrind
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-KEYGATE="$TARGET_DIR/release/keygate"
+KEYGATE="${KEYGATE_BIN:-$TARGET_DIR/release/keygate}"
 [ "${BUILD:-1}" = 1 ] && cargo build --release --locked -q -p keygate
 WORK=$(mktemp -d)
 cleanup() { stop_started; rm -rf "$WORK"; }
@@ -82,6 +84,8 @@ measure() {
   local total
   total=$(cat "$out".* | awk '/^totals:/ {print $2}' | sort -n | tail -1)
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  # KEEP=DIR keeps the profiles for callgrind_annotate.
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out".* "$KEEP/"; fi
   rm -f "$out".*
   python3 -c "print(round($total / $requests))"
 }
