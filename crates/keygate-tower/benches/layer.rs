@@ -2,8 +2,11 @@
 //! The same trivial service is called with and without the layer, with the same request;
 //! the difference is the layer's cost (target: at most 1.5× `Engine::verify`).
 //!
+//! The pair is measured twice: as a bare tower service, and inside an axum `Router` (where
+//! a request already carries extensions, as it does in an app).
+//!
 //! Run: `cargo bench -p keygate-tower --bench layer`; with `KEYGATE_LAYER_ROUNDS=200` it
-//! also measures the three in turn, round after round (see [`interleaved`]).
+//! also measures them in turn, round after round (see [`interleaved`]).
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -11,6 +14,7 @@ use std::hint::black_box;
 use axum::body::Body;
 use axum::http::{header, Request};
 use axum::response::Response;
+use axum::routing::get;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::FutureExt;
 use keygate_engine::manage::{Caller, NewAccount, NewKey};
@@ -122,27 +126,65 @@ fn benches(c: &mut Criterion) {
         debug_assert_eq!(answer.status(), 200);
         black_box(answer);
     };
+    // The same pair through an axum `Router`, as an app adds the layer (`.layer(keygate)`).
+    // A bare `Request` has no extension map, so above the layer's `Identity` pays for
+    // creating (and dropping) one; a request that reaches a layer inside a router already
+    // carries the router's extensions (`OriginalUri`, `MatchedPath`, the path parameters),
+    // and under `into_make_service_with_connect_info` the peer's address.
+    let app = || {
+        axum::Router::new().route(
+            "/api/v1/invoices/{id}",
+            get(|| async { Response::new(Body::empty()) }),
+        )
+    };
+    let mut routed_bare = app();
+    let mut routed = app().layer(layer.clone());
+    assert_eq!(
+        routed
+            .call(request())
+            .now_or_never()
+            .map(|a| a.unwrap().status()),
+        Some(axum::http::StatusCode::OK),
+        "a routed cache hit is answered at once"
+    );
+    let mut routed_without = || {
+        black_box(routed_bare.call(request()).now_or_never().unwrap().unwrap());
+    };
+    let mut routed_with = || {
+        let answer = routed.call(request()).now_or_never().unwrap().unwrap();
+        debug_assert_eq!(answer.status(), 200);
+        black_box(answer);
+    };
     group.bench_function("Engine::verify (cache hit)", |b| b.iter(&mut verify));
     group.bench_function("service without the layer", |b| b.iter(&mut without));
     group.bench_function("service with the layer (cache hit)", |b| b.iter(&mut with));
+    group.bench_function("router without the layer", |b| b.iter(&mut routed_without));
+    group.bench_function("router with the layer (cache hit)", |b| {
+        b.iter(&mut routed_with)
+    });
     group.finish();
     if let Some(rounds) = std::env::var("KEYGATE_LAYER_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
     {
-        interleaved(rounds, &mut verify, &mut without, &mut with);
+        interleaved(
+            rounds,
+            &mut verify,
+            &mut [
+                ("a bare tower service", &mut without, &mut with),
+                ("an axum Router", &mut routed_without, &mut routed_with),
+            ],
+        );
     }
 }
 
-/// The three measurements taken in turn, a short batch of each per round, so that a loaded
-/// machine's noise falls on all three alike (criterion measures one after the other, each
-/// in its own seconds). Prints the medians and the median of each round's own ratio.
-fn interleaved(
-    rounds: usize,
-    verify: &mut dyn FnMut(),
-    without: &mut dyn FnMut(),
-    with: &mut dyn FnMut(),
-) {
+/// One service measured without and with the layer: its name and the two calls.
+type Pair<'a> = (&'a str, &'a mut dyn FnMut(), &'a mut dyn FnMut());
+
+/// The measurements taken in turn, a short batch of each per round, so that a loaded
+/// machine's noise falls on all alike (criterion measures one after the other, each in its
+/// own seconds). Prints, per pair, the medians and the median of each round's own ratio.
+fn interleaved(rounds: usize, verify: &mut dyn FnMut(), pairs: &mut [Pair<'_>]) {
     const BATCH: u32 = 2_000;
     let time = |f: &mut dyn FnMut()| {
         let started = std::time::Instant::now();
@@ -151,29 +193,37 @@ fn interleaved(
         }
         started.elapsed().as_secs_f64() * 1e9 / f64::from(BATCH)
     };
-    let (mut v, mut wo, mut w, mut ratio) = (vec![], vec![], vec![], vec![]);
+    let mut v = vec![];
+    let mut measured: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
+        pairs.iter().map(|_| Default::default()).collect();
     for _ in 0..rounds {
-        let (a, b, c) = (time(verify), time(without), time(with));
+        let a = time(verify);
         v.push(a);
-        wo.push(b);
-        w.push(c);
-        ratio.push((c - b) / a);
+        for ((_, without, with), (wo, w, ratio)) in pairs.iter_mut().zip(&mut measured) {
+            let (b, c) = (time(without), time(with));
+            wo.push(b);
+            w.push(c);
+            ratio.push((c - b) / a);
+        }
     }
     // The fastest round of each is the one least disturbed by other work on the machine.
     let summary = |xs: &mut Vec<f64>| {
         xs.sort_by(f64::total_cmp);
         (xs[0], xs[xs.len() / 2])
     };
-    let ((v_min, v), (wo_min, wo), (w_min, w)) =
-        (summary(&mut v), summary(&mut wo), summary(&mut w));
-    println!(
-        "interleaved, {rounds} rounds of {BATCH}: medians: Engine::verify {v:.0} ns, without \
-         {wo:.0} ns, with {w:.0} ns, added ÷ verify {:.2}×; median of the rounds' ratios {:.2}×; \
-         fastest rounds: {v_min:.0} / {wo_min:.0} / {w_min:.0} ns, added ÷ verify {:.2}×",
-        (w - wo) / v,
-        summary(&mut ratio).1,
-        (w_min - wo_min) / v_min
-    );
+    let (v_min, v) = summary(&mut v);
+    for ((name, _, _), (wo, w, ratio)) in pairs.iter().zip(&mut measured) {
+        let ((wo_min, wo), (w_min, w)) = (summary(wo), summary(w));
+        println!(
+            "interleaved, {rounds} rounds of {BATCH}, {name}: medians: Engine::verify {v:.0} ns, \
+             without {wo:.0} ns, with {w:.0} ns, added ÷ verify {:.2}×; median of the rounds' \
+             ratios {:.2}×; fastest rounds: {v_min:.0} / {wo_min:.0} / {w_min:.0} ns, added ÷ \
+             verify {:.2}×",
+            (w - wo) / v,
+            summary(ratio).1,
+            (w_min - wo_min) / v_min
+        );
+    }
 }
 
 criterion_group!(layer, benches);
