@@ -2,8 +2,9 @@
 //! The same trivial service is called with and without the layer, with the same request;
 //! the difference is the layer's cost (target: at most 1.5× `Engine::verify`).
 //!
-//! The pair is measured twice: as a bare tower service, and inside an axum `Router` (where
-//! a request already carries extensions, as it does in an app).
+//! The pair is measured as a bare tower service, and inside an axum `Router` (where a
+//! request already carries extensions, as it does in an app), next to the router alone and
+//! with a layer that passes requests through.
 //!
 //! Run: `cargo bench -p keygate-tower --bench layer`; with `KEYGATE_LAYER_ROUNDS=200` it
 //! also measures them in turn, round after round (see [`interleaved`]).
@@ -126,19 +127,24 @@ fn benches(c: &mut Criterion) {
         debug_assert_eq!(answer.status(), 200);
         black_box(answer);
     };
-    // The same pair through an axum `Router`, as an app adds the layer (`.layer(keygate)`).
+    // The same pair inside an axum `Router`, as an app adds the layer (`.layer(keygate)`).
     // A bare `Request` has no extension map, so above the layer's `Identity` pays for
     // creating (and dropping) one; a request that reaches a layer inside a router already
     // carries the router's extensions (`OriginalUri`, `MatchedPath`, the path parameters),
-    // and under `into_make_service_with_connect_info` the peer's address.
+    // and under `into_make_service_with_connect_info` the peer's address. A router also
+    // boxes and clones every layer per request (`Route`), whatever the layer does: the
+    // pass-through layer measures that alone.
     let app = || {
         axum::Router::new().route(
             "/api/v1/invoices/{id}",
             get(|| async { Response::new(Body::empty()) }),
         )
     };
-    let mut routed_bare = app();
-    let mut routed = app().layer(layer.clone());
+    let (mut routed_bare, mut routed_passing, mut routed) = (
+        app(),
+        app().layer(tower::layer::layer_fn(|route| route)),
+        app().layer(layer.clone()),
+    );
     assert_eq!(
         routed
             .call(request())
@@ -150,6 +156,15 @@ fn benches(c: &mut Criterion) {
     let mut routed_without = || {
         black_box(routed_bare.call(request()).now_or_never().unwrap().unwrap());
     };
+    let mut routed_pass_through = || {
+        black_box(
+            routed_passing
+                .call(request())
+                .now_or_never()
+                .unwrap()
+                .unwrap(),
+        );
+    };
     let mut routed_with = || {
         let answer = routed.call(request()).now_or_never().unwrap().unwrap();
         debug_assert_eq!(answer.status(), 200);
@@ -158,7 +173,10 @@ fn benches(c: &mut Criterion) {
     group.bench_function("Engine::verify (cache hit)", |b| b.iter(&mut verify));
     group.bench_function("service without the layer", |b| b.iter(&mut without));
     group.bench_function("service with the layer (cache hit)", |b| b.iter(&mut with));
-    group.bench_function("router without the layer", |b| b.iter(&mut routed_without));
+    group.bench_function("router without a layer", |b| b.iter(&mut routed_without));
+    group.bench_function("router with a pass-through layer", |b| {
+        b.iter(&mut routed_pass_through)
+    });
     group.bench_function("router with the layer (cache hit)", |b| {
         b.iter(&mut routed_with)
     });
@@ -171,20 +189,31 @@ fn benches(c: &mut Criterion) {
             rounds,
             &mut verify,
             &mut [
-                ("a bare tower service", &mut without, &mut with),
-                ("an axum Router", &mut routed_without, &mut routed_with),
+                &mut without,
+                &mut with,
+                &mut routed_without,
+                &mut routed_pass_through,
+                &mut routed_with,
+            ],
+            &[
+                ("a bare tower service", 0, 1),
+                ("an axum Router, no layer", 2, 4),
+                ("an axum Router, a pass-through layer", 3, 4),
             ],
         );
     }
 }
 
-/// One service measured without and with the layer: its name and the two calls.
-type Pair<'a> = (&'a str, &'a mut dyn FnMut(), &'a mut dyn FnMut());
-
 /// The measurements taken in turn, a short batch of each per round, so that a loaded
 /// machine's noise falls on all alike (criterion measures one after the other, each in its
-/// own seconds). Prints, per pair, the medians and the median of each round's own ratio.
-fn interleaved(rounds: usize, verify: &mut dyn FnMut(), pairs: &mut [Pair<'_>]) {
+/// own seconds). `pairs` name a case without and with the layer (indices into `cases`);
+/// prints, per pair, the medians and the median of each round's own ratio.
+fn interleaved(
+    rounds: usize,
+    verify: &mut dyn FnMut(),
+    cases: &mut [&mut dyn FnMut()],
+    pairs: &[(&str, usize, usize)],
+) {
     const BATCH: u32 = 2_000;
     let time = |f: &mut dyn FnMut()| {
         let started = std::time::Instant::now();
@@ -194,16 +223,17 @@ fn interleaved(rounds: usize, verify: &mut dyn FnMut(), pairs: &mut [Pair<'_>]) 
         started.elapsed().as_secs_f64() * 1e9 / f64::from(BATCH)
     };
     let mut v = vec![];
-    let mut measured: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> =
-        pairs.iter().map(|_| Default::default()).collect();
+    let mut times: Vec<Vec<f64>> = cases.iter().map(|_| vec![]).collect();
+    let mut ratios: Vec<Vec<f64>> = pairs.iter().map(|_| vec![]).collect();
     for _ in 0..rounds {
         let a = time(verify);
         v.push(a);
-        for ((_, without, with), (wo, w, ratio)) in pairs.iter_mut().zip(&mut measured) {
-            let (b, c) = (time(without), time(with));
-            wo.push(b);
-            w.push(c);
-            ratio.push((c - b) / a);
+        let round: Vec<f64> = cases.iter_mut().map(|case| time(*case)).collect();
+        for (ratio, (_, without, with)) in ratios.iter_mut().zip(pairs) {
+            ratio.push((round[*with] - round[*without]) / a);
+        }
+        for (all, t) in times.iter_mut().zip(round) {
+            all.push(t);
         }
     }
     // The fastest round of each is the one least disturbed by other work on the machine.
@@ -212,8 +242,9 @@ fn interleaved(rounds: usize, verify: &mut dyn FnMut(), pairs: &mut [Pair<'_>]) 
         (xs[0], xs[xs.len() / 2])
     };
     let (v_min, v) = summary(&mut v);
-    for ((name, _, _), (wo, w, ratio)) in pairs.iter().zip(&mut measured) {
-        let ((wo_min, wo), (w_min, w)) = (summary(wo), summary(w));
+    let times: Vec<(f64, f64)> = times.iter_mut().map(summary).collect();
+    for ((name, without, with), ratio) in pairs.iter().zip(&mut ratios) {
+        let ((wo_min, wo), (w_min, w)) = (times[*without], times[*with]);
         println!(
             "interleaved, {rounds} rounds of {BATCH}, {name}: medians: Engine::verify {v:.0} ns, \
              without {wo:.0} ns, with {w:.0} ns, added ÷ verify {:.2}×; median of the rounds' \
