@@ -41,6 +41,29 @@ impl Name {
         }
     }
 
+    /// A name fixed at compile time, such as the actions the method rule gives (`read`),
+    /// so a request copies it instead of checking and lowercasing it again. `text` must be
+    /// ASCII lowercase letters of at most [`INLINE_LEN`] bytes (checked when compiled).
+    pub const fn from_static(text: &'static str) -> Name {
+        let text = text.as_bytes();
+        assert!(text.len() <= INLINE_LEN, "a static name is kept inline");
+        let mut bytes = [0; INLINE_LEN];
+        let mut i = 0;
+        while i < text.len() {
+            assert!(
+                text[i].is_ascii_lowercase(),
+                "a static name is lowercase letters"
+            );
+            bytes[i] = text[i];
+            i += 1;
+        }
+        // At most INLINE_LEN (22), so the length fits a byte.
+        Name(Repr::Inline {
+            len: text.len() as u8,
+            bytes,
+        })
+    }
+
     /// The name's bytes, read without the UTF-8 check that [`Name::as_str`] makes: what
     /// matching a permission on every verification compares.
     pub fn as_bytes(&self) -> &[u8] {
@@ -147,6 +170,9 @@ mod tests {
             Name::lowercase(&"x".repeat(INLINE_LEN + 1)).0,
             Repr::Heap(_)
         ));
+        const READ: Name = Name::from_static("read");
+        assert_eq!(READ, Name::lowercase("read"));
+        assert_eq!(READ.as_str(), "read");
         // As large as the `String` it replaces.
         assert_eq!(std::mem::size_of::<Name>(), std::mem::size_of::<String>());
     }

@@ -11,7 +11,8 @@ use std::borrow::Cow;
 
 use smallvec::SmallVec;
 
-use crate::permission::{Permission, PermissionError};
+use crate::name::Name;
+use crate::permission::{resource_name, Part, Permission, PermissionError};
 
 /// What a request needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +86,12 @@ impl Route {
         })
     }
 
+    /// Can this route not match a path whose first segment is `first`, whatever its
+    /// method and other segments? True when the route starts with another literal.
+    fn excludes_first(&self, first: Option<&str>) -> bool {
+        matches!(self.segments.first(), Some(Segment::Literal(l)) if first != Some(l.as_str()))
+    }
+
     fn matches(&self, method: &str, segments: &[&str]) -> bool {
         if let Some(m) = &self.method {
             if !m.eq_ignore_ascii_case(method) {
@@ -123,8 +130,28 @@ impl RouteTable {
     /// does not percent-decode to UTF-8 is unmapped, whatever the table says: it cannot be
     /// matched against a route (it is not the root path `/`).
     pub fn required(&self, method: &str, path: &str) -> Required {
-        // On every request: borrowed segments on the stack and a permission whose names are
-        // inline, so no allocation unless the path has escapes or is unusually deep.
+        // Nearly every request: a path with nothing to normalise, that no route can match.
+        if let Some(required) = self.required_plain(method, path) {
+            return required;
+        }
+        self.required_normalised(method, path)
+    }
+
+    /// [`RouteTable::required`] read straight from the path's bytes in one pass: a path
+    /// with nothing to normalise (see [`PlainPath`]) whose first segment no route's first
+    /// segment names. `None` otherwise: then only the general path can tell.
+    fn required_plain(&self, method: &str, path: &str) -> Option<Required> {
+        let plain = PlainPath::of(path)?;
+        if !self.0.iter().all(|route| route.excludes_first(plain.first)) {
+            return None;
+        }
+        Some(rule(method, plain.resource))
+    }
+
+    /// The general path: decode, resolve, match the routes, else the rule.
+    fn required_normalised(&self, method: &str, path: &str) -> Required {
+        // Borrowed segments on the stack and a permission whose names are inline, so no
+        // allocation unless the path has escapes or is unusually deep.
         let Some(decoded) = decoded_path(path) else {
             return Required::Unmapped;
         };
@@ -132,38 +159,100 @@ impl RouteTable {
         if let Some(route) = self.0.iter().find(|r| r.matches(method, &segments)) {
             return Required::Permission(route.permission.clone());
         }
-        let Some(action) = action_of(method) else {
-            return Required::Unmapped;
-        };
         let resource = segments
             .iter()
             .enumerate()
             .find(|(i, s)| (*i != 0 || **s != "api") && !is_version(s))
             .map(|(_, s)| *s);
-        match resource {
-            Some(resource) => Permission::concrete(resource, action)
-                .map(Required::Permission)
-                .unwrap_or(Required::Unmapped),
-            None => Required::Unmapped,
-        }
+        rule(method, resource)
+    }
+}
+
+/// The method + path rule: `resource` (the path's first segment after an optional `api`
+/// and version) with the method's action; unmapped without either, or when the segment is
+/// not a valid resource name.
+fn rule(method: &str, resource: Option<&str>) -> Required {
+    let (Some(action), Some(resource)) = (action_of(method), resource) else {
+        return Required::Unmapped;
+    };
+    match resource_name(resource) {
+        Ok(resource) => Required::Permission(Permission {
+            resource: Part::Name(resource),
+            action: Part::Name(action.clone()),
+        }),
+        Err(_) => Required::Unmapped,
     }
 }
 
 /// The action a method implies: GET/HEAD → read, POST → create, PUT/PATCH → update,
 /// DELETE → delete; any other method maps to none.
-fn action_of(method: &str) -> Option<&'static str> {
-    const ACTIONS: [(&str, &str); 6] = [
-        ("GET", "read"),
-        ("HEAD", "read"),
-        ("POST", "create"),
-        ("PUT", "update"),
-        ("PATCH", "update"),
-        ("DELETE", "delete"),
+fn action_of(method: &str) -> Option<&'static Name> {
+    // Made once: checking and lowercasing the action on every request cost as much as the
+    // resource's name.
+    static ACTIONS: [(&str, Name); 6] = [
+        ("GET", Name::from_static("read")),
+        ("HEAD", Name::from_static("read")),
+        ("POST", Name::from_static("create")),
+        ("PUT", Name::from_static("update")),
+        ("PATCH", Name::from_static("update")),
+        ("DELETE", Name::from_static("delete")),
     ];
     ACTIONS
         .iter()
         .find(|(m, _)| m.eq_ignore_ascii_case(method))
-        .map(|(_, action)| *action)
+        .map(|(_, action)| action)
+}
+
+/// A path that normalising would not change beyond dropping empty segments: no
+/// percent-escape, no backslash and no segment that starts with `.` (so no `.` or `..`),
+/// before its query or fragment. Its segments are then the path's own, so the rule's
+/// resource is read from them as they come, without collecting them.
+struct PlainPath<'a> {
+    /// The first segment (`None`: the root path).
+    first: Option<&'a str>,
+    /// The rule's resource: the first segment after an optional `api` and version.
+    resource: Option<&'a str>,
+}
+
+impl<'a> PlainPath<'a> {
+    /// `None` when `path` needs decoding or resolving.
+    fn of(path: &'a str) -> Option<PlainPath<'a>> {
+        let bytes = path.as_bytes();
+        let mut plain = PlainPath {
+            first: None,
+            resource: None,
+        };
+        let (mut start, mut index) = (0, 0);
+        for i in 0..=bytes.len() {
+            let byte = bytes.get(i).copied();
+            match byte {
+                Some(b'%' | b'\\') => return None,
+                Some(b'.') if i == start => return None,
+                Some(b'/' | b'?' | b'#') | None => {
+                    if i > start {
+                        // Cut at ASCII bytes, so on character boundaries.
+                        let segment = path.get(start..i)?;
+                        if index == 0 {
+                            plain.first = Some(segment);
+                        }
+                        if plain.resource.is_none()
+                            && (index != 0 || segment != "api")
+                            && !is_version(segment)
+                        {
+                            plain.resource = Some(segment);
+                        }
+                        index += 1;
+                    }
+                    if byte != Some(b'/') {
+                        break;
+                    }
+                    start = i + 1;
+                }
+                Some(_) => {}
+            }
+        }
+        Some(plain)
+    }
 }
 
 fn is_version(segment: &str) -> bool {
@@ -368,6 +457,121 @@ mod tests {
         assert!(Route::new("G T", "/a", "a.read").is_err());
         assert!(Route::new("GET", "/a", "a.*").is_err());
         assert!(Route::new("GET", "/a", "all").is_err());
+    }
+
+    /// The tables the fast path is compared under: none, and routes of each kind (a
+    /// literal first segment, a parameter first, a rest pattern, the root path).
+    fn tables() -> Vec<RouteTable> {
+        let route = |m, p, perm| Route::new(m, p, perm).unwrap();
+        vec![
+            RouteTable::default(),
+            RouteTable::new(vec![
+                route("POST", "/api/v1/invoices/{id}/send", "invoices.send"),
+                route("*", "/reports/**", "analytics.read"),
+                route("GET", "/Invoices", "billing.read"),
+            ]),
+            RouteTable::new(vec![route("*", "/{tenant}/status", "status.read")]),
+            RouteTable::new(vec![route("GET", "/", "status.read")]),
+            RouteTable::new(vec![route("*", "/**", "everything.read")]),
+        ]
+    }
+
+    #[test]
+    fn plain_paths_take_the_fast_path() {
+        let t = RouteTable::default();
+        for path in [
+            "/api/v1/invoices/42",
+            "/api/v1/invoices?x=%zz&y=..",
+            "//clients//1/",
+            "/v2/clients/a.b",
+            "/",
+            "",
+        ] {
+            assert!(t.required_plain("GET", path).is_some(), "{path}");
+        }
+        for path in [
+            "/api/%69nvoices",
+            "/a/../b",
+            "/./a",
+            "/a\\b",
+            "/.well-known/x",
+        ] {
+            assert!(t.required_plain("GET", path).is_none(), "{path}");
+        }
+        let routes = &tables()[1];
+        assert!(routes
+            .required_plain("GET", "/api/v1/invoices/42")
+            .is_none());
+        assert!(routes.required_plain("GET", "/clients/1").is_some());
+        assert!(tables()[2].required_plain("GET", "/clients/1").is_none());
+    }
+
+    #[test]
+    fn the_rules_actions_are_the_permissions_own() {
+        for (method, action) in [
+            ("GET", "read"),
+            ("head", "read"),
+            ("POST", "create"),
+            ("Put", "update"),
+            ("PATCH", "update"),
+            ("DELETE", "delete"),
+        ] {
+            assert_eq!(
+                rule(method, Some("Invoices")),
+                Required::Permission(Permission::concrete("Invoices", action).unwrap())
+            );
+        }
+    }
+
+    /// Path segments chosen to hit every case the two paths treat apart: escapes (valid,
+    /// undecodable, of dots and slashes), dot segments, backslashes, `api` and versions,
+    /// names valid and not, and the routes' literals.
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(vec![
+                "", ".", "..", "...", ".x", "x.", "api", "API", "v1", "v2.0", "v", "vx",
+                "invoices", "Invoices", "reports", "send", "status", "42", "_x", "-x",
+                "a b", "é", "%2e", "%2E%2e", "%69nvoices", "%2f", "%ff", "%", "%z", "a\\b",
+                "..\\", "\\", "x?y", "?", "#f", "a#b?c", "?x=%zz&y=/../",
+            ])
+            .prop_map(str::to_owned),
+            1 => "[a-zA-Z0-9._%\\\\?#-]{0,6}",
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => (
+                prop::sample::select(vec!["", "/", "//"]),
+                prop::collection::vec(segment(), 0..7),
+                prop::sample::select(vec!["/", "//"]),
+                prop::sample::select(vec!["", "/"]),
+            )
+                .prop_map(|(lead, segments, separator, tail)| {
+                    format!("{lead}{}{tail}", segments.join(separator))
+                }),
+            1 => "\\PC{0,40}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Whenever the fast path answers, it answers what the general path does, under
+        /// every table.
+        #[test]
+        fn the_fast_path_agrees_with_the_general_path(
+            method in prop::sample::select(vec!["GET", "get", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", ""]),
+            path in path(),
+        ) {
+            for table in tables() {
+                let general = table.required_normalised(method, &path);
+                if let Some(fast) = table.required_plain(method, &path) {
+                    prop_assert_eq!(&fast, &general, "{} {:?}", method, path);
+                }
+                prop_assert_eq!(table.required(method, &path), general);
+            }
+        }
     }
 
     proptest! {

@@ -2,8 +2,12 @@
 //! The same trivial service is called with and without the layer, with the same request;
 //! the difference is the layer's cost (target: at most 1.5× `Engine::verify`).
 //!
+//! The pair is measured as a bare tower service, and inside an axum `Router` (where a
+//! request already carries extensions, as it does in an app), next to the router alone and
+//! with a layer that passes requests through.
+//!
 //! Run: `cargo bench -p keygate-tower --bench layer`; with `KEYGATE_LAYER_ROUNDS=200` it
-//! also measures the three in turn, round after round (see [`interleaved`]).
+//! also measures them in turn, round after round (see [`interleaved`]).
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -11,6 +15,7 @@ use std::hint::black_box;
 use axum::body::Body;
 use axum::http::{header, Request};
 use axum::response::Response;
+use axum::routing::get;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::FutureExt;
 use keygate_engine::manage::{Caller, NewAccount, NewKey};
@@ -122,26 +127,92 @@ fn benches(c: &mut Criterion) {
         debug_assert_eq!(answer.status(), 200);
         black_box(answer);
     };
+    // The same pair inside an axum `Router`, as an app adds the layer (`.layer(keygate)`).
+    // A bare `Request` has no extension map, so above the layer's `Identity` pays for
+    // creating (and dropping) one; a request that reaches a layer inside a router already
+    // carries the router's extensions (`OriginalUri`, `MatchedPath`, the path parameters),
+    // and under `into_make_service_with_connect_info` the peer's address. A router also
+    // boxes and clones every layer per request (`Route`), whatever the layer does: the
+    // pass-through layer measures that alone.
+    let app = || {
+        axum::Router::new().route(
+            "/api/v1/invoices/{id}",
+            get(|| async { Response::new(Body::empty()) }),
+        )
+    };
+    let (mut routed_bare, mut routed_passing, mut routed) = (
+        app(),
+        app().layer(tower::layer::layer_fn(|route| route)),
+        app().layer(layer.clone()),
+    );
+    assert_eq!(
+        routed
+            .call(request())
+            .now_or_never()
+            .map(|a| a.unwrap().status()),
+        Some(axum::http::StatusCode::OK),
+        "a routed cache hit is answered at once"
+    );
+    let mut routed_without = || {
+        black_box(routed_bare.call(request()).now_or_never().unwrap().unwrap());
+    };
+    let mut routed_pass_through = || {
+        black_box(
+            routed_passing
+                .call(request())
+                .now_or_never()
+                .unwrap()
+                .unwrap(),
+        );
+    };
+    let mut routed_with = || {
+        let answer = routed.call(request()).now_or_never().unwrap().unwrap();
+        debug_assert_eq!(answer.status(), 200);
+        black_box(answer);
+    };
     group.bench_function("Engine::verify (cache hit)", |b| b.iter(&mut verify));
     group.bench_function("service without the layer", |b| b.iter(&mut without));
     group.bench_function("service with the layer (cache hit)", |b| b.iter(&mut with));
+    group.bench_function("router without a layer", |b| b.iter(&mut routed_without));
+    group.bench_function("router with a pass-through layer", |b| {
+        b.iter(&mut routed_pass_through)
+    });
+    group.bench_function("router with the layer (cache hit)", |b| {
+        b.iter(&mut routed_with)
+    });
     group.finish();
     if let Some(rounds) = std::env::var("KEYGATE_LAYER_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
     {
-        interleaved(rounds, &mut verify, &mut without, &mut with);
+        interleaved(
+            rounds,
+            &mut verify,
+            &mut [
+                &mut without,
+                &mut with,
+                &mut routed_without,
+                &mut routed_pass_through,
+                &mut routed_with,
+            ],
+            &[
+                ("a bare tower service", 0, 1),
+                ("an axum Router, no layer", 2, 4),
+                ("an axum Router, a pass-through layer", 3, 4),
+            ],
+        );
     }
 }
 
-/// The three measurements taken in turn, a short batch of each per round, so that a loaded
-/// machine's noise falls on all three alike (criterion measures one after the other, each
-/// in its own seconds). Prints the medians and the median of each round's own ratio.
+/// The measurements taken in turn, a short batch of each per round, so that a loaded
+/// machine's noise falls on all alike (criterion measures one after the other, each in its
+/// own seconds). `pairs` name a case without and with the layer (indices into `cases`);
+/// prints, per pair, the medians and the median of each round's own ratio.
 fn interleaved(
     rounds: usize,
     verify: &mut dyn FnMut(),
-    without: &mut dyn FnMut(),
-    with: &mut dyn FnMut(),
+    cases: &mut [&mut dyn FnMut()],
+    pairs: &[(&str, usize, usize)],
 ) {
     const BATCH: u32 = 2_000;
     let time = |f: &mut dyn FnMut()| {
@@ -151,29 +222,39 @@ fn interleaved(
         }
         started.elapsed().as_secs_f64() * 1e9 / f64::from(BATCH)
     };
-    let (mut v, mut wo, mut w, mut ratio) = (vec![], vec![], vec![], vec![]);
+    let mut v = vec![];
+    let mut times: Vec<Vec<f64>> = cases.iter().map(|_| vec![]).collect();
+    let mut ratios: Vec<Vec<f64>> = pairs.iter().map(|_| vec![]).collect();
     for _ in 0..rounds {
-        let (a, b, c) = (time(verify), time(without), time(with));
+        let a = time(verify);
         v.push(a);
-        wo.push(b);
-        w.push(c);
-        ratio.push((c - b) / a);
+        let round: Vec<f64> = cases.iter_mut().map(|case| time(*case)).collect();
+        for (ratio, (_, without, with)) in ratios.iter_mut().zip(pairs) {
+            ratio.push((round[*with] - round[*without]) / a);
+        }
+        for (all, t) in times.iter_mut().zip(round) {
+            all.push(t);
+        }
     }
     // The fastest round of each is the one least disturbed by other work on the machine.
     let summary = |xs: &mut Vec<f64>| {
         xs.sort_by(f64::total_cmp);
         (xs[0], xs[xs.len() / 2])
     };
-    let ((v_min, v), (wo_min, wo), (w_min, w)) =
-        (summary(&mut v), summary(&mut wo), summary(&mut w));
-    println!(
-        "interleaved, {rounds} rounds of {BATCH}: medians: Engine::verify {v:.0} ns, without \
-         {wo:.0} ns, with {w:.0} ns, added ÷ verify {:.2}×; median of the rounds' ratios {:.2}×; \
-         fastest rounds: {v_min:.0} / {wo_min:.0} / {w_min:.0} ns, added ÷ verify {:.2}×",
-        (w - wo) / v,
-        summary(&mut ratio).1,
-        (w_min - wo_min) / v_min
-    );
+    let (v_min, v) = summary(&mut v);
+    let times: Vec<(f64, f64)> = times.iter_mut().map(summary).collect();
+    for ((name, without, with), ratio) in pairs.iter().zip(&mut ratios) {
+        let ((wo_min, wo), (w_min, w)) = (times[*without], times[*with]);
+        println!(
+            "interleaved, {rounds} rounds of {BATCH}, {name}: medians: Engine::verify {v:.0} ns, \
+             without {wo:.0} ns, with {w:.0} ns, added ÷ verify {:.2}×; median of the rounds' \
+             ratios {:.2}×; fastest rounds: {v_min:.0} / {wo_min:.0} / {w_min:.0} ns, added ÷ \
+             verify {:.2}×",
+            (w - wo) / v,
+            summary(ratio).1,
+            (w_min - wo_min) / v_min
+        );
+    }
 }
 
 criterion_group!(layer, benches);
