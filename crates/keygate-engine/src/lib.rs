@@ -148,27 +148,34 @@ impl Engine {
         Ok(self.store.ping().await?)
     }
 
-    /// Writes the usage counted since the last flush. Called every few seconds by the
-    /// background task and once at shutdown. Once an hour it also deletes counts older
-    /// than the retention.
+    /// Writes the usage counted since the last flush, all of it at once. Called at shutdown
+    /// (the background task paces its flushes: [`Engine::spawn_usage_flusher`]). Once an
+    /// hour it also deletes counts older than the retention.
     pub async fn flush_usage(&self) -> Result<usize> {
+        self.flush_usage_paced(usage::Pace::AtOnce).await
+    }
+
+    async fn flush_usage_paced(&self, pace: usage::Pace) -> Result<usize> {
         use std::sync::atomic::Ordering::Relaxed;
-        let started = std::time::Instant::now();
-        let written = match self.usage.flush(self.store.as_ref()).await {
-            Ok(n) => {
+        let flushed = self.usage.flush(self.store.as_ref(), pace).await;
+        // Keys written before a failed transaction are in the store: counted either way.
+        self.metrics
+            .usage_flush_micros
+            .fetch_add(flushed.busy.as_micros() as u64, Relaxed);
+        self.metrics
+            .usage_flushed_keys
+            .fetch_add(flushed.written as u64, Relaxed);
+        let written = match flushed.error {
+            None => {
                 self.metrics.usage_flushes.fetch_add(1, Relaxed);
-                self.metrics
-                    .usage_flush_micros
-                    .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
-                self.metrics.usage_flushed_keys.fetch_add(n as u64, Relaxed);
                 self.metrics
                     .usage_flushed_at
                     .store(now_ms() as u64, Relaxed);
                 // Counts are in the store now: idle cells can go.
                 self.usage.evict_idle(self.monotonic_ns());
-                n
+                flushed.written
             }
-            Err(e) => {
+            Some(e) => {
                 self.metrics.usage_flush_errors.fetch_add(1, Relaxed);
                 return Err(e);
             }
@@ -217,7 +224,7 @@ impl Engine {
                 }
                 let Some(engine) = weak.upgrade() else { return };
                 let started = std::time::Instant::now();
-                let written = match engine.flush_usage().await {
+                let written = match engine.flush_usage_paced(usage::Pace::YieldToRequests).await {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::warn!(error = %e, "usage flush failed; will retry");

@@ -86,9 +86,11 @@ pub struct Metrics {
     pub(crate) store_errors: AtomicU64,
     pub(crate) usage_flushes: AtomicU64,
     pub(crate) usage_flush_errors: AtomicU64,
-    /// Keys written by successful usage flushes (a key's counts are one write per flush).
+    /// Keys written by usage flushes (a key's counts are one write per flush), including
+    /// those a flush wrote before one of its transactions failed.
     pub(crate) usage_flushed_keys: AtomicU64,
-    /// Time spent in successful usage flushes, microseconds.
+    /// Time spent writing usage (a flush's transactions, not the pauses between them),
+    /// microseconds.
     pub(crate) usage_flush_micros: AtomicU64,
     /// Unix ms of the last successful usage flush (0: none yet).
     pub(crate) usage_flushed_at: AtomicU64,

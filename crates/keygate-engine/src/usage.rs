@@ -503,14 +503,44 @@ impl UsageRecorder {
         lock(&self.cells).len()
     }
 
-    pub async fn flush(&self, store: &dyn Store) -> Result<usize> {
+    /// Writes the usage counted since the last flush, [`KEYS_PER_WRITE`] keys per store
+    /// transaction, with `pace` between them. A transaction that fails stops the flush: its
+    /// keys and those not tried yet keep their counts for the next flush (the transactions
+    /// before it are in the store).
+    pub async fn flush(&self, store: &dyn Store, pace: Pace) -> Flushed {
+        self.flush_in(store, pace, KEYS_PER_WRITE).await
+    }
+
+    /// [`Self::flush`] with `keys_per_write` keys per transaction.
+    async fn flush_in(&self, store: &dyn Store, pace: Pace, keys_per_write: usize) -> Flushed {
         let pending = std::mem::take(&mut *lock(&self.dirty));
-        if pending.is_empty() {
-            return Ok(0);
+        let mut flushed = Flushed::default();
+        let mut chunks = pending.chunks(keys_per_write.max(1)).peekable();
+        while let Some(chunk) = chunks.next() {
+            let started = std::time::Instant::now();
+            let result = self.write_chunk(store, chunk).await;
+            let took = started.elapsed();
+            flushed.busy += took;
+            if let Err(e) = result {
+                // Still marked dirty (their marks were not cleared): queued again as they are.
+                lock(&self.dirty).extend(chunks.flatten().cloned());
+                flushed.error = Some(e);
+                break;
+            }
+            flushed.written += chunk.len();
+            if chunks.peek().is_some() {
+                pace.pause().await;
+            }
         }
-        let mut taken = Vec::with_capacity(pending.len());
-        let mut updates = Vec::with_capacity(pending.len());
-        for u in &pending {
+        flushed
+    }
+
+    /// Writes one transaction's worth of keys; on failure their counts are put back and
+    /// they are queued for the next flush.
+    async fn write_chunk(&self, store: &dyn Store, chunk: &[Arc<KeyUsage>]) -> Result<()> {
+        let mut taken = Vec::with_capacity(chunk.len());
+        let mut updates = Vec::with_capacity(chunk.len());
+        for u in chunk {
             // Cleared with a swap before the counters are taken: a verification whose count
             // is not taken below then sees the mark cleared and queues the key again, and
             // everything a verification did before a count that is taken (quota spent, last
@@ -544,15 +574,14 @@ impl UsageRecorder {
         }
         match store.record_usage(&updates).await {
             Ok(()) => {
-                for (u, (used, _, _, _, _)) in pending.iter().zip(&taken) {
+                for (u, (used, _, _, _, _)) in chunk.iter().zip(&taken) {
                     u.flushed_quota.store(*used, Ordering::Release);
                 }
-                Ok(updates.len())
+                Ok(())
             }
             Err(e) => {
                 // Put the counts back: the next flush retries with them.
-                for (u, (_, counts, permissions, ips_changed, refilled)) in
-                    pending.iter().zip(taken)
+                for (u, (_, counts, permissions, ips_changed, refilled)) in chunk.iter().zip(taken)
                 {
                     if refilled {
                         u.refill_dirty.store(true, Ordering::Release);
@@ -572,6 +601,41 @@ impl UsageRecorder {
                 }
                 Err(e.into())
             }
+        }
+    }
+}
+
+/// Keys a flush writes per store transaction. A flush of many keys is then many short
+/// transactions instead of one long one: a request that needs the CPU, or the database,
+/// while a flush runs waits for one such transaction at most (a fraction of a millisecond),
+/// not for the whole flush.
+pub(crate) const KEYS_PER_WRITE: usize = 128;
+
+/// What a flush did.
+#[derive(Debug, Default)]
+pub(crate) struct Flushed {
+    /// Keys written.
+    pub written: usize,
+    /// Time spent writing (the pauses between transactions not counted).
+    pub busy: std::time::Duration,
+    /// What stopped the flush; the keys it did not write wait for the next one.
+    pub error: Option<crate::Error>,
+}
+
+/// What a flush does between two of its transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pace {
+    /// Nothing: everything is written as fast as the store takes it (shutdown, tests).
+    AtOnce,
+    /// Lets the requests waiting for this thread run first (the flush is one task among
+    /// them on the runtime's workers).
+    YieldToRequests,
+}
+
+impl Pace {
+    async fn pause(self) {
+        if self == Pace::YieldToRequests {
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -701,6 +765,26 @@ mod tests {
         assert_eq!(counts(&u).iter().map(|c| c.2).sum::<i64>(), 40_000);
     }
 
+    async fn sqlite_store(dir: &tempfile::TempDir) -> keygate_store::sqlite::SqliteStore {
+        let url = format!("sqlite://{}", dir.path().join("usage.db").display());
+        keygate_store::sqlite::SqliteStore::open(&url)
+            .await
+            .unwrap()
+    }
+
+    /// A connection of its own to [`sqlite_store`]'s file, for what the store does not do.
+    async fn raw_sqlite(dir: &tempfile::TempDir) -> sqlx::SqlitePool {
+        let url = format!("sqlite://{}", dir.path().join("usage.db").display());
+        sqlx::SqlitePool::connect(&url).await.unwrap()
+    }
+
+    /// Flushes everything at once; fails the test on a store error.
+    async fn flush_all(recorder: &UsageRecorder, store: &dyn Store) -> usize {
+        let flushed = recorder.flush(store, Pace::AtOnce).await;
+        assert!(flushed.error.is_none(), "{:?}", flushed.error);
+        flushed.written
+    }
+
     fn record_with_id(id: String) -> KeyRecord {
         KeyRecord {
             id,
@@ -737,7 +821,7 @@ mod tests {
         // Held like a cache entry holds it.
         let held = recorder.cell(&record_with_id("key_0".into()));
         assert_eq!(recorder.cell_count(), KEYS);
-        assert_eq!(recorder.flush(&store).await.unwrap(), KEYS);
+        assert_eq!(flush_all(&recorder, &store).await, KEYS);
         // Used within this interval: kept by the first pass, dropped by the next.
         assert_eq!(recorder.evict_idle(0), 0);
         // Counted but not flushed yet: kept.
@@ -757,7 +841,7 @@ mod tests {
             recorder.record(&again, Outcome::Valid, None, None, H + 3);
         }
         recorder.record(&held, Outcome::Valid, None, None, H + 3);
-        recorder.flush(&store).await.unwrap();
+        flush_all(&recorder, &store).await;
         assert_eq!(valid_count(&store, "key_7").await, 1 + 3);
         assert_eq!(valid_count(&store, "key_0").await, 1 + 1);
         assert_eq!(valid_count(&store, "key_1").await, 1 + 1);
@@ -818,7 +902,7 @@ mod tests {
             .unwrap();
         assert_eq!((read.count, read.last_used_at), (4, next + 5));
 
-        recorder.flush(&store).await.unwrap();
+        flush_all(&recorder, &store).await;
         let stored = store.permission_usage("key_p", 0).await.unwrap();
         assert_eq!(stored.len(), 22);
         assert_eq!(stored.iter().map(|u| u.requests).sum::<i64>(), 4 + 1 + 20);
@@ -837,13 +921,131 @@ mod tests {
             None,
             next + 9,
         );
-        recorder.flush(&store).await.unwrap();
+        flush_all(&recorder, &store).await;
         let stored = store.permission_usage("key_p", 0).await.unwrap();
         let read = stored
             .iter()
             .find(|u| u.permission == "invoices.read")
             .unwrap();
         assert_eq!((read.requests, read.last_used_at), (5, next + 9));
+    }
+
+    /// A flush of many keys in transactions of a few keys writes what one transaction
+    /// would: every count, `last_used_at` and the quota spent land, and nothing is left.
+    #[tokio::test]
+    async fn a_flush_in_small_transactions_writes_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(&dir).await;
+        let recorder = UsageRecorder::default();
+        let event = |n: usize| keygate_store::AuditEvent {
+            id: format!("evt_{n}"),
+            seq: 0,
+            at: 0,
+            account_id: None,
+            actor: "admin".into(),
+            action: "key.create".into(),
+            target_id: None,
+            client_ip: None,
+            details: serde_json::json!({}),
+        };
+        let account = keygate_store::Account {
+            id: "acct_1".into(),
+            name: "a".into(),
+            plan: "free".into(),
+            created_at: 0,
+        };
+        store.create_account(&account, &event(0)).await.unwrap();
+        const KEYS: usize = 23;
+        let mut cells = Vec::new();
+        for i in 0..KEYS {
+            let mut digest = [0; 32];
+            digest[0] = i as u8;
+            let record = KeyRecord {
+                digest: keygate_core::KeyDigest(digest),
+                ..record_with_id(format!("key_{i:02}"))
+            };
+            store
+                .create_key(&record, None, 0, &event(i + 1))
+                .await
+                .unwrap();
+            let cell = recorder.cell(&record);
+            for t in 0..=i as i64 {
+                let quota = Quota {
+                    requests: 1_000,
+                    refill: None,
+                };
+                assert!(cell.try_spend(quota, H + t));
+                recorder.record(&cell, Outcome::Valid, None, None, H + t);
+            }
+            cells.push(cell);
+        }
+        let flushed = recorder.flush_in(&store, Pace::YieldToRequests, 5).await;
+        assert!(flushed.error.is_none(), "{:?}", flushed.error);
+        assert_eq!(flushed.written, KEYS);
+        for i in 0..KEYS {
+            let id = format!("key_{i:02}");
+            assert_eq!(valid_count(&store, &id).await, i as i64 + 1, "{id}");
+            let stored = store.get_key(&id).await.unwrap().unwrap();
+            assert_eq!(stored.last_used_at, Some(H + i as i64), "{id}");
+            assert_eq!(stored.quota_used, i as i64 + 1, "{id}");
+            assert!(cells[i].is_flushed(), "{id}");
+        }
+        assert_eq!(recorder.flush_in(&store, Pace::AtOnce, 5).await.written, 0);
+    }
+
+    /// A transaction that fails stops the flush: the ones before it landed, its keys and
+    /// the keys after it keep their counts (and take new ones), and the next flush writes
+    /// them exactly once.
+    #[tokio::test]
+    async fn a_failed_transaction_keeps_its_counts_and_the_rest_for_the_next_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(&dir).await;
+        let recorder = UsageRecorder::default();
+        const KEYS: usize = 10;
+        let cells: Vec<_> = (0..KEYS)
+            .map(|i| recorder.cell(&record_with_id(format!("key_{i}"))))
+            .collect();
+        for cell in &cells {
+            recorder.record(cell, Outcome::Valid, None, None, H + 1);
+        }
+        // A real failure inside SQLite: the counts of key_4 cannot be written.
+        let raw = raw_sqlite(&dir).await;
+        sqlx::query(
+            "CREATE TRIGGER refuse_key_4 BEFORE INSERT ON usage_counts \
+             WHEN NEW.key_id = 'key_4' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&raw)
+        .await
+        .unwrap();
+        // Transactions of 3: [0 1 2] lands, [3 4 5] fails, [6 7 8] [9] are not tried.
+        let flushed = recorder.flush_in(&store, Pace::YieldToRequests, 3).await;
+        assert!(flushed.error.is_some());
+        assert_eq!(flushed.written, 3);
+        for i in 0..KEYS {
+            let expected = i64::from(i < 3);
+            assert_eq!(valid_count(&store, &format!("key_{i}")).await, expected);
+            assert_eq!(cells[i].is_flushed(), i < 3, "key_{i}");
+        }
+        // Counted meanwhile, on a written key, a failed one and one not tried.
+        for i in [0, 4, 7] {
+            recorder.record(&cells[i], Outcome::Valid, None, None, H + 2);
+        }
+        sqlx::query("DROP TRIGGER refuse_key_4")
+            .execute(&raw)
+            .await
+            .unwrap();
+        let flushed = recorder.flush_in(&store, Pace::YieldToRequests, 3).await;
+        assert!(flushed.error.is_none(), "{:?}", flushed.error);
+        assert_eq!(flushed.written, KEYS - 2, "every key but key_1 and key_2");
+        for i in 0..KEYS {
+            let expected = 1 + i64::from([0, 4, 7].contains(&i));
+            assert_eq!(
+                valid_count(&store, &format!("key_{i}")).await,
+                expected,
+                "key_{i}"
+            );
+            assert!(cells[i].is_flushed(), "key_{i}");
+        }
     }
 
     /// A cell whose rate limiter is still catching up stays, so dropping it cannot reset

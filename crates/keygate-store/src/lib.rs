@@ -16,6 +16,7 @@ mod sessions;
 mod signing_keys;
 mod sql;
 pub mod sqlite;
+mod sqlite_usage;
 mod webhooks;
 
 use async_trait::async_trait;

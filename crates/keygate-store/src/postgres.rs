@@ -56,6 +56,11 @@ impl PostgresStore {
         self.pool.begin().await.map_err(db_error)
     }
 
+    /// Usage flushes: the database's CPU is its server's, so any connection.
+    async fn usage_write(&self) -> Result<Transaction<'static, Postgres>> {
+        self.write().await
+    }
+
     /// Key changes made by any node, as they commit. When the listening connection drops,
     /// it is re-established and [`Change::Resync`] is sent: what was announced meanwhile
     /// is unknown.

@@ -859,7 +859,7 @@ macro_rules! sql_store {
                          quota_refilled_at = COALESCE({g}(v.column5, api_keys.quota_refilled_at), v.column5, api_keys.quota_refilled_at) FROM (",
                         g = $store::DIALECT.greatest
                     );
-                    let mut tx = self.write().await?;
+                    let mut tx = self.usage_write().await?;
                     for (updates, ips) in rows.chunks(ROWS_PER_STATEMENT).zip(ips.chunks(ROWS_PER_STATEMENT)) {
                         if !$store::DIALECT.for_update.is_empty() {
                             // An UPDATE … FROM locks rows in its join's order, not the

@@ -21,6 +21,8 @@ use crate::{Change, Result, StoreError};
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Usage flushes only, on a low-priority thread (`sqlite_usage`).
+    usage_pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -63,7 +65,8 @@ impl SqliteStore {
                 other => break other.map_err(db_error)?,
             }
         };
-        let store = SqliteStore { pool };
+        let usage_pool = crate::sqlite_usage::usage_pool(&options);
+        let store = SqliteStore { pool, usage_pool };
         store.migrate().await?;
         Ok(store)
     }
@@ -91,6 +94,14 @@ impl SqliteStore {
     /// read-then-write cannot fail half way on a lock upgrade.
     async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
         self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error)
+    }
+
+    /// [`Self::write`] for usage flushes: on the usage connection.
+    async fn usage_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.usage_pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error)
