@@ -318,7 +318,9 @@ pub fn forwardable_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
         match b {
             b'\\' => return None,
             b'%' => {
-                let code = bytes.get(i + 1..i + 3).map(|c| [c[0], c[1].to_ascii_lowercase()]);
+                let code = bytes
+                    .get(i + 1..i + 3)
+                    .map(|c| [c[0], c[1].to_ascii_lowercase()]);
                 if matches!(code, Some([b'2', b'f' | b'e'] | [b'5', b'c'])) {
                     return None;
                 }

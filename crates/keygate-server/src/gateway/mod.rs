@@ -16,6 +16,7 @@
 //! (`edge::middleware::request_context`: redacted path, status, time).
 
 mod headers;
+mod pool;
 mod proxy;
 mod tls;
 
@@ -50,6 +51,10 @@ pub struct Upstream {
     https: bool,
     /// `host[:port]`, sent as `Host`.
     host: HeaderValue,
+    /// `http[s]://host[:port]`: where connections go.
+    origin: Uri,
+    /// The base path without its trailing slash (empty for none): requests' paths follow it.
+    base_path: String,
 }
 
 impl Upstream {
@@ -80,10 +85,15 @@ impl Upstream {
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| format!("{url:?} has an invalid host"))?;
         let scheme = if https { "https" } else { "http" };
+        let origin = format!("{scheme}://{}", authority.as_str())
+            .parse()
+            .map_err(|_| format!("{url:?} has an invalid host"))?;
         Ok(Upstream {
             base: format!("{scheme}://{}{base_path}", authority.as_str()),
             https,
             host,
+            origin,
+            base_path: base_path.to_owned(),
         })
     }
 

@@ -22,10 +22,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::upgrade::OnUpgrade;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use keygate_core::{Environment, Outcome};
 use keygate_edge::authorize::{authorize, AuthorizeRequest, Credential, Target};
 use keygate_edge::client_ip::client_ip;
@@ -37,15 +35,17 @@ use super::headers::{
     forwardable_path, is_websocket_upgrade, keep_websocket_upgrade, prepare_request,
     strip_hop_by_hop, Hop,
 };
+use super::pool::{Lease, Pool};
 use super::{GatewayConfig, Upstream};
 use crate::{ApiError, AppState};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The forwarding half of the gateway: configuration and the pooled upstream client.
+/// The forwarding half of the gateway: configuration and the upstreams' connections.
 pub struct Proxy {
     config: GatewayConfig,
-    client: Client<HttpsConnector<HttpConnector>, ClientBody>,
+    upstream: Pool,
+    sandbox: Option<Pool>,
     /// The moment `Progress` timestamps count from.
     epoch: Instant,
 }
@@ -62,13 +62,13 @@ impl Proxy {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let pool = |upstream: &Upstream| {
+            Pool::new(upstream.clone(), connector.clone(), Duration::from_secs(60))
+        };
         Proxy {
+            upstream: pool(&config.upstream),
+            sandbox: config.sandbox_upstream.as_ref().map(pool),
             config,
-            client,
             epoch: Instant::now(),
         }
     }
@@ -118,10 +118,11 @@ impl Proxy {
             Authorization::Allowed(identity) => identity,
             Authorization::Refused { error, .. } => return Err(error),
         };
-        let upstream = match (identity.environment(), &self.config.sandbox_upstream) {
+        let pool = match (identity.environment(), &self.sandbox) {
             (Environment::Test, Some(sandbox)) => sandbox,
-            _ => &self.config.upstream,
+            _ => &self.upstream,
         };
+        let upstream = pool.upstream();
 
         let uri = upstream_uri(upstream, &path, parts.uri.query())?;
         let host = parts
@@ -166,8 +167,8 @@ impl Proxy {
             progress: progress.clone(),
             epoch: self.epoch,
         };
-        let mut response = self
-            .send(hyper::Request::from_parts(parts, body), &progress)
+        let (mut response, lease) = self
+            .send(pool, hyper::Request::from_parts(parts, body), &progress)
             .await?;
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let upstream_agreed = switched && is_websocket_upgrade(response.headers());
@@ -188,18 +189,19 @@ impl Proxy {
             return Ok(response.map(|_| Body::empty()));
         }
         let timeout = self.config.timeout;
-        Ok(response.map(|incoming| Body::new(UpstreamBody::new(incoming, timeout))))
+        Ok(response.map(|incoming| Body::new(UpstreamBody::new(incoming, timeout, lease))))
     }
 
     /// Sends the request; waits for the answer's head as long as something moves: the
     /// timeout counts from the last chunk of request body the upstream took.
     async fn send(
         &self,
+        pool: &Pool,
         request: hyper::Request<ClientBody>,
         progress: &Progress,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, Lease), ApiError> {
         let timeout = self.config.timeout;
-        let answer = self.client.request(request);
+        let answer = pool.send(request);
         tokio::pin!(answer);
         loop {
             let deadline = progress.last(self.epoch) + timeout;
@@ -210,7 +212,7 @@ impl Proxy {
                             tracing::debug!("client request body broke off");
                             ApiError::RequestTimeout
                         } else {
-                            tracing::warn!(error = %error_chain(&e), "upstream unavailable");
+                            tracing::warn!(error = %error_chain(&*e), "upstream unavailable");
                             ApiError::UpstreamUnavailable
                         }
                     });
@@ -264,9 +266,12 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The request target sent upstream, in origin form (`/base/path?query`): the connection
+/// already goes to the upstream's host.
 fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
-    let mut target = String::with_capacity(upstream.base.len() + path.len() + 64);
-    target.push_str(&upstream.base);
+    let query_len = query.map_or(0, |q| q.len() + 1);
+    let mut target = String::with_capacity(upstream.base_path.len() + path.len() + query_len);
+    target.push_str(&upstream.base_path);
     target.push_str(path);
     if let Some(q) = query {
         target.push('?');
@@ -347,9 +352,12 @@ impl http_body::Body for ClientBody {
 }
 
 /// The upstream's answer body on its way to the client: ends with an error (the client's
-/// connection is closed) when the upstream sends nothing for the timeout.
+/// connection is closed) when the upstream sends nothing for the timeout. Read to its end,
+/// its connection goes back to the pool.
 pub struct UpstreamBody {
     inner: hyper::body::Incoming,
+    /// The connection the answer comes on, until the answer has ended.
+    lease: Option<Lease>,
     timeout: Duration,
     /// Allocated at the first wait, then re-armed at each wait after a frame.
     idle: Option<Pin<Box<Sleep>>>,
@@ -357,12 +365,24 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn new(inner: hyper::body::Incoming, timeout: Duration) -> UpstreamBody {
-        UpstreamBody {
+    fn new(inner: hyper::body::Incoming, timeout: Duration, lease: Lease) -> UpstreamBody {
+        let mut body = UpstreamBody {
             inner,
+            lease: Some(lease),
             timeout,
             idle: None,
             armed: false,
+        };
+        body.give_back_at_end();
+        body
+    }
+
+    /// Puts the connection back once the answer is complete (an empty one at once).
+    fn give_back_at_end(&mut self) {
+        if http_body::Body::is_end_stream(&self.inner) {
+            if let Some(lease) = self.lease.take() {
+                lease.give_back();
+            }
         }
     }
 }
@@ -379,6 +399,16 @@ impl http_body::Body for UpstreamBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.armed = false;
+                match &frame {
+                    None => {
+                        if let Some(lease) = this.lease.take() {
+                            lease.give_back();
+                        }
+                    }
+                    Some(Ok(_)) => this.give_back_at_end(),
+                    // The connection is broken: dropped with the body, never reused.
+                    Some(Err(_)) => this.lease = None,
+                }
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }
             Poll::Pending => {
