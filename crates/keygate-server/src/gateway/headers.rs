@@ -493,6 +493,54 @@ mod tests {
     }
 
     #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "127.0.0.1",
+            "192.168.10.99",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn a_request_without_anything_to_remove_only_gains_headers() {
+        let upstream = HeaderValue::from_static("up:80");
+        let mut h = map(&[("accept", "*/*"), ("host", "gw:8081")]);
+        let hop = Hop {
+            peer: Some("10.1.2.3".parse().unwrap()),
+            client: Some("10.1.2.3".parse().unwrap()),
+            peer_trusted: false,
+            version: Version::HTTP_11,
+            host: Some(HeaderValue::from_static("gw:8081")),
+            upstream_host: &upstream,
+        };
+        prepare_request(&mut h, &hop);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "host",
+                "via",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-real-ip"
+            ]
+        );
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-real-ip"], "10.1.2.3");
+        assert_eq!(h["host"], "up:80");
+    }
+
+    #[test]
     fn paths_are_forwarded_as_checked() {
         let f = |p: &str| forwardable_path(p).map(|c| c.into_owned());
         assert_eq!(
