@@ -136,6 +136,9 @@ impl Proxy {
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
         let websocket = parts.version == Version::HTTP_11 && is_websocket_upgrade(&parts.headers);
+        // Room for what is added (forwarding and identity headers) at once, instead of the
+        // map growing and rehashing two or three times on the way.
+        parts.headers.reserve(12);
         prepare_request(
             &mut parts.headers,
             &Hop {
