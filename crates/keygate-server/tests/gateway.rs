@@ -1748,7 +1748,17 @@ async fn upstream_connections_are_reused_and_one_closed_while_idle_is_replaced()
         }
     };
 
-    // One after the other, on new client connections each: one upstream connection.
+    // One after the other, on new client connections each: one upstream connection, also
+    // after a request with a body (reused once that body went up in full).
+    let a = call(
+        Method::POST,
+        &format!("{gw}/api/v1/echo/upload"),
+        Some(&key),
+        Some(json!({"bytes": "x".repeat(100_000)})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body["body_bytes"].as_u64().unwrap() > 100_000);
     for n in 0..5 {
         let a = get(n).await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);

@@ -20,7 +20,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderValue, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -164,7 +164,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         parts.extensions = Default::default();
 
-        let progress = Arc::new(Progress::new(self.epoch));
+        let progress = Arc::new(Progress::new(self.epoch, body.is_end_stream()));
         let body = ClientBody {
             inner: body,
             progress: progress.clone(),
@@ -192,7 +192,9 @@ impl Proxy {
             return Ok(response.map(|_| Body::empty()));
         }
         let timeout = self.config.timeout;
-        Ok(response.map(|incoming| Body::new(UpstreamBody::new(incoming, timeout, lease))))
+        Ok(response.map(|incoming| {
+            Body::new(UpstreamBody::new(incoming, timeout, lease, progress))
+        }))
     }
 
     /// Sends the request; waits for the answer's head as long as something moves: the
@@ -291,14 +293,18 @@ struct Progress {
     last_ms: AtomicU64,
     waiting_for_client: AtomicBool,
     client_broke: AtomicBool,
+    /// The whole request body went upstream (a connection is reused only then: one still
+    /// carrying a slow upload would hold the next request back).
+    request_sent: AtomicBool,
 }
 
 impl Progress {
-    fn new(epoch: Instant) -> Progress {
+    fn new(epoch: Instant, request_sent: bool) -> Progress {
         let p = Progress {
             last_ms: AtomicU64::new(0),
             waiting_for_client: AtomicBool::new(false),
             client_broke: AtomicBool::new(false),
+            request_sent: AtomicBool::new(request_sent),
         };
         p.touch(epoch);
         p
@@ -336,8 +342,10 @@ impl http_body::Body for ClientBody {
             Poll::Pending => progress.waiting_for_client.store(true, Ordering::Relaxed),
             Poll::Ready(result) => {
                 progress.waiting_for_client.store(false, Ordering::Relaxed);
-                if matches!(result, Some(Err(_))) {
-                    progress.client_broke.store(true, Ordering::Relaxed);
+                match result {
+                    Some(Err(_)) => progress.client_broke.store(true, Ordering::Relaxed),
+                    Some(Ok(_)) if !this.inner.is_end_stream() => {}
+                    _ => progress.request_sent.store(true, Ordering::Relaxed),
                 }
                 progress.touch(this.epoch);
             }
@@ -361,6 +369,8 @@ pub struct UpstreamBody {
     inner: hyper::body::Incoming,
     /// The connection the answer comes on, until the answer has ended.
     lease: Option<Lease>,
+    /// Whether the request body has gone up in full (else the connection is not reused).
+    progress: Arc<Progress>,
     timeout: Duration,
     /// Allocated at the first wait, then re-armed at each wait after a frame.
     idle: Option<Pin<Box<Sleep>>>,
@@ -368,10 +378,16 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn new(inner: hyper::body::Incoming, timeout: Duration, lease: Lease) -> UpstreamBody {
+    fn new(
+        inner: hyper::body::Incoming,
+        timeout: Duration,
+        lease: Lease,
+        progress: Arc<Progress>,
+    ) -> UpstreamBody {
         let mut body = UpstreamBody {
             inner,
             lease: Some(lease),
+            progress,
             timeout,
             idle: None,
             armed: false,
@@ -382,8 +398,16 @@ impl UpstreamBody {
 
     /// Puts the connection back once the answer is complete (an empty one at once).
     fn give_back_at_end(&mut self) {
-        if http_body::Body::is_end_stream(&self.inner) {
-            if let Some(lease) = self.lease.take() {
+        if self.inner.is_end_stream() {
+            self.give_back();
+        }
+    }
+
+    /// The answer has ended: the connection goes back to the pool if the request went up in
+    /// full too, else it is closed (dropped).
+    fn give_back(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            if self.progress.request_sent.load(Ordering::Relaxed) {
                 lease.give_back();
             }
         }
@@ -403,11 +427,7 @@ impl http_body::Body for UpstreamBody {
             Poll::Ready(frame) => {
                 this.armed = false;
                 match &frame {
-                    None => {
-                        if let Some(lease) = this.lease.take() {
-                            lease.give_back();
-                        }
-                    }
+                    None => this.give_back(),
                     Some(Ok(_)) => this.give_back_at_end(),
                     // The connection is broken: dropped with the body, never reused.
                     Some(Err(_)) => this.lease = None,
