@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Gateway benchmark: keygate's gateway (verification on) vs nginx proxy_pass, both in front
-# of the same upstream (examples/invoices-api, release build), same load generator (wrk),
+# Gateway benchmark: keygate's gateway (verification on) vs nginx proxy_pass (checking the
+# key against a static map, rewriting the same headers), both in front of the same upstream (examples/invoices-api, release build), same load generator (wrk),
 # same CPU pinning, in one run. Also measures the gateway process's peak memory while a
 # 200 MB upload and a 200 MB download stream through it.
 #
@@ -66,10 +66,23 @@ KEYGATE_LOG=warn \
 KEYGATE_PID=$!
 PIDS+=($KEYGATE_PID)
 
+wait_port "$UP_PORT"; wait_port "$ADMIN_PORT"; wait_port "$GW_PORT"
+
+admin() { curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' "$@"; }
+ACCOUNT=$(admin -X POST "http://127.0.0.1:$ADMIN_PORT/v1/accounts" -d '{"name":"Bench","plan":"unlimited"}' \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+CREATED=$(admin -X POST "http://127.0.0.1:$ADMIN_PORT/v1/api-keys" \
+  -d "{\"account_id\":\"$ACCOUNT\",\"name\":\"bench\",\"scope\":\"all\"}")
+KEY=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' <<<"$CREATED")
+KEY_ID=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<<"$CREATED")
+
 cat >"$WORK/nginx.conf" <<EOF
 $(nginx_conf_head)
-    upstream api { server 127.0.0.1:$UP_PORT; keepalive 64; }
-    upstream keygate { server 127.0.0.1:$ADMIN_PORT; keepalive 64; }
+    # Client and upstream connections kept for the whole run (nginx's default closes them
+    # after 1 000 requests; keygate keeps them).
+    keepalive_requests 100000000;
+    upstream api { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 100000000; }
+    upstream keygate { server 127.0.0.1:$ADMIN_PORT; keepalive 64; keepalive_requests 100000000; }
     # nginx + auth_request to keygate's /v1/auth (docs/nginx.md, shortened): the other way
     # to put keygate's verification in front of the same API.
     server {
@@ -96,14 +109,25 @@ $(nginx_conf_head)
             proxy_set_header Connection "";
         }
     }
+    # nginx proxy_pass with an equivalent key check (a static-key map, as bench/http's
+    # floor) and the header rewriting the gateway does: credential removed, key id passed
+    # on, X-Forwarded-*, X-Real-IP; keep-alive to the upstream as keygate's pool.
+    map_hash_bucket_size 128;
+    map \$http_authorization \$kg_key_id { "Bearer $KEY" "$KEY_ID"; default ""; }
     server {
         listen 127.0.0.1:$NGINX_PORT;
         location / {
+            if (\$kg_key_id = "") { return 401; }
             proxy_pass http://api;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host \$host;
+            proxy_set_header Authorization "";
+            proxy_set_header Host \$proxy_host;
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Real-IP \$remote_addr;
+            proxy_set_header X-Keygate-Key-Id \$kg_key_id;
         }
     }
 }
@@ -112,15 +136,7 @@ $PRIO taskset -c "$PROXY_CPU" "$NGINX" -p "$WORK" -c "$WORK/nginx.conf" -e "$WOR
   -g "daemon off; pid $WORK/nginx.pid;" &
 PIDS+=($!)
 
-wait_port "$UP_PORT"; wait_port "$ADMIN_PORT"; wait_port "$GW_PORT"; wait_port "$NGINX_PORT"
-wait_port "$NGINX_AUTH_PORT"
-
-admin() { curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' "$@"; }
-ACCOUNT=$(admin -X POST "http://127.0.0.1:$ADMIN_PORT/v1/accounts" -d '{"name":"Bench","plan":"unlimited"}' \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-KEY=$(admin -X POST "http://127.0.0.1:$ADMIN_PORT/v1/api-keys" \
-  -d "{\"account_id\":\"$ACCOUNT\",\"name\":\"bench\",\"scope\":\"all\"}" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+wait_port "$NGINX_PORT"; wait_port "$NGINX_AUTH_PORT"
 
 PATH_UNDER_TEST=/api/v1/invoices
 check() {
@@ -129,10 +145,12 @@ check() {
   [ "$code" = 200 ] || { echo "sanity check failed ($code): $*" >&2; exit 1; }
 }
 check -H "Authorization: Bearer $KEY" "http://127.0.0.1:$GW_PORT$PATH_UNDER_TEST"
-check "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
+check -H "Authorization: Bearer $KEY" "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST"
 check -H "Authorization: Bearer $KEY" "http://127.0.0.1:$NGINX_AUTH_PORT$PATH_UNDER_TEST"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$GW_PORT$PATH_UNDER_TEST")" = 401 ] \
   || { echo "the gateway let a request without a key through" >&2; exit 1; }
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST")" = 401 ] \
+  || { echo "nginx let a request without a key through" >&2; exit 1; }
 
 # --- Streaming memory: the gateway process's peak RSS (VmHWM) -----------------------------
 rss_kib() { awk -v f="$2" '$1 == f":" {print $2}' "/proc/$1/status"; }
@@ -183,12 +201,13 @@ run() { # name url "pids" [header]
 echo
 echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s GET $PATH_UNDER_TEST; proxy on CPU $PROXY_CPU, wrk + upstream on CPU $LOAD_CPU"
 # Warm-up (connection pools, caches), not recorded.
-$PRIO taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d1s "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST" >/dev/null
+$PRIO taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d1s -H "Authorization: Bearer $KEY" \
+  "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST" >/dev/null
 $PRIO taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d1s -H "Authorization: Bearer $KEY" \
   "http://127.0.0.1:$GW_PORT$PATH_UNDER_TEST" >/dev/null
 for rep in $(seq 1 "$REPS"); do
   echo "repetition $rep/$REPS"
-  run nginx "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST" "$NGINX_WORKER"
+  run nginx "http://127.0.0.1:$NGINX_PORT$PATH_UNDER_TEST" "$NGINX_WORKER" -H "Authorization: Bearer $KEY"
   run keygate "http://127.0.0.1:$GW_PORT$PATH_UNDER_TEST" "$KEYGATE_PID" -H "Authorization: Bearer $KEY"
   run nginx+auth "http://127.0.0.1:$NGINX_AUTH_PORT$PATH_UNDER_TEST" "$NGINX_WORKER $KEYGATE_PID" \
     -H "Authorization: Bearer $KEY"
@@ -206,7 +225,7 @@ def spread(name, i): return min(r[i] for r in by[name]), max(r[i] for r in by[na
 print()
 print("| target | req/s (median) | req/s min-max | p50 ms | p99 ms | proxy CPU us/req |")
 print("|---|---|---|---|---|---|")
-for name, label in [("nginx", "nginx proxy_pass (no auth)"), ("keygate", "keygate gateway (verify on)"),
+for name, label in [("nginx", "nginx proxy_pass (static-key map check)"), ("keygate", "keygate gateway (verify on)"),
                     ("nginx+auth", "nginx auth_request to keygate /v1/auth (verify on)")]:
     lo, hi = spread(name, 0)
     print(f"| {label} | {med(name,0):.0f} | {lo:.0f}-{hi:.0f} | {med(name,1):.3f} | {med(name,2):.3f} | {med(name,3):.1f} |")

@@ -1690,3 +1690,112 @@ async fn short_lived_tokens_pass_the_gateway_until_their_key_is_revoked() {
     assert_eq!(after.status, StatusCode::UNAUTHORIZED, "{}", after.body);
     assert_eq!(after.code(), "invalid_key");
 }
+
+/// The example upstream, under `/base`, behind an accept loop that counts connections and
+/// closes one that waits `idle` for its next request (as servers do with keep-alive).
+async fn counting_upstream(idle: Duration) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let app = axum::Router::new().nest("/base", invoices_api::app_named("based"));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            let app = app.clone();
+            let service = hyper::service::service_fn(move |request| {
+                tower::ServiceExt::oneshot(app.clone(), request)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(idle)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_one_closed_while_idle_is_replaced() {
+    use std::sync::atomic::Ordering;
+    let app = spawn().await;
+    let (up, accepted) = counting_upstream(Duration::from_secs(1)).await;
+    let config = GatewayConfig::new(
+        &format!("http://{up}/base/"),
+        None,
+        Duration::from_secs(10),
+        "/v1/api-key-info",
+        None,
+    )
+    .unwrap();
+    let gw = start_gateway(app.state.clone(), config).await;
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+    let get = |n: usize| {
+        let (gw, key) = (gw.clone(), key.clone());
+        async move {
+            call(
+                Method::GET,
+                &format!("{gw}/api/v1/echo/{n}?page={n}"),
+                Some(&key),
+                None,
+            )
+            .await
+        }
+    };
+
+    // One after the other, on new client connections each: one upstream connection, also
+    // after a request with a body (reused once that body went up in full).
+    let a = call(
+        Method::POST,
+        &format!("{gw}/api/v1/echo/upload"),
+        Some(&key),
+        Some(json!({"bytes": "x".repeat(100_000)})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert!(a.body["body_bytes"].as_u64().unwrap() > 100_000);
+    for n in 0..5 {
+        let a = get(n).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(
+            a.body["upstream"], "based",
+            "the base path was not prefixed"
+        );
+        assert_eq!(a.body["path"], format!("/api/v1/echo/{n}"));
+        assert_eq!(a.body["query"], format!("page={n}"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the connection was not reused"
+    );
+
+    // The upstream closes the idle connection; the next request gets a new one, not a 502.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    for n in 0..3 {
+        let a = get(n).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    // An answer cut by its client is never put back: its connection is closed, and the
+    // next request is answered on another.
+    let mut r = reqwest::Client::new()
+        .get(format!("{gw}/api/v1/downloads/{}", 64 * 1024 * 1024))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.chunk().await.unwrap();
+    drop(r);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = get(9).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}

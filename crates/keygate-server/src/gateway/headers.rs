@@ -27,9 +27,24 @@ const CREDENTIALS: [HeaderName; 3] = [
 
 const IDENTITY_PREFIX: &str = "x-keygate-";
 
+// Names made at compile time: a `&str` name is parsed and checked on every call.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
+}
+
 /// Removes the hop-by-hop headers: the fixed list, every `Proxy-*` header, and every
 /// header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one look at the names is cheaper than a removal (which
+    // hashes its name) per listed header.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let mut doomed: Vec<HeaderName> = connection_options(headers)
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
@@ -91,47 +106,104 @@ pub struct Hop<'a> {
     pub upstream_host: &'a HeaderValue,
 }
 
+/// What a request's headers hold that [`prepare_request`] must remove or rework, found in
+/// one look at the names (a removal or lookup hashes its name, present or not).
+#[derive(Default)]
+struct Present {
+    hop_by_hop: bool,
+    credential: bool,
+    identity: bool,
+    expect: bool,
+    forwarded: bool,
+    forwarded_for: bool,
+    forwarded_proto: bool,
+    forwarded_host: bool,
+}
+
+impl Present {
+    fn scan(headers: &HeaderMap) -> Present {
+        let mut present = Present::default();
+        for name in headers.keys() {
+            if is_hop_by_hop(name) {
+                present.hop_by_hop = true;
+            } else if CREDENTIALS.contains(name) {
+                present.credential = true;
+            } else if name == header::EXPECT {
+                present.expect = true;
+            } else if name == header::FORWARDED {
+                present.forwarded = true;
+            } else if name == X_FORWARDED_FOR {
+                present.forwarded_for = true;
+            } else if name == X_FORWARDED_PROTO {
+                present.forwarded_proto = true;
+            } else if name == X_FORWARDED_HOST {
+                present.forwarded_host = true;
+            } else if name.as_str().starts_with(IDENTITY_PREFIX) {
+                present.identity = true;
+            }
+        }
+        present
+    }
+}
+
 /// Turns the client's request headers into the upstream's: hop-by-hop, credentials,
 /// client-sent identity headers and `Expect` removed; `Host` set to the upstream;
 /// `X-Forwarded-For` appended, `X-Forwarded-Proto`/`-Host` set (kept when a trusted proxy
 /// sent them), `X-Real-IP` set to the judged client address, `Via` appended. The identity
 /// headers are added afterwards by the caller.
 pub fn prepare_request(headers: &mut HeaderMap, hop: &Hop<'_>) {
-    // A chunked body is re-framed on the way up; a Content-Length sent beside
-    // Transfer-Encoding is not the body's length and must not reach the upstream.
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        headers.remove(header::CONTENT_LENGTH);
+    let present = Present::scan(headers);
+    if present.hop_by_hop {
+        // A chunked body is re-framed on the way up; a Content-Length sent beside
+        // Transfer-Encoding is not the body's length and must not reach the upstream.
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        strip_hop_by_hop(headers);
     }
-    strip_hop_by_hop(headers);
-    for name in &CREDENTIALS {
-        headers.remove(name);
+    if present.credential {
+        for name in &CREDENTIALS {
+            headers.remove(name);
+        }
     }
-    strip_identity(headers);
+    if present.identity {
+        strip_identity(headers);
+    }
     // The gateway has already answered any `100-continue` by reading the body.
-    headers.remove(header::EXPECT);
+    if present.expect {
+        headers.remove(header::EXPECT);
+    }
+    // The peer's address, formatted once for `X-Forwarded-For` and, when it is the client
+    // judged (no trusted proxy in front), `X-Real-IP`.
+    let peer_value = hop.peer.map(ip_value);
 
-    if let Some(peer) = hop.peer {
-        let previous: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect();
-        let value = if previous.is_empty() {
-            peer.to_string()
+    if let Some(peer_value) = &peer_value {
+        let previous: Vec<&str> = if present.forwarded_for {
+            headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect()
         } else {
-            format!("{}, {peer}", previous.join(", "))
+            Vec::new()
         };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert("x-forwarded-for", v);
+        let value = if previous.is_empty() {
+            Ok(peer_value.clone())
+        } else {
+            let peer = peer_value.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{}, {peer}", previous.join(", ")))
+        };
+        if let Ok(v) = value {
+            headers.insert(X_FORWARDED_FOR, v);
         }
     }
     // RFC 7239 `Forwarded` says the same as `X-Forwarded-*`: only a trusted proxy's is
     // passed on (with this hop added); a client's own could claim any address.
-    if !hop.peer_trusted {
+    if present.forwarded && !hop.peer_trusted {
         headers.remove(header::FORWARDED);
-    } else if let (Some(peer), true) = (hop.peer, headers.contains_key(header::FORWARDED)) {
+    } else if let (Some(peer), true) = (hop.peer, present.forwarded) {
         let node = match peer {
             std::net::IpAddr::V4(ip) => format!("for={ip}"),
             std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
@@ -151,25 +223,31 @@ pub fn prepare_request(headers: &mut HeaderMap, hop: &Hop<'_>) {
             }
         }
     }
-    if !(hop.peer_trusted && headers.contains_key("x-forwarded-proto")) {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !(hop.peer_trusted && present.forwarded_proto) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if !(hop.peer_trusted && headers.contains_key("x-forwarded-host")) {
+    if !(hop.peer_trusted && present.forwarded_host) {
         match &hop.host {
             Some(host) => {
-                headers.insert("x-forwarded-host", host.clone());
+                headers.insert(X_FORWARDED_HOST, host.clone());
             }
-            None => {
-                headers.remove("x-forwarded-host");
+            None if present.forwarded_host => {
+                headers.remove(X_FORWARDED_HOST);
             }
+            None => {}
         }
     }
-    match hop.client.map(|ip| HeaderValue::from_str(&ip.to_string())) {
-        Some(Ok(v)) => {
-            headers.insert("x-real-ip", v);
+    let real_ip = match (hop.client, &peer_value) {
+        (Some(client), Some(peer_value)) if Some(client) == hop.peer => Some(peer_value.clone()),
+        (Some(client), _) => Some(ip_value(client)),
+        (None, _) => None,
+    };
+    match real_ip {
+        Some(v) => {
+            headers.insert(X_REAL_IP, v);
         }
-        _ => {
-            headers.remove("x-real-ip");
+        None => {
+            headers.remove(X_REAL_IP);
         }
     }
     let via = match hop.version {
@@ -179,6 +257,36 @@ pub fn prepare_request(headers: &mut HeaderMap, hop: &Hop<'_>) {
     };
     headers.append(header::VIA, HeaderValue::from_static(via));
     headers.insert(header::HOST, hop.upstream_host.clone());
+}
+
+/// An address as a header value. IPv4 (nearly every peer) is written by hand on the stack:
+/// `Display` goes through the formatting machinery, a few hundred instructions per octet.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
+        for d in &digits[skip..] {
+            text[len] = b'0' + d;
+            len += 1;
+        }
+    }
+    HeaderValue::from_bytes(&text[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Removes every `X-Keygate-*` header (only keygate may set them).
@@ -199,19 +307,29 @@ pub fn strip_identity(headers: &mut HeaderMap) {
 /// `%2E`), a backslash, or a dot-segment with parameters (`..;x`).
 pub fn forwardable_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
     use std::borrow::Cow;
-    if !path.starts_with('/') || path.contains('\\') {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
         return None;
     }
-    let bytes = path.as_bytes();
-    for (i, b) in bytes.iter().enumerate() {
-        if *b == b'%' {
-            let code = path.get(i + 1..i + 3).map(str::to_ascii_lowercase);
-            if matches!(code.as_deref(), Some("2f" | "5c" | "2e")) {
-                return None;
+    // One pass: refuse what servers disagree about, and note whether the path needs
+    // normalising at all (most do not, and are forwarded as they are).
+    let mut tricky = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => return None,
+            b'%' => {
+                let code = bytes
+                    .get(i + 1..i + 3)
+                    .map(|c| [c[0], c[1].to_ascii_lowercase()]);
+                if matches!(code, Some([b'2', b'f' | b'e'] | [b'5', b'c'])) {
+                    return None;
+                }
             }
+            b';' => tricky = true,
+            b'/' => tricky |= matches!(bytes.get(i + 1), Some(b'/' | b'.')),
+            _ => {}
         }
     }
-    let tricky = path.contains("//") || path.contains("/.") || path.contains(';');
     if !tricky {
         return Some(Cow::Borrowed(path));
     }
@@ -372,6 +490,54 @@ mod tests {
         );
         assert_eq!(h["x-real-ip"], "198.51.100.1");
         assert_eq!(h["via"], "2 keygate");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "127.0.0.1",
+            "192.168.10.99",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn a_request_without_anything_to_remove_only_gains_headers() {
+        let upstream = HeaderValue::from_static("up:80");
+        let mut h = map(&[("accept", "*/*"), ("host", "gw:8081")]);
+        let hop = Hop {
+            peer: Some("10.1.2.3".parse().unwrap()),
+            client: Some("10.1.2.3".parse().unwrap()),
+            peer_trusted: false,
+            version: Version::HTTP_11,
+            host: Some(HeaderValue::from_static("gw:8081")),
+            upstream_host: &upstream,
+        };
+        prepare_request(&mut h, &hop);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "accept",
+                "host",
+                "via",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-real-ip"
+            ]
+        );
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-real-ip"], "10.1.2.3");
+        assert_eq!(h["host"], "up:80");
     }
 
     #[test]

@@ -16,20 +16,28 @@
 //! (`edge::middleware::request_context`: redacted path, status, time).
 
 mod headers;
+mod pool;
 mod proxy;
 mod tls;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Uri};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures::FutureExt;
 use tokio::net::TcpListener;
 
+use crate::edge::middleware::in_context;
 use crate::{edge, serve_router_with, ApiError, AppState, EdgeLimits};
 
 use proxy::Proxy;
@@ -43,6 +51,10 @@ pub struct Upstream {
     https: bool,
     /// `host[:port]`, sent as `Host`.
     host: HeaderValue,
+    /// `http[s]://host[:port]`: where connections go.
+    origin: Uri,
+    /// The base path without its trailing slash (empty for none): requests' paths follow it.
+    base_path: String,
 }
 
 impl Upstream {
@@ -73,10 +85,15 @@ impl Upstream {
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| format!("{url:?} has an invalid host"))?;
         let scheme = if https { "https" } else { "http" };
+        let origin = format!("{scheme}://{}", authority.as_str())
+            .parse()
+            .map_err(|_| format!("{url:?} has an invalid host"))?;
         Ok(Upstream {
             base: format!("{scheme}://{}{base_path}", authority.as_str()),
             https,
             host,
+            origin,
+            base_path: base_path.to_owned(),
         })
     }
 
@@ -145,20 +162,59 @@ impl GatewayConfig {
     }
 }
 
-/// The gateway listener's router: key info at the configured path, every other request
-/// verified and forwarded.
-fn gateway_router(state: AppState, config: GatewayConfig) -> Router {
-    let key_info_path = config.key_info_path.clone();
-    let proxy = Arc::new(Proxy::new(config));
-    let forward = move |State(state): State<AppState>, request: Request| {
-        let proxy = proxy.clone();
-        async move { proxy.handle(&state, request).await }
-    };
-    let routes = Router::new()
-        .route(&key_info_path, get(crate::admin::verify::key_info))
-        .fallback(forward)
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() });
-    edge::middleware::wrap(routes, state)
+/// The gateway listener's service: key info at the configured path (through a router, for
+/// its extractors and the 405 on other methods); every other request goes straight to the
+/// proxy inside the shared request context, without the router's matching, its per-request
+/// boxed-service clones or the `from_fn` middleware: the proxy is most of what this
+/// listener serves.
+#[derive(Clone)]
+struct Gateway {
+    state: AppState,
+    proxy: Arc<Proxy>,
+    key_info_path: Arc<str>,
+    key_info: Router,
+}
+
+impl Gateway {
+    fn new(state: AppState, config: GatewayConfig) -> Gateway {
+        let key_info_path: Arc<str> = config.key_info_path.as_str().into();
+        let routes = Router::new()
+            .route(&key_info_path, get(crate::admin::verify::key_info))
+            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() });
+        Gateway {
+            key_info: edge::middleware::wrap(routes, state.clone()),
+            proxy: Arc::new(Proxy::new(config)),
+            key_info_path,
+            state,
+        }
+    }
+}
+
+impl tower::Service<Request> for Gateway {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if request.uri().path() == &*self.key_info_path {
+            return Box::pin(tower::ServiceExt::oneshot(self.key_info.clone(), request));
+        }
+        let (state, proxy) = (self.state.clone(), self.proxy.clone());
+        Box::pin(async move {
+            let answer = in_context(&state, request, |request| {
+                // As the router's CatchPanicLayer: a bug answers 500, the connection lives.
+                AssertUnwindSafe(proxy.handle(&state, request))
+                    .catch_unwind()
+                    .map(|answer| answer.unwrap_or_else(|_| ApiError::Internal.into_response()))
+            })
+            .await;
+            Ok(answer)
+        })
+    }
 }
 
 /// The gateway's connection limits: the admin listener's (`state.http.edge`: first
@@ -184,5 +240,5 @@ pub async fn serve_gateway(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = gateway_limits(&state.http.edge);
-    serve_router_with(listener, gateway_router(state, config), limits, shutdown).await
+    serve_router_with(listener, Gateway::new(state, config), limits, shutdown).await
 }

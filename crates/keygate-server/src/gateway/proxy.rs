@@ -20,12 +20,10 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderValue, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::upgrade::OnUpgrade;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use keygate_core::{Environment, Outcome};
 use keygate_edge::authorize::{authorize, AuthorizeRequest, Credential, Target};
 use keygate_edge::client_ip::client_ip;
@@ -37,15 +35,17 @@ use super::headers::{
     forwardable_path, is_websocket_upgrade, keep_websocket_upgrade, prepare_request,
     strip_hop_by_hop, Hop,
 };
+use super::pool::{Lease, Pool};
 use super::{GatewayConfig, Upstream};
 use crate::{ApiError, AppState};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The forwarding half of the gateway: configuration and the pooled upstream client.
+/// The forwarding half of the gateway: configuration and the upstreams' connections.
 pub struct Proxy {
     config: GatewayConfig,
-    client: Client<HttpsConnector<HttpConnector>, ClientBody>,
+    upstream: Pool,
+    sandbox: Option<Pool>,
     /// The moment `Progress` timestamps count from.
     epoch: Instant,
 }
@@ -62,13 +62,13 @@ impl Proxy {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let pool = |upstream: &Upstream| {
+            Pool::new(upstream.clone(), connector.clone(), Duration::from_secs(60))
+        };
         Proxy {
+            upstream: pool(&config.upstream),
+            sandbox: config.sandbox_upstream.as_ref().map(pool),
             config,
-            client,
             epoch: Instant::now(),
         }
     }
@@ -118,10 +118,11 @@ impl Proxy {
             Authorization::Allowed(identity) => identity,
             Authorization::Refused { error, .. } => return Err(error),
         };
-        let upstream = match (identity.environment(), &self.config.sandbox_upstream) {
+        let pool = match (identity.environment(), &self.sandbox) {
             (Environment::Test, Some(sandbox)) => sandbox,
-            _ => &self.config.upstream,
+            _ => &self.upstream,
         };
+        let upstream = pool.upstream();
 
         let uri = upstream_uri(upstream, &path, parts.uri.query())?;
         let host = parts
@@ -135,6 +136,9 @@ impl Proxy {
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
         let websocket = parts.version == Version::HTTP_11 && is_websocket_upgrade(&parts.headers);
+        // Room for what is added (forwarding and identity headers) at once, instead of the
+        // map growing and rehashing two or three times on the way.
+        parts.headers.reserve(12);
         prepare_request(
             &mut parts.headers,
             &Hop {
@@ -160,14 +164,14 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         parts.extensions = Default::default();
 
-        let progress = Arc::new(Progress::new(self.epoch));
+        let progress = Arc::new(Progress::new(self.epoch, body.is_end_stream()));
         let body = ClientBody {
             inner: body,
             progress: progress.clone(),
             epoch: self.epoch,
         };
-        let mut response = self
-            .send(hyper::Request::from_parts(parts, body), &progress)
+        let (mut response, lease) = self
+            .send(pool, hyper::Request::from_parts(parts, body), &progress)
             .await?;
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let upstream_agreed = switched && is_websocket_upgrade(response.headers());
@@ -188,18 +192,21 @@ impl Proxy {
             return Ok(response.map(|_| Body::empty()));
         }
         let timeout = self.config.timeout;
-        Ok(response.map(|incoming| Body::new(UpstreamBody::new(incoming, timeout))))
+        Ok(response.map(|incoming| {
+            Body::new(UpstreamBody::new(incoming, timeout, lease, progress))
+        }))
     }
 
     /// Sends the request; waits for the answer's head as long as something moves: the
     /// timeout counts from the last chunk of request body the upstream took.
     async fn send(
         &self,
+        pool: &Pool,
         request: hyper::Request<ClientBody>,
         progress: &Progress,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
+    ) -> Result<(hyper::Response<hyper::body::Incoming>, Lease), ApiError> {
         let timeout = self.config.timeout;
-        let answer = self.client.request(request);
+        let answer = pool.send(request);
         tokio::pin!(answer);
         loop {
             let deadline = progress.last(self.epoch) + timeout;
@@ -210,7 +217,7 @@ impl Proxy {
                             tracing::debug!("client request body broke off");
                             ApiError::RequestTimeout
                         } else {
-                            tracing::warn!(error = %error_chain(&e), "upstream unavailable");
+                            tracing::warn!(error = %error_chain(&*e), "upstream unavailable");
                             ApiError::UpstreamUnavailable
                         }
                     });
@@ -264,9 +271,12 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The request target sent upstream, in origin form (`/base/path?query`): the connection
+/// already goes to the upstream's host.
 fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, ApiError> {
-    let mut target = String::with_capacity(upstream.base.len() + path.len() + 64);
-    target.push_str(&upstream.base);
+    let query_len = query.map_or(0, |q| q.len() + 1);
+    let mut target = String::with_capacity(upstream.base_path.len() + path.len() + query_len);
+    target.push_str(&upstream.base_path);
     target.push_str(path);
     if let Some(q) = query {
         target.push('?');
@@ -283,14 +293,18 @@ struct Progress {
     last_ms: AtomicU64,
     waiting_for_client: AtomicBool,
     client_broke: AtomicBool,
+    /// The whole request body went upstream (a connection is reused only then: one still
+    /// carrying a slow upload would hold the next request back).
+    request_sent: AtomicBool,
 }
 
 impl Progress {
-    fn new(epoch: Instant) -> Progress {
+    fn new(epoch: Instant, request_sent: bool) -> Progress {
         let p = Progress {
             last_ms: AtomicU64::new(0),
             waiting_for_client: AtomicBool::new(false),
             client_broke: AtomicBool::new(false),
+            request_sent: AtomicBool::new(request_sent),
         };
         p.touch(epoch);
         p
@@ -328,8 +342,10 @@ impl http_body::Body for ClientBody {
             Poll::Pending => progress.waiting_for_client.store(true, Ordering::Relaxed),
             Poll::Ready(result) => {
                 progress.waiting_for_client.store(false, Ordering::Relaxed);
-                if matches!(result, Some(Err(_))) {
-                    progress.client_broke.store(true, Ordering::Relaxed);
+                match result {
+                    Some(Err(_)) => progress.client_broke.store(true, Ordering::Relaxed),
+                    Some(Ok(_)) if !this.inner.is_end_stream() => {}
+                    _ => progress.request_sent.store(true, Ordering::Relaxed),
                 }
                 progress.touch(this.epoch);
             }
@@ -347,9 +363,14 @@ impl http_body::Body for ClientBody {
 }
 
 /// The upstream's answer body on its way to the client: ends with an error (the client's
-/// connection is closed) when the upstream sends nothing for the timeout.
+/// connection is closed) when the upstream sends nothing for the timeout. Read to its end,
+/// its connection goes back to the pool.
 pub struct UpstreamBody {
     inner: hyper::body::Incoming,
+    /// The connection the answer comes on, until the answer has ended.
+    lease: Option<Lease>,
+    /// Whether the request body has gone up in full (else the connection is not reused).
+    progress: Arc<Progress>,
     timeout: Duration,
     /// Allocated at the first wait, then re-armed at each wait after a frame.
     idle: Option<Pin<Box<Sleep>>>,
@@ -357,12 +378,38 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn new(inner: hyper::body::Incoming, timeout: Duration) -> UpstreamBody {
-        UpstreamBody {
+    fn new(
+        inner: hyper::body::Incoming,
+        timeout: Duration,
+        lease: Lease,
+        progress: Arc<Progress>,
+    ) -> UpstreamBody {
+        let mut body = UpstreamBody {
             inner,
+            lease: Some(lease),
+            progress,
             timeout,
             idle: None,
             armed: false,
+        };
+        body.give_back_at_end();
+        body
+    }
+
+    /// Puts the connection back once the answer is complete (an empty one at once).
+    fn give_back_at_end(&mut self) {
+        if self.inner.is_end_stream() {
+            self.give_back();
+        }
+    }
+
+    /// The answer has ended: the connection goes back to the pool if the request went up in
+    /// full too, else it is closed (dropped).
+    fn give_back(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            if self.progress.request_sent.load(Ordering::Relaxed) {
+                lease.give_back();
+            }
         }
     }
 }
@@ -379,6 +426,12 @@ impl http_body::Body for UpstreamBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.armed = false;
+                match &frame {
+                    None => this.give_back(),
+                    Some(Ok(_)) => this.give_back_at_end(),
+                    // The connection is broken: dropped with the body, never reused.
+                    Some(Err(_)) => this.lease = None,
+                }
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }
             Poll::Pending => {
