@@ -982,13 +982,13 @@ mod tests {
         let flushed = recorder.flush_in(&store, Pace::YieldToRequests, 5).await;
         assert!(flushed.error.is_none(), "{:?}", flushed.error);
         assert_eq!(flushed.written, KEYS);
-        for i in 0..KEYS {
+        for (i, cell) in cells.iter().enumerate() {
             let id = format!("key_{i:02}");
             assert_eq!(valid_count(&store, &id).await, i as i64 + 1, "{id}");
             let stored = store.get_key(&id).await.unwrap().unwrap();
             assert_eq!(stored.last_used_at, Some(H + i as i64), "{id}");
             assert_eq!(stored.quota_used, i as i64 + 1, "{id}");
-            assert!(cells[i].is_flushed(), "{id}");
+            assert!(cell.is_flushed(), "{id}");
         }
         assert_eq!(recorder.flush_in(&store, Pace::AtOnce, 5).await.written, 0);
     }
@@ -1021,10 +1021,10 @@ mod tests {
         let flushed = recorder.flush_in(&store, Pace::YieldToRequests, 3).await;
         assert!(flushed.error.is_some());
         assert_eq!(flushed.written, 3);
-        for i in 0..KEYS {
+        for (i, cell) in cells.iter().enumerate() {
             let expected = i64::from(i < 3);
             assert_eq!(valid_count(&store, &format!("key_{i}")).await, expected);
-            assert_eq!(cells[i].is_flushed(), i < 3, "key_{i}");
+            assert_eq!(cell.is_flushed(), i < 3, "key_{i}");
         }
         // Counted meanwhile, on a written key, a failed one and one not tried.
         for i in [0, 4, 7] {
@@ -1037,14 +1037,14 @@ mod tests {
         let flushed = recorder.flush_in(&store, Pace::YieldToRequests, 3).await;
         assert!(flushed.error.is_none(), "{:?}", flushed.error);
         assert_eq!(flushed.written, KEYS - 2, "every key but key_1 and key_2");
-        for i in 0..KEYS {
+        for (i, cell) in cells.iter().enumerate() {
             let expected = 1 + i64::from([0, 4, 7].contains(&i));
             assert_eq!(
                 valid_count(&store, &format!("key_{i}")).await,
                 expected,
                 "key_{i}"
             );
-            assert!(cells[i].is_flushed(), "key_{i}");
+            assert!(cell.is_flushed(), "key_{i}");
         }
     }
 
