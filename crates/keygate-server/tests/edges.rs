@@ -501,6 +501,15 @@ async fn limits_answer_with_the_right_status() {
     let r = exchange(app.addr, mid_head.as_bytes(), Duration::from_secs(3)).await;
     assert_eq!(r.status, Some(431), "{r:?}");
     assert_eq!(json_code(&r).as_deref(), Some("headers_too_large"));
+    // At most 100 header lines (Host and Connection among them).
+    let many = |n: usize| {
+        let lines: String = (0..n).map(|i| format!("X-H{i}: v\r\n")).collect();
+        format!("GET /healthz HTTP/1.1\r\n{h}{lines}\r\n")
+    };
+    let r = exchange(app.addr, many(98).as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(r.status, Some(200), "{r:?}");
+    let r = exchange(app.addr, many(99).as_bytes(), Duration::from_secs(3)).await;
+    assert_eq!(r.status, Some(431), "{r:?}");
     // Pipelined requests are each answered, in order.
     let two = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let r = exchange(app.addr, two, Duration::from_secs(3)).await;

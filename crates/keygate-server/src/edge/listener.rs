@@ -48,6 +48,9 @@ use tower::ServiceExt;
 use crate::ApiError;
 
 /// Limits and timeouts of the connection layer. See the module documentation.
+/// hyper's default limit on the headers of an HTTP/1 request.
+const HYPER_MAX_HEADERS: usize = 100;
+
 #[derive(Clone, Debug)]
 pub struct EdgeLimits {
     /// From accept to the first request's head being read.
@@ -88,7 +91,7 @@ impl Default for EdgeLimits {
             max_head_bytes: 32 * 1024,
             max_uri_bytes: 8 * 1024,
             max_declared_body: None,
-            max_headers: 100,
+            max_headers: HYPER_MAX_HEADERS,
             h2_max_concurrent_streams: 128,
             drain_timeout: Duration::from_secs(20),
         }
@@ -115,8 +118,13 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_head_bytes.max(8 * 1024))
-        .max_headers(limits.max_headers)
         .keep_alive(true);
+    // hyper's own limit is 100 headers. Setting it, even to 100, makes hyper fill two
+    // 100-entry arrays per request instead of leaving them uninitialised on the stack
+    // (5 % of a forward-auth request's instructions): set only when it differs.
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        builder.http1().max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
