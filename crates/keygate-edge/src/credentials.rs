@@ -1,7 +1,8 @@
 //! Where a request carries its key: `Authorization: Bearer`, `X-API-Key` or `APIKEY`; and
 //! where it must not (the query string).
 
-use axum::http::{HeaderMap, HeaderName};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use keygate_core::{Environment, KeyFormat, Outcome};
 
 use crate::ApiError;
@@ -19,6 +20,15 @@ static KEY_HEADERS: [HeaderName; 2] = [
 /// The key a request carries, if any. Two different keys, a header that is not text, or
 /// an `Authorization` header that is not a bearer token are errors.
 pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    match key_headers_at_a_glance(headers) {
+        KeyHeaders::None => Ok(None),
+        KeyHeaders::Authorization(value) => bearer_token(value).map(Some),
+        KeyHeaders::Several => key_from_each_header(headers),
+    }
+}
+
+/// [`key_from_headers`] by looking each key header's name up.
+fn key_from_each_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let mut found: Option<&str> = None;
     let mut take = |value| -> Result<(), ApiError> {
         match found {
@@ -29,13 +39,8 @@ pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
             }
         }
     };
-    for value in headers.get_all(axum::http::header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| Outcome::MalformedKey)?.trim();
-        let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(Outcome::MalformedKey.into());
-        }
-        take(token.trim())?;
+    for value in headers.get_all(AUTHORIZATION) {
+        take(bearer_token(value)?)?;
     }
     for name in &KEY_HEADERS {
         for value in headers.get_all(name) {
@@ -47,6 +52,48 @@ pub fn key_from_headers(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         }
     }
     Ok(found)
+}
+
+/// The token of an `Authorization: Bearer` value; any other value is malformed.
+fn bearer_token(value: &HeaderValue) -> Result<&str, ApiError> {
+    let value = value.to_str().map_err(|_| Outcome::MalformedKey)?.trim();
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(Outcome::MalformedKey.into());
+    }
+    Ok(token.trim())
+}
+
+/// Which key headers a request has, told from one pass over a small header map.
+enum KeyHeaders<'a> {
+    None,
+    /// One `Authorization` value and no other key header: nearly every request with a key.
+    Authorization(&'a HeaderValue),
+    /// Anything else (or a large map): [`key_from_headers`] looks each name up.
+    Several,
+}
+
+/// Headers up to which one pass over the map costs less than looking the three key
+/// names up (a lookup hashes the name and probes: about as much as comparing the names
+/// of five headers).
+const GLANCE_HEADERS: usize = 16;
+
+fn key_headers_at_a_glance(headers: &HeaderMap) -> KeyHeaders<'_> {
+    if headers.len() > GLANCE_HEADERS {
+        return KeyHeaders::Several;
+    }
+    let mut found = KeyHeaders::None;
+    for (name, value) in headers {
+        if *name == AUTHORIZATION {
+            if !matches!(found, KeyHeaders::None) {
+                return KeyHeaders::Several;
+            }
+            found = KeyHeaders::Authorization(value);
+        } else if KEY_HEADERS.contains(name) {
+            return KeyHeaders::Several;
+        }
+    }
+    found
 }
 
 /// Does a query string carry a key? A credential parameter with any value does, and so
@@ -120,7 +167,6 @@ pub fn decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -145,6 +191,65 @@ mod tests {
             assert_eq!(key_from_headers(&h).unwrap(), Some("k1"));
         }
         assert_eq!(key_from_headers(&HeaderMap::new()).unwrap(), None);
+    }
+
+    /// The one pass answers what looking each name up answers, over every mix of key
+    /// headers (none, one, two values; valid, odd, conflicting), in both orders, among few
+    /// and many other headers.
+    #[test]
+    fn the_glance_agrees_with_the_lookups() {
+        let authorization = [
+            None,
+            Some("Bearer k1"),
+            Some("Bearer k2"),
+            Some("Basic x"),
+            Some("Bearer"),
+        ];
+        let api_key = [None, Some("k1"), Some("k2"), Some("")];
+        let others = [0, 3, GLANCE_HEADERS];
+        let mut glanced = 0;
+        for auth in authorization {
+            for second_auth in [None, Some("Bearer k1")] {
+                for key in api_key {
+                    for apikey in [None, Some("k1")] {
+                        for other in others {
+                            for auth_last in [false, true] {
+                                let mut pairs: Vec<(String, &str)> =
+                                    (0..other).map(|i| (format!("x-other-{i}"), "v")).collect();
+                                let mut keys: Vec<(String, &str)> = vec![];
+                                for (name, value) in [
+                                    ("authorization", auth),
+                                    ("authorization", second_auth.filter(|_| auth.is_some())),
+                                    ("x-api-key", key),
+                                    ("apikey", apikey),
+                                ] {
+                                    if let Some(value) = value {
+                                        keys.push((name.to_owned(), value));
+                                    }
+                                }
+                                if auth_last {
+                                    let first = keys.len().min(1);
+                                    keys.rotate_left(first);
+                                }
+                                pairs.splice(0..0, keys);
+                                let pairs: Vec<(&str, &str)> =
+                                    pairs.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+                                let h = headers(&pairs);
+                                if !matches!(key_headers_at_a_glance(&h), KeyHeaders::Several) {
+                                    glanced += 1;
+                                }
+                                assert_eq!(
+                                    format!("{:?}", key_from_headers(&h)),
+                                    format!("{:?}", key_from_each_header(&h)),
+                                    "{pairs:?}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(glanced > 0, "the one pass is taken");
     }
 
     #[test]
