@@ -21,13 +21,13 @@ fn is_json(request: &Request) -> bool {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| {
-            let essence = v
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            essence == "application/json" || essence.ends_with("+json")
+            let essence = v.split(';').next().unwrap_or("").trim().as_bytes();
+            let ends_with = |suffix: &str| {
+                essence.len() >= suffix.len()
+                    && essence[essence.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes())
+            };
+            essence.eq_ignore_ascii_case(b"application/json") || ends_with("+json")
         })
         .unwrap_or(false)
 }
@@ -49,6 +49,11 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         return Err(body_error(
             "the body must be a JSON object, not an array".into(),
         ));
+    }
+    // A body that reads is read once, without tracking where the reader is (which keeps a
+    // copy of every field name); a body that does not is read again to say where it failed.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let typed = serde_path_to_error::deserialize(&mut *de);
@@ -275,7 +280,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{is_json, parse, Request, CONTENT_TYPE};
     use crate::ApiError;
     use serde::Deserialize;
 
@@ -349,5 +354,37 @@ mod tests {
             message.starts_with("the body is not valid JSON"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn json_media_types_are_told_apart_in_any_case() {
+        let with = |content_type: &str| {
+            let request = Request::builder()
+                .header(CONTENT_TYPE, content_type)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            is_json(&request)
+        };
+        for yes in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/json ;x=y",
+            "application/merge-patch+json",
+            "APPLICATION/PROBLEM+JSON",
+        ] {
+            assert!(with(yes), "{yes}");
+        }
+        for no in [
+            "text/plain",
+            "application/jsonx",
+            "json",
+            "",
+            "+jso",
+            "application/x-json5",
+        ] {
+            assert!(!with(no), "{no}");
+        }
+        let none = Request::builder().body(axum::body::Body::empty()).unwrap();
+        assert!(!is_json(&none));
     }
 }
