@@ -95,12 +95,12 @@ impl FromRequestParts<AppState> for VerifyCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = key_from_headers(&parts.headers)?.ok_or(Outcome::MissingCredentials)?;
-        let pepper = state.engine.pepper();
-        let ok = state.admin.matches(pepper, token)
+        let digest = state.engine.pepper().digest(token.as_bytes());
+        let ok = state.admin.matches_digest(&digest)
             || state
                 .verify_token
                 .as_ref()
-                .is_some_and(|t| t.matches(pepper, token));
+                .is_some_and(|t| t.matches_digest(&digest));
         if ok {
             Ok(VerifyCaller)
         } else {

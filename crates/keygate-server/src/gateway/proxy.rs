@@ -192,9 +192,8 @@ impl Proxy {
             return Ok(response.map(|_| Body::empty()));
         }
         let timeout = self.config.timeout;
-        Ok(response.map(|incoming| {
-            Body::new(UpstreamBody::new(incoming, timeout, lease, progress))
-        }))
+        Ok(response
+            .map(|incoming| Body::new(UpstreamBody::new(incoming, timeout, lease, progress))))
     }
 
     /// Sends the request; waits for the answer's head as long as something moves: the
