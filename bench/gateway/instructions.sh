@@ -12,17 +12,28 @@
 #   bench/gateway/instructions.sh            release build, 3 repetitions x 5 s
 #   REPS=1 DURATION=2 bench/gateway/instructions.sh
 #   BUILD=0 bench/gateway/instructions.sh    use the release binaries as they are
+#   bench/gateway/instructions.sh --smoke    1 repetition x 1 s on the debug builds (CI)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . bench/lib.sh
-REPS=${REPS:-3}; DURATION=${DURATION:-5}
+if [ "$SMOKE" = 1 ]; then
+  REPS=${REPS:-1}; DURATION=${DURATION:-1}; PROFILE=${PROFILE:-debug}
+else
+  REPS=${REPS:-3}; DURATION=${DURATION:-5}; PROFILE=${PROFILE:-release}
+fi
 results_file gateway-instructions
 require_tools wrk nginx curl python3 valgrind
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-[ "${BUILD:-1}" = 1 ] && cargo build --release --locked -q -p keygate -p invoices-api
+if [ "${BUILD:-1}" = 1 ]; then
+  if [ "$PROFILE" = release ]; then
+    cargo build --release --locked -q -p keygate -p invoices-api
+  else
+    cargo build --locked -q -p keygate -p invoices-api
+  fi
+fi
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-KEYGATE="${KEYGATE_BIN:-$TARGET_DIR/release/keygate}"
-UPSTREAM_BIN="$TARGET_DIR/release/invoices-api"
+KEYGATE="${KEYGATE_BIN:-$TARGET_DIR/$PROFILE/keygate}"
+UPSTREAM_BIN="$TARGET_DIR/$PROFILE/invoices-api"
 WORK=$(mktemp -d)
 cleanup() { stop_started; rm -rf "$WORK"; }
 trap cleanup EXIT

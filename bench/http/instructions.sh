@@ -13,16 +13,23 @@
 #   BUILD=0 bench/http/instructions.sh    use target/release/keygate as it is
 #   KEYGATE_BIN=/path/keygate KEEP=/tmp/cg BUILD=0 bench/http/instructions.sh
 #                                         another binary; keep the profiles in /tmp/cg
+#   bench/http/instructions.sh --smoke    1 repetition x 1 s on the debug build (CI)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . bench/lib.sh
-REPS=${REPS:-3}; DURATION=${DURATION:-5}
+if [ "$SMOKE" = 1 ]; then
+  REPS=${REPS:-1}; DURATION=${DURATION:-1}; PROFILE=${PROFILE:-debug}
+else
+  REPS=${REPS:-3}; DURATION=${DURATION:-5}; PROFILE=${PROFILE:-release}
+fi
 results_file http-instructions
 require_tools wrk nginx curl python3 valgrind
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-KEYGATE="${KEYGATE_BIN:-$TARGET_DIR/release/keygate}"
-[ "${BUILD:-1}" = 1 ] && cargo build --release --locked -q -p keygate
+KEYGATE="${KEYGATE_BIN:-$TARGET_DIR/$PROFILE/keygate}"
+if [ "${BUILD:-1}" = 1 ]; then
+  if [ "$PROFILE" = release ]; then cargo build --release --locked -q -p keygate; else cargo build --locked -q -p keygate; fi
+fi
 WORK=$(mktemp -d)
 cleanup() { stop_started; rm -rf "$WORK"; }
 trap cleanup EXIT

@@ -18,3 +18,5 @@ BUILD=0 bash bench/scale/run.sh --smoke
 # Three nodes on one PostgreSQL (the capacity check behind docs/capacity.md), on the
 # PostgreSQL server CI already runs.
 BUILD=0 KEYGATE_BENCH_POSTGRES=${KEYGATE_TEST_POSTGRES:-} bash bench/capacity/three-nodes.sh --smoke
+# Instructions per request under callgrind (load-independent), one short run.
+BUILD=0 bash bench/http/instructions.sh --smoke

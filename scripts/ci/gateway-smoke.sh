@@ -4,3 +4,4 @@
 # .ci/run made of the whole workspace (BUILD=0).
 set -euo pipefail
 BUILD=0 bash bench/gateway/run.sh --smoke
+BUILD=0 bash bench/gateway/instructions.sh --smoke
