@@ -1699,7 +1699,19 @@ async fn counting_upstream(idle: Duration) -> (SocketAddr, Arc<std::sync::atomic
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counted = accepted.clone();
-    let app = axum::Router::new().nest("/base", invoices_api::app_named("based"));
+    // `/api/v1/early` answers at once and reads its request's body afterwards, as an API
+    // that accepts an upload for later does: the connection stays open while it comes.
+    let early = axum::routing::post(|body: axum::body::Body| async move {
+        tokio::spawn(async move {
+            let mut frames = body.into_data_stream();
+            while let Some(Ok(_)) = frames.next().await {}
+        });
+        StatusCode::ACCEPTED
+    });
+    let app = axum::Router::new().nest(
+        "/base",
+        invoices_api::app_named("based").route("/api/v1/early", early),
+    );
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
@@ -1798,4 +1810,38 @@ async fn upstream_connections_are_reused_and_one_closed_while_idle_is_replaced()
     let a = get(9).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+    // An answer that ends before its request's body went up (the upstream reads it later)
+    // does not put its connection back: the next request is not held behind an upload
+    // that its client has stalled.
+    let mut upload = tokio::net::TcpStream::connect(gw.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/v1/early HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: 100000\r\n\r\n{}",
+        "x".repeat(1000)
+    );
+    upload.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), upload.read(&mut chunk))
+            .await
+            .expect("the early answer never came")
+            .unwrap();
+        assert!(n > 0, "the gateway closed the stalled upload");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 202"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let a = tokio::time::timeout(Duration::from_secs(3), get(10))
+        .await
+        .expect("a request waited behind the stalled upload's connection");
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+    drop(upload);
 }
