@@ -47,10 +47,10 @@ use tower::ServiceExt;
 
 use crate::ApiError;
 
-/// Limits and timeouts of the connection layer. See the module documentation.
 /// hyper's default limit on the headers of an HTTP/1 request.
 const HYPER_MAX_HEADERS: usize = 100;
 
+/// Limits and timeouts of the connection layer. See the module documentation.
 #[derive(Clone, Debug)]
 pub struct EdgeLimits {
     /// From accept to the first request's head being read.
