@@ -22,12 +22,9 @@ fn is_json(request: &Request) -> bool {
         .and_then(|v| v.to_str().ok())
         .map(|v| {
             let essence = v.split(';').next().unwrap_or("").trim().as_bytes();
-            let ends_with = |suffix: &str| {
-                essence.len() >= suffix.len()
-                    && essence[essence.len() - suffix.len()..]
-                        .eq_ignore_ascii_case(suffix.as_bytes())
-            };
-            essence.eq_ignore_ascii_case(b"application/json") || ends_with("+json")
+            let suffix = essence.len().checked_sub(5).map(|at| &essence[at..]);
+            essence.eq_ignore_ascii_case(b"application/json")
+                || suffix.is_some_and(|s| s.eq_ignore_ascii_case(b"+json"))
         })
         .unwrap_or(false)
 }
