@@ -11,7 +11,7 @@
 #   bench/http/instructions.sh            release build, 3 repetitions x 5 s
 #   REPS=1 DURATION=2 bench/http/instructions.sh
 #   BUILD=0 bench/http/instructions.sh    use target/release/keygate as it is
-#   KEYGATE_BIN=/path/keygate KEEP=/tmp/cg BUILD=0 bench/http/instructions.sh
+#   KEYGATE_BIN=/path/keygate KEEP_PROFILE=/tmp/cg BUILD=0 bench/http/instructions.sh
 #                                         another binary; keep the profiles in /tmp/cg
 #   bench/http/instructions.sh --smoke    1 repetition x 1 s on the debug build (CI)
 set -euo pipefail
@@ -91,8 +91,8 @@ measure() {
   local total
   total=$(cat "$out".* | awk '/^totals:/ {print $2}' | sort -n | tail -1)
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-  # KEEP=DIR keeps the profiles for callgrind_annotate.
-  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$out".* "$KEEP/"; fi
+  # KEEP_PROFILE=DIR keeps the dumps for callgrind_annotate (as in bench/gateway/instructions.sh).
+  if [ -n "${KEEP_PROFILE:-}" ]; then mkdir -p "$KEEP_PROFILE"; cp "$out".* "$KEEP_PROFILE"/; fi
   rm -f "$out".*
   python3 -c "print(round($total / $requests))"
 }
