@@ -2,6 +2,10 @@
 //! The same trivial service is called with and without the layer, with the same request;
 //! the difference is the layer's cost (target: at most 1.5× `Engine::verify`).
 //!
+//! Beside it, what the parts cost: the layer with `require(…)` (no permission derived from
+//! the path), with `any_key()` (no permission checked), and a service that only inserts
+//! the caller's `Identity` as the layer must (the floor no implementation can go under).
+//!
 //! The pair is measured as a bare tower service, and inside an axum `Router` (where a
 //! request already carries extensions, as it does in an app), next to the router alone and
 //! with a layer that passes requests through.
@@ -81,6 +85,18 @@ fn benches(c: &mut Criterion) {
     });
     let mut bare = service;
     let mut layered = layer.layer(service);
+    // What the issue requires of the layer and no faster code can skip: the caller's
+    // `Identity` put in the request's extensions (a bare request has none: the map is made
+    // for it, and dropped with it). The layer's cost cannot fall below this one's.
+    let identity = match rt.block_on(layer.authorize(&request().into_parts().0)) {
+        keygate_edge::Authorization::Allowed(identity) => identity,
+        refused => panic!("the bench key is refused: {refused:?}"),
+    };
+    let mut inner = service;
+    let mut extension_only = tower::service_fn(move |mut request: Request<Body>| {
+        request.extensions_mut().insert(identity.clone());
+        inner.call(request)
+    });
     // Fill the cache: the benchmark measures hits. The key's own creation comes back
     // through the change feed (polled every 250 ms) and may drop the entry while the
     // runtime runs; fill again until a call is answered without waiting (a hit).
@@ -121,6 +137,41 @@ fn benches(c: &mut Criterion) {
     };
     let mut without = || {
         black_box(bare.call(request()).now_or_never().unwrap().unwrap());
+    };
+    // The same layer where the route names its permission (`require`: nothing to derive
+    // from the path) and where any valid key passes (`any_key`: no permission to check,
+    // in the layer or in the engine), to show what each part of the work costs.
+    let mut required_layered = layer
+        .require("invoices.read")
+        .expect("a valid permission")
+        .layer(service);
+    let mut any_key_layered = layer.any_key().layer(service);
+    let mut with_required = || {
+        black_box(
+            required_layered
+                .call(request())
+                .now_or_never()
+                .unwrap()
+                .unwrap(),
+        );
+    };
+    let mut with_any_key = || {
+        black_box(
+            any_key_layered
+                .call(request())
+                .now_or_never()
+                .unwrap()
+                .unwrap(),
+        );
+    };
+    let mut identity_only = || {
+        black_box(
+            extension_only
+                .call(request())
+                .now_or_never()
+                .unwrap()
+                .unwrap(),
+        );
     };
     let mut with = || {
         let answer = layered.call(request()).now_or_never().unwrap().unwrap();
@@ -173,6 +224,15 @@ fn benches(c: &mut Criterion) {
     group.bench_function("Engine::verify (cache hit)", |b| b.iter(&mut verify));
     group.bench_function("service without the layer", |b| b.iter(&mut without));
     group.bench_function("service with the layer (cache hit)", |b| b.iter(&mut with));
+    group.bench_function("service with the layer, require(…) (cache hit)", |b| {
+        b.iter(&mut with_required)
+    });
+    group.bench_function("service with the layer, any_key() (cache hit)", |b| {
+        b.iter(&mut with_any_key)
+    });
+    group.bench_function("service with only the Identity inserted", |b| {
+        b.iter(&mut identity_only)
+    });
     group.bench_function("router without a layer", |b| b.iter(&mut routed_without));
     group.bench_function("router with a pass-through layer", |b| {
         b.iter(&mut routed_pass_through)
@@ -194,9 +254,27 @@ fn benches(c: &mut Criterion) {
                 &mut routed_without,
                 &mut routed_pass_through,
                 &mut routed_with,
+                &mut identity_only,
+                &mut with_required,
+                &mut with_any_key,
             ],
             &[
                 ("a bare tower service", 0, 1),
+                (
+                    "a bare tower service, the layer with require(\"invoices.read\")",
+                    0,
+                    6,
+                ),
+                (
+                    "a bare tower service, the layer with any_key() (verify checks no permission)",
+                    0,
+                    7,
+                ),
+                (
+                    "a bare tower service, only inserting the Identity (the floor)",
+                    0,
+                    5,
+                ),
                 ("an axum Router, no layer", 2, 4),
                 ("an axum Router, a pass-through layer", 3, 4),
             ],
