@@ -392,6 +392,11 @@ impl Config {
                     .with_context(|| format!("{name} must be a whole number of seconds"))?;
             }
         }
+        if let Some(v) = env("KEYGATE_CACHE_CAPACITY") {
+            self.cache_capacity = v
+                .parse()
+                .context("KEYGATE_CACHE_CAPACITY must be a whole number of keys")?;
+        }
         if let Some(v) = env("KEYGATE_USAGE_RETENTION_DAYS") {
             self.usage_retention_days = v
                 .parse()
@@ -767,10 +772,19 @@ mod tests {
         let env = |name: &str| match name {
             "KEYGATE_LISTEN" => Some("127.0.0.1:2".to_owned()),
             "KEYGATE_ENV_IN_KEY" => Some("true".to_owned()),
+            "KEYGATE_CACHE_CAPACITY" => Some("5000".to_owned()),
             _ => None,
         };
         let c = Config::load(&args, &env).unwrap();
         assert_eq!((c.listen.as_str(), c.env_in_key), ("127.0.0.1:2", true));
+        assert_eq!(c.cache_capacity, 5000);
+        let bad_capacity =
+            |name: &str| (name == "KEYGATE_CACHE_CAPACITY").then(|| "lots".to_owned());
+        let error = Config::load(&args, &bad_capacity).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("KEYGATE_CACHE_CAPACITY must be a whole number"),
+            "{error:#}"
+        );
 
         let args = ServeArgs {
             listen: Some("127.0.0.1:3".into()),
