@@ -98,3 +98,23 @@ function request()
 end
 LUA
 }
+
+# Instructions per request of a server started under callgrind (PID, writing OUT.%p) that
+# serves URL: a 2 s warm-up, the counters zeroed, DURATION seconds of wrk (the arguments
+# after URL go to wrk), the counters dumped and the server stopped. KEEP_PROFILE=DIR keeps
+# the dumps for callgrind_annotate. Used by bench/http and bench/gateway instructions.sh.
+callgrind_per_request() {
+  local pid=$1 out=$2 url=$3; shift 3
+  wrk -t1 -c8 -d2s "$@" "$url" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  local requests
+  requests=$(wrk -t1 -c8 -d"${DURATION}s" "$@" "$url" | awk '/requests in/ {print $1}')
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  sleep 0.5
+  local total
+  total=$(cat "$out".* | awk '/^totals:/ {print $2}' | sort -n | tail -1)
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  if [ -n "${KEEP_PROFILE:-}" ]; then mkdir -p "$KEEP_PROFILE"; cp "$out".* "$KEEP_PROFILE"/; fi
+  rm -f "$out".*
+  python3 -c "print(round($total / $requests))"
+}

@@ -98,19 +98,7 @@ measure() {
   [ "$status" = 200 ] || { echo "$name answered $status, not 200" >&2; kill "$pid"; exit 1; }
   status=$(curl -s -o /dev/null -w '%{http_code}' "$url")
   [ "$status" = 401 ] || { echo "$name let a request without a key through ($status)" >&2; kill "$pid"; exit 1; }
-  wrk -t1 -c8 -d2s -H "Authorization: Bearer $KEY" "$url" >/dev/null
-  callgrind_control -z "$pid" >/dev/null 2>&1
-  local requests
-  requests=$(wrk -t1 -c8 -d"${DURATION}s" -H "Authorization: Bearer $KEY" "$url" | awk '/requests in/ {print $1}')
-  callgrind_control -d "$pid" >/dev/null 2>&1
-  sleep 0.5
-  local total
-  total=$(cat "$out".* | awk '/^totals:/ {print $2}' | sort -n | tail -1)
-  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-  # KEEP_PROFILE=DIR keeps the dumps (callgrind_annotate them to see where the count goes).
-  if [ -n "${KEEP_PROFILE:-}" ]; then mkdir -p "$KEEP_PROFILE"; cp "$out".* "$KEEP_PROFILE"/; fi
-  rm -f "$out".*
-  python3 -c "print(round($total / $requests))"
+  callgrind_per_request "$pid" "$out" "$url" -H "Authorization: Bearer $KEY"
 }
 
 declare -A RESULTS

@@ -81,20 +81,7 @@ measure() {
   status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $bearer" \
     ${lua:+-X POST -H 'Content-Type: application/json' -d "{\"key\":\"$KEY\",\"method\":\"GET\",\"path\":\"/api/v1/invoices/42\"}"} "$url")
   [ "$status" = "$expected" ] || { echo "$name answered $status, not $expected" >&2; kill "$pid"; exit 1; }
-  wrk -t1 -c8 -d2s -H "Authorization: Bearer $bearer" "${script[@]}" "$url" >/dev/null
-  callgrind_control -z "$pid" >/dev/null 2>&1
-  local requests
-  requests=$(wrk -t1 -c8 -d"${DURATION}s" -H "Authorization: Bearer $bearer" "${script[@]}" "$url" \
-    | awk '/requests in/ {print $1}')
-  callgrind_control -d "$pid" >/dev/null 2>&1
-  sleep 0.5
-  local total
-  total=$(cat "$out".* | awk '/^totals:/ {print $2}' | sort -n | tail -1)
-  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-  # KEEP_PROFILE=DIR keeps the dumps for callgrind_annotate (as in bench/gateway/instructions.sh).
-  if [ -n "${KEEP_PROFILE:-}" ]; then mkdir -p "$KEEP_PROFILE"; cp "$out".* "$KEEP_PROFILE"/; fi
-  rm -f "$out".*
-  python3 -c "print(round($total / $requests))"
+  callgrind_per_request "$pid" "$out" "$url" -H "Authorization: Bearer $bearer" "${script[@]}"
 }
 
 declare -A RESULTS
