@@ -2045,7 +2045,8 @@ async fn the_portal_link_uses_the_public_url_and_the_portal_its_branding() {
 async fn a_customer_makes_uses_and_revokes_a_key_in_the_portal_in_the_browser() {
     let app = spawn().await;
     let account = app.create_account("Acme", "pro").await;
-    let made = portal_link(&app, &account, json!({})).await;
+    // No return URL: signing out stays on this server (the default one is not reachable).
+    let made = portal_link(&app, &account, json!({ "return_url": null })).await;
     let url = made.body["url"].as_str().unwrap().to_owned();
     with_browser(|c| async move {
         c.goto(&url).await.unwrap();
@@ -2085,8 +2086,82 @@ async fn a_customer_makes_uses_and_revokes_a_key_in_the_portal_in_the_browser() 
         // The link cannot be used twice.
         c.goto(&url).await.unwrap();
         assert_eq!(text(&c, "h1").await, "This link has expired");
+        // Its session can be ended, and then nothing opens with it.
+        c.goto(&app.url("/portal")).await.unwrap();
+        assert_eq!(text(&c, "h1").await, "API keys");
+        follow(&c, "#sign-out").await;
+        assert_eq!(path_of(&c).await, "/portal/signed-out");
+        assert_eq!(text(&c, "h1").await, "You have signed out");
+        c.goto(&app.url("/portal")).await.unwrap();
+        assert_eq!(text(&c, "h1").await, "Your session has ended");
     })
     .await;
+}
+
+#[tokio::test]
+async fn signing_out_of_the_portal_ends_its_session() {
+    let app = spawn().await;
+    let account = app.create_account("Acme", "pro").await;
+    let made = portal_link(&app, &account, json!({})).await;
+    let portal = PortalHttp::open(&app, made.body["url"].as_str().unwrap()).await;
+    let page = portal.get("/portal").await.text().await.unwrap();
+    assert!(
+        page.contains(r#"action="/portal/sign-out""#),
+        "a sign-out form: {page}"
+    );
+
+    // Without the CSRF token (a forged form) nothing ends.
+    let forged = portal
+        .client
+        .post(app.url("/portal/sign-out"))
+        .header("cookie", format!("keygate_portal={}", portal.cookie))
+        .form(&[("csrf", "0")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(portal.get("/portal").await.status(), 200);
+
+    // Signed out: back to the product, the cookie cleared, the session gone on the server
+    // (the old cookie, kept by a careless browser, opens nothing).
+    let out = portal.post("/portal/sign-out", &[]).await;
+    assert_eq!(out.status(), 303);
+    assert_eq!(location(&out), "https://app.example.com/settings");
+    let cleared = set_cookie(&out);
+    for part in ["keygate_portal=", "Max-Age=0", "Path=/portal"] {
+        assert!(cleared.contains(part), "{cleared}");
+    }
+    let after = portal.get("/portal").await;
+    assert_eq!(after.status(), 401);
+    assert!(after
+        .text()
+        .await
+        .unwrap()
+        .contains("Your session has ended"));
+    assert_eq!(portal.post("/portal/sign-out", &[]).await.status(), 401);
+    let actor = format!("portal:{}", made.body["id"].as_str().unwrap());
+    assert!(
+        audit_actions(&app)
+            .await
+            .iter()
+            .any(|e| e["action"] == "portal_session.close"
+                && e["actor"] == actor.as_str()
+                && e["account_id"] == account.as_str()),
+        "the sign-out is audited as the session"
+    );
+
+    // A link without a return URL signs out to a page of its own.
+    let made = portal_link(&app, &account, json!({ "return_url": null })).await;
+    let portal = PortalHttp::open(&app, made.body["url"].as_str().unwrap()).await;
+    let out = portal.post("/portal/sign-out", &[]).await;
+    assert_eq!(location(&out), "/portal/signed-out");
+    let page = http()
+        .get(app.url("/portal/signed-out"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("You have signed out"));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -268,4 +268,23 @@ impl Engine {
         self.store.append_audit(&event).await?;
         Ok(Some((secret, grant)))
     }
+
+    /// Ends a portal session at its customer's request (sign-out): its secret opens
+    /// nothing afterwards. Audited as `portal_session.close` by the session itself.
+    pub async fn close_portal_session(
+        &self,
+        secret: &str,
+        grant: &Arc<PortalGrant>,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<()> {
+        self.end_session(secret).await?;
+        let event = grant.caller(client_ip).audit(
+            "portal_session.close",
+            Some(&grant.account_id),
+            Some(&grant.session_id),
+            Value::Object(Default::default()),
+        )?;
+        self.store.append_audit(&event).await?;
+        Ok(())
+    }
 }

@@ -68,6 +68,8 @@ pub fn router(app: AppState) -> Router<AppState> {
     Router::new()
         .route("/", get(index))
         .route("/open", get(open))
+        .route("/sign-out", post(sign_out))
+        .route("/signed-out", get(signed_out))
         .route("/keys", post(create))
         .route("/keys/{id}", get(show))
         .route("/keys/{id}/secret", get(secret))
@@ -97,10 +99,11 @@ fn config(dash: &Dash) -> &PortalConfig {
 // ---------------------------------------------------------------------------------------
 // The page shell
 
-/// A portal page: the product's name, "Back to <product>", the notice, the support link.
+/// A portal page: the product's name, "Back to <product>", "Sign out" (for a session: its
+/// grant and CSRF token), the notice, the support link.
 fn page(
     dash: &Dash,
-    grant: Option<&PortalGrant>,
+    session: Option<(&PortalGrant, &str)>,
     flash: Option<&str>,
     title: &str,
     content: Markup,
@@ -120,10 +123,16 @@ fn page(
                             @if let Some(p) = product { (p) " · " }
                             "API keys"
                         }
-                        @if let Some(url) = grant.and_then(|g| g.return_url.as_deref()) {
+                        @if let Some((grant, csrf)) = session {
                             div.who {
-                                a #back href=(url) {
-                                    @match product { Some(p) => { "Back to " (p) }, None => { "Back" } }
+                                @if let Some(url) = grant.return_url.as_deref() {
+                                    a #back href=(url) {
+                                        @match product { Some(p) => { "Back to " (p) }, None => { "Back" } }
+                                    }
+                                }
+                                form.inline method="post" action="/portal/sign-out" {
+                                    (csrf_field(csrf))
+                                    button.link #sign-out type="submit" { "Sign out" }
                                 }
                             }
                         }
@@ -283,7 +292,7 @@ impl PortalCtx {
     fn page(&self, title: &str, content: Markup) -> Markup {
         page(
             &self.dash,
-            Some(&self.grant),
+            Some((&self.grant, self.session.csrf())),
             self.flash.as_deref(),
             title,
             content,
@@ -370,6 +379,46 @@ async fn open(State(dash): State<Dash>, parts: Parts) -> Response {
         Ok(None) => expired_link(&dash),
         Err(e) => Failure::from(e).into_response(),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Signing out
+
+/// `POST /portal/sign-out`: ends the session, so that nothing stays open on a shared
+/// computer, and clears its cookie. The browser goes back to the product when the link
+/// named a return URL, else to a page that says the session ended.
+async fn sign_out(State(dash): State<Dash>, request: Request) -> PortalPage {
+    let (parts, body) = request.into_parts();
+    let https = is_https(&parts, &dash);
+    let posted = PortalPosted::from_request(Request::from_parts(parts, body), &dash).await?;
+    let ctx = posted.ctx;
+    ctx.engine()
+        .close_portal_session(&ctx.session.secret, &ctx.grant, ctx.caller.client_ip)
+        .await?;
+    let mut response = see_other(
+        ctx.grant
+            .return_url
+            .as_deref()
+            .unwrap_or("/portal/signed-out"),
+    );
+    let cleared = session::clear_cookie_for(COOKIE, "/portal", "Lax", https);
+    if let Ok(v) = HeaderValue::from_str(&cleared) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(response)
+}
+
+/// `GET /portal/signed-out`.
+async fn signed_out(State(dash): State<Dash>) -> Response {
+    message_page(
+        &dash,
+        StatusCode::OK,
+        "You have signed out",
+        &format!(
+            "Go back to {} to open the API keys page again.",
+            config(&dash).product().unwrap_or("where you came from")
+        ),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
