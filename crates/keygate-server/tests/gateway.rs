@@ -1691,14 +1691,21 @@ async fn short_lived_tokens_pass_the_gateway_until_their_key_is_revoked() {
     assert_eq!(after.code(), "invalid_key");
 }
 
+/// Connections an upstream accepted, and how many of them are still open.
+#[derive(Clone, Default)]
+struct Connections {
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// The example upstream, under `/base`, behind an accept loop that counts connections and
 /// closes one that waits `idle` for its next request (as servers do with keep-alive).
-async fn counting_upstream(idle: Duration) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+async fn counting_upstream(idle: Duration) -> (SocketAddr, Connections) {
+    use std::sync::atomic::Ordering;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = accepted.clone();
+    let connections = Connections::default();
+    let counted = connections.clone();
     // `/api/v1/early` answers at once and reads its request's body afterwards, as an API
     // that accepts an upload for later does: the connection stays open while it comes.
     let early = axum::routing::post(|body: axum::body::Body| async move {
@@ -1708,34 +1715,93 @@ async fn counting_upstream(idle: Duration) -> (SocketAddr, Arc<std::sync::atomic
         });
         StatusCode::ACCEPTED
     });
+    // `/api/v1/held` answers after half a second: requests sent together overlap there.
+    let held = axum::routing::get(|| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        axum::Json(json!({"held": true}))
+    });
     let app = axum::Router::new().nest(
         "/base",
-        invoices_api::app_named("based").route("/api/v1/early", early),
+        invoices_api::app_named("based")
+            .route("/api/v1/early", early)
+            .route("/api/v1/held", held),
     );
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            counted.fetch_add(1, Ordering::SeqCst);
+            counted.accepted.fetch_add(1, Ordering::SeqCst);
+            counted.open.fetch_add(1, Ordering::SeqCst);
             let app = app.clone();
             let service = hyper::service::service_fn(move |request| {
                 tower::ServiceExt::oneshot(app.clone(), request)
             });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(idle)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(idle)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let open = counted.open.clone();
+            tokio::spawn(async move {
+                let _ = connection.await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
         }
     });
-    (addr, accepted)
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn a_burst_leaves_at_most_upstream_max_idle_connections_open() {
+    use std::sync::atomic::Ordering;
+    let app = spawn().await;
+    let (up, connections) = counting_upstream(Duration::from_secs(60)).await;
+    let mut config = GatewayConfig::new(
+        &format!("http://{up}/base/"),
+        None,
+        Duration::from_secs(10),
+        "/v1/api-key-info",
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        config.upstream_max_idle,
+        GatewayConfig::DEFAULT_UPSTREAM_MAX_IDLE
+    );
+    config.upstream_max_idle = 4;
+    let gw = start_gateway(app.state.clone(), config).await;
+    let held = format!("{gw}/api/v1/held");
+    let acct = app.create_account("Acme", "unlimited").await;
+    let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
+
+    // Ten at once: ten upstream connections, all idle once answered; four are kept.
+    let burst = (0..10).map(|_| call(Method::GET, &held, Some(&key), None));
+    for answer in futures::future::join_all(burst).await {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    assert_eq!(connections.accepted.load(Ordering::SeqCst), 10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while connections.open.load(Ordering::SeqCst) > 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        connections.open.load(Ordering::SeqCst),
+        4,
+        "the idle connections beyond the cap were not closed"
+    );
+
+    // The four kept are used again: the next burst of four opens none.
+    let burst = (0..4).map(|_| call(Method::GET, &held, Some(&key), None));
+    for answer in futures::future::join_all(burst).await {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    assert_eq!(connections.accepted.load(Ordering::SeqCst), 10);
 }
 
 #[tokio::test]
 async fn upstream_connections_are_reused_and_one_closed_while_idle_is_replaced() {
     use std::sync::atomic::Ordering;
     let app = spawn().await;
-    let (up, accepted) = counting_upstream(Duration::from_secs(1)).await;
+    let (up, connections) = counting_upstream(Duration::from_secs(1)).await;
+    let accepted = connections.accepted;
     let config = GatewayConfig::new(
         &format!("http://{up}/base/"),
         None,

@@ -118,11 +118,18 @@ pub struct GatewayConfig {
     pub key_info_path: String,
     /// A PEM file of certificates trusted for https upstreams besides the system's.
     pub upstream_ca_file: Option<PathBuf>,
+    /// Most idle keep-alive connections kept per upstream
+    /// ([`GatewayConfig::DEFAULT_UPSTREAM_MAX_IDLE`] unless changed).
+    pub upstream_max_idle: usize,
     /// TLS for https upstreams, built (and the CA file read) when the configuration is.
     upstream_tls: Arc<rustls::ClientConfig>,
 }
 
 impl GatewayConfig {
+    /// Idle connections kept per upstream: more than a busy gateway holds between two
+    /// answers, far fewer than a burst of thousands of requests leaves behind.
+    pub const DEFAULT_UPSTREAM_MAX_IDLE: usize = 256;
+
     /// Checks and builds the configuration; reads `upstream_ca_file` and, when an upstream
     /// is https, the system's root certificates.
     pub fn new(
@@ -157,6 +164,7 @@ impl GatewayConfig {
             timeout,
             key_info_path: key_info_path.to_owned(),
             upstream_ca_file: upstream_ca_file.map(Path::to_path_buf),
+            upstream_max_idle: GatewayConfig::DEFAULT_UPSTREAM_MAX_IDLE,
             upstream_tls,
         })
     }

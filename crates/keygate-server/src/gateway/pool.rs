@@ -5,6 +5,9 @@
 //! connect, pool keys, the target rewritten to origin form, an extensions envelope): 6 % of
 //! the gateway's instructions per request.
 //!
+//! Idle connections time out after a minute, and at most `max_idle` are kept: after a
+//! burst, the least recently used beyond that are closed at once.
+//!
 //! A connection is put back only after a complete answer; one whose answer was cut (client
 //! gone, upstream stalled) or that switched protocols is dropped, which closes it. A request
 //! that a reused connection refused before writing a byte (the upstream closed it while it
@@ -36,6 +39,9 @@ struct Inner {
     /// Oldest at the front; taken from and put back at the back.
     idle: Mutex<VecDeque<Idle>>,
     idle_timeout: Duration,
+    /// Most idle connections kept: after a burst, the ones beyond are closed rather than
+    /// held open (a socket and a task each) until they time out.
+    max_idle: usize,
 }
 
 struct Idle {
@@ -61,6 +67,10 @@ impl Lease {
         {
             idle.pop_front();
         }
+        // Full: the least recently used one goes (dropped, it is closed).
+        if idle.len() >= self.pool.max_idle {
+            idle.pop_front();
+        }
         idle.push_back(Idle {
             sender: self.sender,
             since: now,
@@ -73,6 +83,7 @@ impl Pool {
         upstream: Upstream,
         connector: HttpsConnector<HttpConnector>,
         idle_timeout: Duration,
+        max_idle: usize,
     ) -> Pool {
         Pool {
             inner: Arc::new(Inner {
@@ -80,6 +91,7 @@ impl Pool {
                 connector,
                 idle: Mutex::new(VecDeque::new()),
                 idle_timeout,
+                max_idle,
             }),
         }
     }

@@ -63,7 +63,12 @@ impl Proxy {
             .enable_http1()
             .wrap_connector(connector);
         let pool = |upstream: &Upstream| {
-            Pool::new(upstream.clone(), connector.clone(), Duration::from_secs(60))
+            Pool::new(
+                upstream.clone(),
+                connector.clone(),
+                Duration::from_secs(60),
+                config.upstream_max_idle,
+            )
         };
         Proxy {
             upstream: pool(&config.upstream),
