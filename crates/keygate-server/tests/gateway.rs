@@ -1794,6 +1794,35 @@ async fn a_burst_leaves_at_most_upstream_max_idle_connections_open() {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     }
     assert_eq!(connections.accepted.load(Ordering::SeqCst), 10);
+
+    // With no room (0), each answer's connection is closed: one after the other, each
+    // request opens its own and none stays.
+    let mut config = GatewayConfig::new(
+        &format!("http://{up}/base/"),
+        None,
+        Duration::from_secs(10),
+        "/v1/api-key-info",
+        None,
+    )
+    .unwrap();
+    config.upstream_max_idle = 0;
+    let none_kept = start_gateway(app.state.clone(), config).await;
+    for n in 0..3 {
+        let answer = call(
+            Method::GET,
+            &format!("{none_kept}/api/v1/echo/{n}"),
+            Some(&key),
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    assert_eq!(connections.accepted.load(Ordering::SeqCst), 13);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while connections.open.load(Ordering::SeqCst) > 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(connections.open.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test]

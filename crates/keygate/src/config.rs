@@ -162,6 +162,9 @@ pub struct Config {
     pub upstream_ca_file: Option<String>,
     pub gateway_listen: Option<String>,
     pub upstream_timeout_seconds: u64,
+    /// Idle keep-alive connections the gateway keeps per upstream (0: none, each answer's
+    /// connection is closed).
+    pub upstream_max_idle_connections: usize,
     pub gateway_key_info_path: String,
     /// Both listeners: to send a request's headers (first request and keep-alive).
     pub client_header_timeout_seconds: u64,
@@ -245,6 +248,7 @@ impl Default for Config {
             upstream_ca_file: None,
             gateway_listen: None,
             upstream_timeout_seconds: 30,
+            upstream_max_idle_connections: keygate_server::GatewayConfig::DEFAULT_UPSTREAM_MAX_IDLE,
             gateway_key_info_path: "/v1/api-key-info".into(),
             client_header_timeout_seconds: 10,
             client_idle_timeout_seconds: 120,
@@ -392,6 +396,11 @@ impl Config {
                     .with_context(|| format!("{name} must be a whole number of seconds"))?;
             }
         }
+        if let Some(v) = env("KEYGATE_UPSTREAM_MAX_IDLE_CONNECTIONS") {
+            self.upstream_max_idle_connections = v.parse().context(
+                "KEYGATE_UPSTREAM_MAX_IDLE_CONNECTIONS must be a whole number of connections",
+            )?;
+        }
         if let Some(v) = env("KEYGATE_CACHE_CAPACITY") {
             self.cache_capacity = v
                 .parse()
@@ -533,7 +542,7 @@ impl Config {
             }
             return Ok(None);
         };
-        let config = keygate_server::GatewayConfig::new(
+        let mut config = keygate_server::GatewayConfig::new(
             upstream,
             self.sandbox_upstream.as_deref(),
             std::time::Duration::from_secs(self.upstream_timeout_seconds),
@@ -541,6 +550,7 @@ impl Config {
             self.upstream_ca_file.as_deref().map(std::path::Path::new),
         )
         .map_err(|e| anyhow::anyhow!("invalid gateway configuration: {e}"))?;
+        config.upstream_max_idle = self.upstream_max_idle_connections;
         let listen = self
             .gateway_listen
             .clone()
@@ -955,6 +965,20 @@ mod tests {
         );
         assert_eq!(gw.timeout, std::time::Duration::from_secs(5));
         assert_eq!(gw.key_info_path, "/v1/api-key-info");
+        assert_eq!(
+            gw.upstream_max_idle,
+            keygate_server::GatewayConfig::DEFAULT_UPSTREAM_MAX_IDLE
+        );
+        let capped = |name: &str| match name {
+            "KEYGATE_UPSTREAM_MAX_IDLE_CONNECTIONS" => Some("8".to_owned()),
+            other => env(other),
+        };
+        let (_, gw) = Config::load(&args, &capped)
+            .unwrap()
+            .gateway()
+            .unwrap()
+            .unwrap();
+        assert_eq!(gw.upstream_max_idle, 8);
 
         for bad in [
             "ws://api.example.com",

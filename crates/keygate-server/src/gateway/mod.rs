@@ -119,7 +119,8 @@ pub struct GatewayConfig {
     /// A PEM file of certificates trusted for https upstreams besides the system's.
     pub upstream_ca_file: Option<PathBuf>,
     /// Most idle keep-alive connections kept per upstream
-    /// ([`GatewayConfig::DEFAULT_UPSTREAM_MAX_IDLE`] unless changed).
+    /// ([`GatewayConfig::DEFAULT_UPSTREAM_MAX_IDLE`] unless changed; 0: none, each answer's
+    /// connection is closed).
     pub upstream_max_idle: usize,
     /// TLS for https upstreams, built (and the CA file read) when the configuration is.
     upstream_tls: Arc<rustls::ClientConfig>,

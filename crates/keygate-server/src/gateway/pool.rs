@@ -67,7 +67,11 @@ impl Lease {
         {
             idle.pop_front();
         }
-        // Full: the least recently used one goes (dropped, it is closed).
+        // Full: the least recently used one goes (dropped, it is closed); with no room at
+        // all, this one.
+        if self.pool.max_idle == 0 {
+            return;
+        }
         if idle.len() >= self.pool.max_idle {
             idle.pop_front();
         }
