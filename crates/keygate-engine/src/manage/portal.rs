@@ -259,13 +259,8 @@ impl Engine {
             })
             .await?;
         let grant = Arc::new(PortalGrant::of(&session)?);
-        let event = grant.caller(client_ip).audit(
-            "portal_session.open",
-            Some(&grant.account_id),
-            Some(&grant.session_id),
-            Value::Object(Default::default()),
-        )?;
-        self.store.append_audit(&event).await?;
+        self.audit_portal_session("portal_session.open", &grant, client_ip)
+            .await?;
         Ok(Some((secret, grant)))
     }
 
@@ -278,8 +273,19 @@ impl Engine {
         client_ip: Option<std::net::IpAddr>,
     ) -> Result<()> {
         self.end_session(secret).await?;
+        self.audit_portal_session("portal_session.close", grant, client_ip)
+            .await
+    }
+
+    /// Audits `action` on a portal session, by the session itself, in its account.
+    async fn audit_portal_session(
+        &self,
+        action: &str,
+        grant: &Arc<PortalGrant>,
+        client_ip: Option<std::net::IpAddr>,
+    ) -> Result<()> {
         let event = grant.caller(client_ip).audit(
-            "portal_session.close",
+            action,
             Some(&grant.account_id),
             Some(&grant.session_id),
             Value::Object(Default::default()),

@@ -166,6 +166,14 @@ pub fn see_other(to: &str) -> Response {
     r
 }
 
+/// `response` with one more `Set-Cookie` (`cookie` as `session::cookie_for` makes it).
+pub fn with_cookie(mut response: Response, cookie: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
 /// A signed-in request: its session and the engine caller it acts as.
 pub struct Ctx {
     pub dash: Dash,

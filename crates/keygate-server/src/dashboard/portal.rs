@@ -25,12 +25,24 @@ use super::forms::{self, Form};
 use super::keys::{inline_error, reveal_body, secret_response, GRACE_CHOICES};
 use super::layout::{self, csrf_field, form_error, respond};
 use super::session::{self, Reveal, SessionView};
-use super::{csrf, is_https, read_form, see_other, set_security_headers, Dash, Failure};
+use super::{
+    csrf, is_https, read_form, see_other, set_security_headers, with_cookie, Dash, Failure,
+};
 use crate::edge::request_ip;
 use crate::{ApiError, AppState};
 
 /// The portal's session cookie.
 pub const COOKIE: &str = "keygate_portal";
+
+/// The portal session cookie: SameSite=Lax (the link that opens it comes from the
+/// product's site), scoped to `/portal`.
+fn cookie(secret: &str, secure: bool) -> String {
+    session::cookie_for(COOKIE, secret, "/portal", "Lax", secure)
+}
+
+fn clear_cookie(secure: bool) -> String {
+    session::clear_cookie_for(COOKIE, "/portal", "Lax", secure)
+}
 const DAY_MS: i64 = 86_400_000;
 
 /// The operator's portal settings (`portal_*` and `public_url` in `keygate.toml`).
@@ -367,15 +379,10 @@ async fn open(State(dash): State<Dash>, parts: Parts) -> Response {
     };
     let ip = request_ip(&parts, &dash.app);
     match dash.app.engine.open_portal_link(code, ip).await {
-        Ok(Some((secret, _grant))) => {
-            let cookie =
-                session::cookie_for(COOKIE, &secret, "/portal", "Lax", is_https(&parts, &dash));
-            let mut response = see_other("/portal");
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                response.headers_mut().append(header::SET_COOKIE, v);
-            }
-            response
-        }
+        Ok(Some((secret, _grant))) => with_cookie(
+            see_other("/portal"),
+            &cookie(&secret, is_https(&parts, &dash)),
+        ),
         Ok(None) => expired_link(&dash),
         Err(e) => Failure::from(e).into_response(),
     }
@@ -395,17 +402,12 @@ async fn sign_out(State(dash): State<Dash>, request: Request) -> PortalPage {
     ctx.engine()
         .close_portal_session(&ctx.session.secret, &ctx.grant, ctx.caller.client_ip)
         .await?;
-    let mut response = see_other(
-        ctx.grant
-            .return_url
-            .as_deref()
-            .unwrap_or("/portal/signed-out"),
-    );
-    let cleared = session::clear_cookie_for(COOKIE, "/portal", "Lax", https);
-    if let Ok(v) = HeaderValue::from_str(&cleared) {
-        response.headers_mut().append(header::SET_COOKIE, v);
-    }
-    Ok(response)
+    let to = ctx
+        .grant
+        .return_url
+        .as_deref()
+        .unwrap_or("/portal/signed-out");
+    Ok(with_cookie(see_other(to), &clear_cookie(https)))
 }
 
 /// `GET /portal/signed-out`.

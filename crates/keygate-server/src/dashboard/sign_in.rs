@@ -2,7 +2,7 @@
 
 use axum::extract::{FromRequest, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keygate_core::{Outcome, Permission};
 use keygate_engine::manage::{Actor, Caller};
@@ -11,7 +11,7 @@ use maud::html;
 
 use super::layout::{csrf_field, form_error, page, respond, Chrome, Nav};
 use super::session;
-use super::{csrf, is_https, read_form, see_other, Dash, Posted, Principal, Stored};
+use super::{csrf, is_https, read_form, see_other, with_cookie, Dash, Posted, Principal, Stored};
 use crate::edge::request_ip;
 use crate::ApiError;
 use keygate_edge::{authenticate, AuthFailed};
@@ -43,13 +43,6 @@ fn form(token: &str, error: Option<&str>) -> maud::Markup {
         }
     };
     page("Sign in", &Chrome::default(), Nav::None, body)
-}
-
-fn with_cookie(mut response: Response, cookie: &str) -> Response {
-    if let Ok(v) = HeaderValue::from_str(cookie) {
-        response.headers_mut().append(header::SET_COOKIE, v);
-    }
-    response
 }
 
 fn sign_in_cookie(token: &str, https: bool) -> String {
