@@ -58,6 +58,10 @@ pub struct Lease {
 
 impl Lease {
     pub fn give_back(self) {
+        // No room kept at all: dropped, the connection is closed.
+        if self.pool.max_idle == 0 {
+            return;
+        }
         let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // The idle list is used from the back, so connections idle too long gather at the front.
@@ -67,11 +71,7 @@ impl Lease {
         {
             idle.pop_front();
         }
-        // Full: the least recently used one goes (dropped, it is closed); with no room at
-        // all, this one.
-        if self.pool.max_idle == 0 {
-            return;
-        }
+        // Full: the least recently used one goes (dropped, it is closed).
         if idle.len() >= self.pool.max_idle {
             idle.pop_front();
         }
