@@ -281,6 +281,25 @@ impl Default for Config {
 /// Where the environment comes from (a closure so tests can supply their own).
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// Sets `target` from variable `name` when it is set; a value that is not a whole number
+/// is refused, naming the variable (and `unit`, e.g. " of seconds").
+fn read_whole_number<T: std::str::FromStr>(
+    target: &mut T,
+    env: Env<'_>,
+    name: &str,
+    unit: &str,
+) -> anyhow::Result<()>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    if let Some(v) = env(name) {
+        *target = v
+            .parse()
+            .with_context(|| format!("{name} must be a whole number{unit}"))?;
+    }
+    Ok(())
+}
+
 impl Config {
     /// File, then environment, then flags.
     pub fn load(args: &ServeArgs, env: Env<'_>) -> anyhow::Result<Config> {
@@ -390,32 +409,32 @@ impl Config {
                 "KEYGATE_CLIENT_SEND_TIMEOUT_SECONDS",
             ),
         ] {
-            if let Some(v) = env(name) {
-                *target = v
-                    .parse()
-                    .with_context(|| format!("{name} must be a whole number of seconds"))?;
-            }
+            read_whole_number(target, env, name, " of seconds")?;
         }
-        if let Some(v) = env("KEYGATE_UPSTREAM_MAX_IDLE_CONNECTIONS") {
-            self.upstream_max_idle_connections = v.parse().context(
-                "KEYGATE_UPSTREAM_MAX_IDLE_CONNECTIONS must be a whole number of connections",
-            )?;
-        }
-        if let Some(v) = env("KEYGATE_CACHE_CAPACITY") {
-            self.cache_capacity = v
-                .parse()
-                .context("KEYGATE_CACHE_CAPACITY must be a whole number of keys")?;
-        }
-        if let Some(v) = env("KEYGATE_USAGE_RETENTION_DAYS") {
-            self.usage_retention_days = v
-                .parse()
-                .context("KEYGATE_USAGE_RETENTION_DAYS must be a whole number of days")?;
-        }
-        if let Some(v) = env("KEYGATE_USAGE_FLUSH_MAX_KEYS_PER_SECOND") {
-            self.usage_flush_max_keys_per_second = v
-                .parse()
-                .context("KEYGATE_USAGE_FLUSH_MAX_KEYS_PER_SECOND must be a whole number")?;
-        }
+        read_whole_number(
+            &mut self.upstream_max_idle_connections,
+            env,
+            "KEYGATE_UPSTREAM_MAX_IDLE_CONNECTIONS",
+            " of connections",
+        )?;
+        read_whole_number(
+            &mut self.cache_capacity,
+            env,
+            "KEYGATE_CACHE_CAPACITY",
+            " of keys",
+        )?;
+        read_whole_number(
+            &mut self.usage_retention_days,
+            env,
+            "KEYGATE_USAGE_RETENTION_DAYS",
+            " of days",
+        )?;
+        read_whole_number(
+            &mut self.usage_flush_max_keys_per_second,
+            env,
+            "KEYGATE_USAGE_FLUSH_MAX_KEYS_PER_SECOND",
+            "",
+        )?;
         self.apply_token_env(env)
     }
 
@@ -435,11 +454,7 @@ impl Config {
                 "KEYGATE_TOKEN_SIGNING_KEY_ROTATION_DAYS",
             ),
         ] {
-            if let Some(v) = env(name) {
-                *target = v
-                    .parse()
-                    .with_context(|| format!("{name} must be a whole number"))?;
-            }
+            read_whole_number(target, env, name, "")?;
         }
         if let Some(v) = env("KEYGATE_TOKEN_AUDIENCE") {
             self.token_audience = Some(v).filter(|a| !a.trim().is_empty());
