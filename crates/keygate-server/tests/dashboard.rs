@@ -1667,8 +1667,18 @@ impl PortalHttp {
     }
 
     async fn post(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        self.post_with_csrf(path, fields, &self.csrf).await
+    }
+
+    /// A form POST carrying `csrf` as its token (a forged form carries another).
+    async fn post_with_csrf(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        csrf: &str,
+    ) -> reqwest::Response {
         let mut all: Vec<(&str, &str)> = fields.to_vec();
-        all.push(("csrf", &self.csrf));
+        all.push(("csrf", csrf));
         self.client
             .post(format!("{}{path}", self.base))
             .header("cookie", format!("keygate_portal={}", self.cookie))
@@ -2111,14 +2121,7 @@ async fn signing_out_of_the_portal_ends_its_session() {
     );
 
     // Without the CSRF token (a forged form) nothing ends.
-    let forged = portal
-        .client
-        .post(app.url("/portal/sign-out"))
-        .header("cookie", format!("keygate_portal={}", portal.cookie))
-        .form(&[("csrf", "0")])
-        .send()
-        .await
-        .unwrap();
+    let forged = portal.post_with_csrf("/portal/sign-out", &[], "0").await;
     assert_eq!(forged.status(), 403);
     assert_eq!(portal.get("/portal").await.status(), 200);
 

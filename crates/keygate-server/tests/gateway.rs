@@ -1749,19 +1749,38 @@ async fn counting_upstream(idle: Duration) -> (SocketAddr, Connections) {
     (addr, connections)
 }
 
-#[tokio::test]
-async fn a_burst_leaves_at_most_upstream_max_idle_connections_open() {
-    use std::sync::atomic::Ordering;
-    let app = spawn().await;
-    let (up, connections) = counting_upstream(Duration::from_secs(60)).await;
-    let mut config = GatewayConfig::new(
+/// A gateway configuration for [`counting_upstream`] at `up`.
+fn based_gateway_config(up: SocketAddr) -> GatewayConfig {
+    GatewayConfig::new(
         &format!("http://{up}/base/"),
         None,
         Duration::from_secs(10),
         "/v1/api-key-info",
         None,
     )
-    .unwrap();
+    .unwrap()
+}
+
+impl Connections {
+    /// The connections still open once the closing ones have closed (at most 5 s) down to
+    /// `expected`.
+    async fn open_after_closing(&self, expected: usize) -> usize {
+        use std::sync::atomic::Ordering;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.open.load(Ordering::SeqCst) > expected && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_burst_leaves_at_most_upstream_max_idle_connections_open() {
+    use std::sync::atomic::Ordering;
+    let app = spawn().await;
+    let (up, connections) = counting_upstream(Duration::from_secs(60)).await;
+    let mut config = based_gateway_config(up);
     assert_eq!(
         config.upstream_max_idle,
         GatewayConfig::DEFAULT_UPSTREAM_MAX_IDLE
@@ -1778,12 +1797,8 @@ async fn a_burst_leaves_at_most_upstream_max_idle_connections_open() {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     }
     assert_eq!(connections.accepted.load(Ordering::SeqCst), 10);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while connections.open.load(Ordering::SeqCst) > 4 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert_eq!(
-        connections.open.load(Ordering::SeqCst),
+        connections.open_after_closing(4).await,
         4,
         "the idle connections beyond the cap were not closed"
     );
@@ -1797,14 +1812,7 @@ async fn a_burst_leaves_at_most_upstream_max_idle_connections_open() {
 
     // With no room (0), each answer's connection is closed: one after the other, each
     // request opens its own and none stays.
-    let mut config = GatewayConfig::new(
-        &format!("http://{up}/base/"),
-        None,
-        Duration::from_secs(10),
-        "/v1/api-key-info",
-        None,
-    )
-    .unwrap();
+    let mut config = based_gateway_config(up);
     config.upstream_max_idle = 0;
     let none_kept = start_gateway(app.state.clone(), config).await;
     for n in 0..3 {
@@ -1818,11 +1826,7 @@ async fn a_burst_leaves_at_most_upstream_max_idle_connections_open() {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     }
     assert_eq!(connections.accepted.load(Ordering::SeqCst), 13);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while connections.open.load(Ordering::SeqCst) > 4 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(connections.open.load(Ordering::SeqCst), 4);
+    assert_eq!(connections.open_after_closing(4).await, 4);
 }
 
 #[tokio::test]
@@ -1831,14 +1835,7 @@ async fn upstream_connections_are_reused_and_one_closed_while_idle_is_replaced()
     let app = spawn().await;
     let (up, connections) = counting_upstream(Duration::from_secs(1)).await;
     let accepted = connections.accepted;
-    let config = GatewayConfig::new(
-        &format!("http://{up}/base/"),
-        None,
-        Duration::from_secs(10),
-        "/v1/api-key-info",
-        None,
-    )
-    .unwrap();
+    let config = based_gateway_config(up);
     let gw = start_gateway(app.state.clone(), config).await;
     let acct = app.create_account("Acme", "unlimited").await;
     let (_, key) = app.create_key(&acct, json!({"scope": "all"})).await;
