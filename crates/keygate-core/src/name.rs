@@ -32,9 +32,12 @@ impl Name {
     pub fn lowercase(text: &str) -> Name {
         match u8::try_from(text.len()) {
             Ok(len) if text.len() <= INLINE_LEN => {
+                // Lowercased as copied, the name's bytes only: a copy then a pass over the
+                // whole array took as long as the rest of deriving a permission.
                 let mut bytes = [0; INLINE_LEN];
-                bytes[..text.len()].copy_from_slice(text.as_bytes());
-                bytes.make_ascii_lowercase();
+                for (to, from) in bytes.iter_mut().zip(text.bytes()) {
+                    *to = from.to_ascii_lowercase();
+                }
                 Name(Repr::Inline { len, bytes })
             }
             _ => Name(Repr::Heap(text.to_ascii_lowercase().into_boxed_str())),
