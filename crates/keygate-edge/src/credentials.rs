@@ -44,7 +44,10 @@ fn key_from_each_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     }
     for name in &KEY_HEADERS {
         for value in headers.get_all(name) {
-            let value = value.to_str().map_err(|_| Outcome::MalformedKey)?.trim();
+            let value = value
+                .to_str()
+                .map_err(|_| Outcome::MalformedKey)?
+                .trim_ascii();
             if value.is_empty() {
                 return Err(Outcome::MalformedKey.into());
             }
@@ -56,13 +59,22 @@ fn key_from_each_header(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 
 /// The token of an `Authorization: Bearer` value; any other value is malformed.
 fn bearer_token(value: &HeaderValue) -> Result<&str, ApiError> {
-    let value = value.to_str().map_err(|_| Outcome::MalformedKey)?.trim();
-    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+    // Visible ASCII and tabs only (`to_str` checks), so ASCII trimming is all the
+    // trimming there is: `str::trim` decodes characters from both ends, three times.
+    let value = value
+        .to_str()
+        .map_err(|_| Outcome::MalformedKey)?
+        .trim_ascii();
+    let (scheme, token) = value.split_at_checked(BEARER.len()).unwrap_or((value, ""));
+    let token = token.trim_ascii();
+    if !scheme.eq_ignore_ascii_case(BEARER) || token.is_empty() {
         return Err(Outcome::MalformedKey.into());
     }
-    Ok(token.trim())
+    Ok(token)
 }
+
+/// The scheme of an `Authorization` value that carries a key, with the space after it.
+const BEARER: &str = "bearer ";
 
 /// Which key headers a request has, told from one pass over a small header map.
 enum KeyHeaders<'a> {
@@ -184,6 +196,7 @@ mod tests {
         for h in [
             headers(&[("authorization", "Bearer k1")]),
             headers(&[("authorization", "bearer   k1 ")]),
+            headers(&[("authorization", "\tBEARER \tk1\t")]),
             headers(&[("x-api-key", "k1")]),
             headers(&[("APIKEY", "k1")]),
             headers(&[("authorization", "Bearer k1"), ("x-api-key", "k1")]),
@@ -264,7 +277,12 @@ mod tests {
         for h in [
             headers(&[("authorization", "Basic dXNlcjpwYXNz")]),
             headers(&[("authorization", "Bearer")]),
+            headers(&[("authorization", "Bearer \t ")]),
+            headers(&[("authorization", "Bearer\tk1")]),
+            headers(&[("authorization", "Bearerk1")]),
+            headers(&[("authorization", "Token k1")]),
             headers(&[("x-api-key", "")]),
+            headers(&[("x-api-key", " \t")]),
         ] {
             assert!(matches!(
                 key_from_headers(&h),
