@@ -4,7 +4,8 @@
 //!
 //! Beside it, what the parts cost: the layer with `require(…)` (no permission derived from
 //! the path), with `any_key()` (no permission checked), and a service that only inserts
-//! the caller's `Identity` as the layer must (the floor no implementation can go under).
+//! the caller's `Identity` as the layer must (the floor no implementation can go under),
+//! and the route table's derivation of the permission alone.
 //!
 //! The pair is measured as a bare tower service, and inside an axum `Router` (where a
 //! request already carries extensions, as it does in an app), next to the router alone and
@@ -152,6 +153,13 @@ fn benches(c: &mut Criterion) {
     let mut with_any_key = || {
         black_box(answer_now(&mut any_key_layered, request()));
     };
+    // What deriving the permission costs alone (the route table the layer uses), the
+    // difference between the layer as an app adds it and `require(…)`.
+    let routes = engine.routes().clone();
+    let mut derive_only = || {
+        black_box(routes.required(black_box("GET"), black_box("/api/v1/invoices/42")));
+    };
+    let mut nothing = || {};
     let mut identity_only = || {
         black_box(answer_now(&mut extension_only, request()));
     };
@@ -206,6 +214,7 @@ fn benches(c: &mut Criterion) {
     group.bench_function("service with the layer, any_key() (cache hit)", |b| {
         b.iter(&mut with_any_key)
     });
+    group.bench_function("RouteTable::required", |b| b.iter(&mut derive_only));
     group.bench_function("service with only the Identity inserted", |b| {
         b.iter(&mut identity_only)
     });
@@ -233,6 +242,8 @@ fn benches(c: &mut Criterion) {
                 &mut identity_only,
                 &mut with_required,
                 &mut with_any_key,
+                &mut derive_only,
+                &mut nothing,
             ],
             &[
                 ("a bare tower service", 0, 1),
@@ -250,6 +261,11 @@ fn benches(c: &mut Criterion) {
                     "a bare tower service, only inserting the Identity (the floor)",
                     0,
                     5,
+                ),
+                (
+                    "the permission derived from the path alone (RouteTable::required)",
+                    9,
+                    8,
                 ),
                 ("an axum Router, no layer", 2, 4),
                 ("an axum Router, a pass-through layer", 3, 4),
