@@ -105,10 +105,10 @@ impl Embedded {
         self
     }
 
-    /// The most keys kept in the cache, and how long one is trusted without asking the
-    /// database (a backstop: changes arrive by notification long before).
+    /// The most keys kept in the cache (at least 1), and how long one is trusted without
+    /// asking the database (a backstop: changes arrive by notification long before).
     pub fn cache(mut self, capacity: u64, ttl: Duration) -> Embedded {
-        self.cache_capacity = capacity;
+        self.cache_capacity = capacity.max(1);
         self.cache_ttl = ttl.max(Duration::from_secs(1));
         self
     }

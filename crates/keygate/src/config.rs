@@ -316,6 +316,14 @@ impl Config {
         };
         config.apply_env(env)?;
         config.apply_flags(args);
+        // Refused rather than rounded up: a cache of one key would send nearly every
+        // verification to the database, which no one asking for 0 can have meant.
+        if config.cache_capacity == 0 {
+            bail!(
+                "cache_capacity (KEYGATE_CACHE_CAPACITY) must be at least 1: verifications \
+                 are answered from the key cache"
+            );
+        }
         Ok(config)
     }
 
@@ -808,6 +816,12 @@ mod tests {
         let error = Config::load(&args, &bad_capacity).unwrap_err();
         assert!(
             format!("{error:#}").contains("KEYGATE_CACHE_CAPACITY must be a whole number"),
+            "{error:#}"
+        );
+        let no_capacity = |name: &str| (name == "KEYGATE_CACHE_CAPACITY").then(|| "0".to_owned());
+        let error = Config::load(&args, &no_capacity).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("KEYGATE_CACHE_CAPACITY) must be at least 1"),
             "{error:#}"
         );
 
