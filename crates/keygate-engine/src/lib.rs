@@ -150,7 +150,8 @@ impl Engine {
 
     /// Writes the usage counted since the last flush, all of it at once. Called at shutdown
     /// (the background task paces its flushes: [`Engine::spawn_usage_flusher`]). Once an
-    /// hour it also deletes counts older than the retention.
+    /// hour it also deletes counts, and webhook events no longer being delivered, older
+    /// than the retention.
     pub async fn flush_usage(&self) -> Result<usize> {
         self.flush_usage_paced(usage::Pace::AtOnce).await
     }
@@ -189,6 +190,14 @@ impl Engine {
             let pruned = self.store.prune_usage(cutoff).await?;
             if pruned > 0 {
                 tracing::info!(rows = pruned, "deleted usage counts past the retention");
+            }
+            // Webhook events and their deliveries are kept as long as usage.
+            let pruned = self.store.prune_webhook_events(cutoff).await?;
+            if pruned > 0 {
+                tracing::info!(
+                    events = pruned,
+                    "deleted delivered webhook events past the retention"
+                );
             }
         }
         Ok(written)

@@ -568,6 +568,79 @@ async fn a_receiver_that_is_down_gets_the_event_once_it_is_up() {
     assert!(verify_signature(&secret, &again[1]));
 }
 
+/// The deliveries an endpoint lists, as `(event type, status)`.
+async fn deliveries(app: &TestApp, endpoint: &str) -> Vec<(String, String)> {
+    let a = app
+        .admin(
+            Method::GET,
+            &format!("/v1/webhook-endpoints/{endpoint}/deliveries"),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    a.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["event_type"].as_str().unwrap().to_owned(),
+                d["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn events_past_the_retention_go_once_delivered_and_pending_ones_stay() {
+    let app = app_with_worker(false).await;
+    let receiver = Receiver::start().await;
+    let (up, _) = create_endpoint(
+        &app,
+        json!({"url": receiver.url, "events": ["key.created"]}),
+    )
+    .await;
+    // Nothing listens on this port: its delivery stays pending, retried.
+    let down_url = format!(
+        "http://127.0.0.1:{}/hook",
+        keygate_test_support::free_port()
+    );
+    let (down, _) =
+        create_endpoint(&app, json!({"url": down_url, "events": ["key.revoked"]})).await;
+    let account = app.create_account("Acme", "pro").await;
+    let (key_id, _) = app.create_key(&account, json!({})).await;
+    let revoked = app
+        .admin(Method::POST, &format!("/v1/api-keys/{key_id}/revoke"), None)
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let start = Instant::now();
+    while deliveries(&app, &up).await != [("key.created".to_owned(), "delivered".to_owned())] {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "never marked delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pending = [("key.revoked".to_owned(), "pending".to_owned())];
+    assert_eq!(deliveries(&app, &down).await, pending);
+
+    // Within the retention: nothing goes.
+    let now = keygate_engine::now_ms();
+    assert_eq!(
+        app.store.prune_webhook_events(now - 60_000).await.unwrap(),
+        0
+    );
+    assert_eq!(deliveries(&app, &up).await.len(), 1);
+    // Both events past it: the delivered one goes with its delivery, the pending one stays.
+    assert_eq!(
+        app.store.prune_webhook_events(now + 60_000).await.unwrap(),
+        1
+    );
+    assert_eq!(deliveries(&app, &up).await, []);
+    assert_eq!(deliveries(&app, &down).await, pending);
+}
+
 #[tokio::test]
 async fn a_delivery_is_given_up_after_the_retry_window_and_the_endpoint_disabled() {
     let app = spawn().await;

@@ -23,6 +23,7 @@ macro_rules! migrations {
             migration!($backend, 9, "legacy_keys"),
             migration!($backend, 10, "signing_keys", "0010_signing_keys"),
             migration!($backend, 11, "permission_usage", "0011_permission_usage"),
+            migration!($backend, 12, "webhook_retention", "0012_webhook_retention"),
         ]
     };
 }

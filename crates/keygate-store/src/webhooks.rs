@@ -274,6 +274,10 @@ pub trait WebhookStore: Send + Sync {
         delivery_id: &str,
         now: i64,
     ) -> Result<Delivery>;
+    /// Deletes the events written before `before` (unix ms) none of whose deliveries is
+    /// pending, with their deliveries; returns how many events went. An event still being
+    /// delivered stays, however old.
+    async fn prune_webhook_events(&self, before: i64) -> Result<u64>;
     /// If no other node holds the scan lease: writes `key.expiring` (once per key and lead
     /// time; a key first seen inside several lead times gets the shortest only) and
     /// `key.expired` events. Returns how many events it wrote, `None` without the lease.
@@ -960,6 +964,20 @@ macro_rules! webhook_sql {
                     }
                     tx.commit().await.map_err(db_error)?;
                     Ok(delivery)
+                }
+
+                async fn prune_webhook_events(&self, before: i64) -> Result<u64> {
+                    // Deliveries go with their event (`ON DELETE CASCADE`).
+                    let done = sqlx::query(
+                        "DELETE FROM webhook_events WHERE at < $1 AND NOT EXISTS \
+                         (SELECT 1 FROM webhook_deliveries d \
+                          WHERE d.event_id = webhook_events.id AND d.status = 'pending')",
+                    )
+                    .bind(before)
+                    .execute(self.pool())
+                    .await
+                    .map_err(db_error)?;
+                    Ok(done.rows_affected())
                 }
 
                 async fn scan_key_expiry(&self, scan: &ExpiryScan<'_>) -> Result<Option<u64>> {

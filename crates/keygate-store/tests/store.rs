@@ -1583,9 +1583,9 @@ fn assert_migrations_recorded_once(rows: &[(i64, String)]) {
     let versions: Vec<i64> = rows.iter().map(|r| r.0).collect();
     let expected: Vec<i64> = (1..=versions.len() as i64).collect();
     assert_eq!(versions, expected, "each migration recorded once: {rows:?}");
-    assert!(
-        rows.iter()
-            .any(|r| r == &(11, "permission_usage".to_owned())),
+    assert_eq!(
+        rows.last(),
+        Some(&(12, "webhook_retention".to_owned())),
         "{rows:?}"
     );
 }
