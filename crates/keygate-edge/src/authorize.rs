@@ -185,8 +185,7 @@ pub fn authorize_now(engine: &Engine, request: &AuthorizeRequest<'_>) -> Option<
 
 /// The key `request` carries, or why it carries no usable one (none, two, one in the URL).
 /// [`authorize`] and [`authorize_now`] build the verify request from it and
-/// [`required_of`] in place: a value holding all three, moved out of a `Result`, cost as
-/// much as the rest of the glue on a cache hit.
+/// [`required_of`] where they use it, with no intermediate value to move.
 fn key_of<'a>(engine: &Engine, request: &AuthorizeRequest<'a>) -> Result<&'a str, ApiError> {
     if let Target::Request { path, .. } = &request.target {
         if let Some((_, query)) = path.split_once('?') {
