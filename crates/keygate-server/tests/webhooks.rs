@@ -189,6 +189,34 @@ async fn app_with_worker(strict: bool) -> TestApp {
     app
 }
 
+/// The deliveries of `endpoint` as the API lists them (its `data` array).
+async fn deliveries(app: &TestApp, endpoint: &str) -> Value {
+    let a = app
+        .admin(
+            Method::GET,
+            &format!("/v1/webhook-endpoints/{endpoint}/deliveries"),
+            None,
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    a.body["data"].clone()
+}
+
+/// Each listed delivery as `(event type, status)`.
+fn types_and_statuses(deliveries: &Value) -> Vec<(&str, &str)> {
+    deliveries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["event_type"].as_str().unwrap(),
+                d["status"].as_str().unwrap(),
+            )
+        })
+        .collect()
+}
+
 async fn create_endpoint(app: &TestApp, body: Value) -> (String, String) {
     let a = app
         .admin(Method::POST, "/v1/webhook-endpoints", Some(body))
@@ -492,15 +520,7 @@ async fn a_receiver_that_is_down_gets_the_event_once_it_is_up() {
     // At least two failed attempts, recorded with their error and the next attempt.
     let start = Instant::now();
     let failed = loop {
-        let a = app
-            .admin(
-                Method::GET,
-                &format!("/v1/webhook-endpoints/{endpoint}/deliveries"),
-                None,
-            )
-            .await;
-        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-        let d = a.body["data"][0].clone();
+        let d = deliveries(&app, &endpoint).await[0].clone();
         if d["attempts"].as_i64().unwrap_or(0) >= 2 {
             break d;
         }
@@ -526,14 +546,8 @@ async fn a_receiver_that_is_down_gets_the_event_once_it_is_up() {
     assert_eq!(got[0].id, failed["event_id"].as_str().unwrap());
     let start = Instant::now();
     loop {
-        let a = app
-            .admin(
-                Method::GET,
-                &format!("/v1/webhook-endpoints/{endpoint}/deliveries"),
-                None,
-            )
-            .await;
-        let d = &a.body["data"][0];
+        let listed = deliveries(&app, &endpoint).await;
+        let d = &listed[0];
         if d["status"] == "delivered" {
             assert_eq!(d["last_status_code"], 200);
             assert!(d["attempts"].as_i64().unwrap() >= 3);
@@ -544,14 +558,7 @@ async fn a_receiver_that_is_down_gets_the_event_once_it_is_up() {
     }
 
     // A manual retry sends it again, with the same webhook-id.
-    let deliveries = app
-        .admin(
-            Method::GET,
-            &format!("/v1/webhook-endpoints/{endpoint}/deliveries"),
-            None,
-        )
-        .await;
-    let delivery = deliveries.body["data"][0]["id"]
+    let delivery = deliveries(&app, &endpoint).await[0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -566,29 +573,6 @@ async fn a_receiver_that_is_down_gets_the_event_once_it_is_up() {
     let again = receiver.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(again[1].id, got[0].id);
     assert!(verify_signature(&secret, &again[1]));
-}
-
-/// The deliveries an endpoint lists, as `(event type, status)`.
-async fn deliveries(app: &TestApp, endpoint: &str) -> Vec<(String, String)> {
-    let a = app
-        .admin(
-            Method::GET,
-            &format!("/v1/webhook-endpoints/{endpoint}/deliveries"),
-            None,
-        )
-        .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-    a.body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["event_type"].as_str().unwrap().to_owned(),
-                d["status"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -615,15 +599,15 @@ async fn events_past_the_retention_go_once_delivered_and_pending_ones_stay() {
     assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
     receiver.wait_for(1, Duration::from_secs(10)).await;
     let start = Instant::now();
-    while deliveries(&app, &up).await != [("key.created".to_owned(), "delivered".to_owned())] {
+    while types_and_statuses(&deliveries(&app, &up).await) != [("key.created", "delivered")] {
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "never marked delivered"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let pending = [("key.revoked".to_owned(), "pending".to_owned())];
-    assert_eq!(deliveries(&app, &down).await, pending);
+    let pending = [("key.revoked", "pending")];
+    assert_eq!(types_and_statuses(&deliveries(&app, &down).await), pending);
 
     // Within the retention: nothing goes.
     let now = keygate_engine::now_ms();
@@ -631,14 +615,14 @@ async fn events_past_the_retention_go_once_delivered_and_pending_ones_stay() {
         app.store.prune_webhook_events(now - 60_000).await.unwrap(),
         0
     );
-    assert_eq!(deliveries(&app, &up).await.len(), 1);
+    assert_eq!(types_and_statuses(&deliveries(&app, &up).await).len(), 1);
     // Both events past it: the delivered one goes with its delivery, the pending one stays.
     assert_eq!(
         app.store.prune_webhook_events(now + 60_000).await.unwrap(),
         1
     );
-    assert_eq!(deliveries(&app, &up).await, []);
-    assert_eq!(deliveries(&app, &down).await, pending);
+    assert_eq!(types_and_statuses(&deliveries(&app, &up).await), []);
+    assert_eq!(types_and_statuses(&deliveries(&app, &down).await), pending);
 }
 
 #[tokio::test]
@@ -689,14 +673,8 @@ async fn a_delivery_is_given_up_after_the_retry_window_and_the_endpoint_disabled
     );
     let start = Instant::now();
     loop {
-        let a = app
-            .admin(
-                Method::GET,
-                &format!("/v1/webhook-endpoints/{endpoint}/deliveries"),
-                None,
-            )
-            .await;
-        let d = &a.body["data"][0];
+        let listed = deliveries(&app, &endpoint).await;
+        let d = &listed[0];
         if d["status"] == "failed" {
             assert_eq!(d["last_status_code"], 500);
             break;
@@ -722,14 +700,7 @@ async fn the_ssrf_guard_refuses_a_name_that_resolves_to_loopback() {
     app.create_key(&account, json!({})).await;
     let start = Instant::now();
     let d = loop {
-        let a = app
-            .admin(
-                Method::GET,
-                &format!("/v1/webhook-endpoints/{endpoint}/deliveries"),
-                None,
-            )
-            .await;
-        let d = a.body["data"][0].clone();
+        let d = deliveries(&app, &endpoint).await[0].clone();
         if d["attempts"].as_i64().unwrap_or(0) >= 1 {
             break d;
         }
