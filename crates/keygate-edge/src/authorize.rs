@@ -138,21 +138,16 @@ impl IntoResponse for Authorization {
 
 /// Judges one request. Store failures are refusals too (`503 store_unavailable`).
 pub async fn authorize(engine: &Engine, request: &AuthorizeRequest<'_>) -> Authorization {
-    let key = match key_of(engine, request) {
-        Ok(key) => key,
-        Err(refused) => return Authorization::refused(refused),
+    let question = match Question::of(engine, request) {
+        Ok(question) => question,
+        Err(refused) => return refused,
     };
-    let required = required_of(engine, &request.target);
-    let verify = VerifyRequest {
-        key,
-        required: required.as_deref(),
-        client_ip: request.client_ip,
-    };
+    let verify = question.verify_request();
     // A short-lived token (a JWT, never shaped like a key) where tokens are accepted. Its
     // check is boxed: its state (signing keys that may have to be read) made this future,
     // which every entry point holds and moves several times per request, 4 KB larger.
     // (`Engine::verify` boxes its own waiting paths.)
-    let verdict = if engine.accepts_token(key) {
+    let verdict = if engine.accepts_token(verify.key) {
         Box::pin(engine.verify_token(&verify)).await
     } else {
         engine.verify(&verify).await
@@ -166,50 +161,71 @@ pub async fn authorize(engine: &Engine, request: &AuthorizeRequest<'_>) -> Autho
 /// signing keys must be asked: then call [`authorize`]. A service judging on a cache hit
 /// this way builds no future for it.
 pub fn authorize_now(engine: &Engine, request: &AuthorizeRequest<'_>) -> Option<Authorization> {
-    let key = match key_of(engine, request) {
-        Ok(key) => key,
-        Err(refused) => return Some(Authorization::refused(refused)),
+    let question = match Question::of(engine, request) {
+        Ok(question) => question,
+        Err(refused) => return Some(refused),
     };
-    if engine.accepts_token(key) {
+    let verify = question.verify_request();
+    if engine.accepts_token(verify.key) {
         return None;
     }
-    let required = required_of(engine, &request.target);
     engine
-        .verify_from_memory(&VerifyRequest {
-            key,
-            required: required.as_deref(),
-            client_ip: request.client_ip,
-        })
+        .verify_from_memory(&verify)
         .map(|verdict| conclude(Ok(verdict)))
 }
 
-/// The key `request` carries, or why it carries no usable one (none, two, one in the URL).
-/// [`authorize`] and [`authorize_now`] build the verify request from it and
-/// [`required_of`] where they use it, with no intermediate value to move.
-fn key_of<'a>(engine: &Engine, request: &AuthorizeRequest<'a>) -> Result<&'a str, ApiError> {
-    if let Target::Request { path, .. } = &request.target {
-        if let Some((_, query)) = path.split_once('?') {
-            if query_carries_key(query, engine.key_format()) {
-                return Err(Outcome::KeyInUrl.into());
-            }
-        }
-    }
-    let key = match request.credential {
-        Credential::Headers(headers) => key_from_headers(headers)?,
-        Credential::Key(key) => key.map(str::trim).filter(|k| !k.is_empty()),
-    };
-    key.ok_or(ApiError::Edge(Outcome::MissingCredentials))
+/// What the engine is asked about one request: its key and the permission it needs.
+struct Question<'a> {
+    key: &'a str,
+    /// `None`: any valid key.
+    required: Option<Cow<'a, Required>>,
+    client_ip: Option<IpAddr>,
 }
 
-/// What `target` must be allowed to do; `None`: any valid key.
-fn required_of<'a>(engine: &Engine, target: &'a Target<'_>) -> Option<Cow<'a, Required>> {
-    match target {
-        Target::Request { method, path } => {
-            Some(Cow::Owned(engine.routes().required(method, path)))
+impl<'a> Question<'a> {
+    /// The credential and the permission of `request`, or the refusal when the request
+    /// carries no usable key (none, two, one in the URL).
+    fn of(
+        engine: &Engine,
+        request: &'a AuthorizeRequest<'_>,
+    ) -> Result<Question<'a>, Authorization> {
+        if let Target::Request { path, .. } = &request.target {
+            if let Some((_, query)) = path.split_once('?') {
+                if query_carries_key(query, engine.key_format()) {
+                    return Err(Authorization::refused(Outcome::KeyInUrl));
+                }
+            }
         }
-        Target::Required(required) => Some(Cow::Borrowed(required.as_ref())),
-        Target::Unknown => Some(Cow::Owned(Required::Unmapped)),
-        Target::AnyPermission => None,
+        let key = match request.credential {
+            Credential::Headers(headers) => {
+                key_from_headers(headers).map_err(Authorization::refused)?
+            }
+            Credential::Key(key) => key.map(str::trim).filter(|k| !k.is_empty()),
+        };
+        let Some(key) = key else {
+            return Err(Authorization::refused(Outcome::MissingCredentials));
+        };
+        let required = match &request.target {
+            Target::Request { method, path } => {
+                Some(Cow::Owned(engine.routes().required(method, path)))
+            }
+            Target::Required(required) => Some(Cow::Borrowed(required.as_ref())),
+            Target::Unknown => Some(Cow::Owned(Required::Unmapped)),
+            Target::AnyPermission => None,
+        };
+        Ok(Question {
+            key,
+            required,
+            client_ip: request.client_ip,
+        })
+    }
+
+    fn verify_request(&self) -> VerifyRequest<'_> {
+        VerifyRequest {
+            key: self.key,
+            required: self.required.as_deref(),
+            client_ip: self.client_ip,
+        }
     }
 }
 
