@@ -108,7 +108,8 @@ impl Embedded {
     /// The most keys kept in the cache (at least 1), and how long one is trusted without
     /// asking the database (a backstop: changes arrive by notification long before).
     pub fn cache(mut self, capacity: u64, ttl: Duration) -> Embedded {
-        self.cache_capacity = capacity.max(1);
+        // The engine's cache keeps at least one key whatever it is given.
+        self.cache_capacity = capacity;
         self.cache_ttl = ttl.max(Duration::from_secs(1));
         self
     }
