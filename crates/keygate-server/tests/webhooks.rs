@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode as AxumStatus};
 use axum::routing::post;
 use base64::Engine as _;
-use helpers::{spawn, spawn_node, Node, Options, TestApp};
+use helpers::{spawn, spawn_node, spawn_with, Node, Options, TestApp};
 use hmac::{Hmac, Mac};
 use keygate_engine::manage::WebhookSettings;
 use reqwest::{Method, StatusCode};
@@ -183,7 +183,11 @@ fn rand_suffix() -> String {
 
 /// A server with webhooks configured and its worker running.
 async fn app_with_worker(strict: bool) -> TestApp {
-    let app = spawn().await;
+    worker_on(spawn().await, strict)
+}
+
+/// `app` with webhooks configured and its worker running.
+fn worker_on(app: TestApp, strict: bool) -> TestApp {
     app.engine.configure_webhooks(settings(strict));
     keygate_server::spawn_webhook_worker(app.engine.clone(), worker_config()).unwrap();
     app
@@ -577,7 +581,15 @@ async fn a_receiver_that_is_down_gets_the_event_once_it_is_up() {
 
 #[tokio::test]
 async fn events_past_the_retention_go_once_delivered_and_pending_ones_stay() {
-    let app = app_with_worker(false).await;
+    // A retention of a moment: the usage flush prunes every event written before it.
+    let app = worker_on(
+        spawn_with(Options {
+            usage_retention: Duration::from_millis(1),
+            ..Options::default()
+        })
+        .await,
+        false,
+    );
     let receiver = Receiver::start().await;
     let (up, _) = create_endpoint(
         &app,
@@ -616,11 +628,10 @@ async fn events_past_the_retention_go_once_delivered_and_pending_ones_stay() {
         0
     );
     assert_eq!(types_and_statuses(&deliveries(&app, &up).await).len(), 1);
-    // Both events past it: the delivered one goes with its delivery, the pending one stays.
-    assert_eq!(
-        app.store.prune_webhook_events(now + 60_000).await.unwrap(),
-        1
-    );
+    // Both events past it: the usage flush (the first prunes at once) deletes the delivered
+    // one with its delivery; the pending one stays.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    app.engine.flush_usage().await.unwrap();
     assert_eq!(types_and_statuses(&deliveries(&app, &up).await), []);
     assert_eq!(types_and_statuses(&deliveries(&app, &down).await), pending);
 }

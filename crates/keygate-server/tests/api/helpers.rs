@@ -40,6 +40,8 @@ pub struct Options {
     /// Leak reports: the action and GitHub's key list.
     pub leaks: keygate_server::LeakConfig,
     pub portal: keygate_server::PortalConfig,
+    /// How long usage counts and settled webhook events are kept (90 days by default).
+    pub usage_retention: Duration,
 }
 
 impl Default for Options {
@@ -55,6 +57,7 @@ impl Default for Options {
             permission_catalog: PermissionCatalog::default(),
             leaks: keygate_server::LeakConfig::default(),
             portal: keygate_server::PortalConfig::default(),
+            usage_retention: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -151,7 +154,7 @@ pub async fn spawn_node(node: Node, options: Options, dir: tempfile::TempDir) ->
             cache_ttl,
             negative_cache_ttl: Duration::from_secs(10),
             stale_if_error,
-            usage_retention: Duration::from_secs(90 * 86_400),
+            usage_retention: options.usage_retention,
         },
     );
     if listen_for_changes {
